@@ -1,0 +1,3 @@
+from lannode.cli import main
+
+raise SystemExit(main())

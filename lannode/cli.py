@@ -1,0 +1,193 @@
+"""The ``lannode`` command.
+
+Every command that reports takes ``--json`` and then prints one JSON document with
+the field names documented in the README; without it, lines for a person. Exit
+codes: 0 done, 1 the node is not running or refused, 2 bad usage or a broken
+config. Errors are one line on stderr, starting with ``lannode:``.
+
+Heavy imports happen inside the command that needs them, so ``lannode status``
+answers quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from typing import Any, Callable
+
+from lannode import __version__
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def fail(message: str, code: int = EXIT_FAIL) -> int:
+    print(f"lannode: {message}", file=sys.stderr)
+    return code
+
+
+def _home(args: argparse.Namespace) -> Any:
+    from lannode.home import Home, resolve
+
+    return Home(resolve(args.home))
+
+
+# -- up -----------------------------------------------------------------------
+def cmd_up(args: argparse.Namespace) -> int:
+    from lannode import log
+    from lannode.config import ConfigError, check_interface
+    from lannode.daemon import NodeSettings, run_up
+    from lannode.home import HomeBusy, HomeError
+    from lannode.identity import IdentityError
+
+    home = _home(args)
+    try:
+        home.ensure()
+        config = home.load_config(args.name)
+        identity = home.identity()
+    except ConfigError as exc:
+        return fail(str(exc), EXIT_USAGE)
+    except (HomeError, IdentityError) as exc:
+        return fail(str(exc), EXIT_USAGE)
+    interface = args.interface if args.interface is not None else os.environ.get("LANNODE_INTERFACE")
+    source = "--interface" if args.interface is not None else "$LANNODE_INTERFACE"
+    if interface is None:
+        interface = config.get("node.interface")
+    elif problem := check_interface(interface):
+        return fail(f"{source}: {problem}, got {interface!r}", EXIT_USAGE)
+    level = args.log_level or config.get("node.log_level")
+    log.setup(level)
+    settings = NodeSettings(
+        home=home,
+        config=config,
+        identity=identity,
+        name=args.name or config.get("node.name") or socket.gethostname(),
+        interface=interface,
+    )
+    try:
+        return run_up(settings)
+    except HomeBusy as exc:
+        return fail(str(exc))
+    except OSError as exc:
+        return fail(f"cannot start the node: {exc}")
+
+
+# -- status -------------------------------------------------------------------
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{days}d"] if days else []
+    parts += [f"{hours}h"] if hours or days else []
+    parts += [f"{minutes}m"] if minutes or hours or days else []
+    return "".join(parts + [f"{secs}s"])
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from lannode.net.api_client import ApiRejected, NodeNotRunning, RemoteError, call
+
+    home = _home(args)
+    try:
+        status = call(home, "node.status")
+    except NodeNotRunning as exc:
+        return fail(str(exc))
+    except (ApiRejected, RemoteError) as exc:
+        return fail(str(exc))
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return EXIT_OK
+    print(f"node       {status['name']} ({status['node_id']})")
+    print(f"version    {status['version']}, API v{status['api_version']}, pid {status['pid']}")
+    print(f"uptime     {_duration(status['uptime_s'])}")
+    print(f"interface  {status['interface']}")
+    print(f"home       {status['home']}")
+    for plugin in status["plugins"] or [{"name": "(none)", "state": "", "url": None, "restarts": 0}]:
+        extra = f" {plugin['url']}" if plugin.get("url") else ""
+        restarts = f" ({plugin['restarts']} restarts)" if plugin.get("restarts") else ""
+        print(f"plugin     {plugin['name']} {plugin['state']}{extra}{restarts}")
+    return EXIT_OK
+
+
+# -- lab ----------------------------------------------------------------------
+def cmd_lab(args: argparse.Namespace) -> int:
+    from lannode.lab import run_lab
+
+    if not 1 <= args.nodes <= 32:
+        return fail("--nodes takes a number from 1 to 32", EXIT_USAGE)
+    return run_lab(nodes=args.nodes, directory=args.dir, keep=args.keep, as_json=args.json)
+
+
+# -- service ------------------------------------------------------------------
+def cmd_service_install(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lannode import systemd
+
+    if args.print:
+        print(systemd.render_unit(user=args.user, executable=systemd.default_executable(), run_as=args.run_as), end="")
+        return EXIT_OK
+    try:
+        path = systemd.install(user=args.user, dest=Path(args.dest) if args.dest else None, run_as=args.run_as)
+    except (OSError, ValueError) as exc:
+        return fail(f"cannot install the unit: {exc}")
+    ctl = "systemctl --user" if args.user else "systemctl"
+    if args.json:
+        print(json.dumps({"unit": str(path), "user": args.user}))
+    else:
+        print(f"wrote {path}")
+        print(f"start it with: {ctl} daemon-reload && {ctl} enable --now {systemd.UNIT_NAME}")
+    return EXIT_OK
+
+
+# -- parser -------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    def shared(defaults: bool) -> argparse.ArgumentParser:
+        # The options may stand before or after the command; only the top level sets
+        # defaults, so a command's copy never overwrites what came before it.
+        p = argparse.ArgumentParser(add_help=False, argument_default=None if defaults else argparse.SUPPRESS)
+        p.add_argument("--home", metavar="DIR", help="the node's home (default: $LANNODE_HOME, else the XDG data dir)")
+        p.add_argument("--json", action="store_true", help="print JSON for scripts")
+        return p
+
+    common = shared(defaults=False)
+    parser = argparse.ArgumentParser(prog="lannode", description="A LAN communication suite that needs no server.", parents=[shared(defaults=True)])
+    parser.add_argument("--version", action="version", version=f"lannode {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    up = sub.add_parser("up", parents=[common], help="run the node in the foreground")
+    up.add_argument("--name", help="the name people see (saved in the config on first start)")
+    up.add_argument("--interface", metavar="ADDR", help="IPv4 address to bind gossip and links to (127.0.0.1 for loopback)")
+    up.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: the config's node.log_level")
+    up.set_defaults(func=cmd_up)
+
+    status = sub.add_parser("status", parents=[common], help="the running node's id, name, uptime and plugins")
+    status.set_defaults(func=cmd_status)
+
+    lab = sub.add_parser("lab", parents=[common], help="run a few nodes on loopback to try lannode out")
+    lab.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")
+    lab.add_argument("--dir", help="where their homes go (default: a temporary directory, removed afterwards)")
+    lab.add_argument("--keep", action="store_true", help="keep the homes when the lab stops")
+    lab.set_defaults(func=cmd_lab)
+
+    service = sub.add_parser("service", help="the systemd service")
+    service_sub = service.add_subparsers(dest="service_command", metavar="ACTION", required=True)
+    install = service_sub.add_parser("install", parents=[common], help="write the systemd unit")
+    install.add_argument("--user", action="store_true", help="a user unit (~/.config/systemd/user) instead of a system one")
+    install.add_argument("--dest", metavar="DIR", help="write the unit into DIR instead")
+    install.add_argument("--run-as", metavar="USER", help="system unit: run as USER (default: a DynamicUser)")
+    install.add_argument("--print", action="store_true", help="print the unit instead of writing it")
+    install.set_defaults(func=cmd_service_install)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130

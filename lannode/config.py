@@ -1,0 +1,208 @@
+"""The node's config file: one schema that writes the commented default and checks.
+
+Every option is declared once, in ``OPTIONS``, with its default and a line of help.
+From that table come the file written on first start (every option, commented),
+the validation of a file a person edited, and the typed values the daemon reads.
+
+A broken config is never guessed around: ``ConfigError`` names the file, the key
+and what is wrong, and the CLI prints it as one line and exits with code 2.
+
+Plugins get a table each, ``[plugins.NAME]``, with ``enabled`` and any keys the
+plugin itself understands; those are handed to the plugin untouched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message is one line for a person."""
+
+    def __init__(self, path: Path, key: str | None, problem: str) -> None:
+        self.path = path
+        self.key = key
+        self.problem = problem
+        where = f"{path}: {key}" if key else str(path)
+        super().__init__(f"config error in {where}: {problem}")
+
+
+def _port(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        return "expected a port number from 0 to 65535 (0 picks a free port)"
+    return None
+
+
+def _positive(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return "expected a whole number above 0"
+    return None
+
+
+def _log_level(value: Any) -> str | None:
+    if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
+        return f"expected one of {', '.join(LOG_LEVELS)}"
+    return None
+
+
+def check_interface(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "expected a string"
+    if value == "":
+        return None
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        return 'expected an IPv4 address such as "127.0.0.1", or "" for the LAN interfaces'
+    return None
+
+
+def _name(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "expected a string"
+    if len(value) > 64 or any(ord(c) < 32 for c in value):
+        return "expected at most 64 printable characters"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    section: str
+    key: str
+    default: Any
+    help: str
+    check: Callable[[Any], str | None] | None = None
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.key}"
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("node", "name", "", "The name people see; set from --name or the hostname on first start.", _name),
+    Option(
+        "node",
+        "interface",
+        "",
+        'IPv4 address for gossip, links and zeroconf; "" = the LAN interfaces. '
+        "--interface and $LANNODE_INTERFACE override it.",
+        check_interface,
+    ),
+    Option("node", "log_level", "info", "One of debug, info, warning, error; --log-level overrides it.", _log_level),
+    Option("api", "port", 0, "Port of the local API on 127.0.0.1; 0 picks a free one (see api.json).", _port),
+    Option("api", "max_message_bytes", 1 << 20, "Largest API message accepted; a bigger one closes the connection (1009).", _positive),
+)
+
+# Defaults of the plugins the package ships; a plugin's table may hold more keys.
+PLUGIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "webui": {"enabled": True, "port": 7480},
+}
+PLUGIN_HELP: dict[str, str] = {
+    "webui": "The web UI on 127.0.0.1:port (a free port if that one is taken).",
+}
+
+
+@dataclass(slots=True)
+class Config:
+    path: Path
+    values: dict[str, Any] = field(default_factory=dict)
+    plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def get(self, dotted: str) -> Any:
+        return self.values[dotted]
+
+    def enabled_plugins(self) -> dict[str, dict[str, Any]]:
+        return {name: table for name, table in self.plugins.items() if table.get("enabled")}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    raise TypeError(f"no TOML rendering for {type(value).__name__}")
+
+
+def render_default(name: str) -> str:
+    """The config written on first start: every option, its default and its help."""
+    lines = ["# lannode node config. Every option is shown with its default.", ""]
+    section = None
+    for option in OPTIONS:
+        if option.section != section:
+            if section is not None:
+                lines.append("")
+            lines.append(f"[{option.section}]")
+            section = option.section
+        lines.append(f"# {option.help}")
+        value = name if option.dotted == "node.name" else option.default
+        lines.append(f"{option.key} = {_toml_value(value)}")
+    for plugin, table in PLUGIN_DEFAULTS.items():
+        lines += ["", f"# {PLUGIN_HELP[plugin]}", f"[plugins.{plugin}]"]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _expect_type(path: Path, key: str, value: Any, default: Any) -> None:
+    expected = type(default)
+    ok = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(path, key, f"expected {expected.__name__}, got {type(value).__name__} {value!r}")
+
+
+def parse(path: Path, text: str) -> Config:
+    """Check a config's text against the schema; raise ConfigError on the first fault."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, None, f"not valid TOML: {exc}") from None
+    known = {(o.section, o.key): o for o in OPTIONS}
+    sections = {o.section for o in OPTIONS} | {"plugins"}
+    config = Config(path=path, values={o.dotted: o.default for o in OPTIONS})
+    for section, table in data.items():
+        if section not in sections:
+            raise ConfigError(path, section, f"unknown section (known: {', '.join(sorted(sections))})")
+        if not isinstance(table, dict):
+            raise ConfigError(path, section, "expected a table")
+        if section == "plugins":
+            continue
+        for key, value in table.items():
+            option = known.get((section, key))
+            if option is None:
+                raise ConfigError(path, f"{section}.{key}", "unknown option")
+            _expect_type(path, option.dotted, value, option.default)
+            if option.check and (problem := option.check(value)):
+                raise ConfigError(path, option.dotted, f"{problem}, got {value!r}")
+            config.values[option.dotted] = value
+    config.plugins = {name: dict(table) for name, table in PLUGIN_DEFAULTS.items()}
+    for name, table in data.get("plugins", {}).items():
+        key = f"plugins.{name}"
+        if not isinstance(table, dict):
+            raise ConfigError(path, key, "expected a table such as [plugins.NAME] with enabled = true")
+        merged = {"enabled": False, **PLUGIN_DEFAULTS.get(name, {})}
+        for sub, value in table.items():
+            if sub in merged:
+                _expect_type(path, f"{key}.{sub}", value, merged[sub])
+        if name in PLUGIN_DEFAULTS and "port" in table and (problem := _port(table["port"])):
+            raise ConfigError(path, f"{key}.port", f"{problem}, got {table['port']!r}")
+        merged.update(table)
+        config.plugins[name] = merged
+    return config
+
+
+def load(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(path, None, "not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read: {exc.strerror}") from None
+    return parse(path, text)

@@ -1,0 +1,170 @@
+"""The composition root: one trio nursery that wires the node's services.
+
+``run_up`` is ``lannode up``: lock the home, read the config and identity, serve
+the local API, write ``api.json``, tell systemd READY=1, start the plugins, and
+run until SIGTERM or SIGINT, then stop everything within two seconds, leaving no
+process, socket, api.json or lock behind. Service code lives in its own room;
+this module only wires the rooms together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from lannode import __version__, systemd
+from lannode.config import Config
+from lannode.core import api
+from lannode.files import write_private
+from lannode.home import Home, HomeLock
+from lannode.identity import Identity
+from lannode.net.api_server import ApiServer, EventBus, require
+from lannode.plugins.supervisor import PluginSupervisor, check_origin
+
+log = logging.getLogger("lannode.node")
+
+
+@dataclass(slots=True)
+class NodeSettings:
+    home: Home
+    config: Config
+    identity: Identity
+    name: str
+    interface: str
+
+
+class Node:
+    def __init__(self, settings: NodeSettings) -> None:
+        self.settings = settings
+        self.home = settings.home
+        self.token = secrets.token_hex(32)
+        self.bus = EventBus()
+        self.api = ApiServer(
+            node_id=settings.identity.node_id,
+            node_name=settings.name,
+            version=__version__,
+            token=self.token,
+            bus=self.bus,
+            max_message_bytes=settings.config.get("api.max_message_bytes"),
+        )
+        self.plugins: PluginSupervisor | None = None
+        self.started_wall = time.time()
+        self.started = time.monotonic()
+        self._stop = trio.Event()
+        self._register_methods()
+
+    # -- API methods --------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "node_id": s.identity.node_id,
+            "name": s.name,
+            "version": __version__,
+            "api_version": api.API_VERSION,
+            "pid": os.getpid(),
+            "started_at": round(self.started_wall, 3),
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "interface": s.interface or "auto",
+            "home": str(self.home.path),
+            "plugins": self.plugins.statistics() if self.plugins else [],
+            "api": self.api.statistics(),
+        }
+
+    def _register_methods(self) -> None:
+        async def node_status(params: dict[str, Any], caller: api.Principal) -> Any:
+            return self.status()
+
+        async def node_stop(params: dict[str, Any], caller: api.Principal) -> Any:
+            log.info("stop requested through the API")
+            self._stop.set()
+            return {"stopping": True}
+
+        async def plugin_register(params: dict[str, Any], caller: api.Principal) -> Any:
+            name = require(params, "name", str)
+            url = require(params, "url", str)
+            origins = require(params, "origins", list)
+            for origin in origins:
+                if not isinstance(origin, str) or (problem := check_origin(origin)):
+                    raise api.ApiError(api.ErrorCode.BAD_PARAMS, problem or "origins must be strings")
+            if self.plugins is None:
+                raise api.ApiError(api.ErrorCode.UNAVAILABLE, "plugins are not running yet")
+            try:
+                state = self.plugins.register(name, url, origins)
+            except KeyError:
+                raise api.ApiError(api.ErrorCode.NOT_FOUND, f"{name!r} is not a plugin this node runs") from None
+            return state.public()
+
+        self.api.method("node.status", node_status, "The node's id, name, version, uptime, interface, plugins and API counters.")
+        self.api.method("node.stop", node_stop, "Stop the node cleanly, as SIGTERM does.", local_only=True)
+        self.api.method("plugin.register", plugin_register, 'A plugin announces {"name", "url", "origins"}; origins become UI origins.', local_only=True)
+
+    # -- life ---------------------------------------------------------------
+    def _sync_origins(self) -> None:
+        self.api.ui_origins = self.plugins.origins() if self.plugins else {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        s = self.settings
+        try:
+            async with trio.open_nursery() as nursery:
+                port = await nursery.start(self.api.serve, s.config.get("api.port"))
+                url = f"ws://127.0.0.1:{port}{api.API_PATH}"
+                info = {"url": url, "token": self.token, "pid": os.getpid(), "node_id": s.identity.node_id, "api": api.API_VERSION}
+                await trio.to_thread.run_sync(write_private, self.home.api_json, json.dumps(info, indent=1).encode())
+                self.plugins = PluginSupervisor(
+                    s.config.enabled_plugins(),
+                    {"LANNODE_API_URL": url, "LANNODE_API_TOKEN": self.token, "LANNODE_HOME": str(self.home.path)},
+                    self.bus,
+                    self._sync_origins,
+                )
+                nursery.start_soon(self.plugins.run)
+                if (interval := systemd.watchdog_interval()) is not None:
+                    nursery.start_soon(self._watchdog, interval)
+                systemd.notify(f"READY=1\nSTATUS=node {s.name} ({s.identity.node_id}) up\nMAINPID={os.getpid()}")
+                log.info("node %s (%s) is up; home %s", s.name, s.identity.node_id, self.home.path)
+                task_status.started()
+                await self._wait_for_stop()
+                systemd.notify("STOPPING=1")
+                self.bus.publish("node.stopping", {"node_id": s.identity.node_id})
+                log.info("stopping")
+                nursery.cancel_scope.cancel()
+        finally:
+            self.home.api_json.unlink(missing_ok=True)
+
+    async def _wait_for_stop(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def on_signal() -> None:
+                    async for signum in signals:
+                        log.info("received %s", signal.Signals(signum).name)
+                        self._stop.set()
+                        return
+
+                nursery.start_soon(on_signal)
+                await self._stop.wait()
+                nursery.cancel_scope.cancel()
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await trio.sleep(interval)
+
+
+def run_up(settings: NodeSettings) -> int:
+    """``lannode up``: run the node in the foreground until a signal stops it."""
+    lock = HomeLock(settings.home)
+    lock.acquire()
+    try:
+        trio.run(Node(settings).run)
+    finally:
+        lock.release()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,1 @@
+"""trio I/O: the local API server and client (and, later, gossip and peer links)."""

@@ -1,0 +1,171 @@
+"""A client of the local API, for the CLI, plugins and tests.
+
+``connect(home)`` reads ``api.json`` from a node's home and opens the WebSocket
+with the node token; ``ApiClient.call`` sends a request and waits for its reply;
+``ApiClient.events`` yields the events the client subscribed to. A node that is
+not running shows up as ``NodeNotRunning``, an error reply as ``RemoteError``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, AsyncIterator, Iterator
+
+import trio
+from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection, open_websocket_url
+
+from lannode.core import api
+from lannode.home import Home
+
+
+class NodeNotRunning(Exception):
+    def __init__(self, home: Home, detail: str = "") -> None:
+        self.home = home
+        super().__init__(
+            f"no node is running on home {home.path}{f' ({detail})' if detail else ''}; "
+            f"start one with: lannode up{'' if _is_default(home) else f' --home {home.path}'}"
+        )
+
+
+def _is_default(home: Home) -> bool:
+    from lannode.home import resolve
+
+    return resolve() == home.path
+
+
+class RemoteError(Exception):
+    """The node answered a request with an error reply."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{message} [{code}]")
+        self.code = code
+        self.message = message
+
+
+class ApiRejected(Exception):
+    """The node refused the connection itself (token, origin, path)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"the node refused the connection ({status}): {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class ApiClient:
+    def __init__(self, ws: WebSocketConnection, hello: dict[str, Any]) -> None:
+        self.ws = ws
+        self.hello = hello
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self._events_send, self._events_recv = trio.open_memory_channel[tuple[str, Any]](1024)
+
+    async def call(self, method: str, **params: Any) -> Any:
+        request_id = next(self._ids)
+        send, recv = trio.open_memory_channel[dict[str, Any]](1)
+        self._waiting[request_id] = send
+        try:
+            await self.ws.send_message(json.dumps({"id": request_id, "method": method, "params": params}))
+            with recv:
+                try:
+                    message = await recv.receive()
+                except trio.EndOfChannel:
+                    raise ConnectionClosed(self.ws.closed) from None
+        finally:
+            self._waiting.pop(request_id, None)
+        if "error" in message:
+            raise RemoteError(message["error"].get("code", "?"), message["error"].get("message", ""))
+        return message.get("result")
+
+    async def subscribe(self, *topics: str) -> None:
+        await self.call("events.subscribe", topics=list(topics))
+
+    async def events(self) -> AsyncIterator[tuple[str, Any]]:
+        async for item in self._events_recv:
+            yield item
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                message = json.loads(await self.ws.get_message())
+                if "event" in message:
+                    try:
+                        self._events_send.send_nowait((message["event"], message.get("data")))
+                    except trio.WouldBlock:
+                        pass  # a client that does not read its events loses the oldest-first overflow
+                elif (waiter := self._waiting.get(message.get("id"))) is not None:
+                    waiter.send_nowait(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._events_send.close()
+            for waiter in self._waiting.values():
+                waiter.close()
+
+
+@contextmanager
+def collapse_single_group() -> Iterator[None]:
+    """Re-raise a lone exception out of a nursery's ExceptionGroup, so callers can catch it."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise group.exceptions[0] from None
+        raise
+
+
+@asynccontextmanager
+async def open_client(
+    url: str, token: str, *, origin: str | None = None, subprotocol_token: bool = False
+) -> AsyncIterator[ApiClient]:
+    """Connect to an API URL. ``origin``/``subprotocol_token`` mimic what a browser sends."""
+    headers: list[tuple[bytes, bytes]] = []
+    subprotocols = [api.SUBPROTOCOL]
+    if subprotocol_token:
+        subprotocols.append(api.TOKEN_SUBPROTOCOL_PREFIX + token)
+    elif token:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    try:
+        async with open_websocket_url(url, subprotocols=subprotocols, extra_headers=headers, connect_timeout=5, disconnect_timeout=1) as ws:
+            hello = json.loads(await ws.get_message())
+            client = ApiClient(ws, hello.get("data", {}))
+            with collapse_single_group():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(client._read)
+                    try:
+                        yield client
+                    finally:
+                        nursery.cancel_scope.cancel()
+    except ConnectionRejected as exc:
+        body = (exc.body or b"").decode(errors="replace")
+        raise ApiRejected(exc.status_code, body) from None
+
+
+@asynccontextmanager
+async def connect(home: Home) -> AsyncIterator[ApiClient]:
+    """Connect to the node running on ``home``; NodeNotRunning if there is none."""
+    info = home.read_api()
+    if info is None:
+        raise NodeNotRunning(home)
+    connected = False
+    try:
+        async with open_client(info["url"], info["token"]) as client:
+            connected = True
+            yield client
+    except (OSError, HandshakeError) as exc:
+        if connected:
+            raise
+        raise NodeNotRunning(home, f"its API at {info['url']} does not answer: {exc}") from None
+
+
+def call(home: Home, method: str, **params: Any) -> Any:
+    """One request from synchronous code (the CLI)."""
+
+    async def once() -> Any:
+        async with connect(home) as client:
+            return await client.call(method, **params)
+
+    return trio.run(once)

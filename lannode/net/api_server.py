@@ -1,0 +1,260 @@
+"""The local API server: trio-websocket on 127.0.0.1, speaking ``lannode.core.api``.
+
+Services register methods here (``ApiServer.method``) and publish events on the
+``EventBus``; every front (CLI, plugins, browser) reaches the daemon only through
+this server. A connection's bad input — a rejected handshake, a frame that is not
+JSON, an unknown method, a frame over the size limit — is answered with a clear
+error and counted in ``statistics()``; it never takes the server down.
+
+It must never bind anything but 127.0.0.1, and never block the loop: a handler
+that does disk or CPU work uses ``trio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from lannode.core import api
+
+log = logging.getLogger("lannode.api")
+
+Handler = Callable[[dict[str, Any], api.Principal], Awaitable[Any]]
+
+EVENT_QUEUE = 512  # events buffered per connection before they are dropped (and counted)
+MAX_IN_FLIGHT = 64  # concurrent requests per connection; more wait their turn
+
+
+@dataclass(slots=True)
+class Method:
+    name: str
+    handler: Handler
+    doc: str
+    local_only: bool
+
+
+class EventBus:
+    """Fan-out of events to subscribers; a slow subscriber loses events, never stalls us."""
+
+    def __init__(self) -> None:
+        self._subscribers: set[_Subscriber] = set()
+        self.dropped = 0
+
+    def publish(self, topic: str, data: Any) -> None:
+        frame: str | None = None
+        for sub in list(self._subscribers):
+            if any(api.topic_matches(p, topic) for p in sub.patterns):
+                frame = frame or api.event(topic, data)
+                try:
+                    sub.send.send_nowait(frame)
+                except trio.WouldBlock:
+                    self.dropped += 1
+                    sub.dropped += 1
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._subscribers.discard(sub)
+
+    def _add(self, sub: "_Subscriber") -> None:
+        self._subscribers.add(sub)
+
+    def _remove(self, sub: "_Subscriber") -> None:
+        self._subscribers.discard(sub)
+
+    def statistics(self) -> dict[str, int]:
+        return {"subscribers": len(self._subscribers), "dropped": self.dropped}
+
+
+@dataclass(eq=False, slots=True)
+class _Subscriber:
+    send: trio.MemorySendChannel[str]
+    patterns: set[str] = field(default_factory=set)
+    dropped: int = 0
+
+
+class ApiServer:
+    def __init__(self, *, node_id: str, node_name: str, version: str, token: str, bus: EventBus, max_message_bytes: int) -> None:
+        self.node_id = node_id
+        self.node_name = node_name
+        self.version = version
+        self.token = token
+        self.bus = bus
+        self.max_message_bytes = max_message_bytes
+        self.ui_origins: dict[str, str] = {}  # origin -> the plugin that registered it
+        self.methods: dict[str, Method] = {}
+        self.port = 0
+        self.rejected: Counter[str] = Counter()
+        self.bad_messages: Counter[str] = Counter()
+        self.connections = 0
+        self._register_builtins()
+
+    # -- registration -------------------------------------------------------
+    def method(self, name: str, handler: Handler, doc: str, *, local_only: bool = False) -> None:
+        if name in self.methods:
+            raise ValueError(f"API method {name} registered twice")
+        self.methods[name] = Method(name, handler, doc, local_only)
+
+    def _register_builtins(self) -> None:
+        async def methods(params: dict[str, Any], caller: api.Principal) -> Any:
+            return [{"method": m.name, "doc": m.doc, "local_only": m.local_only} for m in sorted(self.methods.values(), key=lambda m: m.name)]
+
+        self.method("api.methods", methods, "List every method with a line of documentation.")
+        # events.subscribe / events.unsubscribe need the connection: handled in _dispatch.
+        self.method("events.subscribe", _connection_method, 'Receive events whose topic matches one of {"topics": [...]} ("*", "plugin.*").')
+        self.method("events.unsubscribe", _connection_method, 'Stop receiving {"topics": [...]}.')
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "port": self.port,
+            "connections": self.connections,
+            "rejected": dict(self.rejected),
+            "bad_messages": dict(self.bad_messages),
+            "events": self.bus.statistics(),
+        }
+
+    # -- serving ------------------------------------------------------------
+    async def serve(self, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                lambda task_status: serve_websocket(
+                    self._handle,
+                    "127.0.0.1",
+                    port,
+                    None,
+                    max_message_size=self.max_message_bytes,
+                    connect_timeout=10,
+                    disconnect_timeout=1,
+                    task_status=task_status,
+                )
+            )
+            self.port = server.port
+            log.info("local API on ws://127.0.0.1:%d%s", self.port, api.API_PATH)
+            task_status.started(self.port)
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        decision = api.authorize(
+            path=request.path,
+            headers=request.headers,
+            subprotocols=request.proposed_subprotocols,
+            token=self.token,
+            ui_origins=self.ui_origins,
+        )
+        if isinstance(decision, api.Rejection):
+            self.rejected[str(decision.status)] += 1
+            log.warning("API connection refused (%d): %s", decision.status, decision.reason)
+            try:
+                await request.reject(decision.status, body=decision.reason.encode())
+            except (ConnectionClosed, trio.BrokenResourceError):
+                pass
+            return
+        subprotocol = api.SUBPROTOCOL if api.SUBPROTOCOL in request.proposed_subprotocols else None
+        ws = await request.accept(subprotocol=subprotocol)
+        self.connections += 1
+        try:
+            await _Connection(self, ws, decision).run()
+        finally:
+            self.connections -= 1
+            if ws.closed and ws.closed.code == 1009:
+                self.bad_messages["oversized"] += 1
+
+
+async def _connection_method(params: dict[str, Any], caller: api.Principal) -> Any:
+    raise AssertionError("handled by the connection")  # pragma: no cover
+
+
+class _Connection:
+    def __init__(self, server: ApiServer, ws: WebSocketConnection, principal: api.Principal) -> None:
+        self.server = server
+        self.ws = ws
+        self.principal = principal
+        self.replies_send, self.replies_recv = trio.open_memory_channel[str](MAX_IN_FLIGHT)
+        self.events_send, self.events_recv = trio.open_memory_channel[str](EVENT_QUEUE)
+        self.subscriber = _Subscriber(self.events_send)
+        self.in_flight = trio.Semaphore(MAX_IN_FLIGHT)
+
+    async def run(self) -> None:
+        server = self.server
+        try:
+            await self.ws.send_message(api.hello(server.node_id, server.node_name, server.version))
+        except ConnectionClosed:
+            return
+        server.bus._add(self.subscriber)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write)
+                while True:
+                    try:
+                        frame = await self.ws.get_message()
+                    except ConnectionClosed:
+                        break
+                    try:
+                        request = api.parse_request(frame)
+                    except api.ApiError as exc:
+                        server.bad_messages[exc.code] += 1
+                        await self.replies_send.send(api.error(exc.request_id, exc.code, exc.message))
+                        continue
+                    await self.in_flight.acquire()
+                    nursery.start_soon(self._dispatch, request)
+                nursery.cancel_scope.cancel()
+        finally:
+            server.bus._remove(self.subscriber)
+
+    async def _write(self) -> None:
+        # Replies first, events as they come; both merged onto the one socket.
+        async def pump(channel: trio.MemoryReceiveChannel[str]) -> None:
+            async for frame in channel:
+                try:
+                    await self.ws.send_message(frame)
+                except ConnectionClosed:
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, self.replies_recv)
+            nursery.start_soon(pump, self.events_recv)
+
+    async def _dispatch(self, request: api.Request) -> None:
+        try:
+            result = await self._call(request)
+            frame = api.reply(request.id, result)
+        except api.ApiError as exc:
+            self.server.bad_messages[exc.code] += 1
+            frame = api.error(request.id, exc.code, exc.message)
+        except Exception:
+            log.exception("API method %s failed", request.method)
+            self.server.bad_messages[api.ErrorCode.INTERNAL] += 1
+            frame = api.error(request.id, api.ErrorCode.INTERNAL, f"{request.method} failed inside the node; see its log")
+        finally:
+            self.in_flight.release()
+        await self.replies_send.send(frame)
+
+    async def _call(self, request: api.Request) -> Any:
+        method = self.server.methods.get(request.method)
+        if method is None:
+            raise api.ApiError(api.ErrorCode.UNKNOWN_METHOD, f"unknown method {request.method!r}; api.methods lists them")
+        if method.local_only and not self.principal.is_local:
+            raise api.ApiError(api.ErrorCode.FORBIDDEN, f"{request.method} is for local programs, not web pages")
+        if method.name in ("events.subscribe", "events.unsubscribe"):
+            topics = request.params.get("topics")
+            if not isinstance(topics, list) or not all(isinstance(t, str) and 0 < len(t) <= 64 for t in topics):
+                raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"topics" must be a list of topic patterns such as ["plugin.*"]')
+            if method.name == "events.subscribe":
+                self.subscriber.patterns.update(topics)
+            else:
+                self.subscriber.patterns.difference_update(topics)
+            return {"topics": sorted(self.subscriber.patterns)}
+        return await method.handler(request.params, self.principal)
+
+
+def require(params: dict[str, Any], name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
+    """A handler's check of one parameter; raises a bad_params error naming it."""
+    if name not in params:
+        if optional:
+            return None
+        raise api.ApiError(api.ErrorCode.BAD_PARAMS, f'missing parameter "{name}"')
+    value = params[name]
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))):
+        raise api.ApiError(api.ErrorCode.BAD_PARAMS, f'parameter "{name}" has the wrong type')
+    return value

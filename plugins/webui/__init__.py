@@ -1,0 +1,113 @@
+"""The web UI plugin: Flask on 127.0.0.1 serving ``ui/`` and the page's API ticket.
+
+The page talks to the daemon's API directly over WebSocket; this server only
+serves static files and ``/config.json``: the API address and a token derived
+for the page's own origin (``lannode.core.api.origin_token``), which the daemon
+accepts from that origin only. Requests whose Host is not this server's loopback
+address are refused, so a DNS-rebinding page cannot read the ticket.
+
+It must never bind anything but 127.0.0.1, and never hold the node's own token
+in anything it sends to a browser.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import signal
+import sys
+import importlib.util
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Flask, Response, abort, jsonify, request, send_from_directory
+
+from lannode.core.api import origin_token
+from lannode.plugins.kit import PluginContext, PluginEnvError
+
+log = logging.getLogger("lannode.webui")
+
+
+def ui_root() -> Path:
+    """Where ui/ lives: packaged as ``lannode_ui``, or beside plugins/ in a checkout."""
+    spec = importlib.util.find_spec("lannode_ui")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "index.html").is_file():
+            return Path(location)
+    return Path(__file__).resolve().parents[2] / "ui"
+
+
+def create_app(ctx: PluginContext, root: Path | None = None) -> Flask:
+    root = root or ui_root()
+    app = Flask(__name__, static_folder=None)
+    api = urlsplit(ctx.api_url)
+    csp = (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+        f"media-src 'self' blob:; connect-src 'self' ws://{api.netloc}; frame-ancestors 'none'; base-uri 'none'"
+    )
+
+    @app.before_request
+    def only_our_host() -> Any:
+        port = request.environ.get("SERVER_PORT")
+        if request.host not in (f"127.0.0.1:{port}", f"localhost:{port}"):
+            abort(421, description="this page is served on 127.0.0.1 only")
+        return None
+
+    @app.after_request
+    def headers(response: Response) -> Response:
+        response.headers["Content-Security-Policy"] = csp
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Frame-Options"] = "DENY"
+        return response
+
+    @app.get("/config.json")
+    def config() -> Any:
+        origin = f"http://{request.host}"
+        response = jsonify({"api_url": ctx.api_url, "token": origin_token(ctx.token, origin), "origin": origin})
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.get("/")
+    def index() -> Any:
+        return send_from_directory(root, "index.html")
+
+    @app.get("/<path:name>")
+    def static_file(name: str) -> Any:
+        return send_from_directory(root, name)
+
+    return app
+
+
+def _make_server(app: Flask, port: int) -> Any:
+    from werkzeug.serving import make_server
+
+    try:
+        return make_server("127.0.0.1", port, app, threaded=True)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or port == 0:
+            raise
+        log.warning("port %d is taken; the web UI takes a free port instead", port)
+        return make_server("127.0.0.1", 0, app, threaded=True)
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    try:
+        ctx = PluginContext.from_env()
+    except PluginEnvError as exc:
+        print(f"lannode-webui: {exc}", file=sys.stderr)
+        return 2
+    wanted = int(ctx.config.get("port", 7480))
+    server = _make_server(create_app(ctx), wanted)
+    port = server.server_port
+    url = f"http://127.0.0.1:{port}/"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    registered = ctx.attach(url=url, origins=[f"http://127.0.0.1:{port}", f"http://localhost:{port}"], on_node_gone=server.shutdown)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0 if registered.is_set() else 3

@@ -1,0 +1,18 @@
+#!/bin/sh
+# What the test suite needs from the system, installed from Debian's packages when
+# missing: chromium (browser tests, driven by Playwright; never a downloaded build)
+# and systemd-analyze (the unit is verified). Installing needs root; without it the
+# script names what is missing and fails, because a test is never skipped for it.
+set -eu
+missing=""
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+    echo "tests need:$missing (Debian packages); install them as root: apt-get install$missing" >&2
+    exit 1
+fi
+echo "installing$missing from Debian's packages" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends $missing >/dev/null

@@ -1,0 +1,62 @@
+// The node's first page: who this node is and how it is doing, live from the API.
+import { NodeApi } from "/api.js";
+
+const $ = (id) => document.getElementById(id);
+const api = new NodeApi();
+let status = null;
+let statusAt = 0;
+
+function duration(seconds) {
+  seconds = Math.floor(seconds);
+  const d = Math.floor(seconds / 86400), h = Math.floor((seconds % 86400) / 3600);
+  const m = Math.floor((seconds % 3600) / 60), s = seconds % 60;
+  return (d ? `${d}d ` : "") + (d || h ? `${h}h ` : "") + (d || h || m ? `${m}m ` : "") + `${s}s`;
+}
+
+function renderUptime() {
+  if (status) $("uptime").textContent = duration(status.uptime_s + (performance.now() - statusAt) / 1000);
+}
+
+function render() {
+  $("node-name").textContent = status.name;
+  document.title = `${status.name} · lannode`;
+  $("node-id").textContent = status.node_id;
+  $("version").textContent = `${status.version} (API v${status.api_version})`;
+  $("interface").textContent = status.interface;
+  $("home").textContent = status.home;
+  renderUptime();
+  const rows = status.plugins.map((p) => {
+    const tr = document.createElement("tr");
+    for (const value of [p.name, p.state, String(p.restarts), p.url || "—"]) {
+      const td = document.createElement("td");
+      td.textContent = value;
+      tr.append(td);
+    }
+    return tr;
+  });
+  $("plugins").replaceChildren(...rows);
+}
+
+async function refresh() {
+  try {
+    status = await api.call("node.status");
+    statusAt = performance.now();
+    render();
+  } catch (err) {
+    /* shown by the connection line */
+  }
+}
+
+api.addEventListener("state", (e) => {
+  const line = $("connection");
+  line.dataset.state = e.detail.state;
+  line.textContent = e.detail.state === "up" ? "connected to the node" : "the node does not answer; retrying…";
+  if (e.detail.state === "up") refresh();
+});
+api.addEventListener("plugin.state", refresh);
+api.subscribe("plugin.*", "node.*");
+api.addEventListener("node.stopping", () => { $("connection").textContent = "the node is stopping"; });
+
+setInterval(renderUptime, 1000);
+setInterval(refresh, 5000);
+api.start().catch((err) => { $("connection").textContent = `cannot reach this page's server: ${err.message}`; });
