@@ -134,6 +134,7 @@ def test_malformed_requests_get_clear_errors(node: RunningNode) -> None:
         '{"id": 5, "method": "events.subscribe", "params": {"topics": "plugin.*"}}',
         '{"id": 6, "method": "plugin.register", "params": {"name": "webui"}}',
         '{"id": 7, "method": "plugin.register", "params": {"name": "webui", "url": "x", "origins": ["http://evil.example:80"]}}',
+        r'{"id": 9, "method": "\ud800 lone surrogate"}',
         '{"id": 8, "method": "node.status"}',
     ]
     answers = run(lambda: raw_exchange(node, frames))
@@ -151,6 +152,7 @@ def test_malformed_requests_get_clear_errors(node: RunningNode) -> None:
         "bad_params",
         "bad_params",
         "bad_params",
+        "unknown_method",
         None,
     ]
     assert all(a["error"]["message"] for a in answers[:-1])
@@ -186,7 +188,7 @@ def test_the_request_parser_turns_any_text_into_a_request_or_an_api_error(frame:
 
 def test_random_frames_never_take_the_server_down(node: RunningNode) -> None:
     rng = random.Random(20261124)
-    pieces = ['{', '}', '[', ']', '"id"', '"method"', '"params"', ':', ',', '1', 'null', '"node.status"', '\\u0000', "é", "\ud800"]
+    pieces = ['{', '}', '[', ']', '"id"', '"method"', '"params"', ':', ',', '1', 'null', '"node.status"', '\\u0000', "é", r'"\ud800"', r'{"id": 9, "method": "\ud800"}']
     frames = ["".join(rng.choice(pieces) for _ in range(rng.randrange(1, 30))) for _ in range(60)]
     frames += ["".join(chr(rng.randrange(1, 0x3000)) for _ in range(rng.randrange(1, 200))) for _ in range(20)]
     frames += ['{"id": 1, "method": "node.status", "params": {"x": ' + "[" * 5000 + "]" * 5000 + "}}"]

@@ -105,7 +105,9 @@ def parse_request(frame: str | bytes) -> Request:
 
 
 def encode(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    # ASCII with \u escapes: a lone surrogate a client smuggled in through a JSON
+    # escape still encodes, where raw UTF-8 would fail the send.
+    return json.dumps(message, separators=(",", ":"))
 
 
 def reply(request_id: int | str, result: Any) -> str:
