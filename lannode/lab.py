@@ -84,7 +84,7 @@ async def _lab(nodes: int, root: Path, as_json: bool) -> int:
                 break
             return 0
         except (RuntimeError, trio.TooSlowError) as exc:
-            print(f"lannode: the lab could not start: {exc or 'a node did not answer in time'}", file=sys.stderr)
+            print(f"lannode: the lab could not start: {str(exc) or 'a node did not answer within 30 s'}", file=sys.stderr)
             return 1
         finally:
             with trio.CancelScope(shield=True):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import logging
 import signal
+import socket
 import sys
 import importlib.util
 from pathlib import Path
@@ -80,16 +81,29 @@ def create_app(ctx: PluginContext, root: Path | None = None) -> Flask:
     return app
 
 
+def _listen(port: int) -> socket.socket:
+    """Bind 127.0.0.1:port ourselves (werkzeug exits on a taken port instead of raising)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or port == 0:
+            sock.close()
+            raise
+        log.warning("port %d is taken; the web UI takes a free port instead", port)
+        sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
 def _make_server(app: Flask, port: int) -> Any:
     from werkzeug.serving import make_server
 
-    try:
-        return make_server("127.0.0.1", port, app, threaded=True)
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE or port == 0:
-            raise
-        log.warning("port %d is taken; the web UI takes a free port instead", port)
-        return make_server("127.0.0.1", 0, app, threaded=True)
+    sock = _listen(port)
+    server = make_server("127.0.0.1", sock.getsockname()[1], app, threaded=True, fd=sock.fileno())
+    sock.close()  # werkzeug holds its own duplicate of the descriptor
+    return server
 
 
 def main() -> int:
@@ -102,7 +116,7 @@ def main() -> int:
         return 2
     wanted = int(ctx.config.get("port", 7480))
     server = _make_server(create_app(ctx), wanted)
-    port = server.server_port
+    port = server.socket.getsockname()[1]
     url = f"http://127.0.0.1:{port}/"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     registered = ctx.attach(url=url, origins=[f"http://127.0.0.1:{port}", f"http://localhost:{port}"], on_node_gone=server.shutdown)
