@@ -87,10 +87,9 @@ def parse_request(frame: str | bytes) -> Request:
     if not isinstance(message, dict):
         raise ApiError(ErrorCode.BAD_JSON, "a request must be a JSON object")
     request_id = message.get("id")
-    valid_id = (isinstance(request_id, int) and not isinstance(request_id, bool)) or (
-        isinstance(request_id, str) and 0 < len(request_id) <= MAX_ID_LENGTH
-    )
-    if not valid_id:
+    valid_int = isinstance(request_id, int) and not isinstance(request_id, bool)
+    valid_str = isinstance(request_id, str) and 0 < len(request_id) <= MAX_ID_LENGTH
+    if not (valid_int or valid_str):
         raise ApiError(ErrorCode.BAD_REQUEST, f'"id" must be an integer or a string of 1..{MAX_ID_LENGTH} characters')
     method = message.get("method")
     if not isinstance(method, str) or not 0 < len(method) <= MAX_METHOD_LENGTH:
@@ -101,6 +100,7 @@ def parse_request(frame: str | bytes) -> Request:
     unknown = set(message) - {"id", "method", "params"}
     if unknown:
         raise ApiError(ErrorCode.BAD_REQUEST, f"unknown fields: {', '.join(sorted(unknown))}", request_id)
+    assert isinstance(request_id, (int, str))
     return Request(request_id, method, params)
 
 

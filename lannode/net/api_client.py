@@ -17,7 +17,7 @@ import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection, open_websocket_url
 
 from lannode.core import api
-from lannode.home import Home
+from lannode.home import Home, resolve
 
 
 class NodeNotRunning(Exception):
@@ -30,8 +30,6 @@ class NodeNotRunning(Exception):
 
 
 def _is_default(home: Home) -> bool:
-    from lannode.home import resolve
-
     return resolve() == home.path
 
 

@@ -33,7 +33,7 @@ MAX_IN_FLIGHT = 64  # concurrent requests per connection; more wait their turn
 @dataclass(slots=True)
 class Method:
     name: str
-    handler: Handler
+    handler: Handler | None  # None: the connection itself answers (events.*)
     doc: str
     local_only: bool
 
@@ -92,7 +92,7 @@ class ApiServer:
         self._register_builtins()
 
     # -- registration -------------------------------------------------------
-    def method(self, name: str, handler: Handler, doc: str, *, local_only: bool = False) -> None:
+    def method(self, name: str, handler: Handler | None, doc: str, *, local_only: bool = False) -> None:
         if name in self.methods:
             raise ValueError(f"API method {name} registered twice")
         self.methods[name] = Method(name, handler, doc, local_only)
@@ -102,9 +102,8 @@ class ApiServer:
             return [{"method": m.name, "doc": m.doc, "local_only": m.local_only} for m in sorted(self.methods.values(), key=lambda m: m.name)]
 
         self.method("api.methods", methods, "List every method with a line of documentation.")
-        # events.subscribe / events.unsubscribe need the connection: handled in _dispatch.
-        self.method("events.subscribe", _connection_method, 'Receive events whose topic matches one of {"topics": [...]} ("*", "plugin.*").')
-        self.method("events.unsubscribe", _connection_method, 'Stop receiving {"topics": [...]}.')
+        self.method("events.subscribe", None, 'Receive events whose topic matches one of {"topics": [...]} ("*", "plugin.*").')
+        self.method("events.unsubscribe", None, 'Stop receiving {"topics": [...]}.')
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -159,10 +158,6 @@ class ApiServer:
             self.connections -= 1
             if ws.closed and ws.closed.code == 1009:
                 self.bad_messages["oversized"] += 1
-
-
-async def _connection_method(params: dict[str, Any], caller: api.Principal) -> Any:
-    raise AssertionError("handled by the connection")  # pragma: no cover
 
 
 class _Connection:
@@ -236,16 +231,19 @@ class _Connection:
             raise api.ApiError(api.ErrorCode.UNKNOWN_METHOD, f"unknown method {request.method!r}; api.methods lists them")
         if method.local_only and not self.principal.is_local:
             raise api.ApiError(api.ErrorCode.FORBIDDEN, f"{request.method} is for local programs, not web pages")
-        if method.name in ("events.subscribe", "events.unsubscribe"):
-            topics = request.params.get("topics")
-            if not isinstance(topics, list) or not all(isinstance(t, str) and 0 < len(t) <= 64 for t in topics):
-                raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"topics" must be a list of topic patterns such as ["plugin.*"]')
-            if method.name == "events.subscribe":
-                self.subscriber.patterns.update(topics)
-            else:
-                self.subscriber.patterns.difference_update(topics)
-            return {"topics": sorted(self.subscriber.patterns)}
+        if method.handler is None:
+            return self._subscription(method.name, request.params)
         return await method.handler(request.params, self.principal)
+
+    def _subscription(self, method: str, params: dict[str, Any]) -> Any:
+        topics = params.get("topics")
+        if not isinstance(topics, list) or not all(isinstance(t, str) and 0 < len(t) <= 64 for t in topics):
+            raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"topics" must be a list of topic patterns such as ["plugin.*"]')
+        if method == "events.subscribe":
+            self.subscriber.patterns.update(topics)
+        else:
+            self.subscriber.patterns.difference_update(topics)
+        return {"topics": sorted(self.subscriber.patterns)}
 
 
 def require(params: dict[str, Any], name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
@@ -255,6 +253,7 @@ def require(params: dict[str, Any], name: str, kind: type | tuple[type, ...], *,
             return None
         raise api.ApiError(api.ErrorCode.BAD_PARAMS, f'missing parameter "{name}"')
     value = params[name]
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise api.ApiError(api.ErrorCode.BAD_PARAMS, f'parameter "{name}" has the wrong type')
     return value

@@ -147,7 +147,7 @@ class PluginSupervisor:
                     self._publish(state)
             except OSError as exc:
                 log.error("plugin %s could not start: %s", name, exc)
-                code = -1
+                code: int | None = -1
             else:
                 code = process.returncode
             finally:
