@@ -1,0 +1,228 @@
+"""Gossip datagrams on the wire, sans-IO: framing, signatures, sealing and replay.
+
+Every gossip datagram is at most ``MAX_DATAGRAM`` (1,400) bytes, so it is never
+IP-fragmented on an Ethernet LAN. Layout, all integers big-endian::
+
+    header   magic "LN" (2) | version (1) | flags (1)
+    inner    sender public key (32) | epoch (8) | counter (8) | length (2) | payload | Ed25519 signature (64)
+
+The signature covers the header and the inner bytes before it. The sender's node
+id is derived from its public key (``lannode.identity.node_id_for``), so a
+datagram cannot claim another node's id. With a network key (32 bytes, shared by
+the members) the inner part is sealed: ``header | nonce (24) | XChaCha20-Poly1305
+(inner, additional data = header)``, and a datagram that is not sealed with the
+key is dropped, so outsiders can neither read nor join.
+
+Replays: ``epoch`` is the sender's boot counter (persisted in its home, one more
+each start) and ``counter`` counts its datagrams within the boot. A receiver keeps,
+per sender, the newest epoch and a 64-wide window of counters, as IPsec does: a
+datagram from an older epoch, below the window, or already seen is dropped.
+
+A peer's bad datagram raises ``Dropped`` with a reason from ``DROP_REASONS``; it
+never raises anything else. This module must never do I/O or read the clock.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections import Counter
+from dataclasses import dataclass
+
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt,
+    crypto_sign_BYTES,
+)
+from nacl.exceptions import BadSignatureError, CryptoError
+from nacl.signing import SigningKey, VerifyKey
+
+from lannode.identity import node_id_for
+
+MAX_DATAGRAM = 1400
+VERSION = 1
+MAGIC = b"LN"
+FLAG_SEALED = 0x01
+KNOWN_FLAGS = FLAG_SEALED
+NETWORK_KEY_BYTES = 32
+NONCE_BYTES = 24
+TAG_BYTES = 16
+REPLAY_WINDOW = 64
+
+_HEADER = struct.Struct("!2sBB")
+_INNER = struct.Struct("!32sQQH")
+SIGNATURE_BYTES = crypto_sign_BYTES
+OVERHEAD_PLAIN = _HEADER.size + _INNER.size + SIGNATURE_BYTES
+OVERHEAD_SEALED = OVERHEAD_PLAIN + NONCE_BYTES + TAG_BYTES
+MAX_PAYLOAD = MAX_DATAGRAM - OVERHEAD_SEALED  # the same budget sealed or not
+
+DROP_REASONS = (
+    "truncated",  # shorter than its own framing says
+    "oversized",  # more than MAX_DATAGRAM bytes
+    "magic",  # not a lannode datagram
+    "version",  # a wire version we do not speak
+    "flags",  # flags we do not know
+    "unsealed",  # we hold a network key; the datagram was not sealed with one
+    "sealed",  # sealed, and we hold no network key
+    "decrypt",  # sealed with another key, or tampered with
+    "signature",  # the signature does not match the sender's key
+    "own",  # our own datagram, looped back by multicast
+    "replay",  # seen before, or older than what we have seen
+)
+
+
+class LocalProtocolError(Exception):
+    """We were asked to do something the protocol does not allow (our bug)."""
+
+
+class Dropped(Exception):
+    """A datagram we will not accept; ``reason`` is one of DROP_REASONS."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        assert reason in DROP_REASONS
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    public_key: bytes
+    epoch: int
+    counter: int
+    payload: bytes
+
+    @property
+    def node_id(self) -> str:
+        return node_id_for(self.public_key)
+
+
+class ReplayGuard:
+    """Per sender: the newest epoch, the highest counter and a bitmap of the last 64."""
+
+    def __init__(self) -> None:
+        self._senders: dict[bytes, tuple[int, int, int]] = {}
+
+    def check(self, sender: bytes, epoch: int, counter: int) -> None:
+        """Raise Dropped("replay") for a replay; otherwise leave the state unchanged."""
+        state = self._senders.get(sender)
+        if state is None:
+            return
+        known_epoch, highest, seen = state
+        if epoch < known_epoch:
+            raise Dropped("replay", f"epoch {epoch} is older than {known_epoch}")
+        if epoch > known_epoch or counter > highest:
+            return
+        behind = highest - counter
+        if behind >= REPLAY_WINDOW:
+            raise Dropped("replay", f"counter {counter} is below the window")
+        if seen >> behind & 1:
+            raise Dropped("replay", f"counter {counter} was seen")
+
+    def accept(self, sender: bytes, epoch: int, counter: int) -> None:
+        """Record a datagram that passed check() and its signature."""
+        state = self._senders.get(sender)
+        if state is None or epoch > state[0]:
+            self._senders[sender] = (epoch, counter, 1)
+            return
+        _, highest, seen = state
+        if counter > highest:
+            shift = counter - highest
+            seen = (seen << shift | 1) if shift < REPLAY_WINDOW else 1
+            self._senders[sender] = (epoch, counter, seen & ((1 << REPLAY_WINDOW) - 1))
+        else:
+            self._senders[sender] = (epoch, highest, seen | 1 << (highest - counter))
+
+    def forget(self, sender: bytes) -> None:
+        self._senders.pop(sender, None)
+
+
+class DatagramCodec:
+    """Encodes our datagrams and checks everyone else's.
+
+    ``epoch`` must grow with every start of the node (the daemon keeps it in the
+    home); ``network_key`` is None for an open network.
+    """
+
+    def __init__(self, signing_key: SigningKey, *, epoch: int, network_key: bytes | None = None) -> None:
+        if network_key is not None and len(network_key) != NETWORK_KEY_BYTES:
+            raise LocalProtocolError(f"a network key is {NETWORK_KEY_BYTES} bytes")
+        if not 0 <= epoch < 1 << 64:
+            raise LocalProtocolError("epoch out of range")
+        self._signing_key = signing_key
+        self.public_key = bytes(signing_key.verify_key)
+        self.epoch = epoch
+        self.network_key = network_key
+        self._counter = 0
+        self.replays = ReplayGuard()
+        self.dropped: Counter[str] = Counter()
+
+    # -- sending ------------------------------------------------------------
+    def encode(self, payload: bytes, *, nonce: bytes | None = None) -> bytes:
+        if len(payload) > MAX_PAYLOAD:
+            raise LocalProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+        self._counter += 1
+        flags = FLAG_SEALED if self.network_key else 0
+        header = _HEADER.pack(MAGIC, VERSION, flags)
+        inner = _INNER.pack(self.public_key, self.epoch, self._counter, len(payload)) + payload
+        signature = self._signing_key.sign(header + inner).signature
+        inner += signature
+        if self.network_key is None:
+            return header + inner
+        nonce = nonce if nonce is not None else os.urandom(NONCE_BYTES)
+        sealed = crypto_aead_xchacha20poly1305_ietf_encrypt(inner, header, nonce, self.network_key)
+        return header + nonce + sealed
+
+    # -- receiving ----------------------------------------------------------
+    def decode(self, data: bytes) -> Datagram:
+        """Check a received datagram; count and raise Dropped if it is not good."""
+        try:
+            datagram = self._decode(data)
+        except Dropped as exc:
+            self.dropped[exc.reason] += 1
+            raise
+        return datagram
+
+    def _decode(self, data: bytes) -> Datagram:
+        if len(data) > MAX_DATAGRAM:
+            raise Dropped("oversized", f"{len(data)} bytes")
+        if len(data) < _HEADER.size:
+            raise Dropped("truncated", "no header")
+        magic, version, flags = _HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise Dropped("magic")
+        if version != VERSION:
+            raise Dropped("version", f"version {version}")
+        if flags & ~KNOWN_FLAGS:
+            raise Dropped("flags", f"flags {flags:#x}")
+        header = data[: _HEADER.size]
+        sealed = bool(flags & FLAG_SEALED)
+        if self.network_key is not None and not sealed:
+            raise Dropped("unsealed")
+        if self.network_key is None and sealed:
+            raise Dropped("sealed")
+        if sealed:
+            assert self.network_key is not None
+            if len(data) < _HEADER.size + NONCE_BYTES + TAG_BYTES:
+                raise Dropped("truncated", "no nonce")
+            nonce = data[_HEADER.size : _HEADER.size + NONCE_BYTES]
+            try:
+                inner = crypto_aead_xchacha20poly1305_ietf_decrypt(data[_HEADER.size + NONCE_BYTES :], header, nonce, self.network_key)
+            except CryptoError:
+                raise Dropped("decrypt") from None
+        else:
+            inner = data[_HEADER.size :]
+        if len(inner) < _INNER.size + SIGNATURE_BYTES:
+            raise Dropped("truncated", "no sender")
+        public_key, epoch, counter, length = _INNER.unpack_from(inner)
+        if len(inner) != _INNER.size + length + SIGNATURE_BYTES:
+            raise Dropped("truncated", "length does not match")
+        if public_key == self.public_key:
+            raise Dropped("own")
+        self.replays.check(public_key, epoch, counter)
+        signed_end = _INNER.size + length
+        try:
+            VerifyKey(public_key).verify(header + inner[:signed_end], inner[signed_end:])
+        except (BadSignatureError, ValueError, CryptoError):
+            raise Dropped("signature") from None
+        self.replays.accept(public_key, epoch, counter)
+        return Datagram(public_key, epoch, counter, inner[_INNER.size : signed_end])
