@@ -47,9 +47,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         home.ensure()
         config = home.load_config(args.name)
         identity = home.identity()
-    except ConfigError as exc:
-        return fail(str(exc), EXIT_USAGE)
-    except (HomeError, IdentityError) as exc:
+    except (ConfigError, HomeError, IdentityError) as exc:
         return fail(str(exc), EXIT_USAGE)
     interface = args.interface if args.interface is not None else os.environ.get("LANNODE_INTERFACE")
     source = "--interface" if args.interface is not None else "$LANNODE_INTERFACE"
@@ -70,6 +68,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         return run_up(settings)
     except HomeBusy as exc:
         return fail(str(exc))
+    except HomeError as exc:
+        return fail(str(exc), EXIT_USAGE)
     except OSError as exc:
         return fail(f"cannot start the node: {exc}")
 
@@ -142,6 +142,41 @@ def cmd_service_install(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- network key --------------------------------------------------------------
+def cmd_network_key(args: argparse.Namespace) -> int:
+    import base64
+    import secrets
+
+    from lannode.home import HomeError, parse_network_key
+
+    home = _home(args)
+    try:
+        home.ensure()
+        if args.action == "new":
+            key: bytes | None = secrets.token_bytes(32)
+        elif args.action == "set":
+            text = sys.stdin.read() if args.key == "-" else args.key
+            if not text:
+                return fail("network-key set takes the key (base64), or - to read it from stdin", EXIT_USAGE)
+            key = parse_network_key(text)
+        else:
+            key = None
+        home.set_network_key(key)
+    except HomeError as exc:
+        return fail(str(exc), EXIT_USAGE)
+    shown = base64.b64encode(key).decode() if key else None
+    if args.json:
+        print(json.dumps({"network_key": shown, "path": str(home.network_key_path) if key else None}))
+    elif key is None:
+        print("the network is open again: datagrams are signed, not sealed (restart the node)")
+    else:
+        if args.action == "new":
+            print(shown)
+            print(f"set it on every member with: lannode network-key set {shown}", file=sys.stderr)
+        print(f"saved in {home.network_key_path}; restart the node for it to take effect", file=sys.stderr)
+    return EXIT_OK
+
+
 # -- parser -------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     def shared(defaults: bool) -> argparse.ArgumentParser:
@@ -171,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--dir", help="where their homes go (default: a temporary directory, removed afterwards)")
     lab.add_argument("--keep", action="store_true", help="keep the homes when the lab stops")
     lab.set_defaults(func=cmd_lab)
+
+    netkey = sub.add_parser("network-key", parents=[common], help="seal gossip with a key shared by the members")
+    netkey.add_argument("action", choices=["new", "set", "clear"], help="new: make and save one; set KEY: save a member's; clear: open network")
+    netkey.add_argument("key", nargs="?", help="with set: the key in base64, or - to read it from stdin")
+    netkey.set_defaults(func=cmd_network_key)
 
     service = sub.add_parser("service", help="the systemd service")
     service_sub = service.add_subparsers(dest="service_command", metavar="ACTION", required=True)

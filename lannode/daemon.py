@@ -39,6 +39,7 @@ class NodeSettings:
     identity: Identity
     name: str
     interface: str
+    epoch: int = 0  # this start's boot counter (Home.next_epoch); gossip's replay guard
 
 
 class Node:
@@ -163,6 +164,7 @@ def run_up(settings: NodeSettings) -> int:
     lock = HomeLock(settings.home)
     lock.acquire()
     try:
+        settings.epoch = settings.home.next_epoch()
         trio.run(Node(settings).run)
     finally:
         lock.release()

@@ -9,6 +9,7 @@ what a person asks for by path (downloads, ``service install``).
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -73,6 +74,36 @@ class Home:
     def identity(self) -> Identity:
         return Identity.load_or_create(self.path)
 
+    @property
+    def network_key_path(self) -> Path:
+        return self.path / "network.key"
+
+    def next_epoch(self) -> int:
+        """One more than the last start's epoch, saved before it is used (replay guard)."""
+        path = self.path / "boot.epoch"
+        try:
+            last = int(path.read_text().strip() or 0)
+        except FileNotFoundError:
+            last = 0
+        except ValueError:
+            raise HomeError(f"{path}: not a number; delete it only if no other node has seen this one") from None
+        write_private(path, f"{last + 1}\n".encode())
+        return last + 1
+
+    def network_key(self) -> bytes | None:
+        """The network key, or None for an open network."""
+        try:
+            text = self.network_key_path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return parse_network_key(text, str(self.network_key_path))
+
+    def set_network_key(self, key: bytes | None) -> None:
+        if key is None:
+            self.network_key_path.unlink(missing_ok=True)
+        else:
+            write_private(self.network_key_path, base64.b64encode(key) + b"\n")
+
     def read_api(self) -> dict[str, Any] | None:
         """The running node's API address and token, or None if none is advertised."""
         try:
@@ -82,6 +113,19 @@ class Home:
         if not isinstance(data, dict) or not isinstance(data.get("url"), str) or not isinstance(data.get("token"), str):
             return None
         return data
+
+
+NETWORK_KEY_BYTES = 32
+
+
+def parse_network_key(text: str, where: str = "network key") -> bytes:
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except ValueError:
+        raise HomeError(f"{where}: not base64") from None
+    if len(key) != NETWORK_KEY_BYTES:
+        raise HomeError(f"{where}: a network key is {NETWORK_KEY_BYTES} bytes, this is {len(key)}")
+    return key
 
 
 class HomeLock:
