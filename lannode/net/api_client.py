@@ -91,7 +91,7 @@ class ApiClient:
                     try:
                         self._events_send.send_nowait((message["event"], message.get("data")))
                     except trio.WouldBlock:
-                        pass  # a client that does not read its events loses the oldest-first overflow
+                        pass  # a client that does not read its events loses the newest ones, not its replies
                 elif (waiter := self._waiting.get(message.get("id"))) is not None:
                     waiter.send_nowait(message)
         except ConnectionClosed:
