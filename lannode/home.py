@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lannode import config as config_mod
+from lannode.core.wire import NETWORK_KEY_BYTES
 from lannode.files import write_private
 from lannode.identity import Identity
 
@@ -113,9 +114,6 @@ class Home:
         if not isinstance(data, dict) or not isinstance(data.get("url"), str) or not isinstance(data.get("token"), str):
             return None
         return data
-
-
-NETWORK_KEY_BYTES = 32
 
 
 def parse_network_key(text: str, where: str = "network key") -> bytes:
