@@ -29,8 +29,20 @@ class IdentityError(Exception):
 
 
 def node_id_for(public_key: bytes) -> str:
-    digest = hashlib.blake2b(public_key, digest_size=NODE_ID_BYTES).digest()
-    return base64.b32encode(digest).decode().lower()
+    return node_id_from_raw(hashlib.blake2b(public_key, digest_size=NODE_ID_BYTES).digest())
+
+
+def node_id_from_raw(raw: bytes) -> str:
+    """The printed id for its 15 raw bytes (as carried on the wire)."""
+    return base64.b32encode(raw).decode().lower()
+
+
+def raw_node_id(node_id: str) -> bytes:
+    """The 15 raw bytes of a printed node id; ValueError if it is not one."""
+    raw = base64.b32decode(node_id.upper())
+    if len(raw) != NODE_ID_BYTES:
+        raise ValueError(f"not a node id: {node_id!r}")
+    return raw
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,10 @@ DROP_REASONS = (
     "signature",  # the signature does not match the sender's key
     "own",  # our own datagram, looped back by multicast
     "replay",  # seen before, or older than what we have seen
+    # the payload, checked by the membership (lannode.core.membership)
+    "malformed",  # the payload does not parse
+    "forged",  # a record signed by someone other than the node it describes
+    "full",  # a new member while the member table is at its limit
 )
 
 

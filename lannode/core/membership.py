@@ -1,0 +1,679 @@
+"""Who is on the network and who is alive: SWIM with Lifeguard, sans-IO.
+
+The object is fed received datagrams and ticks, with the time as an argument,
+and hands back datagrams to send and events; it never touches a socket or reads
+a clock, so the trio service (``lannode.net.gossip``) and the simulator in
+``sim/`` drive the very same code. Datagrams go either to one node's unicast
+address or to the multicast group (``Outgoing.address is None``).
+
+How it works:
+
+* **Discovery.** A starting node multicasts ``Hello`` with its signed presence
+  a few times in its first second (``join_schedule``, so 10% loss still lets
+  every node see it quickly); every node that hears it answers with its own
+  presence by unicast. Each node multicasts its presence every
+  ``presence_interval`` too, which finds nodes again after a partition.
+* **Failure detection (SWIM).** Every ``probe_interval`` a node pings one member
+  (round robin over a shuffled list, suspects first). No ack within
+  ``probe_timeout``: it asks ``indirect_checks`` others to ping the target for
+  it. Still nothing by the end of the interval: it suspects the target and
+  multicasts the suspicion. Others that hear it probe the suspect next; their
+  failures are independent confirmations. A suspect that hears of its
+  suspicion refutes it with a higher incarnation; a suspicion that outlives its
+  timeout becomes dead. A node that stops cleanly multicasts a signed ``Left``.
+* **Lifeguard.** Local health (0..``max_health``) grows when our own probes
+  fail without the helpers' nacks, or when we must refute a suspicion of
+  ourselves, and shrinks with each successful probe; probe interval and timeout
+  scale by ``health + 1``, so a slow node stops accusing healthy ones. The
+  suspicion timeout starts at ``suspicion_max_mult`` times the minimum
+  (``suspicion_mult * max(1, log10(n)) * probe_interval``) and falls to the
+  minimum as independent confirmations arrive (logarithmically).
+* **Dissemination.** Claims are queued and piggybacked on every datagram until
+  sent ``retransmit_mult * ceil(log10(n + 1))`` times; claims this node makes
+  itself are also multicast every ``gossip_interval`` until then, because
+  multicast reaches every node in one hop. Claims relayed for others travel
+  only piggybacked, so one event does not make every node multicast it.
+* **Evidence.** A node we hold suspect or dead that sends us a datagram is told
+  so (at most once per ``evidence_interval``), so it can refute; this is what
+  heals a partition.
+
+Incarnations: a node's incarnation is ``boot epoch << 32`` plus its refutations
+in this boot, so a restarted node always outranks its own earlier death or
+departure without keeping any state but the epoch.
+
+Trust: presence and left records are signed by their subject and checked before
+use; suspect and dead claims are the word of the datagram's (authenticated)
+sender. A member of the network may therefore accuse another falsely, and the
+accused refutes; outsiders cannot take part at all when a network key is set.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Literal, Union
+
+from nacl.signing import SigningKey
+
+from lannode.core import messages as m
+from lannode.core.wire import MAX_PAYLOAD, DatagramCodec, Dropped, LocalProtocolError
+
+Address = tuple[str, int]
+INCARNATION_BOOT_SHIFT = 32
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipConfig:
+    probe_interval: float = 0.5
+    probe_timeout: float = 0.2
+    indirect_checks: int = 3
+    suspicion_mult: float = 2.0
+    suspicion_max_mult: float = 4.0
+    gossip_interval: float = 0.2
+    retransmit_mult: int = 3
+    presence_interval: float = 2.0
+    join_schedule: tuple[float, ...] = (0.0, 0.1, 0.25, 0.45, 0.7, 1.0)
+    leave_copies: int = 3
+    max_health: int = 8
+    max_members: int = 4096
+    evidence_interval: float = 1.0
+    forget_after: float = 24 * 3600.0  # dead and left members are forgotten after this
+    max_relays: int = 256  # indirect probes we run for others at once
+
+
+class State(enum.Enum):
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+    LEFT = "left"
+
+
+Claim = Literal["alive", "suspect", "dead", "left"]
+
+# The state machine, one row per (state we hold, claim heard): how the claim's
+# incarnation must compare with the one we hold, and the state it leads to.
+# A pair that is not in the table is ignored. (SWIM, section 4.2.)
+TRANSITIONS: dict[tuple[State, Claim], tuple[Literal[">", ">="], State]] = {
+    (State.ALIVE, "alive"): (">", State.ALIVE),  # a newer record: name or address changed
+    (State.SUSPECT, "alive"): (">", State.ALIVE),  # refuted
+    (State.DEAD, "alive"): (">", State.ALIVE),  # refuted, or restarted
+    (State.LEFT, "alive"): (">", State.ALIVE),  # restarted
+    (State.ALIVE, "suspect"): (">=", State.SUSPECT),
+    (State.SUSPECT, "suspect"): (">=", State.SUSPECT),  # a confirmation
+    (State.ALIVE, "dead"): (">=", State.DEAD),
+    (State.SUSPECT, "dead"): (">=", State.DEAD),
+    (State.ALIVE, "left"): (">=", State.LEFT),
+    (State.SUSPECT, "left"): (">=", State.LEFT),
+    (State.DEAD, "left"): (">=", State.LEFT),
+}
+
+
+# -- events --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MemberStateChanged:
+    node_id: str
+    previous: State | None  # None: a node we did not know
+    state: State
+
+
+@dataclass(frozen=True, slots=True)
+class MemberUpdated:
+    """A member's presence changed (name, address, capabilities) without a state change."""
+
+    node_id: str
+
+
+Event = Union[MemberStateChanged, MemberUpdated]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    data: bytes
+    address: Address | None  # None: the multicast group
+
+
+# -- state ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Suspicion:
+    started: float
+    min_timeout: float
+    max_timeout: float
+    expected: int  # independent confirmations that bring the timeout down to the minimum
+    accusers: set[str]
+
+    def deadline(self) -> float:
+        confirmations = len(self.accusers) - 1
+        if self.expected <= 0 or confirmations >= self.expected:
+            return self.started + self.min_timeout
+        fraction = math.log(confirmations + 1) / math.log(self.expected + 1)
+        return self.started + max(self.min_timeout, self.max_timeout - (self.max_timeout - self.min_timeout) * fraction)
+
+
+@dataclass(slots=True)
+class Member:
+    presence: m.Presence
+    state: State
+    incarnation: int  # of the claim that set the state (>= presence.incarnation)
+    since: float  # when it entered this state
+    last_seen: float  # last datagram straight from it
+    suspicion: Suspicion | None = None
+    told_at: float = -math.inf
+
+    @property
+    def node_id(self) -> str:
+        return self.presence.node_id
+
+
+@dataclass(slots=True)
+class _Probe:
+    target: str
+    seq: int
+    started: float
+    direct_deadline: float
+    end: float
+    indirect_sent: bool = False
+    expected_nacks: int = 0
+    nacks: int = 0
+
+
+@dataclass(slots=True)
+class _Relay:
+    requester: Address
+    seq: int
+    deadline: float
+
+
+@dataclass(slots=True)
+class _Broadcast:
+    about: str  # node id; a newer claim about the same node replaces this one
+    data: bytes  # one encoded message
+    multicast: bool  # ours to spread: also multicast it every gossip interval
+    transmits: int = 0
+
+
+@dataclass(slots=True)
+class _Counters:
+    datagrams_sent: int = 0
+    bytes_sent: int = 0
+    datagrams_received: int = 0
+    bytes_received: int = 0
+    probes: int = 0
+    probe_failures: int = 0
+    refutations: int = 0
+
+
+# -- the protocol object -------------------------------------------------------------------------
+
+
+class Membership:
+    def __init__(
+        self,
+        signing_key: SigningKey,
+        *,
+        epoch: int,
+        name: str,
+        address: Address,
+        link_port: int = 0,
+        capabilities: Iterable[str] = (),
+        network_key: bytes | None = None,
+        config: MembershipConfig | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config or MembershipConfig()
+        self.codec = DatagramCodec(signing_key, epoch=epoch, network_key=network_key)
+        self._key = signing_key
+        self._rng = rng or random.Random()
+        self.presence = m.Presence(
+            public_key=bytes(signing_key.verify_key),
+            incarnation=epoch << INCARNATION_BOOT_SHIFT,
+            name=name,
+            host=address[0],
+            gossip_port=address[1],
+            link_port=link_port,
+            capabilities=m.capability_bits(tuple(capabilities)),
+        ).signed(signing_key)
+        self.node_id = self.presence.node_id
+        self.members: dict[str, Member] = {}
+        self.health = 0
+        self.leaving = False
+        self.counters = _Counters()
+        self._outgoing: list[Outgoing] = []
+        self._events: list[Event] = []
+        self._broadcasts: dict[str, _Broadcast] = {}
+        self._seq = self._rng.randrange(1 << 32)
+        self._probe: _Probe | None = None
+        self._probe_order: list[str] = []
+        self._probe_soon: list[str] = []
+        self._relays: dict[int, _Relay] = {}
+        self._started: float | None = None
+        self._joins_sent = 0
+        self._next_probe = math.inf
+        self._next_presence = math.inf
+        self._next_gossip = math.inf
+        self._last_gossip = -math.inf
+
+    # -- the public surface ------------------------------------------------------------------
+    def start(self, now: float) -> None:
+        self._started = now
+        self._next_probe = now + self.config.probe_interval
+        self._next_presence = now + self._jittered(self.config.presence_interval)
+        self._next_gossip = now
+
+    def datagram_received(self, data: bytes, address: Address, now: float) -> None:
+        self.counters.datagrams_received += 1
+        self.counters.bytes_received += len(data)
+        try:
+            datagram = self.codec.decode(data)
+        except Dropped:
+            return
+        try:
+            messages = m.decode_payload(datagram.payload)
+        except m.RemoteProtocolError:
+            self.codec.dropped["malformed"] += 1
+            return
+        except Exception:  # a decoder bug must not take the node down; count it as malformed
+            self.codec.dropped["malformed"] += 1
+            return
+        sender = datagram.node_id
+        reason = self._check_records(messages, sender)
+        if reason:
+            self.codec.dropped[reason] += 1
+            return
+        for message in sorted(messages, key=lambda message: not isinstance(message, m.Presence)):
+            self._handle(message, sender, address, now)
+        member = self.members.get(sender)
+        if member is not None:
+            member.last_seen = now
+            self._tell_about_itself(member, now)
+
+    def tick(self, now: float) -> None:
+        if self._started is None:
+            raise LocalProtocolError("tick() before start()")
+        if self.leaving:
+            return
+        self._send_joins(now)
+        if now >= self._next_presence:
+            self._multicast([m.encode_message(self.presence)])
+            self._next_presence = now + self._jittered(self.config.presence_interval)
+        self._run_probe(now)
+        self._run_relays(now)
+        self._run_suspicions(now)
+        if now >= self._next_gossip:
+            if any(b.multicast for b in self._broadcasts.values()):
+                self._multicast([])
+                self._last_gossip = now
+            self._next_gossip = now + self.config.gossip_interval
+        self._forget(now)
+
+    def leave(self, now: float) -> None:
+        """Say goodbye: the signed Left goes out ``leave_copies`` times; then stop."""
+        if self.leaving:
+            return
+        self.leaving = True
+        left = m.Left(self.node_id, self.presence.incarnation).signed(self._key)
+        for _ in range(self.config.leave_copies):
+            self._send(None, [m.encode_message(left)], piggyback=False)
+
+    def contact(self, address: Address) -> None:
+        """Introduce ourselves to a node found another way (zeroconf, a link, the user)."""
+        self._send(address, [m.encode_message(m.Hello()), m.encode_message(self.presence)], piggyback=False)
+
+    def next_wakeup(self) -> float:
+        """The time tick() next has something to do (it may be called earlier)."""
+        if self._started is None or self.leaving:
+            return math.inf
+        times = [self._next_probe, self._next_presence]
+        if self._joins_sent < len(self.config.join_schedule):
+            times.append(self._started + self.config.join_schedule[self._joins_sent])
+        if self._probe is not None:
+            times.append(self._probe.end if self._probe.indirect_sent else self._probe.direct_deadline)
+        times.extend(relay.deadline for relay in self._relays.values())
+        times.extend(s.deadline() for s in (x.suspicion for x in self.members.values()) if s is not None)
+        if any(b.multicast for b in self._broadcasts.values()):
+            times.append(self._next_gossip)
+        return min(times)
+
+    def take_outgoing(self) -> list[Outgoing]:
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def take_events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    def set_presence(self, *, name: str | None = None, address: Address | None = None, link_port: int | None = None, capabilities: Iterable[str] | None = None) -> None:
+        """Change what we announce; it spreads like a refutation (a higher incarnation)."""
+        changes: dict[str, object] = {}
+        if name is not None:
+            changes["name"] = name
+        if address is not None:
+            changes["host"], changes["gossip_port"] = address
+        if link_port is not None:
+            changes["link_port"] = link_port
+        if capabilities is not None:
+            changes["capabilities"] = m.capability_bits(tuple(capabilities))
+        self._announce_new_incarnation(self.presence.incarnation + 1, **changes)
+
+    def live_members(self) -> list[Member]:
+        return [x for x in self.members.values() if x.state in (State.ALIVE, State.SUSPECT)]
+
+    def statistics(self) -> dict[str, object]:
+        states = {state.value: 0 for state in State}
+        for member in self.members.values():
+            states[member.state.value] += 1
+        c = self.counters
+        return {
+            "members": states,
+            "health": self.health,
+            "incarnation": self.presence.incarnation,
+            "datagrams_sent": c.datagrams_sent,
+            "bytes_sent": c.bytes_sent,
+            "datagrams_received": c.datagrams_received,
+            "bytes_received": c.bytes_received,
+            "probes": c.probes,
+            "probe_failures": c.probe_failures,
+            "refutations": c.refutations,
+            "queued_broadcasts": len(self._broadcasts),
+            "dropped": dict(sorted(self.codec.dropped.items())),
+        }
+
+    # -- receiving ---------------------------------------------------------------------------
+    def _check_records(self, messages: list[m.Message], sender: str) -> str | None:
+        """Check every signed record before acting on any: a forgery drops the datagram."""
+        for message in messages:
+            if isinstance(message, m.Presence):
+                known = self.members.get(message.node_id)
+                if known is not None and known.presence == message:
+                    continue  # the record we hold, already checked
+                if message.node_id != self.node_id and not message.verify():
+                    return "forged"
+                if known is None and message.node_id != self.node_id and len(self.members) >= self.config.max_members:
+                    return "full"
+            elif isinstance(message, m.Left):
+                known = self.members.get(message.node_id)
+                if known is not None and not message.verify(known.presence.public_key):
+                    return "forged"
+        return None
+
+    def _handle(self, message: m.Message, sender: str, address: Address, now: float) -> None:
+        if isinstance(message, m.Presence):
+            if message.node_id != self.node_id:
+                self._on_claim(message.node_id, "alive", message.incarnation, now, presence=message, relayed=message.node_id != sender)
+        elif isinstance(message, m.Hello):
+            member = self.members.get(sender)
+            reply_to = member.presence.gossip_address if member is not None else address
+            self._send(reply_to, [m.encode_message(self.presence)])
+        elif isinstance(message, m.Ping):
+            if message.target == self.node_id:
+                self._send(address, [m.encode_message(m.Ack(message.seq))], about=sender)
+        elif isinstance(message, m.Ack):
+            self._on_ack(message.seq, now)
+        elif isinstance(message, m.Nack):
+            if self._probe is not None and self._probe.seq == message.seq:
+                self._probe.nacks += 1
+        elif isinstance(message, m.PingReq):
+            self._on_ping_req(message, address, now)
+        elif isinstance(message, (m.Suspect, m.Dead)):
+            claim: Claim = "suspect" if isinstance(message, m.Suspect) else "dead"
+            if message.node_id == self.node_id:
+                self._refute(message.incarnation)
+            else:
+                self._on_claim(message.node_id, claim, message.incarnation, now, accuser=sender, relayed=True)
+        elif isinstance(message, m.Left):
+            if message.node_id != self.node_id and message.node_id in self.members:
+                self._on_claim(message.node_id, "left", message.incarnation, now, left=message)
+
+    def _on_claim(
+        self,
+        node_id: str,
+        claim: Claim,
+        incarnation: int,
+        now: float,
+        *,
+        presence: m.Presence | None = None,
+        accuser: str | None = None,
+        left: m.Left | None = None,
+        relayed: bool = False,
+    ) -> None:
+        member = self.members.get(node_id)
+        if member is None:
+            if presence is None:
+                return  # a claim about a node we never saw: nothing to hold it against
+            self.members[node_id] = Member(presence, State.ALIVE, incarnation, since=now, last_seen=now)
+            self._probe_order.insert(self._rng.randrange(len(self._probe_order) + 1), node_id)
+            self._events.append(MemberStateChanged(node_id, None, State.ALIVE))
+            if relayed:
+                self._queue(node_id, m.encode_message(presence), multicast=False)
+            return
+        rule = TRANSITIONS.get((member.state, claim))
+        if rule is None:
+            return
+        needed, new_state = rule
+        if not (incarnation > member.incarnation if needed == ">" else incarnation >= member.incarnation):
+            return
+        previous = member.state
+        if presence is not None:
+            member.presence = presence
+        member.incarnation = incarnation
+        if new_state is State.SUSPECT:
+            if previous is State.SUSPECT and member.suspicion is not None:
+                if accuser is not None:
+                    member.suspicion.accusers.add(accuser)
+            else:
+                member.suspicion = self._new_suspicion(now, accuser or self.node_id)
+                self._probe_soon.append(node_id)  # see for ourselves: a failure confirms it
+        else:
+            member.suspicion = None
+        if new_state is not previous:
+            member.state = new_state
+            member.since = now
+            self._events.append(MemberStateChanged(node_id, previous, new_state))
+        elif presence is not None:
+            self._events.append(MemberUpdated(node_id))
+        # pass the news on
+        if left is not None:
+            self._queue(node_id, m.encode_message(left), multicast=False)
+        elif presence is not None:
+            self._queue(node_id, m.encode_message(presence), multicast=False)
+        elif claim in ("suspect", "dead") and (new_state is not previous or not relayed):
+            message: m.Message = m.Suspect(node_id, incarnation) if claim == "suspect" else m.Dead(node_id, incarnation)
+            self._queue(node_id, m.encode_message(message), multicast=not relayed)
+
+    def _new_suspicion(self, now: float, accuser: str) -> Suspicion:
+        live = len(self.live_members()) + 1
+        minimum = self.config.suspicion_mult * max(1.0, math.log10(live)) * self.config.probe_interval
+        expected = max(0, min(self.config.indirect_checks, live - 2))
+        return Suspicion(now, minimum, minimum * self.config.suspicion_max_mult, expected, {accuser})
+
+    def _refute(self, incarnation: int) -> None:
+        if self.leaving or incarnation < self.presence.incarnation:
+            return
+        self.counters.refutations += 1
+        self.health = min(self.config.max_health, self.health + 1)
+        self._announce_new_incarnation(incarnation + 1)
+
+    def _announce_new_incarnation(self, incarnation: int, **changes: object) -> None:
+        self.presence = replace(self.presence, incarnation=incarnation, **changes).signed(self._key)  # type: ignore[arg-type]
+        self._queue(self.node_id, m.encode_message(self.presence), multicast=True)
+
+    def _tell_about_itself(self, member: Member, now: float) -> None:
+        """It talks to us while we hold it suspect or dead: tell it, so it can refute."""
+        if member.state not in (State.SUSPECT, State.DEAD):
+            return
+        if now - member.told_at < self.config.evidence_interval:
+            return
+        member.told_at = now
+        claim: m.Message = m.Suspect(member.node_id, member.incarnation) if member.state is State.SUSPECT else m.Dead(member.node_id, member.incarnation)
+        self._send(member.presence.gossip_address, [m.encode_message(claim)], piggyback=False)
+
+    # -- probing -----------------------------------------------------------------------------
+    def _next_target(self) -> str | None:
+        while self._probe_soon:
+            node_id = self._probe_soon.pop(0)
+            member = self.members.get(node_id)
+            if member is not None and member.state is State.SUSPECT:
+                return node_id
+        for _ in range(2):
+            while self._probe_order:
+                node_id = self._probe_order.pop()
+                member = self.members.get(node_id)
+                if member is not None and member.state in (State.ALIVE, State.SUSPECT):
+                    return node_id
+            self._probe_order = [x.node_id for x in self.live_members()]
+            self._rng.shuffle(self._probe_order)
+        return None
+
+    def _run_probe(self, now: float) -> None:
+        probe = self._probe
+        scale = self.health + 1
+        if probe is not None and not probe.indirect_sent and now >= probe.direct_deadline:
+            probe.indirect_sent = True
+            helpers = [x for x in self.live_members() if x.state is State.ALIVE and x.node_id != probe.target]
+            helpers = self._rng.sample(helpers, min(self.config.indirect_checks, len(helpers)))
+            probe.expected_nacks = len(helpers)
+            for helper in helpers:
+                self._send(helper.presence.gossip_address, [m.encode_message(m.PingReq(probe.seq, probe.target))])
+        if probe is not None and now >= probe.end:
+            self._probe = None
+            self._probe_failed(probe, now)
+        if now >= self._next_probe:
+            self._next_probe = now + self.config.probe_interval * scale
+            if self._probe is None:
+                target = self._next_target()
+                if target is not None:
+                    self._start_probe(target, now, scale)
+
+    def _start_probe(self, target: str, now: float, scale: int) -> None:
+        member = self.members[target]
+        seq = self._next_seq()
+        self.counters.probes += 1
+        self._probe = _Probe(
+            target,
+            seq,
+            started=now,
+            direct_deadline=now + self.config.probe_timeout * scale,
+            end=now + self.config.probe_interval * scale,
+        )
+        self._send(member.presence.gossip_address, [m.encode_message(m.Ping(seq, target))], about=target)
+
+    def _on_ack(self, seq: int, now: float) -> None:
+        probe = self._probe
+        if probe is not None and probe.seq == seq:
+            self._probe = None
+            self.health = max(0, self.health - 1)
+            return
+        relay = self._relays.pop(seq, None)
+        if relay is not None:
+            self._send(relay.requester, [m.encode_message(m.Ack(relay.seq))])
+
+    def _probe_failed(self, probe: _Probe, now: float) -> None:
+        self.counters.probe_failures += 1
+        if probe.expected_nacks:
+            missed = probe.expected_nacks - probe.nacks
+        else:
+            missed = 1
+        self.health = min(self.config.max_health, self.health + missed)
+        member = self.members.get(probe.target)
+        if member is None or member.state not in (State.ALIVE, State.SUSPECT):
+            return
+        # our own accusation (a confirmation when others already suspect it) is always spread
+        self._on_claim(probe.target, "suspect", member.incarnation, now, accuser=self.node_id)
+
+    def _on_ping_req(self, request: m.PingReq, requester: Address, now: float) -> None:
+        member = self.members.get(request.target)
+        if member is None or request.target == self.node_id or len(self._relays) >= self.config.max_relays:
+            return
+        seq = self._next_seq()
+        self._relays[seq] = _Relay(requester, request.seq, now + self.config.probe_timeout)
+        self._send(member.presence.gossip_address, [m.encode_message(m.Ping(seq, request.target))], about=request.target)
+
+    def _run_relays(self, now: float) -> None:
+        for seq, relay in list(self._relays.items()):
+            if now >= relay.deadline:
+                del self._relays[seq]
+                self._send(relay.requester, [m.encode_message(m.Nack(relay.seq))])
+
+    def _run_suspicions(self, now: float) -> None:
+        for member in list(self.members.values()):
+            if member.suspicion is not None and now >= member.suspicion.deadline():
+                self._on_claim(member.node_id, "dead", member.incarnation, now)
+
+    def _forget(self, now: float) -> None:
+        for node_id, member in list(self.members.items()):
+            if member.state in (State.DEAD, State.LEFT) and now - member.since > self.config.forget_after:
+                del self.members[node_id]
+                self._broadcasts.pop(node_id, None)
+
+    # -- sending -----------------------------------------------------------------------------
+    def _send_joins(self, now: float) -> None:
+        assert self._started is not None
+        schedule = self.config.join_schedule
+        if self._joins_sent < len(schedule) and now >= self._started + schedule[self._joins_sent]:
+            self._joins_sent += 1
+            while self._joins_sent < len(schedule) and now >= self._started + schedule[self._joins_sent]:
+                self._joins_sent += 1  # a late tick: one datagram for all the missed slots
+            self._multicast([m.encode_message(m.Hello()), m.encode_message(self.presence)])
+
+    def _multicast(self, messages: list[bytes]) -> None:
+        self._send(None, messages, multicast_round=True)
+
+    def _send(self, address: Address | None, messages: list[bytes], *, about: str | None = None, piggyback: bool = True, multicast_round: bool = False) -> None:
+        if piggyback:
+            messages = messages + self._piggyback(MAX_PAYLOAD - m.PAYLOAD_HEADER_BYTES - sum(map(len, messages)), about, multicast_round)
+        data = self.codec.encode(m.encode_payload(messages))
+        self.counters.datagrams_sent += 1
+        self.counters.bytes_sent += len(data)
+        self._outgoing.append(Outgoing(data, address))
+
+    def _queue(self, about: str, data: bytes, *, multicast: bool) -> None:
+        self._broadcasts[about] = _Broadcast(about, data, multicast)
+        if multicast:  # soon, but never more than four multicast rounds per gossip interval
+            self._next_gossip = min(self._next_gossip, self._last_gossip + self.config.gossip_interval / 4)
+
+    def _retransmit_limit(self) -> int:
+        return self.config.retransmit_mult * max(1, math.ceil(math.log10(len(self.live_members()) + 2)))
+
+    def _piggyback(self, space: int, about: str | None, multicast_round: bool) -> list[bytes]:
+        if not self._broadcasts:
+            return []
+        limit = self._retransmit_limit()
+        chosen: list[bytes] = []
+        # news about the destination first (Lifeguard's buddy system), then the least sent
+        order = sorted(self._broadcasts.values(), key=lambda b: (b.about != about, not (multicast_round and b.multicast), b.transmits))
+        for broadcast in order:
+            if len(broadcast.data) > space:
+                continue
+            chosen.append(broadcast.data)
+            space -= len(broadcast.data)
+            broadcast.transmits += 1
+            if broadcast.transmits >= limit:
+                del self._broadcasts[broadcast.about]
+        return chosen
+
+    # -- small helpers -----------------------------------------------------------------------
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        return self._seq
+
+    def _jittered(self, interval: float) -> float:
+        return interval * self._rng.uniform(0.8, 1.2)
+
+
+__all__ = [
+    "Event",
+    "Member",
+    "MemberStateChanged",
+    "MemberUpdated",
+    "Membership",
+    "MembershipConfig",
+    "Outgoing",
+    "State",
+    "TRANSITIONS",
+]

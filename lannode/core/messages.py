@@ -1,0 +1,358 @@
+"""What a gossip datagram carries: presence records and SWIM messages, sans-IO.
+
+A datagram's payload (inside ``lannode.core.wire``'s signed, optionally sealed
+frame) is a version byte followed by messages, each ``type (1) | length (2) |
+body``. The length lets a reader skip a type it does not know, so a later
+version can add messages without breaking older nodes. Integers are big-endian.
+
+Who vouches for what:
+
+* A ``Presence`` (node id via its public key, name, addresses, capabilities,
+  incarnation) and a ``Left`` are signed by the node they describe, with a
+  domain-separated Ed25519 signature, so any node may relay them and nobody can
+  forge them. The id is derived from the key, so a record cannot claim another
+  node's id.
+* ``Suspect`` and ``Dead`` are claims of whoever sent the datagram (the datagram
+  signature vouches for that); ``Ping``/``Ack``/``PingReq``/``Nack`` are
+  point-to-point probe traffic.
+
+Every length read from the wire is checked before use; malformed input raises
+``RemoteProtocolError`` and never anything else. Decoding does not check
+signatures (``Presence.verify``, ``Left.verify``): the membership checks a record
+only when it is news, so a heartbeat that repeats a known record costs no
+Ed25519 verification. No I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+from typing import Any, Union
+
+from nacl.exceptions import BadSignatureError, CryptoError
+from nacl.signing import SigningKey, VerifyKey
+
+from lannode.identity import NODE_ID_BYTES, node_id_for, raw_node_id
+from lannode.identity import node_id_from_raw as _id_from_raw
+
+PAYLOAD_VERSION = 1
+MAX_NAME_BYTES = 64
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+
+# Capabilities a node advertises in its presence, one bit each. Unknown bits
+# from newer nodes are kept and passed on unchanged.
+CAPABILITIES = ("links", "store", "chat", "calls", "drop", "drive", "mail")
+
+PRESENCE_DOMAIN = b"lannode presence v1\x00"
+LEFT_DOMAIN = b"lannode left v1\x00"
+
+T_PRESENCE = 1
+T_HELLO = 2
+T_PING = 3
+T_ACK = 4
+T_PING_REQ = 5
+T_NACK = 6
+T_SUSPECT = 7
+T_DEAD = 8
+T_LEFT = 9
+
+_MSG = struct.Struct("!BH")
+_SEQ = struct.Struct("!I")
+_CLAIM = struct.Struct(f"!{NODE_ID_BYTES}sQ")
+_PRESENCE_FIXED = struct.Struct("!32sQHB")  # key, incarnation, capabilities, address family
+_PORTS = struct.Struct("!HH")  # gossip (UDP unicast), link (TCP)
+
+Address = tuple[str, int]
+
+
+class RemoteProtocolError(Exception):
+    """A peer sent bytes that do not parse; the caller drops them, counted as "malformed"."""
+
+
+def capability_bits(names: tuple[str, ...] | list[str]) -> int:
+    bits = 0
+    for name in names:
+        bits |= 1 << CAPABILITIES.index(name)
+    return bits
+
+
+def capability_names(bits: int) -> list[str]:
+    return [name for i, name in enumerate(CAPABILITIES) if bits >> i & 1]
+
+
+def _pack_host(host: str) -> bytes:
+    addr = ipaddress.ip_address(host)
+    return bytes([addr.version]) + addr.packed
+
+
+# -- records signed by their subject ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """A node's own description of itself, signed; a higher incarnation wins."""
+
+    public_key: bytes
+    incarnation: int
+    name: str
+    host: str
+    gossip_port: int
+    link_port: int
+    capabilities: int
+    signature: bytes = b""
+
+    @property
+    def node_id(self) -> str:
+        return node_id_for(self.public_key)
+
+    @property
+    def gossip_address(self) -> Address:
+        return (self.host, self.gossip_port)
+
+    def _signed_part(self) -> bytes:
+        name = self.name.encode()
+        host = _pack_host(self.host)
+        return (
+            _PRESENCE_FIXED.pack(self.public_key, self.incarnation, self.capabilities, host[0])
+            + host[1:]
+            + _PORTS.pack(self.gossip_port, self.link_port)
+            + bytes([len(name)])
+            + name
+        )
+
+    def signed(self, key: SigningKey) -> "Presence":
+        name = self.name.encode()
+        if len(name) > MAX_NAME_BYTES:
+            raise ValueError(f"a node name is at most {MAX_NAME_BYTES} bytes of UTF-8")
+        signature = key.sign(PRESENCE_DOMAIN + self._signed_part()).signature
+        return Presence(self.public_key, self.incarnation, self.name, self.host, self.gossip_port, self.link_port, self.capabilities, signature)
+
+    def encode(self) -> bytes:
+        assert len(self.signature) == SIGNATURE_BYTES, "sign the presence before sending it"
+        return self._signed_part() + self.signature
+
+    @classmethod
+    def decode(cls, body: bytes) -> "Presence":
+        reader = _Reader(body)
+        public_key, incarnation, capabilities, family = reader.unpack(_PRESENCE_FIXED)
+        if family == 4:
+            host = str(ipaddress.IPv4Address(reader.take(4)))
+        elif family == 6:
+            host = str(ipaddress.IPv6Address(reader.take(16)))
+        else:
+            raise RemoteProtocolError(f"address family {family}")
+        gossip_port, link_port = reader.unpack(_PORTS)
+        name_length = reader.take(1)[0]
+        if name_length > MAX_NAME_BYTES:
+            raise RemoteProtocolError("name too long")
+        try:
+            name = reader.take(name_length).decode()
+        except UnicodeDecodeError:
+            raise RemoteProtocolError("name is not UTF-8") from None
+        if not name.isprintable():
+            raise RemoteProtocolError("name has control characters")
+        signature = reader.take(SIGNATURE_BYTES)
+        reader.finish()
+        return cls(public_key, incarnation, name, host, gossip_port, link_port, capabilities, signature)
+
+    def verify(self) -> bool:
+        """Whether the node this record describes signed it (the caller drops it if not)."""
+        return _verifies(self.public_key, PRESENCE_DOMAIN + self._signed_part(), self.signature)
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    """A node's signed word that it left on purpose at this incarnation."""
+
+    node_id: str
+    incarnation: int
+    signature: bytes = b""
+
+    def _signed_part(self) -> bytes:
+        return _CLAIM.pack(raw_node_id(self.node_id), self.incarnation)
+
+    def signed(self, key: SigningKey) -> "Left":
+        return Left(self.node_id, self.incarnation, key.sign(LEFT_DOMAIN + self._signed_part()).signature)
+
+    def encode(self) -> bytes:
+        return self._signed_part() + self.signature
+
+    @classmethod
+    def decode(cls, body: bytes) -> "Left":
+        reader = _Reader(body)
+        raw, incarnation = reader.unpack(_CLAIM)
+        signature = reader.take(SIGNATURE_BYTES)
+        reader.finish()
+        return cls(_id_from_raw(raw), incarnation, signature)
+
+    def verify(self, public_key: bytes) -> bool:
+        return _verifies(public_key, LEFT_DOMAIN + self._signed_part(), self.signature)
+
+
+# -- messages vouched for by the datagram's sender ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """I have just joined: send me your presence (by unicast)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    seq: int
+    target: str  # node id; a node that is not the target does not answer
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class PingReq:
+    """Probe ``target`` for me and Ack (or Nack) my ``seq``.
+
+    The helper probes the address *it* knows for the target, never one named in
+    the request, so a PingReq cannot aim our datagrams at an arbitrary host.
+    """
+
+    seq: int
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """Lifeguard: I asked the target for you and heard nothing (so *you* are fine)."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Suspect:
+    node_id: str
+    incarnation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    node_id: str
+    incarnation: int
+
+
+Message = Union[Presence, Left, Hello, Ping, Ack, PingReq, Nack, Suspect, Dead]
+
+
+def encode_message(message: Message) -> bytes:
+    """One message with its type and length, ready to go in a payload."""
+    body: bytes
+    if isinstance(message, Presence):
+        kind, body = T_PRESENCE, message.encode()
+    elif isinstance(message, Left):
+        kind, body = T_LEFT, message.encode()
+    elif isinstance(message, Hello):
+        kind, body = T_HELLO, b""
+    elif isinstance(message, Ping):
+        kind, body = T_PING, _SEQ.pack(message.seq) + raw_node_id(message.target)
+    elif isinstance(message, Ack):
+        kind, body = T_ACK, _SEQ.pack(message.seq)
+    elif isinstance(message, Nack):
+        kind, body = T_NACK, _SEQ.pack(message.seq)
+    elif isinstance(message, PingReq):
+        kind, body = T_PING_REQ, _SEQ.pack(message.seq) + raw_node_id(message.target)
+    elif isinstance(message, Suspect):
+        kind, body = T_SUSPECT, _CLAIM.pack(raw_node_id(message.node_id), message.incarnation)
+    elif isinstance(message, Dead):
+        kind, body = T_DEAD, _CLAIM.pack(raw_node_id(message.node_id), message.incarnation)
+    else:  # pragma: no cover - the Union is closed
+        raise TypeError(message)
+    return _MSG.pack(kind, len(body)) + body
+
+
+def encode_payload(encoded_messages: list[bytes]) -> bytes:
+    return bytes([PAYLOAD_VERSION]) + b"".join(encoded_messages)
+
+
+PAYLOAD_HEADER_BYTES = 1
+
+
+def decode_payload(payload: bytes) -> list[Message]:
+    """All messages in a payload; unknown types are skipped, anything malformed raises."""
+    if not payload:
+        raise RemoteProtocolError("empty payload")
+    if payload[0] != PAYLOAD_VERSION:
+        raise RemoteProtocolError(f"payload version {payload[0]}")
+    reader = _Reader(payload, 1)
+    messages: list[Message] = []
+    while not reader.done():
+        kind, length = reader.unpack(_MSG)
+        body = reader.take(length)
+        decoded = _decode_message(kind, body)
+        if decoded is not None:
+            messages.append(decoded)
+    return messages
+
+
+def _decode_message(kind: int, body: bytes) -> Message | None:
+    if kind == T_PRESENCE:
+        return Presence.decode(body)
+    if kind == T_LEFT:
+        return Left.decode(body)
+    reader = _Reader(body)
+    message: Message
+    if kind == T_HELLO:
+        message = Hello()
+    elif kind in (T_ACK, T_NACK):
+        (seq,) = reader.unpack(_SEQ)
+        message = Ack(seq) if kind == T_ACK else Nack(seq)
+    elif kind in (T_PING, T_PING_REQ):
+        (seq,) = reader.unpack(_SEQ)
+        target = _id_from_raw(reader.take(NODE_ID_BYTES))
+        message = Ping(seq, target) if kind == T_PING else PingReq(seq, target)
+    elif kind in (T_SUSPECT, T_DEAD):
+        raw, incarnation = reader.unpack(_CLAIM)
+        message = Suspect(_id_from_raw(raw), incarnation) if kind == T_SUSPECT else Dead(_id_from_raw(raw), incarnation)
+    else:
+        return None  # a newer node's message: skip it
+    reader.finish()
+    return message
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Bounds-checked reads from a received buffer."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes, pos: int = 0) -> None:
+        self.data = data
+        self.pos = pos
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        if end > len(self.data):
+            raise RemoteProtocolError("truncated message")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def unpack(self, layout: struct.Struct) -> tuple[Any, ...]:
+        return layout.unpack(self.take(layout.size))
+
+    def done(self) -> bool:
+        return self.pos >= len(self.data)
+
+    def finish(self) -> None:
+        if self.pos != len(self.data):
+            raise RemoteProtocolError("trailing bytes")
+
+
+def _verifies(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    try:
+        VerifyKey(public_key).verify(message, signature)
+    except (BadSignatureError, CryptoError, ValueError):
+        return False
+    return True

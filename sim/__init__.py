@@ -1,0 +1,1 @@
+"""Simulation harness and benchmarks: the real protocol objects in virtual time, and network labs."""

@@ -1,0 +1,228 @@
+"""Membership (SWIM + Lifeguard) as a user relies on it, in virtual time.
+
+These drive the real sans-IO protocol objects through sim/'s virtual LAN: real
+signatures, real encoding, loss and partitions, minutes of protocol in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+from lannode.core import messages as m
+from lannode.core.membership import TRANSITIONS, Membership, MemberStateChanged, State, Suspicion
+from lannode.core.wire import MAX_DATAGRAM, MAX_PAYLOAD, DatagramCodec, Dropped
+from sim.virtualnet import SimNode, VirtualNetwork
+
+
+def transitions_of(node: SimNode, about: SimNode) -> list[State]:
+    return [e.state for _, e in node.events if isinstance(e, MemberStateChanged) and e.node_id == about.node_id]
+
+
+def test_five_nodes_see_each_other_within_a_moment() -> None:
+    net = VirtualNetwork(seed=1)
+    nodes = [net.add(f"n{i}") for i in range(5)]
+    assert net.run_until(0.25, lambda: net.all_see(nodes, State.ALIVE))
+    names = {node.membership.members[other.node_id].presence.name for node in nodes[:1] for other in nodes[1:]}
+    assert names == {"n1", "n2", "n3", "n4"}
+
+
+def test_a_killed_node_is_suspected_then_declared_dead_by_everyone() -> None:
+    net = VirtualNetwork(seed=2)
+    nodes = [net.add(f"n{i}") for i in range(5)]
+    net.run_for(3)
+    victim, others = nodes[0], nodes[1:]
+    net.kill(victim)
+    assert net.run_until(net.now + 10, lambda: net.all_see(others, State.DEAD, [victim]))
+    for node in others:
+        assert transitions_of(node, victim)[-2:] == [State.SUSPECT, State.DEAD]
+    # and nobody else was hurt
+    assert net.all_see(others, State.ALIVE)
+
+
+def test_a_clean_stop_is_left_not_dead_and_a_restart_comes_back_alive() -> None:
+    net = VirtualNetwork(seed=3)
+    nodes = [net.add(f"n{i}") for i in range(5)]
+    net.run_for(3)
+    leaver, others = nodes[0], nodes[1:]
+    net.stop(leaver)
+    assert net.run_until(net.now + 0.1, lambda: net.all_see(others, State.LEFT, [leaver]))
+    net.run_for(10)
+    assert net.all_see(others, State.LEFT, [leaver]), "left must stay left, never turn dead"
+    back = net.restart(leaver)
+    assert back.node_id == leaver.node_id
+    assert net.run_until(net.now + 1, lambda: net.all_see(others + [back], State.ALIVE))
+
+
+def test_a_killed_node_that_restarts_outranks_its_own_death() -> None:
+    net = VirtualNetwork(seed=4)
+    nodes = [net.add(f"n{i}") for i in range(4)]
+    net.run_for(2)
+    net.kill(nodes[0])
+    assert net.run_until(net.now + 10, lambda: net.all_see(nodes[1:], State.DEAD, [nodes[0]]))
+    back = net.restart(nodes[0])
+    assert net.run_until(net.now + 1, lambda: net.all_see(nodes[1:] + [back], State.ALIVE))
+
+
+def test_no_false_deaths_at_ten_percent_loss_and_suspicions_get_refuted() -> None:
+    net = VirtualNetwork(seed=5, loss=0.10)
+    nodes = [net.add(f"n{i}") for i in range(10)]
+    assert net.run_until(2, lambda: net.all_see(nodes, State.ALIVE))
+    net.run_for(120)
+    deaths = [e for n in nodes for _, e in n.events if isinstance(e, MemberStateChanged) and e.state is State.DEAD]
+    assert deaths == []
+    assert net.all_see(nodes, State.ALIVE)
+    # loss did cause suspicions, and the suspects refuted them
+    assert sum(n.membership.counters.refutations for n in nodes) > 0
+
+
+def test_a_partition_is_detected_and_heals() -> None:
+    net = VirtualNetwork(seed=6, loss=0.10)
+    nodes = [net.add(f"n{i}") for i in range(10)]
+    net.run_for(3)
+    left_half, right_half = nodes[:5], nodes[5:]
+    net.partition(left_half, right_half)
+    assert net.run_until(net.now + 20, lambda: net.all_see(left_half, State.DEAD, right_half) and net.all_see(right_half, State.DEAD, left_half))
+    assert net.all_see(left_half, State.ALIVE) and net.all_see(right_half, State.ALIVE)
+    net.heal()
+    assert net.run_until(net.now + 15, lambda: net.all_see(nodes, State.ALIVE))
+
+
+def test_every_datagram_fits_in_one_unfragmented_packet_even_with_many_claims() -> None:
+    net = VirtualNetwork(seed=7, loss=0.05)
+    nodes = [net.add(f"node-with-a-rather-long-name-{i:02d}-" + "x" * 30) for i in range(20)]
+    net.run_for(3)
+    for victim in nodes[:6]:
+        net.kill(victim)
+    net.run_for(10)
+    assert 0 < net.largest_datagram <= MAX_DATAGRAM
+
+
+def test_with_a_network_key_outsiders_neither_read_nor_join() -> None:
+    members = VirtualNetwork(seed=8, network_key=b"k" * 32)
+    a, b = members.add("kitchen-laptop"), members.add("b")
+    members.run_for(1)
+    outsider_codec = DatagramCodec(SigningKey.generate(), epoch=1)
+    outsider = Membership(SigningKey.generate(), epoch=1, name="outsider", address=("10.0.0.9", 1))
+    outsider.start(0)
+    outsider.tick(0)
+    for out in outsider.take_outgoing():
+        a.membership.datagram_received(out.data, ("10.0.0.9", 1), members.now)
+    assert a.membership.codec.dropped["unsealed"] >= 1
+    assert set(a.membership.members) == {b.node_id}
+    # and what the members say cannot be read without the key
+    sealed = a.membership.codec.encode(m.encode_payload([m.encode_message(a.membership.presence)]))
+    with pytest.raises(Dropped) as caught:
+        outsider_codec.decode(sealed)
+    assert caught.value.reason == "sealed"
+    assert a.membership.presence.name.encode() not in sealed
+
+
+def test_a_forged_presence_drops_the_whole_datagram_and_is_counted() -> None:
+    net = VirtualNetwork(seed=9)
+    a, b = net.add("a"), net.add("b")
+    net.run_for(1)
+    mallory = SigningKey.generate()
+    victim_key = b.key
+    # mallory re-signs b's record with a higher incarnation under her own signature
+    forged = m.Presence(bytes(victim_key.verify_key), b.membership.presence.incarnation + 5, "b-evil", "10.6.6.6", 666, 0, 0).signed(mallory)
+    codec = DatagramCodec(mallory, epoch=1)
+    a.membership.datagram_received(codec.encode(m.encode_payload([m.encode_message(forged), m.encode_message(m.Dead(b.node_id, 2**40))])), ("10.6.6.6", 666), net.now)
+    assert a.membership.codec.dropped["forged"] == 1
+    assert a.state_of(b) is State.ALIVE
+    assert a.membership.members[b.node_id].presence.name == "b"
+
+
+def test_a_left_signed_by_someone_else_is_forged() -> None:
+    net = VirtualNetwork(seed=10)
+    a, b = net.add("a"), net.add("b")
+    net.run_for(1)
+    left = m.Left(b.node_id, b.membership.presence.incarnation).signed(SigningKey.generate())
+    codec = DatagramCodec(SigningKey.generate(), epoch=1)
+    a.membership.datagram_received(codec.encode(m.encode_payload([m.encode_message(left)])), ("10.0.0.66", 1), net.now)
+    assert a.membership.codec.dropped["forged"] == 1
+    assert a.state_of(b) is State.ALIVE
+
+
+def test_malformed_payloads_are_dropped_and_counted() -> None:
+    net = VirtualNetwork(seed=11)
+    a = net.add("a")
+    codec = DatagramCodec(SigningKey.generate(), epoch=1)
+    for payload in (b"", b"\x02", b"\x01\x03\x00\x09abc", b"\x01\x01\x00\x01x"):
+        a.membership.datagram_received(codec.encode(payload), ("10.0.0.5", 1), net.now)
+    assert a.membership.codec.dropped["malformed"] == 4
+    assert a.membership.members == {}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=MAX_PAYLOAD))
+def test_any_signed_payload_is_handled_or_dropped_never_raised(payload: bytes) -> None:
+    key = SigningKey(b"\x01" * 32)
+    membership = Membership(key, epoch=1, name="target", address=("10.0.0.1", 1))
+    membership.start(0)
+    codec = DatagramCodec(SigningKey(b"\x02" * 32), epoch=1)
+    membership.datagram_received(codec.encode(payload), ("10.0.0.2", 2), 0.1)
+    membership.tick(0.2)
+
+
+def test_messages_survive_a_round_trip() -> None:
+    key = SigningKey.generate()
+    node_id = m.Presence(bytes(key.verify_key), 0, "", "10.0.0.1", 1, 0, 0).node_id
+    samples: list[m.Message] = [
+        m.Presence(bytes(key.verify_key), 7 << 32 | 3, "Küche ☕", "fe80::1", 4242, 4243, m.capability_bits(["links", "chat"])).signed(key),
+        m.Left(node_id, 9).signed(key),
+        m.Hello(),
+        m.Ping(1, node_id),
+        m.Ack(2**32 - 1),
+        m.PingReq(3, node_id),
+        m.Nack(4),
+        m.Suspect(node_id, 5),
+        m.Dead(node_id, 6),
+    ]
+    decoded = m.decode_payload(m.encode_payload([m.encode_message(x) for x in samples]))
+    assert decoded == samples
+    presence = decoded[0]
+    assert isinstance(presence, m.Presence) and presence.verify()
+    assert m.capability_names(presence.capabilities) == ["links", "chat"]
+    left = decoded[1]
+    assert isinstance(left, m.Left) and left.verify(bytes(key.verify_key))
+
+
+def test_an_unknown_message_type_from_a_newer_node_is_skipped() -> None:
+    payload = m.encode_payload([b"\xee\x00\x03abc", m.encode_message(m.Ack(5))])
+    assert m.decode_payload(payload) == [m.Ack(5)]
+
+
+def test_the_state_table_only_moves_forward() -> None:
+    # a claim about a dead or left node never makes it suspect, and only a newer record revives it
+    for state in (State.DEAD, State.LEFT):
+        assert (state, "suspect") not in TRANSITIONS
+        assert TRANSITIONS[(state, "alive")] == (">", State.ALIVE)
+    assert (State.LEFT, "dead") not in TRANSITIONS
+
+
+def test_the_suspicion_timeout_falls_as_independent_confirmations_arrive() -> None:
+    s = Suspicion(started=100.0, min_timeout=1.0, max_timeout=4.0, expected=3, accusers={"a"})
+    deadlines = [s.deadline()]
+    for accuser in ("b", "c", "d", "e"):
+        s.accusers.add(accuser)
+        deadlines.append(s.deadline())
+    assert deadlines[0] == 104.0
+    assert deadlines[0] > deadlines[1] > deadlines[2] > deadlines[3] == 101.0 == deadlines[4]
+    assert math.isclose(deadlines[1], 104.0 - 3.0 * math.log(2) / math.log(4))
+
+
+def test_a_node_that_keeps_failing_its_probes_slows_down_lifeguard() -> None:
+    net = VirtualNetwork(seed=12)
+    nodes = [net.add(f"n{i}") for i in range(5)]
+    net.run_for(2)
+    lonely = nodes[0]
+    net.partition([lonely], nodes[1:])
+    net.run_for(6)
+    assert lonely.membership.health >= 2
+    healthy = [n.membership.health for n in nodes[1:]]
+    assert max(healthy) <= 1
