@@ -41,6 +41,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from lannode.daemon import NodeSettings, run_up
     from lannode.home import HomeBusy, HomeError
     from lannode.identity import IdentityError
+    from lannode.net.gossip import GossipError
 
     home = _home(args)
     try:
@@ -70,7 +71,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         return fail(str(exc))
     except HomeError as exc:
         return fail(str(exc), EXIT_USAGE)
-    except OSError as exc:
+    except (OSError, GossipError) as exc:
         return fail(f"cannot start the node: {exc}")
 
 
@@ -104,10 +105,43 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"uptime     {_duration(status['uptime_s'])}")
     print(f"interface  {status['interface']}")
     print(f"home       {status['home']}")
+    gossip = status["gossip"]
+    members = ", ".join(f"{count} {state}" for state, count in gossip["members"].items())
+    print(f"gossip     {gossip.get('address', '-')} group {gossip['group']}; peers: {members}")
+    dropped = ", ".join(f"{reason} {count}" for reason, count in gossip["dropped"].items())
+    print(f"dropped    {dropped or 'none'}")
     for plugin in status["plugins"] or [{"name": "(none)", "state": "", "url": None, "restarts": 0}]:
         extra = f" {plugin['url']}" if plugin.get("url") else ""
         restarts = f" ({plugin['restarts']} restarts)" if plugin.get("restarts") else ""
         print(f"plugin     {plugin['name']} {plugin['state']}{extra}{restarts}")
+    return EXIT_OK
+
+
+# -- peers --------------------------------------------------------------------
+def _ago(then: float) -> str:
+    import time
+
+    return _duration(max(0.0, time.time() - then)) + " ago"
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    from lannode.net.api_client import ApiRejected, NodeNotRunning, RemoteError, call
+
+    try:
+        peers = call(_home(args), "peer.list")
+    except (NodeNotRunning, ApiRejected, RemoteError) as exc:
+        return fail(str(exc))
+    if args.json:
+        print(json.dumps(peers, indent=2))
+        return EXIT_OK
+    if not peers:
+        print("no peers yet")
+        return EXIT_OK
+    rows = [("NAME", "STATE", "NODE ID", "ADDRESS", "LAST SEEN")]
+    rows += [(p["name"], p["state"], p["node_id"], p["addresses"]["gossip"], _ago(p["last_seen"])) for p in peers]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     return EXIT_OK
 
 
@@ -200,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", parents=[common], help="the running node's id, name, uptime and plugins")
     status.set_defaults(func=cmd_status)
+
+    peers = sub.add_parser("peers", parents=[common], help="the nodes this one knows and their state")
+    peers.set_defaults(func=cmd_peers)
 
     lab = sub.add_parser("lab", parents=[common], help="run a few nodes on loopback to try lannode out")
     lab.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")

@@ -63,6 +63,22 @@ def check_interface(value: Any) -> str | None:
     return None
 
 
+def _multicast_group(value: Any) -> str | None:
+    try:
+        group = ipaddress.IPv4Address(value)
+    except ValueError:
+        group = None
+    if group is None or not group.is_multicast:
+        return 'expected an IPv4 multicast group such as "239.255.76.78"'
+    return None
+
+
+def _fixed_port(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        return "expected a port number from 1 to 65535 (every node on the network uses the same one)"
+    return None
+
+
 def _name(value: Any) -> str | None:
     if not isinstance(value, str):
         return "expected a string"
@@ -97,7 +113,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("node", "log_level", "info", "One of debug, info, warning, error; --log-level overrides it.", _log_level),
     Option("api", "port", 0, "Port of the local API on 127.0.0.1; 0 picks a free one (see api.json).", _port),
     Option("api", "max_message_bytes", 1 << 20, "Largest API message accepted; a bigger one closes the connection (1009).", _positive),
+    Option("gossip", "group", "239.255.76.78", "UDP multicast group of the gossip (TTL 1: it never leaves the LAN); the same on every node.", _multicast_group),
+    Option("gossip", "port", 47678, "UDP port of the multicast group; the same on every node.", _fixed_port),
+    Option("gossip", "unicast_port", 0, "UDP port for this node's probes and replies; 0 picks a free one.", _port),
 )
+
+OPTIONS_BY_KEY: dict[str, Option] = {option.dotted: option for option in OPTIONS}
 
 # Defaults of the plugins the package ships; a plugin's table may hold more keys.
 PLUGIN_DEFAULTS: dict[str, dict[str, Any]] = {

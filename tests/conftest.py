@@ -8,6 +8,7 @@ node's stderr goes to ``node.log`` in its home and is printed when a test fails.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -20,6 +21,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from lannode import config
 from lannode.config import render_default
 from lannode.home import Home
 from lannode.net import api_client
@@ -98,16 +100,29 @@ class RunningNode:
         return next(p for p in self.status()["plugins"] if p["name"] == name)
 
 
-def write_config(home: Path, name: str, *, webui: bool = False, extra: str = "") -> None:
+def write_config(home: Path, name: str, *, webui: bool = False, extra: str = "", gossip: tuple[str, int] | None = None) -> None:
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     text = render_default(name).replace("[plugins.webui]\nenabled = true\nport = 7480", f"[plugins.webui]\nenabled = {'true' if webui else 'false'}\nport = 0")
+    if gossip is not None:
+        defaults = config.OPTIONS_BY_KEY
+        text = text.replace(f'group = "{defaults["gossip.group"].default}"', f'group = "{gossip[0]}"')
+        text = text.replace(f'port = {defaults["gossip.port"].default}', f"port = {gossip[1]}")
     (home / "config.toml").write_text(text + extra)
+
+
+def private_gossip() -> tuple[str, int]:
+    """A multicast group and port of one's own, so nodes of other tests stay out of earshot."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"239.255.{random.randrange(1, 255)}.{random.randrange(1, 255)}", port
 
 
 class NodeFactory:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.nodes: list[RunningNode] = []
+        self.gossip = private_gossip()  # the nodes of one factory form one network
 
     def start(
         self,
@@ -121,7 +136,7 @@ class NodeFactory:
     ) -> RunningNode:
         home = Home(self.root / f"{name}-{len(self.nodes)}")
         if not home.config_path.exists():
-            write_config(home.path, name, webui=webui, extra=extra_config)
+            write_config(home.path, name, webui=webui, extra=extra_config, gossip=self.gossip)
         return self.start_on(home, name=name, env=env, args=args, wait=wait)
 
     def start_on(

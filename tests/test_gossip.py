@@ -1,0 +1,174 @@
+"""Real daemons finding each other over multicast on loopback, and shrugging off bad datagrams."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+from lannode.core import messages as m
+from lannode.core.wire import DatagramCodec
+from lannode.home import Home
+
+from conftest import NodeFactory, RunningNode, run_cli, write_config
+
+
+def peer_states(node: RunningNode) -> dict[str, str]:
+    return {peer["node_id"]: peer["state"] for peer in node.call("peer.list")}
+
+
+def wait_for_states(node: RunningNode, expected: dict[str, str], what: str, timeout: float = 20.0) -> None:
+    node.wait_until(lambda: all(peer_states(node).get(k) == v for k, v in expected.items()), timeout=timeout, what=what)
+
+
+def gossip_address(node: RunningNode) -> tuple[str, int]:
+    host, port = node.status()["gossip"]["address"].rsplit(":", 1)
+    return host, int(port)
+
+
+def test_five_nodes_see_each_other_and_notice_kill_stop_and_restart(nodes: NodeFactory) -> None:
+    five = [nodes.start(f"n{i}") for i in range(5)]
+    ids = [node.status()["node_id"] for node in five]
+    for node, own in zip(five, ids):
+        wait_for_states(node, {i: "alive" for i in ids if i != own}, "4 peers alive")
+        assert own not in peer_states(node)
+
+    killed, stopped, rest = five[0], five[1], five[2:]
+    killed.stop(signal.SIGKILL)
+    for node in rest:
+        wait_for_states(node, {ids[0]: "dead"}, "the killed node dead", timeout=30)
+
+    assert stopped.stop(signal.SIGTERM) == 0
+    for node in rest:
+        wait_for_states(node, {ids[1]: "left"}, "the stopped node left")
+
+    back = nodes.start_on(killed.home, name="n0")
+    for node in rest:
+        wait_for_states(node, {ids[0]: "alive"}, "the restarted node alive again")
+    wait_for_states(back, {ids[2]: "alive", ids[3]: "alive", ids[4]: "alive"}, "the restarted node sees the others")
+    assert all(peer_states(node)[ids[1]] == "left" for node in rest)
+
+
+def test_peers_lists_name_state_addresses_and_when_last_seen(nodes: NodeFactory) -> None:
+    a, b = nodes.start("alpha"), nodes.start("beta")
+    b_id = b.status()["node_id"]
+    wait_for_states(a, {b_id: "alive"}, "beta alive")
+    result = run_cli("peers", "--json", "--home", str(a.home.path))
+    assert result.returncode == 0, result.stderr
+    (peer,) = json.loads(result.stdout)
+    assert peer["node_id"] == b_id and peer["name"] == "beta" and peer["state"] == "alive"
+    assert peer["addresses"]["gossip"] == "{}:{}".format(*gossip_address(b))
+    assert set(peer) >= {"node_id", "name", "state", "addresses", "capabilities", "incarnation", "since", "last_seen"}
+    text = run_cli("peers", "--home", str(a.home.path))
+    assert "beta" in text.stdout and "alive" in text.stdout and b_id in text.stdout
+
+
+def test_a_peer_event_reaches_api_subscribers(nodes: NodeFactory) -> None:
+    import trio
+
+    from lannode.net.api_client import connect
+
+    a = nodes.start("watcher")
+    seen: list[tuple[str, Any]] = []
+
+    async def watch() -> None:
+        async with connect(a.home) as client:
+            await client.subscribe("peer.*")
+            await trio.to_thread.run_sync(nodes.start, "newcomer")
+            with trio.fail_after(20):
+                async for topic, data in client.events():
+                    seen.append((topic, data))
+                    if topic == "peer.state" and data["state"] == "alive":
+                        return
+
+    trio.run(watch)
+    topic, data = seen[-1]
+    assert data["name"] == "newcomer" and data["previous"] is None
+
+
+def send_to(address: tuple[str, int], *datagrams: bytes) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for data in datagrams:
+            sock.sendto(data, address)
+
+
+def test_bad_datagrams_are_dropped_counted_and_the_node_carries_on(nodes: NodeFactory) -> None:
+    a, b = nodes.start("a"), nodes.start("b")
+    b_id = b.status()["node_id"]
+    wait_for_states(a, {b_id: "alive"}, "b alive")
+    target = gossip_address(a)
+    stranger = SigningKey.generate()
+    codec = DatagramCodec(stranger, epoch=1)
+    good = codec.encode(m.encode_payload([m.encode_message(m.Hello())]))
+    forged = bytearray(codec.encode(m.encode_payload([m.encode_message(m.Ack(1))])))
+    forged[-1] ^= 1
+    mallory_presence = m.Presence(bytes(SigningKey.generate().verify_key), 1, "mallory", "127.0.0.1", 9, 0, 0).signed(stranger)
+    send_to(
+        target,
+        good,
+        good,  # a replay
+        bytes(forged),  # a bad signature
+        good[:20],  # truncated
+        b"\0" * 1500,  # oversized
+        os.urandom(300),  # random bytes
+        DatagramCodec(stranger, epoch=1, network_key=b"x" * 32).encode(b"\x01"),  # sealed with a key we do not hold
+        codec.encode(b"\x01\x01\x00\x02zz"),  # a payload that does not parse
+        codec.encode(m.encode_payload([m.encode_message(mallory_presence)])),  # someone else's record, signed by the stranger
+    )
+    # the group hears junk too
+    group, port = nodes.gossip
+    send_to((group, port), os.urandom(64))
+
+    def dropped() -> dict[str, int]:
+        counts: dict[str, int] = a.status()["gossip"]["dropped"]
+        return counts
+
+    expected = {"replay", "signature", "truncated", "oversized", "sealed", "malformed", "forged"}
+    a.wait_until(lambda: expected <= set(dropped()), what=f"drops counted for {expected}")
+    assert sum(dropped().values()) >= 9
+    text = run_cli("status", "--home", str(a.home.path)).stdout
+    assert "replay 1" in text and "forged 1" in text
+    assert a.process.poll() is None
+    assert peer_states(a) == {b_id: "alive"}, "nothing the stranger sent made it a member"
+
+
+def test_with_a_network_key_only_members_see_each_other(nodes: NodeFactory) -> None:
+    key = "a" * 43 + "="
+    homes = [Home(nodes.root / f"keyed-{i}") for i in range(2)] + [Home(nodes.root / "open")]
+    for i, home in enumerate(homes):
+        write_config(home.path, f"k{i}", gossip=nodes.gossip)
+    for home in homes[:2]:
+        assert run_cli("network-key", "set", key, "--home", str(home.path)).returncode == 0
+    k0, k1, outsider = (nodes.start_on(home, name=f"k{i}") for i, home in enumerate(homes))
+    k1_id = k1.status()["node_id"]
+    wait_for_states(k0, {k1_id: "alive"}, "the other member alive")
+    k0.wait_until(lambda: k0.status()["gossip"]["dropped"].get("unsealed", 0) > 0, what="the outsider's datagrams dropped as unsealed")
+    outsider.wait_until(lambda: outsider.status()["gossip"]["dropped"].get("sealed", 0) > 0, what="the members' datagrams dropped as sealed")
+    assert set(peer_states(k0)) == {k1_id}
+    assert peer_states(outsider) == {}
+
+
+@pytest.fixture(scope="module")
+def listening_node(module_nodes: NodeFactory) -> tuple[RunningNode, tuple[str, int]]:
+    node = module_nodes.start("listener")
+    return node, gossip_address(node)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(min_size=1, max_size=1400))
+def test_random_bytes_never_hurt_a_running_node(listening_node: tuple[RunningNode, tuple[str, int]], data: bytes) -> None:
+    node, address = listening_node
+    send_to(address, data)
+    assert node.process.poll() is None
+
+
+def test_after_the_random_bytes_the_node_still_answers(listening_node: tuple[RunningNode, tuple[str, int]]) -> None:
+    node, _ = listening_node
+    node.wait_until(lambda: sum(node.status()["gossip"]["dropped"].values()) >= 60, what="every random datagram dropped and counted")
