@@ -137,11 +137,59 @@ def cmd_peers(args: argparse.Namespace) -> int:
     if not peers:
         print("no peers yet")
         return EXIT_OK
-    rows = [("NAME", "STATE", "NODE ID", "ADDRESS", "LAST SEEN")]
-    rows += [(p["name"], p["state"], p["node_id"], p["addresses"]["gossip"], _ago(p["last_seen"])) for p in peers]
+    rows = [("NAME", "STATE", "TRUST", "NODE ID", "ADDRESS", "LAST SEEN")]
+    rows += [(p["name"], p["state"], p["trust"], p["node_id"], p["addresses"]["gossip"], _ago(p["last_seen"])) for p in peers]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    for p in peers:
+        if p.get("warning"):
+            print(f"warning: {p['name']} ({p['node_id']}): {p['warning']}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    import time
+
+    from lannode.net.api_client import ApiRejected, NodeNotRunning, RemoteError, call
+
+    home = _home(args)
+    results = []
+    for i in range(args.count):
+        if i:
+            time.sleep(args.interval)
+        try:
+            result = call(home, "peer.ping", peer=args.peer)
+        except (NodeNotRunning, ApiRejected, RemoteError) as exc:
+            return fail(str(exc))
+        results.append(result)
+        if not args.json:
+            print(f"{result['name']} ({result['node_id']}): {result['rtt_ms']:.3f} ms over the link ({result['cipher']})")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return EXIT_OK
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    from lannode.net.api_client import ApiRejected, NodeNotRunning, RemoteError, call
+
+    params = {"peer": args.peer}
+    if args.code:
+        params["code"] = args.code
+    try:
+        result = call(_home(args), "peer.trust", **params)
+    except (NodeNotRunning, ApiRejected, RemoteError) as exc:
+        return fail(str(exc))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    print(f"safety code with {result['name']} ({result['node_id']}):")
+    print(f"    {result['safety_code']}")
+    if args.code:
+        print("the codes match: marked verified")
+    else:
+        print("compare it with the code the other person's `lannode trust` shows; marked verified")
+        print("(next time, pass the code they read out with --code, and a mismatch is refused)")
     return EXIT_OK
 
 
@@ -237,6 +285,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     peers = sub.add_parser("peers", parents=[common], help="the nodes this one knows and their state")
     peers.set_defaults(func=cmd_peers)
+
+    ping = sub.add_parser("ping", parents=[common], help="round trip to a peer over its encrypted link")
+    ping.add_argument("peer", help="a peer's name or a unique prefix of its node id")
+    ping.add_argument("-c", "--count", type=int, default=1, help="how many pings (default 1)")
+    ping.add_argument("-i", "--interval", type=float, default=1.0, help="seconds between pings (default 1)")
+    ping.set_defaults(func=cmd_ping)
+
+    trust = sub.add_parser("trust", parents=[common], help="show the safety code with a peer and mark it verified")
+    trust.add_argument("peer", help="a peer's name or a unique prefix of its node id")
+    trust.add_argument("--code", help="the code the other person reads out; refused if it differs")
+    trust.set_defaults(func=cmd_trust)
 
     lab = sub.add_parser("lab", parents=[common], help="run a few nodes on loopback to try lannode out")
     lab.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")

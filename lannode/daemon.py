@@ -26,11 +26,8 @@ from lannode.core import api
 from lannode.files import write_private
 from lannode.home import Home, HomeLock
 from lannode.identity import Identity
-from lannode.core.membership import Event as MembershipEvent
-from lannode.core.membership import Member, Membership
-from lannode.core.messages import capability_names
 from lannode.net.api_server import ApiServer, EventBus, require
-from lannode.net.gossip import GossipService, GossipSettings, describe, wall_time_of
+from lannode.peers import PeerService
 from lannode.plugins.supervisor import PluginSupervisor, check_origin
 
 log = logging.getLogger("lannode.node")
@@ -62,12 +59,8 @@ class Node:
             max_message_bytes=settings.config.get("api.max_message_bytes"),
         )
         self.plugins: PluginSupervisor | None = None
-        config = settings.config
-        self.gossip = GossipService(
-            self._membership_for,
-            GossipSettings(settings.interface, config.get("gossip.group"), config.get("gossip.port"), config.get("gossip.unicast_port")),
-            self._on_membership_event,
-        )
+        self.peers = PeerService(settings.home, settings.config, settings.identity, settings.name, settings.interface, settings.epoch, settings.network_key, self.bus)
+        self.peers.register_methods(self.api)
         self.started_wall = time.time()
         self.started = time.monotonic()
         self._stop = trio.Event()
@@ -88,40 +81,9 @@ class Node:
             "home": str(self.home.path),
             "plugins": self.plugins.statistics() if self.plugins else [],
             "api": self.api.statistics(),
-            "gossip": self.gossip.statistics(),
+            "gossip": self.peers.gossip.statistics(),
+            "links": self.peers.links.statistics(),
         }
-
-    def peers(self) -> list[dict[str, Any]]:
-        membership = self.gossip.membership
-        if membership is None:
-            return []
-        return [self._peer_record(member) for member in sorted(membership.members.values(), key=lambda x: (x.presence.name, x.node_id))]
-
-    @staticmethod
-    def _peer_record(member: Member) -> dict[str, Any]:
-        p = member.presence
-        return {
-            "node_id": member.node_id,
-            "name": p.name,
-            "state": member.state.value,
-            "addresses": {"gossip": f"{p.host}:{p.gossip_port}", "link": f"{p.host}:{p.link_port}" if p.link_port else None},
-            "capabilities": capability_names(p.capabilities),
-            "incarnation": member.incarnation,
-            "since": round(wall_time_of(member.since), 3),
-            "last_seen": round(wall_time_of(member.last_seen), 3),
-        }
-
-    # -- gossip -------------------------------------------------------------
-    def _membership_for(self, address: tuple[str, int]) -> Membership:
-        s = self.settings
-        return Membership(s.identity.signing_key, epoch=s.epoch, name=s.name, address=address, network_key=s.network_key)
-
-    def _on_membership_event(self, event: MembershipEvent) -> None:
-        assert self.gossip.membership is not None
-        topic, data = describe(event, self.gossip.membership)
-        if topic == "peer.state":
-            log.info("peer %s (%s): %s -> %s", data.get("name"), event.node_id, data["previous"], data["state"])
-        self.bus.publish(topic, data)
 
     def _register_methods(self) -> None:
         async def node_status(params: dict[str, Any], caller: api.Principal) -> Any:
@@ -148,10 +110,6 @@ class Node:
             return state.public()
 
         self.api.method("node.status", node_status, "The node's id, name, version, uptime, interface, plugins and API counters.")
-        async def peer_list(params: dict[str, Any], caller: api.Principal) -> Any:
-            return self.peers()
-
-        self.api.method("peer.list", peer_list, "Every node this one knows: id, name, state, addresses, capabilities, last_seen.")
         self.api.method("node.stop", node_stop, "Stop the node cleanly, as SIGTERM does.", local_only=True)
         self.api.method("plugin.register", plugin_register, 'A plugin announces {"name", "url", "origins"}; origins become UI origins.', local_only=True)
 
@@ -163,8 +121,7 @@ class Node:
         s = self.settings
         try:
             async with trio.open_nursery() as nursery:
-                gossip_address = await nursery.start(self.gossip.run)
-                log.info("gossip on %s:%d, group %s:%d", *gossip_address, s.config.get("gossip.group"), s.config.get("gossip.port"))
+                await nursery.start(self.peers.run)
                 port = await nursery.start(self.api.serve, s.config.get("api.port"))
                 url = f"ws://127.0.0.1:{port}{api.API_PATH}"
                 info = {"url": url, "token": self.token, "pid": os.getpid(), "node_id": s.identity.node_id, "api": api.API_VERSION}
@@ -185,7 +142,7 @@ class Node:
                 systemd.notify("STOPPING=1")
                 self.bus.publish("node.stopping", {"node_id": s.identity.node_id})
                 log.info("stopping")
-                self.gossip.leave()
+                self.peers.leave()
                 nursery.cancel_scope.cancel()
         finally:
             self.home.api_json.unlink(missing_ok=True)

@@ -1,0 +1,410 @@
+"""Peer links over TCP: the trio side of ``lannode.core.link``.
+
+The ``LinkManager`` listens on the node's link port, dials peers on demand at the
+address their signed presence gives, and keeps at most one open link per peer.
+When two nodes dial each other at the same moment both links complete; each side
+then keeps the one dialed by the smaller node id, so they agree without talking.
+
+A ``Link`` has a writer task that interleaves channels record by record (64 KiB
+each), lower channel numbers first within a round, so a bulk transfer on a high
+channel never holds up chat on a low one; ``send`` waits when a channel already
+has ``queue_limit`` messages queued (backpressure). A link that has sent nothing
+for ``keepalive`` seconds sends a ping; one that hears nothing for ``idle_timeout``
+seconds is closed. Messages are handed to the handler registered for their
+channel; a handler that blocks holds up that link's reader, so handlers queue
+work rather than do it.
+
+A failed dial is not retried before a backoff (0.5 s, doubling to 30 s) has
+passed; a link that breaks while there is nothing to send is simply dialed again
+the next time something is sent. Links refused for a bad identity or signature
+are counted by reason in ``statistics()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+from nacl.signing import SigningKey
+
+from lannode.core.link import (
+    MAX_RECORD_DATA,
+    LinkClosed,
+    LinkConnection,
+    LinkEstablished,
+    LinkState,
+    MessageReceived,
+    Pong,
+    Role,
+)
+
+log = logging.getLogger("lannode.links")
+
+MessageHandler = Callable[["Link", bytes], Awaitable[None]]
+READ_SIZE = 256 * 1024
+WRITE_BATCH = 256 * 1024
+
+
+class LinkError(Exception):
+    """A link could not be opened or broke; the message is for a person."""
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    data: bytes
+    offset: int = 0
+
+
+@dataclass
+class LinkSettings:
+    keepalive: float = 5.0
+    idle_timeout: float = 15.0
+    connect_timeout: float = 5.0
+    handshake_timeout: float = 5.0
+    queue_limit: int = 64
+    backoff_min: float = 0.5
+    backoff_max: float = 30.0
+
+
+class Link:
+    def __init__(self, manager: "LinkManager", stream: trio.SocketStream, conn: LinkConnection, dialed_by: str) -> None:
+        assert conn.peer_node_id is not None and conn.peer_public_key is not None
+        self.manager = manager
+        self.stream = stream
+        self.conn = conn
+        self.node_id: str = conn.peer_node_id
+        self.public_key: bytes = conn.peer_public_key
+        self.dialed_by = dialed_by
+        self.cipher = conn.cipher
+        self.opened = trio.current_time()
+        self.closed = trio.Event()
+        self.close_reason = ""
+        self._queues: dict[int, deque[_Outgoing]] = {}
+        self._drained = trio.Event()  # set (and replaced) whenever a queued message leaves, or on close
+        self._work = trio.Event()
+        self._last_sent = trio.current_time()
+        self._pongs: dict[bytes, trio.Event] = {}
+        self.messages_sent = 0
+        self.messages_received = 0
+
+    @property
+    def is_open(self) -> bool:
+        return not self.closed.is_set()
+
+    async def send(self, channel: int, data: bytes) -> None:
+        """Queue a message; waits while the channel's queue is full. LinkError if the link closed."""
+        queue = self._queues.setdefault(channel, deque())
+        while self.is_open and len(queue) >= self.manager.settings.queue_limit:
+            await self._drained.wait()
+        if not self.is_open:
+            raise LinkError(f"the link to {self.node_id} is closed ({self.close_reason})")
+        queue.append(_Outgoing(data))
+        self.messages_sent += 1
+        self._work.set()
+
+    async def ping(self, timeout: float = 5.0) -> float:
+        """Round-trip time in seconds over the link (a control ping, answered by the peer's link layer)."""
+        token = os.urandom(8)
+        done = self._pongs[token] = trio.Event()
+        started = trio.current_time()
+        try:
+            self.conn.send_ping(token)
+            self._work.set()
+            with trio.fail_after(timeout):
+                await done.wait()
+        except trio.TooSlowError:
+            raise LinkError(f"no answer from {self.node_id} within {timeout:g} s") from None
+        finally:
+            self._pongs.pop(token, None)
+        return trio.current_time() - started
+
+    def close(self, reason: str) -> None:
+        if self.closed.is_set():
+            return
+        self.close_reason = reason
+        self.conn.close(reason)
+        self.closed.set()
+        self._work.set()
+        self._drained.set()  # senders waiting for room see the link is gone
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "node_id": self.node_id,
+            "cipher": self.cipher,
+            "dialed_by": self.dialed_by,
+            "bytes_sent": self.conn.bytes_sent,
+            "bytes_received": self.conn.bytes_received,
+            "messages_sent": self.messages_sent,
+            "messages_received": self.messages_received,
+            "queued": sum(len(q) for q in self._queues.values()),
+        }
+
+    # -- tasks ---------------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reader)
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._keepalive)
+                await self.closed.wait()
+                with trio.move_on_after(1):  # let the writer say goodbye
+                    await self._flush()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.close(self.close_reason or "closed")
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.stream)
+            self.manager._forget(self)
+
+    async def _reader(self) -> None:
+        settings = self.manager.settings
+        while self.is_open:
+            with trio.move_on_after(settings.idle_timeout) as idle:
+                try:
+                    data = await self.stream.receive_some(READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self.close(f"connection lost: {exc}")
+                    return
+            if idle.cancelled_caught:
+                self.close(f"nothing heard for {settings.idle_timeout:g} s")
+                return
+            self.conn.receive_data(data)
+            for event in self.conn.events():
+                if isinstance(event, MessageReceived):
+                    self.messages_received += 1
+                    await self.manager._dispatch(self, event.channel, event.data)
+                elif isinstance(event, Pong):
+                    waiter = self._pongs.get(event.data)
+                    if waiter is not None:
+                        waiter.set()
+                elif isinstance(event, LinkClosed):
+                    if event.reason != "closed":
+                        self.manager.refused[event.reason] += 1
+                    self.close(f"{event.reason}: {event.detail}" if event.detail else event.reason)
+                    return
+            if self.conn.pending:  # pongs to send
+                self._work.set()
+
+    async def _writer(self) -> None:
+        try:
+            while True:
+                await self._work.wait()
+                self._work = trio.Event()
+                while self.is_open and self._fill_round():
+                    await self._flush()
+                    await trio.lowlevel.checkpoint()
+                if not self.is_open:
+                    return
+                await self._flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.close(f"connection lost: {exc}")
+
+    def _fill_round(self) -> bool:
+        """Seal up to one record per channel, lowest channel first; False when nothing is queued."""
+        sealed = False
+        for channel in sorted(self._queues):
+            queue = self._queues[channel]
+            if not queue:
+                continue
+            item = queue[0]
+            chunk = memoryview(item.data)[item.offset : item.offset + MAX_RECORD_DATA]
+            item.offset += len(chunk)
+            more = item.offset < len(item.data)
+            self.conn.send_record(channel, chunk, more=more)
+            sealed = True
+            if not more:
+                queue.popleft()
+                self._drained.set()
+                self._drained = trio.Event()
+            if self.conn.pending >= WRITE_BATCH:
+                break
+        return sealed
+
+    async def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self._last_sent = trio.current_time()
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self.close(f"connection lost: {exc}")
+
+    async def _keepalive(self) -> None:
+        interval = self.manager.settings.keepalive
+        while self.is_open:
+            await trio.sleep_until(self._last_sent + interval)
+            if trio.current_time() - self._last_sent >= interval and self.conn.state is LinkState.OPEN:
+                self.conn.send_ping(b"keepalive")
+                self._work.set()
+                self._last_sent = trio.current_time()
+
+
+@dataclass
+class _DialState:
+    failures: int = 0
+    not_before: float = -math.inf
+    dialing: trio.Event | None = None
+    last_error: str = ""
+
+
+class LinkManager:
+    """All of a node's peer links. ``address_of(node_id)`` says where a peer listens."""
+
+    def __init__(
+        self,
+        signing_key: SigningKey,
+        node_id: str,
+        address_of: Callable[[str], tuple[str, int] | None],
+        *,
+        network_key: bytes | None = None,
+        settings: LinkSettings | None = None,
+        on_established: Callable[[Link], None] | None = None,
+    ) -> None:
+        self.key = signing_key
+        self.node_id = node_id
+        self.address_of = address_of
+        self.network_key = network_key
+        self.settings = settings or LinkSettings()
+        self.on_established = on_established
+        self.links: dict[str, Link] = {}
+        self.handlers: dict[int, MessageHandler] = {}
+        self.refused: Counter[str] = Counter()
+        self.port = 0
+        self._dials: dict[str, _DialState] = {}
+        self._nursery: trio.Nursery | None = None
+
+    def handle(self, channel: int, handler: MessageHandler) -> None:
+        self.handlers[channel] = handler
+
+    async def serve(self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        self.port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(trio.serve_listeners, self._accept, listeners)
+            task_status.started(self.port)
+
+    async def link_to(self, node_id: str) -> Link:
+        """The open link to a peer, dialing it if need be; LinkError if it cannot be reached."""
+        link = self.links.get(node_id)
+        if link is not None and link.is_open:
+            return link
+        state = self._dials.setdefault(node_id, _DialState())
+        if state.dialing is not None:
+            await state.dialing.wait()
+            link = self.links.get(node_id)
+            if link is not None and link.is_open:
+                return link
+            raise LinkError(state.last_error or f"cannot reach {node_id}")
+        now = trio.current_time()
+        if now < state.not_before:
+            raise LinkError(f"{state.last_error}; next try in {state.not_before - now:.1f} s")
+        address = self.address_of(node_id)
+        if address is None:
+            raise LinkError(f"no link address known for {node_id}")
+        state.dialing = trio.Event()
+        try:
+            link = await self._dial(node_id, address)
+            state.failures = 0
+            state.not_before = -math.inf
+            return link
+        except LinkError as exc:
+            state.failures += 1
+            backoff = min(self.settings.backoff_max, self.settings.backoff_min * 2 ** (state.failures - 1))
+            state.not_before = trio.current_time() + backoff
+            state.last_error = str(exc)
+            raise
+        finally:
+            state.dialing.set()
+            state.dialing = None
+
+    async def send(self, node_id: str, channel: int, data: bytes) -> None:
+        link = await self.link_to(node_id)
+        await link.send(channel, data)
+
+    def statistics(self) -> dict[str, object]:
+        return {"port": self.port, "open": [link.statistics() for link in self.links.values()], "refused": dict(self.refused)}
+
+    # -- internals -----------------------------------------------------------------------------
+    async def _dial(self, node_id: str, address: tuple[str, int]) -> Link:
+        try:
+            with trio.fail_after(self.settings.connect_timeout):
+                stream = await trio.open_tcp_stream(*address)
+        except (OSError, trio.TooSlowError) as exc:
+            raise LinkError(f"cannot connect to {node_id} at {address[0]}:{address[1]}: {exc or 'timed out'}") from None
+        conn = LinkConnection(self.key, Role.DIALER, network_key=self.network_key, expected_node_id=node_id)
+        return await self._establish(stream, conn, dialed_by=self.node_id)
+
+    async def _accept(self, stream: trio.SocketStream) -> None:
+        conn = LinkConnection(self.key, Role.LISTENER, network_key=self.network_key)
+        try:
+            link = await self._establish(stream, conn, dialed_by="")
+        except LinkError as exc:
+            log.debug("incoming link refused: %s", exc)
+            return
+        await link.closed.wait()
+
+    async def _establish(self, stream: trio.SocketStream, conn: LinkConnection, dialed_by: str) -> Link:
+        try:
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with trio.fail_after(self.settings.handshake_timeout):
+                await stream.send_all(conn.data_to_send())
+                established: LinkEstablished | None = None
+                while established is None:
+                    data = await stream.receive_some(READ_SIZE)
+                    conn.receive_data(data)
+                    outgoing = conn.data_to_send()
+                    if outgoing:
+                        await stream.send_all(outgoing)
+                    for event in conn.events():
+                        if isinstance(event, LinkEstablished):
+                            established = event
+                        elif isinstance(event, LinkClosed):
+                            if event.reason != "closed":
+                                self.refused[event.reason] += 1
+                            raise LinkError(f"link refused ({event.reason}): {event.detail}")
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
+            await trio.aclose_forcefully(stream)
+            raise LinkError(f"link handshake failed: {exc or 'timed out'}") from None
+        except LinkError:
+            await trio.aclose_forcefully(stream)
+            raise
+        link = Link(self, stream, conn, dialed_by=dialed_by or established.node_id)
+        existing = self.links.get(link.node_id)
+        if existing is not None and existing.is_open:
+            # both sides dialed: keep the link the smaller node id dialed, on both ends
+            if link.dialed_by > existing.dialed_by:
+                await trio.aclose_forcefully(stream)
+                return existing
+            existing.close("replaced by a simultaneous link")
+        self.links[link.node_id] = link
+        assert self._nursery is not None
+        self._nursery.start_soon(link.run)
+        log.info("link to %s open (%s, %s)", link.node_id, link.cipher, "dialed" if link.dialed_by == self.node_id else "accepted")
+        if self.on_established is not None:
+            self.on_established(link)
+        return link
+
+    async def _dispatch(self, link: Link, channel: int, data: bytes) -> None:
+        handler = self.handlers.get(channel)
+        if handler is None:
+            self.refused["unknown_channel"] += 1
+            return
+        try:
+            await handler(link, data)
+        except Exception:
+            log.exception("handler for channel %d failed on a message from %s", channel, link.node_id)
+
+    def _forget(self, link: Link) -> None:
+        if self.links.get(link.node_id) is link:
+            del self.links[link.node_id]
+            log.info("link to %s closed: %s", link.node_id, link.close_reason)
+
+
+__all__ = ["Link", "LinkError", "LinkManager", "LinkSettings"]

@@ -1,0 +1,186 @@
+"""The node's view of other nodes: gossip membership, peer links and trust, as one service.
+
+It starts the link listener first (presence announces the link port), then the
+gossip; it turns membership and link happenings into API events, and serves
+the API methods about peers: ``peer.list``, ``peer.ping`` and ``peer.trust``.
+A peer is named by its name or by a unique prefix of its node id (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from lannode.config import Config
+from lannode.core import api
+from lannode.core.membership import Event as MembershipEvent
+from lannode.core.membership import Member, Membership, MemberStateChanged
+from lannode.core.messages import capability_names
+from lannode.home import Home
+from lannode.identity import Identity
+from lannode.net.api_server import ApiServer, EventBus, require
+from lannode.net.gossip import GossipService, GossipSettings, describe, wall_time_of
+from lannode.net.links import Link, LinkError, LinkManager
+from lannode.trust import TrustStore, normalize_code, safety_code
+
+log = logging.getLogger("lannode.peers")
+
+CAPABILITIES = ("links",)
+MIN_ID_PREFIX = 4
+
+
+class PeerService:
+    def __init__(self, home: Home, config: Config, identity: Identity, name: str, interface: str, epoch: int, network_key: bytes | None, bus: EventBus) -> None:
+        self.identity = identity
+        self.name = name
+        self.interface = interface
+        self.epoch = epoch
+        self.network_key = network_key
+        self.bus = bus
+        self.config = config
+        self._link_port = 0
+        self.trust = TrustStore(home.path / "peers.json")
+        self.links = LinkManager(identity.signing_key, identity.node_id, self._link_address, network_key=network_key, on_established=self._on_link)
+        self.gossip = GossipService(
+            self._membership_for,
+            GossipSettings(interface, config.get("gossip.group"), config.get("gossip.port"), config.get("gossip.unicast_port")),
+            self._on_membership_event,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            link_port = await nursery.start(self.links.serve, self.interface or "0.0.0.0", self.config.get("links.port"))
+            self._link_port = link_port
+            host, port = await nursery.start(self.gossip.run)
+            log.info("gossip on %s:%d (group %s:%d), links on port %d", host, port, self.config.get("gossip.group"), self.config.get("gossip.port"), link_port)
+            task_status.started()
+
+    def leave(self) -> None:
+        self.gossip.leave()
+
+    # -- views ---------------------------------------------------------------------------------
+    @property
+    def membership(self) -> Membership | None:
+        return self.gossip.membership
+
+    def peer_list(self) -> list[dict[str, Any]]:
+        membership = self.membership
+        if membership is None:
+            return []
+        members = sorted(membership.members.values(), key=lambda x: (x.presence.name, x.node_id))
+        return [self._record(member) for member in members]
+
+    def _record(self, member: Member) -> dict[str, Any]:
+        p = member.presence
+        link = self.links.links.get(member.node_id)
+        record: dict[str, Any] = {
+            "node_id": member.node_id,
+            "name": p.name,
+            "state": member.state.value,
+            "addresses": {"gossip": f"{p.host}:{p.gossip_port}", "link": f"{p.host}:{p.link_port}" if p.link_port else None},
+            "capabilities": capability_names(p.capabilities),
+            "incarnation": member.incarnation,
+            "trust": self.trust.level(member.node_id),
+            "link": {"cipher": link.cipher} if link is not None and link.is_open else None,
+            "since": round(wall_time_of(member.since), 3),
+            "last_seen": round(wall_time_of(member.last_seen), 3),
+            "warning": None,
+        }
+        if record["trust"] == "new" and (pinned := self.trust.same_name_elsewhere(member.node_id, p.name)):
+            record["warning"] = f"new identity: the name {p.name!r} belongs to pinned node {pinned}"
+        return record
+
+    def resolve(self, text: str) -> Member:
+        """A member by name or unique node id prefix; ApiError naming the candidates otherwise."""
+        membership = self.membership
+        members = list(membership.members.values()) if membership else []
+        exact = [x for x in members if x.node_id == text.lower()]
+        if exact:
+            return exact[0]
+        named = [x for x in members if x.presence.name == text]
+        if len(named) == 1:
+            return named[0]
+        if len(named) > 1:
+            choices = ", ".join(f"{x.node_id} ({x.state.value})" for x in named)
+            raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"{len(named)} peers are named {text!r}: {choices}; give a node id prefix")
+        if len(text) >= MIN_ID_PREFIX:
+            prefixed = [x for x in members if x.node_id.startswith(text.lower())]
+            if len(prefixed) == 1:
+                return prefixed[0]
+            if len(prefixed) > 1:
+                raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"{text!r} matches {len(prefixed)} node ids; give more of it")
+        raise api.ApiError(api.ErrorCode.NOT_FOUND, f"no peer named {text!r} or with a node id starting so (lannode peers lists them)")
+
+    # -- API -----------------------------------------------------------------------------------
+    def register_methods(self, server: ApiServer) -> None:
+        async def peer_list(params: dict[str, Any], caller: api.Principal) -> Any:
+            return self.peer_list()
+
+        async def peer_ping(params: dict[str, Any], caller: api.Principal) -> Any:
+            member = self.resolve(require(params, "peer", str))
+            try:
+                link = await self.links.link_to(member.node_id)
+                rtt = await link.ping()
+            except LinkError as exc:
+                raise api.ApiError(api.ErrorCode.UNAVAILABLE, str(exc)) from None
+            return {"node_id": member.node_id, "name": member.presence.name, "rtt_ms": round(rtt * 1000, 3), "cipher": link.cipher}
+
+        async def peer_trust(params: dict[str, Any], caller: api.Principal) -> Any:
+            member = self.resolve(require(params, "peer", str))
+            code = safety_code(self.identity.public_key, member.presence.public_key)
+            given = params.get("code")
+            if given is not None:
+                if not isinstance(given, str):
+                    raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"code" must be a string of digits')
+                if normalize_code(given) != normalize_code(code):
+                    raise api.ApiError(api.ErrorCode.BAD_PARAMS, "the safety codes differ: this is not the node the other person sees; it stays unverified")
+            self.trust.verify(member.node_id, member.presence.public_key, member.presence.name)
+            self.bus.publish("peer.trust", {"node_id": member.node_id, "name": member.presence.name, "trust": "verified"})
+            return {"node_id": member.node_id, "name": member.presence.name, "safety_code": code, "trust": "verified"}
+
+        server.method("peer.list", peer_list, "Every node this one knows: id, name, state, addresses, trust, link, last_seen.")
+        server.method("peer.ping", peer_ping, '{"peer"}: round trip over the encrypted peer link (dialing it if need be).')
+        server.method("peer.trust", peer_trust, '{"peer", "code"?}: the safety code; marks the peer verified (refused if a given code differs).', local_only=True)
+
+    # -- wiring --------------------------------------------------------------------------------
+    def _membership_for(self, address: tuple[str, int]) -> Membership:
+        return Membership(
+            self.identity.signing_key,
+            epoch=self.epoch,
+            name=self.name,
+            address=address,
+            link_port=self._link_port,
+            capabilities=CAPABILITIES,
+            network_key=self.network_key,
+        )
+
+    def _link_address(self, node_id: str) -> tuple[str, int] | None:
+        membership = self.membership
+        member = membership.members.get(node_id) if membership else None
+        if member is None or not member.presence.link_port:
+            return None
+        return (member.presence.host, member.presence.link_port)
+
+    def _on_membership_event(self, event: MembershipEvent) -> None:
+        membership = self.membership
+        assert membership is not None
+        topic, data = describe(event, membership)
+        if topic == "peer.state":
+            log.info("peer %s (%s): %s -> %s", data.get("name"), event.node_id, data["previous"], data["state"])
+        self.bus.publish(topic, data)
+        if isinstance(event, MemberStateChanged) and event.previous is None:
+            name = str(data.get("name", ""))
+            pinned = self.trust.same_name_elsewhere(event.node_id, name)
+            if pinned is not None and self.trust.level(event.node_id) == "new":
+                log.warning("a new identity uses the name %r of pinned peer %s: %s", name, pinned, event.node_id)
+                self.bus.publish("peer.identity_warning", {"node_id": event.node_id, "name": name, "pinned_node_id": pinned})
+
+    def _on_link(self, link: Link) -> None:
+        membership = self.membership
+        member = membership.members.get(link.node_id) if membership else None
+        name = member.presence.name if member else ""
+        if self.trust.pin(link.node_id, link.public_key, name):
+            log.info("pinned %s (%s) on first link", name, link.node_id)
+        self.bus.publish("peer.link", {"node_id": link.node_id, "name": name, "state": "open", "cipher": link.cipher, "trust": self.trust.level(link.node_id)})
