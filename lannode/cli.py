@@ -193,6 +193,70 @@ def cmd_trust(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- store --------------------------------------------------------------------
+def cmd_store(args: argparse.Namespace) -> int:
+    from lannode.net.api_client import ApiRejected, NodeNotRunning, RemoteError, call
+
+    home = _home(args)
+    if args.action in ("put", "get", "rm") and not args.key:
+        return fail(f"store {args.action} takes a KEY", EXIT_USAGE)
+    if args.action == "watch":
+        return _store_watch(home, args)
+    try:
+        if args.action == "put":
+            if args.value is None:
+                return fail("store put takes KEY VALUE", EXIT_USAGE)
+            try:
+                value = json.loads(args.value)
+            except ValueError:
+                value = args.value  # not JSON: a string
+            result = call(home, "store.put", key=args.key, value=value)
+        elif args.action == "get":
+            result = call(home, "store.get", key=args.key)
+        elif args.action == "rm":
+            result = call(home, "store.delete", key=args.key)
+        else:
+            result = call(home, "store.list", prefix=args.key or "")
+    except RemoteError as exc:
+        return fail(str(exc), EXIT_FAIL)
+    except (NodeNotRunning, ApiRejected) as exc:
+        return fail(str(exc))
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    elif args.action == "get":
+        print(json.dumps(result["value"], ensure_ascii=False))
+    elif args.action == "ls":
+        for entry in result:
+            print(f"{entry['key']}\t{json.dumps(entry['value'], ensure_ascii=False)}")
+    else:
+        print(f"{'deleted' if result['deleted'] else 'stored'} {result['key']} (version {result['version']} of {result['origin']})")
+    return EXIT_OK
+
+
+def _store_watch(home: Any, args: argparse.Namespace) -> int:
+    import trio
+
+    from lannode.net.api_client import ApiRejected, NodeNotRunning, collapse_single_group, connect
+
+    async def watch() -> None:
+        async with connect(home) as client:
+            await client.call("store.watch", prefix=args.key or "")
+            async for topic, data in client.events():
+                if args.json:
+                    print(json.dumps(data, ensure_ascii=False), flush=True)
+                elif data["deleted"]:
+                    print(f"deleted {data['key']}", flush=True)
+                else:
+                    print(f"{data['key']}\t{json.dumps(data['value'], ensure_ascii=False)}", flush=True)
+
+    try:
+        with collapse_single_group():
+            trio.run(watch)
+    except (NodeNotRunning, ApiRejected) as exc:
+        return fail(str(exc))
+    return EXIT_OK
+
+
 # -- lab ----------------------------------------------------------------------
 def cmd_lab(args: argparse.Namespace) -> int:
     from lannode.lab import run_lab
@@ -296,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     trust.add_argument("peer", help="a peer's name or a unique prefix of its node id")
     trust.add_argument("--code", help="the code the other person reads out; refused if it differs")
     trust.set_defaults(func=cmd_trust)
+
+    store = sub.add_parser("store", parents=[common], help="the replicated metadata store shared by all nodes")
+    store.add_argument("action", choices=["put", "get", "rm", "ls", "watch"], help="put KEY VALUE | get KEY | rm KEY | ls [PREFIX] | watch [PREFIX]")
+    store.add_argument("key", nargs="?", help="the key (for ls and watch: a prefix)")
+    store.add_argument("value", nargs="?", help="put: a JSON value; anything that is not JSON is stored as a string")
+    store.set_defaults(func=cmd_store)
 
     lab = sub.add_parser("lab", parents=[common], help="run a few nodes on loopback to try lannode out")
     lab.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")

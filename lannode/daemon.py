@@ -28,6 +28,7 @@ from lannode.home import Home, HomeLock
 from lannode.identity import Identity
 from lannode.net.api_server import ApiServer, EventBus, require
 from lannode.peers import PeerService
+from lannode.store import StoreService
 from lannode.plugins.supervisor import PluginSupervisor, check_origin
 
 log = logging.getLogger("lannode.node")
@@ -61,6 +62,8 @@ class Node:
         self.plugins: PluginSupervisor | None = None
         self.peers = PeerService(settings.home, settings.config, settings.identity, settings.name, settings.interface, settings.epoch, settings.network_key, self.bus)
         self.peers.register_methods(self.api)
+        self.store = StoreService(settings.home.path, settings.identity, self.peers, self.bus)
+        self.store.register_methods(self.api)
         self.started_wall = time.time()
         self.started = time.monotonic()
         self._stop = trio.Event()
@@ -83,6 +86,7 @@ class Node:
             "api": self.api.statistics(),
             "gossip": self.peers.gossip.statistics(),
             "links": self.peers.links.statistics(),
+            "store": self.store.statistics(),
         }
 
     def _register_methods(self) -> None:
@@ -122,6 +126,7 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.peers.run)
+                await nursery.start(self.store.run)
                 port = await nursery.start(self.api.serve, s.config.get("api.port"))
                 url = f"ws://127.0.0.1:{port}{api.API_PATH}"
                 info = {"url": url, "token": self.token, "pid": os.getpid(), "node_id": s.identity.node_id, "api": api.API_VERSION}

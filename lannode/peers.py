@@ -9,6 +9,7 @@ A peer is named by its name or by a unique prefix of its node id (DESIGN.md).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -16,7 +17,7 @@ import trio
 from lannode.config import Config
 from lannode.core import api
 from lannode.core.membership import Event as MembershipEvent
-from lannode.core.membership import Member, Membership, MemberStateChanged
+from lannode.core.membership import Member, Membership, MemberStateChanged, StoreEntryReceived
 from lannode.core.messages import capability_names
 from lannode.home import Home
 from lannode.identity import Identity
@@ -27,7 +28,7 @@ from lannode.trust import TrustStore, normalize_code, safety_code
 
 log = logging.getLogger("lannode.peers")
 
-CAPABILITIES = ("links",)
+CAPABILITIES = ("links", "store")
 MIN_ID_PREFIX = 4
 
 
@@ -41,6 +42,7 @@ class PeerService:
         self.bus = bus
         self.config = config
         self._link_port = 0
+        self.on_store_entry: Callable[[bytes, str], None] | None = None  # set by the store service
         self.trust = TrustStore(home.path / "peers.json")
         self.links = LinkManager(identity.signing_key, identity.node_id, self._link_address, network_key=network_key, on_established=self._on_link)
         self.gossip = GossipService(
@@ -166,6 +168,10 @@ class PeerService:
     def _on_membership_event(self, event: MembershipEvent) -> None:
         membership = self.membership
         assert membership is not None
+        if isinstance(event, StoreEntryReceived):
+            if self.on_store_entry is not None:
+                self.on_store_entry(event.data, event.sender)
+            return
         topic, data = describe(event, membership)
         if topic == "peer.state":
             log.info("peer %s (%s): %s -> %s", data.get("name"), event.node_id, data["previous"], data["state"])

@@ -122,11 +122,16 @@ def event(topic: str, data: Any) -> str:
     return encode({"event": topic, "data": data})
 
 
+MAX_TOPIC_PATTERN = 300
+
+
 def topic_matches(pattern: str, topic: str) -> bool:
-    """``*`` matches everything, ``plugin.*`` every topic under ``plugin.``."""
-    if pattern == "*" or pattern == topic:
+    """A pattern is a topic, or a prefix ending in ``*``: ``*`` matches everything,
+    ``plugin.*`` every topic under ``plugin.``, ``store:groups/*`` every store key
+    under ``groups/``."""
+    if pattern == topic:
         return True
-    return pattern.endswith(".*") and topic.startswith(pattern[:-1])
+    return pattern.endswith("*") and topic.startswith(pattern[:-1])
 
 
 def origin_token(token: str, origin: str) -> str:

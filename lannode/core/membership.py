@@ -128,7 +128,15 @@ class MemberUpdated:
     node_id: str
 
 
-Event = Union[MemberStateChanged, MemberUpdated]
+@dataclass(frozen=True, slots=True)
+class StoreEntryReceived:
+    """A replicated-store entry arrived piggybacked on gossip; the store checks it."""
+
+    data: bytes
+    sender: str
+
+
+Event = Union[MemberStateChanged, MemberUpdated, StoreEntryReceived]
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +329,15 @@ class Membership:
         for _ in range(self.config.leave_copies):
             self._send(None, [m.encode_message(left)], piggyback=False)
 
+    def broadcast(self, about: str, message: m.Message) -> bool:
+        """Spread a message of ours (a store entry): multicast and piggybacked, like our own
+        claims. A newer one with the same ``about`` replaces it. False if it cannot fit a datagram."""
+        data = m.encode_message(message)
+        if len(data) > MAX_PAYLOAD - m.PAYLOAD_HEADER_BYTES:
+            return False
+        self._queue(about, data, multicast=True)
+        return True
+
     def contact(self, address: Address) -> None:
         """Introduce ourselves to a node found another way (zeroconf, a link, the user)."""
         self._send(address, [m.encode_message(m.Hello()), m.encode_message(self.presence)], piggyback=False)
@@ -429,6 +446,8 @@ class Membership:
         elif isinstance(message, m.Left):
             if message.node_id != self.node_id and message.node_id in self.members:
                 self._on_claim(message.node_id, "left", message.incarnation, now, left=message)
+        elif isinstance(message, m.StoreEntry):
+            self._events.append(StoreEntryReceived(message.data, sender))
 
     def _on_claim(
         self,
@@ -675,5 +694,6 @@ __all__ = [
     "MembershipConfig",
     "Outgoing",
     "State",
+    "StoreEntryReceived",
     "TRANSITIONS",
 ]

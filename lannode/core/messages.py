@@ -57,6 +57,7 @@ T_NACK = 6
 T_SUSPECT = 7
 T_DEAD = 8
 T_LEFT = 9
+T_STORE = 10
 
 _MSG = struct.Struct("!BH")
 _SEQ = struct.Struct("!I")
@@ -241,7 +242,15 @@ class Dead:
     incarnation: int
 
 
-Message = Union[Presence, Left, Hello, Ping, Ack, PingReq, Nack, Suspect, Dead]
+@dataclass(frozen=True, slots=True)
+class StoreEntry:
+    """An entry of the replicated store riding along (``lannode.core.store`` reads it;
+    it carries its writer's own signature)."""
+
+    data: bytes
+
+
+Message = Union[Presence, Left, Hello, Ping, Ack, PingReq, Nack, Suspect, Dead, StoreEntry]
 
 
 def encode_message(message: Message) -> bytes:
@@ -265,6 +274,8 @@ def encode_message(message: Message) -> bytes:
         kind, body = T_SUSPECT, _CLAIM.pack(raw_node_id(message.node_id), message.incarnation)
     elif isinstance(message, Dead):
         kind, body = T_DEAD, _CLAIM.pack(raw_node_id(message.node_id), message.incarnation)
+    elif isinstance(message, StoreEntry):
+        kind, body = T_STORE, message.data
     else:  # pragma: no cover - the Union is closed
         raise TypeError(message)
     return _MSG.pack(kind, len(body)) + body
@@ -299,6 +310,8 @@ def _decode_message(kind: int, body: bytes) -> Message | None:
         return Presence.decode(body)
     if kind == T_LEFT:
         return Left.decode(body)
+    if kind == T_STORE:
+        return StoreEntry(body)
     reader = _Reader(body)
     message: Message
     if kind == T_HELLO:

@@ -33,9 +33,11 @@ MAX_IN_FLIGHT = 64  # concurrent requests per connection; more wait their turn
 @dataclass(slots=True)
 class Method:
     name: str
-    handler: Handler | None  # None: the connection itself answers (events.*)
+    handler: Handler | None  # None: a subscription the connection itself answers
     doc: str
     local_only: bool
+    topics_from: Callable[[dict[str, Any]], list[str]] | None = None  # subscriptions: params -> patterns
+    unsubscribe: bool = False
 
 
 class EventBus:
@@ -97,13 +99,19 @@ class ApiServer:
             raise ValueError(f"API method {name} registered twice")
         self.methods[name] = Method(name, handler, doc, local_only)
 
+    def subscription(self, name: str, doc: str, topics_from: Callable[[dict[str, Any]], list[str]], *, unsubscribe: bool = False) -> None:
+        """A method that (un)subscribes the calling connection to the patterns ``topics_from(params)`` gives."""
+        if name in self.methods:
+            raise ValueError(f"API method {name} registered twice")
+        self.methods[name] = Method(name, None, doc, False, topics_from, unsubscribe)
+
     def _register_builtins(self) -> None:
         async def methods(params: dict[str, Any], caller: api.Principal) -> Any:
             return [{"method": m.name, "doc": m.doc, "local_only": m.local_only} for m in sorted(self.methods.values(), key=lambda m: m.name)]
 
         self.method("api.methods", methods, "List every method with a line of documentation.")
-        self.method("events.subscribe", None, 'Receive events whose topic matches one of {"topics": [...]} ("*", "plugin.*").')
-        self.method("events.unsubscribe", None, 'Stop receiving {"topics": [...]}.')
+        self.subscription("events.subscribe", 'Receive events whose topic matches one of {"topics": [...]} ("*", "plugin.*").', _topics_param)
+        self.subscription("events.unsubscribe", 'Stop receiving {"topics": [...]}.', _topics_param, unsubscribe=True)
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -232,18 +240,21 @@ class _Connection:
         if method.local_only and not self.principal.is_local:
             raise api.ApiError(api.ErrorCode.FORBIDDEN, f"{request.method} is for local programs, not web pages")
         if method.handler is None:
-            return self._subscription(method.name, request.params)
+            assert method.topics_from is not None
+            topics = method.topics_from(request.params)
+            if method.unsubscribe:
+                self.subscriber.patterns.difference_update(topics)
+            else:
+                self.subscriber.patterns.update(topics)
+            return {"topics": sorted(self.subscriber.patterns)}
         return await method.handler(request.params, self.principal)
 
-    def _subscription(self, method: str, params: dict[str, Any]) -> Any:
-        topics = params.get("topics")
-        if not isinstance(topics, list) or not all(isinstance(t, str) and 0 < len(t) <= 64 for t in topics):
-            raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"topics" must be a list of topic patterns such as ["plugin.*"]')
-        if method == "events.subscribe":
-            self.subscriber.patterns.update(topics)
-        else:
-            self.subscriber.patterns.difference_update(topics)
-        return {"topics": sorted(self.subscriber.patterns)}
+
+def _topics_param(params: dict[str, Any]) -> list[str]:
+    topics = params.get("topics")
+    if not isinstance(topics, list) or not all(isinstance(t, str) and 0 < len(t) <= api.MAX_TOPIC_PATTERN for t in topics):
+        raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"topics" must be a list of topic patterns such as ["plugin.*"]')
+    return topics
 
 
 def require(params: dict[str, Any], name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:

@@ -110,7 +110,7 @@ class GossipService:
             self.address = (host, port)
             self.membership = self._membership_for(self.address)
             self.membership.start(trio.current_time())
-            self._pump()
+            self.pump()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive, self._unicast)
                 nursery.start_soon(self._receive, self._group)
@@ -125,13 +125,13 @@ class GossipService:
         if self.membership is None or self._unicast is None:
             return
         self.membership.leave(trio.current_time())
-        self._pump()
+        self.pump()
 
     def contact(self, address: tuple[str, int]) -> None:
         """Introduce ourselves to a node found another way (zeroconf)."""
         if self.membership is not None:
             self.membership.contact(address)
-            self._pump()
+            self.pump()
 
     def statistics(self) -> dict[str, object]:
         stats: dict[str, object] = {"group": f"{self.settings.group}:{self.settings.port}", "send_errors": self.send_errors}
@@ -155,7 +155,7 @@ class GossipService:
                     log.debug("gossip receive: %s", exc)
                     continue
                 self.membership.datagram_received(data, (address[0], address[1]), trio.current_time())
-            self._pump()
+            self.pump()
             await trio.lowlevel.checkpoint()
 
     async def _timer(self) -> None:
@@ -164,9 +164,9 @@ class GossipService:
             with trio.move_on_at(self.membership.next_wakeup()):
                 await self._changed.wait()
             self._changed = trio.Event()
-            self._pump()
+            self.pump()
 
-    def _pump(self) -> None:
+    def pump(self) -> None:
         """Tick the protocol, send what it wants sent, hand on its events."""
         membership = self.membership
         assert membership is not None and self._unicast is not None
@@ -186,7 +186,7 @@ class GossipService:
         self._changed.set()
 
 
-def describe(event: Event, membership: Membership) -> tuple[str, dict[str, object]]:
+def describe(event: MemberStateChanged | MemberUpdated, membership: Membership) -> tuple[str, dict[str, object]]:
     """An API event (topic, data) for a membership event."""
     member = membership.members.get(event.node_id)
     data: dict[str, object] = {"node_id": event.node_id}
@@ -197,7 +197,7 @@ def describe(event: Event, membership: Membership) -> tuple[str, dict[str, objec
         data["previous"] = event.previous.value if event.previous else None
         data["state"] = event.state.value
         return "peer.state", data
-    assert isinstance(event, MemberUpdated)
+    assert isinstance(event, MemberUpdated), event
     return "peer.updated", data
 
 
