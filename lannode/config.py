@@ -116,6 +116,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("gossip", "group", "239.255.76.78", "UDP multicast group of the gossip (TTL 1: it never leaves the LAN); the same on every node.", _multicast_group),
     Option("gossip", "port", 47678, "UDP port of the multicast group; the same on every node.", _fixed_port),
     Option("gossip", "unicast_port", 0, "UDP port for this node's probes and replies; 0 picks a free one.", _port),
+    Option("zeroconf", "enabled", True, "Advertise the node over mDNS/DNS-SD (_lannode._tcp) and find others that way too.", None),
     Option("links", "port", 0, "TCP port for peer links (encrypted, between daemons); 0 picks a free one.", _port),
 )
 

@@ -87,6 +87,7 @@ class Node:
             "gossip": self.peers.gossip.statistics(),
             "links": self.peers.links.statistics(),
             "store": self.store.statistics(),
+            "zeroconf": self.peers.dnssd.statistics() if self.peers.dnssd else {"enabled": False},
         }
 
     def _register_methods(self) -> None:

@@ -17,11 +17,13 @@ import trio
 from lannode.config import Config
 from lannode.core import api
 from lannode.core.membership import Event as MembershipEvent
-from lannode.core.membership import Member, Membership, MemberStateChanged, StoreEntryReceived
+from lannode.core.membership import Member, Membership, MemberStateChanged, State, StoreEntryReceived
 from lannode.core.messages import capability_names
 from lannode.home import Home
 from lannode.identity import Identity
 from lannode.net.api_server import ApiServer, EventBus, require
+from lannode import __version__
+from lannode.net.dnssd import DnsSdService, Found, network_tag
 from lannode.net.gossip import GossipService, GossipSettings, describe, wall_time_of
 from lannode.net.links import Link, LinkError, LinkManager
 from lannode.trust import TrustStore, normalize_code, safety_code
@@ -50,6 +52,15 @@ class PeerService:
             GossipSettings(interface, config.get("gossip.group"), config.get("gossip.port"), config.get("gossip.unicast_port")),
             self._on_membership_event,
         )
+        self.dnssd: DnsSdService | None = None
+        if config.get("zeroconf.enabled"):
+            self.dnssd = DnsSdService(
+                node_id=identity.node_id,
+                name=name,
+                version=__version__,
+                net=network_tag(network_key, config.get("gossip.port")),
+                on_found=self._on_dnssd_found,
+            )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -57,6 +68,8 @@ class PeerService:
             self._link_port = link_port
             host, port = await nursery.start(self.gossip.run)
             log.info("gossip on %s:%d (group %s:%d), links on port %d", host, port, self.config.get("gossip.group"), self.config.get("gossip.port"), link_port)
+            if self.dnssd is not None:
+                await nursery.start(self.dnssd.run, host, port, link_port)
             task_status.started()
 
     def leave(self) -> None:
@@ -127,6 +140,7 @@ class PeerService:
                 rtt = await link.ping()
             except LinkError as exc:
                 raise api.ApiError(api.ErrorCode.UNAVAILABLE, str(exc)) from None
+            self.pin(link)
             return {"node_id": member.node_id, "name": member.presence.name, "rtt_ms": round(rtt * 1000, 3), "cipher": link.cipher}
 
         async def peer_trust(params: dict[str, Any], caller: api.Principal) -> Any:
@@ -158,6 +172,15 @@ class PeerService:
             network_key=self.network_key,
         )
 
+    def _on_dnssd_found(self, found: Found) -> None:
+        membership = self.membership
+        if membership is None:
+            return
+        member = membership.members.get(found.node_id)
+        if member is None or member.state is not State.ALIVE:
+            log.debug("zeroconf found %s (%s) at %s:%d; saying hello", found.name, found.node_id, *found.gossip)
+            self.gossip.contact(found.gossip)
+
     def _link_address(self, node_id: str) -> tuple[str, int] | None:
         membership = self.membership
         member = membership.members.get(node_id) if membership else None
@@ -183,10 +206,17 @@ class PeerService:
                 log.warning("a new identity uses the name %r of pinned peer %s: %s", name, pinned, event.node_id)
                 self.bus.publish("peer.identity_warning", {"node_id": event.node_id, "name": name, "pinned_node_id": pinned})
 
-    def _on_link(self, link: Link) -> None:
+    def pin(self, link: Link) -> None:
+        """This node's person dealt with the peer (pinged, messaged, sent a file): pin it on first use.
+        Links the node opens by itself (anti-entropy) pin nobody."""
         membership = self.membership
         member = membership.members.get(link.node_id) if membership else None
         name = member.presence.name if member else ""
         if self.trust.pin(link.node_id, link.public_key, name):
-            log.info("pinned %s (%s) on first link", name, link.node_id)
+            log.info("pinned %s (%s) on first use", name, link.node_id)
+
+    def _on_link(self, link: Link) -> None:
+        membership = self.membership
+        member = membership.members.get(link.node_id) if membership else None
+        name = member.presence.name if member else ""
         self.bus.publish("peer.link", {"node_id": link.node_id, "name": name, "state": "open", "cipher": link.cipher, "trust": self.trust.level(link.node_id)})

@@ -1,7 +1,10 @@
 """Whom this node has dealt with: trust on first use, safety codes, new-identity warnings.
 
-A peer is **new** until this node first completes a peer link with it; then it is
-**pinned**: its node id and public key are kept in ``peers.json`` in the home.
+A peer is **new** until this node's person first deals with it (pings it, and in
+later versions messages it or sends it a file) over an authenticated link; then
+it is **pinned**: its node id and public key are kept in ``peers.json`` in the
+home. Links the daemon opens on its own (store anti-entropy) pin nobody, so a
+stranger cannot become "known" just by being on the network.
 A person who compared the safety code with the other person (``lannode trust``)
 makes it **verified**. The node id is derived from the key, so one id cannot
 change keys; what can happen is that a *name* people know shows up under a new
