@@ -1,12 +1,16 @@
 #!/bin/sh
 # What the test suite needs from the system, installed from Debian's packages when
-# missing: chromium (browser tests, driven by Playwright; never a downloaded build)
-# and systemd-analyze (the unit is verified). Installing needs root; without it the
+# missing: chromium (browser tests, driven by Playwright; never a downloaded build),
+# systemd-analyze (the unit is verified), and unshare, ip and nft for the network
+# lab (sim/netlab.py: namespaces on a bridge, nftables for loss and partitions). Installing needs root; without it the
 # script names what is missing and fails, because a test is never skipped for it.
 set -eu
 missing=""
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
+command -v unshare >/dev/null 2>&1 || missing="$missing util-linux"
+command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+command -v nft >/dev/null 2>&1 || missing="$missing nftables"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
     echo "tests need:$missing (Debian packages); install them as root: apt-get install$missing" >&2

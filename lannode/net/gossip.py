@@ -102,12 +102,14 @@ class GossipService:
         self._changed = trio.Event()
         self.send_errors = 0
         self.address: tuple[str, int] | None = None
+        self.started_at: float | None = None  # Unix time the gossip began (benchmarks measure from it)
 
     async def run(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
         self._unicast, self._group = open_sockets(self.settings)
         try:
             host, port = self._unicast.getsockname()[:2]
             self.address = (host, port)
+            self.started_at = time.time()
             self.membership = self._membership_for(self.address)
             self.membership.start(trio.current_time())
             self.pump()
@@ -134,7 +136,7 @@ class GossipService:
             self.pump()
 
     def statistics(self) -> dict[str, object]:
-        stats: dict[str, object] = {"group": f"{self.settings.group}:{self.settings.port}", "send_errors": self.send_errors}
+        stats: dict[str, object] = {"group": f"{self.settings.group}:{self.settings.port}", "send_errors": self.send_errors, "started_at": self.started_at}
         if self.address is not None:
             stats["address"] = f"{self.address[0]}:{self.address[1]}"
         if self.membership is not None:
