@@ -108,7 +108,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     gossip = status["gossip"]
     members = ", ".join(f"{count} {state}" for state, count in gossip["members"].items())
     print(f"gossip     {gossip.get('address', '-')} group {gossip['group']}; peers: {members}")
-    dropped = ", ".join(f"{reason} {count}" for reason, count in gossip["dropped"].items())
+    # "own" is our multicast coming back to us: normal, so not listed with the refusals
+    dropped = ", ".join(f"{reason} {count}" for reason, count in gossip["dropped"].items() if reason != "own")
     print(f"dropped    {dropped or 'none'}")
     for plugin in status["plugins"] or [{"name": "(none)", "state": "", "url": None, "restarts": 0}]:
         extra = f" {plugin['url']}" if plugin.get("url") else ""

@@ -68,8 +68,8 @@ class PeerService:
             self._link_port = link_port
             host, port = await nursery.start(self.gossip.run)
             log.info("gossip on %s:%d (group %s:%d), links on port %d", host, port, self.config.get("gossip.group"), self.config.get("gossip.port"), link_port)
-            if self.dnssd is not None:
-                await nursery.start(self.dnssd.run, host, port, link_port)
+            if self.dnssd is not None:  # in the background: readiness never waits for zeroconf
+                nursery.start_soon(self.dnssd.run, host, port, link_port)
             task_status.started()
 
     def leave(self) -> None:
