@@ -258,6 +258,72 @@ def _store_watch(home: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- chat ---------------------------------------------------------------------
+def _print_message(m: dict[str, Any], as_json: bool) -> None:
+    import datetime
+
+    if as_json:
+        print(json.dumps(m, ensure_ascii=False), flush=True)
+        return
+    when = datetime.datetime.fromtimestamp(m["sent_at"] / 1000).strftime("%Y-%m-%d %H:%M:%S")
+    ticks = ""
+    if m["direction"] == "out":
+        ticks = " (read)" if m["read_at"] else " (delivered)" if m["delivered_at"] else " (sending)"
+    who = "me" if m["direction"] == "out" else m.get("sender_name") or m["sender"][:8]
+    print(f"{when}  {who}: {m['text']}{ticks}", flush=True)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from lannode.net.api_client import ApiRejected, NodeNotRunning, RemoteError, call
+
+    home = _home(args)
+    try:
+        if args.action == "send":
+            if not args.peer or args.text is None:
+                return fail("chat send takes PEER TEXT", EXIT_USAGE)
+            message = call(home, "chat.send", peer=args.peer, text=args.text)
+            if args.json:
+                print(json.dumps(message, indent=2, ensure_ascii=False))
+            else:
+                print(f"sent {message['id']} (seq {message['seq']}); it stays in the outbox until the peer has it")
+            return EXIT_OK
+        if args.action == "log":
+            if not args.peer:
+                return fail("chat log takes PEER", EXIT_USAGE)
+            params: dict[str, Any] = {"peer": args.peer, "limit": args.limit}
+            if args.search:
+                params["search"] = args.search
+            messages = call(home, "chat.log", **params)
+            if args.json:
+                print(json.dumps(messages, indent=2, ensure_ascii=False))
+            else:
+                for m in messages:
+                    _print_message(m, False)
+            return EXIT_OK
+    except (NodeNotRunning, ApiRejected, RemoteError) as exc:
+        return fail(str(exc))
+    return _chat_watch(home, args.json)
+
+
+def _chat_watch(home: Any, as_json: bool) -> int:
+    import trio
+
+    from lannode.net.api_client import ApiRejected, NodeNotRunning, collapse_single_group, connect
+
+    async def watch() -> None:
+        async with connect(home) as client:
+            await client.subscribe("chat.message")
+            async for topic, data in client.events():
+                _print_message(data, as_json)
+
+    try:
+        with collapse_single_group():
+            trio.run(watch)
+    except (NodeNotRunning, ApiRejected) as exc:
+        return fail(str(exc))
+    return EXIT_OK
+
+
 # -- lab ----------------------------------------------------------------------
 def cmd_lab(args: argparse.Namespace) -> int:
     from lannode.lab import run_lab
@@ -367,6 +433,14 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("key", nargs="?", help="the key (for ls and watch: a prefix)")
     store.add_argument("value", nargs="?", help="put: a JSON value; anything that is not JSON is stored as a string")
     store.set_defaults(func=cmd_store)
+
+    chat = sub.add_parser("chat", parents=[common], help="1:1 messages: send, log, watch")
+    chat.add_argument("action", choices=["send", "log", "watch"], help="send PEER TEXT | log PEER | watch")
+    chat.add_argument("peer", nargs="?", help="a peer's name or a unique prefix of its node id")
+    chat.add_argument("text", nargs="?", help="send: the message")
+    chat.add_argument("--limit", type=int, default=50, help="log: how many of the latest messages (default 50, at most 500)")
+    chat.add_argument("--search", help="log: only messages containing this text")
+    chat.set_defaults(func=cmd_chat)
 
     lab = sub.add_parser("lab", parents=[common], help="run a few nodes on loopback to try lannode out")
     lab.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")

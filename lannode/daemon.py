@@ -28,6 +28,7 @@ from lannode.home import Home, HomeLock
 from lannode.identity import Identity
 from lannode.net.api_server import ApiServer, EventBus, require
 from lannode.peers import PeerService
+from lannode.chat import ChatService
 from lannode.store import StoreService
 from lannode.plugins.supervisor import PluginSupervisor, check_origin
 
@@ -64,6 +65,8 @@ class Node:
         self.peers.register_methods(self.api)
         self.store = StoreService(settings.home.path, settings.identity, self.peers, self.bus)
         self.store.register_methods(self.api)
+        self.chat = ChatService(settings.home.path, settings.identity, self.peers, self.bus)
+        self.chat.register_methods(self.api)
         self.started_wall = time.time()
         self.started = time.monotonic()
         self._stop = trio.Event()
@@ -87,6 +90,7 @@ class Node:
             "gossip": self.peers.gossip.statistics(),
             "links": self.peers.links.statistics(),
             "store": self.store.statistics(),
+            "chat": self.chat.statistics(),
             "zeroconf": self.peers.dnssd.statistics() if self.peers.dnssd else {"enabled": False},
         }
 
@@ -128,6 +132,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.peers.run)
                 await nursery.start(self.store.run)
+                await nursery.start(self.chat.run)
                 port = await nursery.start(self.api.serve, s.config.get("api.port"))
                 url = f"ws://127.0.0.1:{port}{api.API_PATH}"
                 info = {"url": url, "token": self.token, "pid": os.getpid(), "node_id": s.identity.node_id, "api": api.API_VERSION}

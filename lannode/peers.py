@@ -45,6 +45,7 @@ class PeerService:
         self.config = config
         self._link_port = 0
         self.on_store_entry: Callable[[bytes, str], None] | None = None  # set by the store service
+        self.state_listeners: list[Callable[[str, State], None]] = []  # (node id, new state), for other services
         self.trust = TrustStore(home.path / "peers.json")
         self.links = LinkManager(identity.signing_key, identity.node_id, self._link_address, network_key=network_key, on_established=self._on_link)
         self.gossip = GossipService(
@@ -199,6 +200,9 @@ class PeerService:
         if topic == "peer.state":
             log.info("peer %s (%s): %s -> %s", data.get("name"), event.node_id, data["previous"], data["state"])
         self.bus.publish(topic, data)
+        if isinstance(event, MemberStateChanged):
+            for listener in self.state_listeners:
+                listener(event.node_id, event.state)
         if isinstance(event, MemberStateChanged) and event.previous is None:
             name = str(data.get("name", ""))
             pinned = self.trust.same_name_elsewhere(event.node_id, name)

@@ -137,12 +137,35 @@ class NetLab:
         self.request("heal")
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        """Poll ``predicate``; a lab call failing inside it (a node restarting) is retried."""
         deadline = time.monotonic() + timeout
+        last_error = ""
         while time.monotonic() < deadline:
-            if predicate():
-                return
+            try:
+                if predicate():
+                    return
+            except LabError as exc:
+                last_error = str(exc)
             time.sleep(0.2)
-        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{f'; last error: {last_error}' if last_error else ''}\n{self.describe()}")
+
+    def describe(self) -> str:
+        """Every host's view of every other, for a failure message."""
+        lines = []
+        names = {}
+        for host in range(1, self.hosts + 1):
+            try:
+                names[self.node_id(host)] = f"h{host}"
+            except LabError:
+                pass
+        for host in range(1, self.hosts + 1):
+            try:
+                view = " ".join(f"{names.get(i, i[:6])}={s}" for i, s in sorted(self.peers(host).items(), key=lambda x: names.get(x[0], x[0])))
+                health = self.call(host, "node.status")["gossip"]["health"]
+                lines.append(f"  h{host} (health {health}): {view}")
+            except LabError as exc:
+                lines.append(f"  h{host}: {exc}")
+        return "\n".join(lines)
 
     def close(self) -> None:
         if self.process.poll() is None:

@@ -1,0 +1,235 @@
+"""Chat messages and the frames that carry them between daemons, sans-IO.
+
+A ``ChatMessage`` is signed by its sender (Ed25519 over a canonical JSON form,
+domain-separated), so a message relayed by a third node (a group member helping
+another catch up) is as trustworthy as one received from its author, and a 1:1
+message that arrives from anyone but its author is refused.
+
+Identity and order:
+
+* ``id``: 128 random bits, hex; receivers store a message at most once per id
+  (that is what makes delivery exactly-once over at-least-once retries).
+* ``seq``: the sender's own counter within the conversation (1, 2, 3...).
+* ``lamport``: one more than the highest lamport the sender had seen in the
+  conversation when it wrote. Every node shows a conversation sorted by
+  ``(lamport, sender, seq)``: stable (the same on every node) and causal (a
+  reply always sorts after what it replies to).
+
+Frames on the link's chat channel are compact JSON objects: ``msg`` (one
+message), ``ack`` (message ids stored: the delivery receipt) and ``read``
+(message ids a person has seen in a front: the read receipt). Every field is
+checked; a bad frame raises ``BadFrame`` and never anything else.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from nacl.exceptions import BadSignatureError, CryptoError
+from nacl.signing import SigningKey, VerifyKey
+
+from lannode.identity import node_id_for
+
+MAX_TEXT_BYTES = 16 * 1024
+MAX_FRAME_BYTES = 64 * 1024
+MAX_IDS_PER_RECEIPT = 512
+SIGN_DOMAIN = b"lannode chat v1\x00"
+KINDS = ("text",)
+
+
+class BadFrame(Exception):
+    """A frame or message from a peer that does not parse or does not verify."""
+
+
+class ChatError(Exception):
+    """Something this node's user asked for that cannot be done (too long, empty)."""
+
+
+def dm_conversation(a: str, b: str) -> str:
+    """The conversation id of two nodes' 1:1 chat: the same on both sides."""
+    low, high = sorted((a, b))
+    return f"dm/{low}/{high}"
+
+
+def dm_peer(conversation: str, me: str) -> str | None:
+    parts = conversation.split("/")
+    if len(parts) != 3 or parts[0] != "dm" or me not in parts[1:]:
+        return None
+    return parts[2] if parts[1] == me else parts[1]
+
+
+def new_message_id() -> str:
+    return os.urandom(16).hex()
+
+
+def check_text(text: str) -> None:
+    if not text.strip():
+        raise ChatError("a message needs some text")
+    size = len(text.encode())
+    if size > MAX_TEXT_BYTES:
+        raise ChatError(f"a message is at most {MAX_TEXT_BYTES} bytes of UTF-8; this one is {size}")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    id: str
+    conversation: str
+    sender_key: bytes  # the author's public key; the sender id derives from it
+    seq: int
+    lamport: int
+    sent_at: int  # the author's wall clock, ms
+    text: str
+    kind: str = "text"
+    signature: bytes = b""
+
+    @property
+    def sender(self) -> str:
+        return node_id_for(self.sender_key)
+
+    def order_key(self) -> tuple[int, str, int]:
+        return (self.lamport, self.sender, self.seq)
+
+    def _canonical(self) -> bytes:
+        body = {
+            "id": self.id,
+            "conversation": self.conversation,
+            "sender_key": base64.b64encode(self.sender_key).decode(),
+            "seq": self.seq,
+            "lamport": self.lamport,
+            "sent_at": self.sent_at,
+            "text": self.text,
+            "kind": self.kind,
+        }
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def signed(self, key: SigningKey) -> "ChatMessage":
+        signature = key.sign(SIGN_DOMAIN + self._canonical()).signature
+        return ChatMessage(self.id, self.conversation, self.sender_key, self.seq, self.lamport, self.sent_at, self.text, self.kind, signature)
+
+    def verify(self) -> bool:
+        try:
+            VerifyKey(self.sender_key).verify(SIGN_DOMAIN + self._canonical(), self.signature)
+        except (BadSignatureError, CryptoError, ValueError):
+            return False
+        return True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "conversation": self.conversation,
+            "sender_key": base64.b64encode(self.sender_key).decode(),
+            "seq": self.seq,
+            "lamport": self.lamport,
+            "sent_at": self.sent_at,
+            "text": self.text,
+            "kind": self.kind,
+            "signature": base64.b64encode(self.signature).decode(),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> "ChatMessage":
+        if not isinstance(data, dict):
+            raise BadFrame("a message must be an object")
+        try:
+            message = cls(
+                id=_hex_id(data["id"]),
+                conversation=_string(data["conversation"], 200),
+                sender_key=_b64(data["sender_key"], 32),
+                seq=_count(data["seq"]),
+                lamport=_count(data["lamport"]),
+                sent_at=_count(data["sent_at"]),
+                text=_string(data["text"], MAX_TEXT_BYTES),
+                kind=_string(data.get("kind", "text"), 16),
+                signature=_b64(data["signature"], 64),
+            )
+        except KeyError as exc:
+            raise BadFrame(f"a message without {exc.args[0]!r}") from None
+        if message.kind not in KINDS:
+            raise BadFrame(f"unknown message kind {message.kind!r}")
+        if not message.verify():
+            raise BadFrame("the message's signature does not verify")
+        return message
+
+
+# -- frames --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFrame:
+    message: ChatMessage
+
+
+@dataclass(frozen=True, slots=True)
+class AckFrame:
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadFrame:
+    ids: tuple[str, ...]
+
+
+Frame = MessageFrame | AckFrame | ReadFrame
+
+
+def encode_frame(frame: Frame) -> bytes:
+    if isinstance(frame, MessageFrame):
+        body: dict[str, Any] = {"t": "msg", "m": frame.message.to_json()}
+    elif isinstance(frame, AckFrame):
+        body = {"t": "ack", "ids": list(frame.ids)}
+    else:
+        body = {"t": "read", "ids": list(frame.ids)}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_frame(data: bytes) -> Frame:
+    if len(data) > MAX_FRAME_BYTES:
+        raise BadFrame(f"a frame of {len(data)} bytes")
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise BadFrame("not JSON") from None
+    if not isinstance(body, dict):
+        raise BadFrame("a frame must be an object")
+    kind = body.get("t")
+    if kind == "msg":
+        return MessageFrame(ChatMessage.from_json(body.get("m")))
+    if kind in ("ack", "read"):
+        ids = body.get("ids")
+        if not isinstance(ids, list) or len(ids) > MAX_IDS_PER_RECEIPT:
+            raise BadFrame("receipt ids must be a list of at most 512")
+        checked = tuple(_hex_id(i) for i in ids)
+        return AckFrame(checked) if kind == "ack" else ReadFrame(checked)
+    raise BadFrame(f"unknown frame type {kind!r}")
+
+
+def _hex_id(value: Any) -> str:
+    if not isinstance(value, str) or len(value) != 32 or any(c not in "0123456789abcdef" for c in value):
+        raise BadFrame("a message id is 32 lowercase hex digits")
+    return value
+
+
+def _string(value: Any, limit: int) -> str:
+    if not isinstance(value, str) or len(value.encode()) > limit:
+        raise BadFrame(f"expected a string of at most {limit} bytes")
+    return value
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 63:
+        raise BadFrame("expected a non-negative integer")
+    return value
+
+
+def _b64(value: Any, size: int) -> bytes:
+    try:
+        raw = base64.b64decode(value, validate=True) if isinstance(value, str) else b""
+    except ValueError:
+        raw = b""
+    if len(raw) != size:
+        raise BadFrame(f"expected {size} bytes in base64")
+    return raw

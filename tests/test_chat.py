@@ -1,0 +1,171 @@
+"""1:1 chat: exactly once, in order, through restarts on either side; receipts; bad input."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+from lannode.core.chat import BadFrame, ChatError, ChatMessage, MessageFrame, check_text, decode_frame, dm_conversation, encode_frame, new_message_id
+from lannode.core.link import LinkConnection, Role
+from lannode.net.api_client import RemoteError
+
+from conftest import NodeFactory, RunningNode, run_cli
+
+CHANNEL_CHAT = 3
+
+
+def message(key: SigningKey, to: str, text: str = "hi", seq: int = 1) -> ChatMessage:
+    from lannode.identity import node_id_for
+
+    me = node_id_for(bytes(key.verify_key))
+    return ChatMessage(new_message_id(), dm_conversation(me, to), bytes(key.verify_key), seq, seq, 1000, text).signed(key)
+
+
+def test_a_message_survives_its_frame_and_a_forgery_does_not() -> None:
+    key = SigningKey.generate()
+    m = message(key, "b" * 24, "Grüße 👋")
+    frame = decode_frame(encode_frame(MessageFrame(m)))
+    assert isinstance(frame, MessageFrame) and frame.message == m
+    body = json.loads(encode_frame(MessageFrame(m)))
+    body["m"]["text"] = "changed"
+    with pytest.raises(BadFrame, match="signature"):
+        decode_frame(json.dumps(body).encode())
+
+
+def test_text_limits() -> None:
+    with pytest.raises(ChatError):
+        check_text("   ")
+    with pytest.raises(ChatError):
+        check_text("x" * (16 * 1024 + 1))
+    check_text("x" * (16 * 1024))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=300), st.from_regex(r'\{"t":"(msg|ack|read)".{0,80}\}', fullmatch=True).map(str.encode)))
+def test_any_frame_bytes_decode_or_raise_bad_frame(data: bytes) -> None:
+    try:
+        decode_frame(data)
+    except BadFrame:
+        pass
+
+
+# -- real daemons --------------------------------------------------------------------------------
+
+
+def network(nodes: NodeFactory, *names: str) -> list[RunningNode]:
+    started = [nodes.start(n) for n in names]
+    for node in started:
+        node.wait_until(lambda node=node: sum(p["state"] == "alive" for p in node.call("peer.list")) == len(started) - 1, what="everyone alive")
+    return started
+
+
+def log(node: RunningNode, peer: str) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = node.call("chat.log", peer=peer, limit=500)
+    return result
+
+
+def test_messages_arrive_exactly_once_in_order_with_delivery_and_read_receipts(nodes: NodeFactory) -> None:
+    a, b, c = network(nodes, "ann", "ben", "cat")
+    sent = [a.call("chat.send", peer="ben", text=f"message {i}") for i in range(25)]
+    b.wait_until(lambda: len(log(b, "ann")) == 25, what="25 messages at ben")
+    received = log(b, "ann")
+    assert [m["text"] for m in received] == [f"message {i}" for i in range(25)]
+    assert [m["id"] for m in received] == [m["id"] for m in sent]
+    assert all(m["direction"] == "in" for m in received)
+    a.wait_until(lambda: all(m["delivered_at"] for m in log(a, "ben")), what="delivery receipts")
+    time.sleep(1)  # retries that might duplicate would have happened by now
+    assert len(log(b, "ann")) == 25 and b.status()["chat"]["received"] == 25
+    # ben reads two; ann sees the read receipts
+    b.call("chat.read", ids=[received[0]["id"], received[1]["id"]])
+    a.wait_until(lambda: [bool(m["read_at"]) for m in log(a, "ben")][:3] == [True, True, False], what="read receipts")
+    # a reply sorts after what it answers, on both sides
+    b.call("chat.send", peer="ann", text="got them")
+    a.wait_until(lambda: log(a, "ben")[-1]["text"] == "got them", what="the reply")
+    assert [m["text"] for m in log(a, "ben")] == [m["text"] for m in log(b, "ann")]
+    # the third node never holds any of it
+    assert c.call("chat.conversations") == []
+    assert not (c.home.path / "chat.sqlite").exists() or b"message 3" not in (c.home.path / "chat.sqlite").read_bytes()
+
+
+def test_a_message_to_a_stopped_peer_is_delivered_when_it_returns(nodes: NodeFactory) -> None:
+    a, b = network(nodes, "ann", "ben")
+    b_id = b.status()["node_id"]
+    b.stop()
+    a.wait_until(lambda: {p["node_id"]: p["state"] for p in a.call("peer.list")}[b_id] == "left", what="ben gone")
+    result = run_cli("chat", "send", b_id[:8], "are you there?", "--json", "--home", str(a.home.path))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["delivered_at"] is None
+    b2 = nodes.start_on(b.home, name="ben")
+    b2.wait_until(lambda: [m["text"] for m in log(b2, "ann")] == ["are you there?"], timeout=30, what="delivery after the return")
+    a.wait_until(lambda: log(a, "ben")[0]["delivered_at"] is not None, what="the delivery receipt")
+
+
+def test_a_sender_restarted_with_a_full_outbox_still_delivers(nodes: NodeFactory) -> None:
+    a, b = network(nodes, "ann", "ben")
+    b_id = b.status()["node_id"]
+    b.stop()
+    for i in range(3):
+        a.call("chat.send", peer=b_id, text=f"while you were out {i}")
+    a.stop()
+    b2 = nodes.start_on(b.home, name="ben")
+    a2 = nodes.start_on(a.home, name="ann")
+    b2.wait_until(lambda: [m["text"] for m in log(b2, "ann")] == [f"while you were out {i}" for i in range(3)], timeout=30, what="the outbox delivered after both restarts")
+    a2.wait_until(lambda: all(m["delivered_at"] for m in log(a2, "ben")), what="receipts after the restart")
+    text = run_cli("chat", "log", "ben", "--home", str(a2.home.path)).stdout
+    assert "while you were out 2 (delivered)" in text
+
+
+def test_bad_chat_input_gets_clear_errors_and_harms_nothing(nodes: NodeFactory) -> None:
+    a, b = network(nodes, "ann", "ben")
+    with pytest.raises(RemoteError, match="at most 16384 bytes"):
+        a.call("chat.send", peer="ben", text="x" * 20000)
+    with pytest.raises(RemoteError, match="no peer named"):
+        a.call("chat.send", peer="nobody", text="hello")
+    with pytest.raises(RemoteError, match="no conversation"):
+        a.call("chat.log", conversation="group/none")
+    # a stranger links to ben and sends garbage, a forged message and someone else's 1:1 message
+    ben = next(p for p in a.call("peer.list") if p["name"] == "ben")
+    host, port = ben["addresses"]["link"].rsplit(":", 1)
+    stranger = SigningKey.generate()
+    conn = LinkConnection(stranger, Role.DIALER, expected_node_id=ben["node_id"])
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(conn.data_to_send())
+        while conn.state.value != "open":
+            conn.receive_data(sock.recv(65536))
+            sock.sendall(conn.data_to_send())
+        conn.send_message(CHANNEL_CHAT, b"\xff not json")
+        forged = message(SigningKey.generate(), ben["node_id"])  # signed by someone else than the link's peer
+        conn.send_message(CHANNEL_CHAT, encode_frame(MessageFrame(forged)))
+        sock.sendall(conn.data_to_send())
+        b.wait_until(lambda: b.status()["chat"]["rejected"] >= 2, what="both refused and counted")
+    assert b.call("chat.conversations") == []
+    # and chat still works
+    a.call("chat.send", peer="ben", text="still fine")
+    b.wait_until(lambda: [m["text"] for m in log(b, "ann")] == ["still fine"], what="normal service")
+
+
+def test_chat_watch_streams_new_messages(nodes: NodeFactory) -> None:
+    a, b = network(nodes, "ann", "ben")
+    seen: list[dict[str, Any]] = []
+
+    async def watch() -> None:
+        from lannode.net.api_client import connect
+
+        async with connect(b.home) as client:
+            await client.subscribe("chat.message")
+            await trio.to_thread.run_sync(lambda: a.call("chat.send", peer="ben", text="live"))
+            with trio.fail_after(20):
+                async for topic, data in client.events():
+                    seen.append(data)
+                    return
+
+    trio.run(watch)
+    assert seen[0]["text"] == "live" and seen[0]["direction"] == "in"
