@@ -29,6 +29,7 @@ from lannode.identity import Identity
 from lannode.net.api_server import ApiServer, EventBus, require
 from lannode.peers import PeerService
 from lannode.chat import ChatService
+from lannode.rtc import RtcService
 from lannode.store import StoreService
 from lannode.plugins.supervisor import PluginSupervisor, check_origin
 
@@ -67,6 +68,7 @@ class Node:
         self.store.register_methods(self.api)
         self.chat = ChatService(settings.home.path, settings.identity, self.peers, self.bus)
         self.chat.register_methods(self.api)
+        self.rtc = RtcService(settings.identity, settings.name, self.peers, self.store, self.bus, self.api)
         self.started_wall = time.time()
         self.started = time.monotonic()
         self._stop = trio.Event()
@@ -91,6 +93,7 @@ class Node:
             "links": self.peers.links.statistics(),
             "store": self.store.statistics(),
             "chat": self.chat.statistics(),
+            "rtc": self.rtc.statistics(),
             "zeroconf": self.peers.dnssd.statistics() if self.peers.dnssd else {"enabled": False},
         }
 

@@ -144,6 +144,7 @@ class Principal:
     """Who is on the other end of an accepted connection."""
 
     origin: str | None  # None: a local program holding the node token
+    connection: int = 0  # which API connection (the server numbers them from 1)
 
     @property
     def is_local(self) -> bool:

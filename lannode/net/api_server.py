@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
 import trio
@@ -52,13 +52,24 @@ class EventBus:
         for sub in list(self._subscribers):
             if any(api.topic_matches(p, topic) for p in sub.patterns):
                 frame = frame or api.event(topic, data)
-                try:
-                    sub.send.send_nowait(frame)
-                except trio.WouldBlock:
-                    self.dropped += 1
-                    sub.dropped += 1
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._subscribers.discard(sub)
+                self._deliver(sub, frame)
+
+    def publish_to(self, connection: int, topic: str, data: Any) -> bool:
+        """An event for one connection only, subscribed or not; False if it is gone."""
+        for sub in list(self._subscribers):
+            if sub.connection == connection:
+                self._deliver(sub, api.event(topic, data))
+                return True
+        return False
+
+    def _deliver(self, sub: "_Subscriber", frame: str) -> None:
+        try:
+            sub.send.send_nowait(frame)
+        except trio.WouldBlock:
+            self.dropped += 1
+            sub.dropped += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._subscribers.discard(sub)
 
     def _add(self, sub: "_Subscriber") -> None:
         self._subscribers.add(sub)
@@ -75,6 +86,7 @@ class _Subscriber:
     send: trio.MemorySendChannel[str]
     patterns: set[str] = field(default_factory=set)
     dropped: int = 0
+    connection: int = 0
 
 
 class ApiServer:
@@ -86,6 +98,8 @@ class ApiServer:
         self.bus = bus
         self.max_message_bytes = max_message_bytes
         self.ui_origins: dict[str, str] = {}  # origin -> the plugin that registered it
+        self.on_disconnect: list[Callable[[int], None]] = []  # hooks told a connection's number when it closes
+        self._connection_ids = 0
         self.methods: dict[str, Method] = {}
         self.port = 0
         self.rejected: Counter[str] = Counter()
@@ -160,10 +174,14 @@ class ApiServer:
         subprotocol = api.SUBPROTOCOL if api.SUBPROTOCOL in request.proposed_subprotocols else None
         ws = await request.accept(subprotocol=subprotocol)
         self.connections += 1
+        self._connection_ids += 1
+        principal = replace(decision, connection=self._connection_ids)
         try:
-            await _Connection(self, ws, decision).run()
+            await _Connection(self, ws, principal).run()
         finally:
             self.connections -= 1
+            for hook in self.on_disconnect:
+                hook(principal.connection)
             if ws.closed and ws.closed.code == 1009:
                 self.bad_messages["oversized"] += 1
 
@@ -175,7 +193,7 @@ class _Connection:
         self.principal = principal
         self.replies_send, self.replies_recv = trio.open_memory_channel[str](MAX_IN_FLIGHT)
         self.events_send, self.events_recv = trio.open_memory_channel[str](EVENT_QUEUE)
-        self.subscriber = _Subscriber(self.events_send)
+        self.subscriber = _Subscriber(self.events_send, connection=principal.connection)
         self.in_flight = trio.Semaphore(MAX_IN_FLIGHT)
 
     async def run(self) -> None:

@@ -1,0 +1,202 @@
+"""The signaling broker and meeting rooms: WebRTC between browser fronts with no server.
+
+A **front** is an API connection (a browser tab of the web UI, or any program)
+that called ``rtc.register``; it gets a front id and keeps it until its
+connection closes. ``rtc.signal`` carries an offer, answer, ICE candidate or
+hang-up from one front to a peer node's fronts: the daemon sends it over the
+authenticated peer link (so the DTLS fingerprints inside an SDP are
+authenticated end to end), the peer's daemon hands it to the front named in
+``to_front``, or to all of its fronts when none is named, as an ``rtc.signal``
+event sent to that connection alone, and answers which fronts got it. The caller
+learns at once, as an error, if the peer is not alive, has no front open, or
+has no such front.
+
+**Meeting rooms** are kept in the replicated store, under
+``rooms/ROOM/NODE-ID``: joining writes this node's entry (name, fronts), leaving
+deletes it, and ``room.members`` lists the entries of nodes that are alive. So
+every node sees who is in which room; the media itself flows between the fronts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import secrets
+import time
+from typing import Any
+
+import trio
+
+from lannode.core import api
+from lannode.core.membership import State
+from lannode.identity import Identity
+from lannode.net.api_server import ApiServer, EventBus, require
+from lannode.net.links import Link, LinkError
+from lannode.peers import PeerService
+from lannode.store import StoreService
+
+log = logging.getLogger("lannode.rtc")
+
+CHANNEL_SIGNAL = 4
+KINDS = ("offer", "answer", "candidate", "hangup")
+MAX_SIGNAL_BYTES = 64 * 1024
+REPLY_TIMEOUT = 5.0
+MAX_ROOM_BYTES = 64
+
+
+class RtcService:
+    def __init__(self, identity: Identity, name: str, peers: PeerService, store: StoreService, bus: EventBus, server: ApiServer) -> None:
+        self.me = identity.node_id
+        self.name = name
+        self.peers = peers
+        self.store = store
+        self.bus = bus
+        self.fronts: dict[str, int] = {}  # front id -> API connection number
+        self.rejected = 0
+        self.delivered = 0
+        self._request_ids = itertools.count(1)
+        self._waiting: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
+        peers.links.handle(CHANNEL_SIGNAL, self._on_frame)
+        server.on_disconnect.append(self._connection_closed)
+        self.register_methods(server)
+
+    # -- fronts ----------------------------------------------------------------------------------
+    def _connection_closed(self, connection: int) -> None:
+        for front, conn in list(self.fronts.items()):
+            if conn == connection:
+                del self.fronts[front]
+
+    def _front_of(self, caller: api.Principal) -> str | None:
+        return next((front for front, conn in self.fronts.items() if conn == caller.connection), None)
+
+    # -- sending ---------------------------------------------------------------------------------
+    async def signal(self, caller: api.Principal, peer_text: str, kind: str, data: Any, to_front: str | None) -> dict[str, Any]:
+        if kind not in KINDS:
+            raise api.ApiError(api.ErrorCode.BAD_PARAMS, f'"kind" is one of {", ".join(KINDS)}')
+        member = self.peers.resolve(peer_text)
+        if member.state is not State.ALIVE:
+            raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"{member.presence.name} is {member.state.value}, not reachable now")
+        request_id = next(self._request_ids)
+        frame = {"t": "sig", "rid": request_id, "kind": kind, "data": data, "to_front": to_front, "from_front": self._front_of(caller), "from_name": self.name}
+        encoded = json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(encoded) > MAX_SIGNAL_BYTES:
+            raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"a signaling message is at most {MAX_SIGNAL_BYTES} bytes")
+        send, receive = trio.open_memory_channel[dict[str, Any]](1)
+        self._waiting[request_id] = send
+        try:
+            link = await self.peers.links.link_to(member.node_id)
+            await link.send(CHANNEL_SIGNAL, encoded)
+            with trio.fail_after(REPLY_TIMEOUT):
+                reply = await receive.receive()
+        except LinkError as exc:
+            raise api.ApiError(api.ErrorCode.UNAVAILABLE, str(exc)) from None
+        except trio.TooSlowError:
+            raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"{member.presence.name} did not answer within {REPLY_TIMEOUT:g} s") from None
+        finally:
+            del self._waiting[request_id]
+        if reply.get("error"):
+            raise api.ApiError(api.ErrorCode.NOT_FOUND, str(reply["error"]))
+        return {"peer": member.node_id, "delivered_to": reply.get("fronts", [])}
+
+    # -- receiving -------------------------------------------------------------------------------
+    async def _on_frame(self, link: Link, data: bytes) -> None:
+        try:
+            frame = json.loads(data)
+            if not isinstance(frame, dict) or frame.get("t") not in ("sig", "sig_reply") or not isinstance(frame.get("rid"), int):
+                raise ValueError("not a signaling frame")
+        except (ValueError, UnicodeDecodeError):
+            self.rejected += 1
+            return
+        if frame["t"] == "sig_reply":
+            waiter = self._waiting.get(frame["rid"])
+            if waiter is not None:
+                waiter.send_nowait(frame)
+            return
+        reply: dict[str, Any] = {"t": "sig_reply", "rid": frame["rid"]}
+        kind, to_front, from_front = frame.get("kind"), frame.get("to_front"), frame.get("from_front")
+        if kind not in KINDS or not (to_front is None or isinstance(to_front, str)) or not (from_front is None or isinstance(from_front, str)):
+            self.rejected += 1
+            reply["error"] = "a malformed signaling message"
+        elif to_front is not None and to_front not in self.fronts:
+            reply["error"] = f"no front {to_front} is open on {self.name} (it may have closed)"
+        elif to_front is None and not self.fronts:
+            reply["error"] = f"nobody has lannode open on {self.name}"
+        else:
+            targets = [to_front] if to_front is not None else list(self.fronts)
+            event = {"from": link.node_id, "from_name": str(frame.get("from_name", ""))[:64], "from_front": from_front, "kind": kind, "data": frame.get("data"), "to_front": to_front}
+            reply["fronts"] = [front for front in targets if self.bus.publish_to(self.fronts[front], "rtc.signal", {**event, "to_front": front})]
+            self.delivered += len(reply["fronts"])
+        await link.send(CHANNEL_SIGNAL, json.dumps(reply, separators=(",", ":")).encode())
+
+    # -- rooms -----------------------------------------------------------------------------------
+    async def join(self, room: str) -> dict[str, Any]:
+        _check_room(room)
+        fronts = sorted(self.fronts)
+        await self.store.put(f"rooms/{room}/{self.me}", {"name": self.name, "joined_at": int(time.time() * 1000), "fronts": fronts})
+        return await self.members(room)
+
+    async def leave(self, room: str) -> None:
+        _check_room(room)
+        await self.store.delete(f"rooms/{room}/{self.me}")
+
+    async def members(self, room: str) -> dict[str, Any]:
+        _check_room(room)
+        membership = self.peers.membership
+        members = []
+        for entry in self.store.map.items(f"rooms/{room}/"):
+            node_id = entry.key.rsplit("/", 1)[1]
+            member = membership.members.get(node_id) if membership else None
+            if node_id != self.me and (member is None or member.state is not State.ALIVE):
+                continue  # gone without leaving: not in the room any more
+            value = json.loads(entry.value or b"{}")
+            members.append({"node_id": node_id, "name": value.get("name"), "fronts": value.get("fronts", []), "joined_at": value.get("joined_at")})
+        return {"room": room, "members": members}
+
+    def statistics(self) -> dict[str, Any]:
+        return {"fronts": len(self.fronts), "delivered": self.delivered, "rejected": self.rejected}
+
+    # -- API -------------------------------------------------------------------------------------
+    def register_methods(self, server: ApiServer) -> None:
+        async def rtc_register(params: dict[str, Any], caller: api.Principal) -> Any:
+            front = self._front_of(caller)
+            if front is None:
+                front = secrets.token_hex(8)
+                self.fronts[front] = caller.connection
+            return {"front": front, "node_id": self.me}
+
+        async def rtc_signal(params: dict[str, Any], caller: api.Principal) -> Any:
+            if "data" not in params:
+                raise api.ApiError(api.ErrorCode.BAD_PARAMS, 'missing parameter "data"')
+            return await self.signal(
+                caller,
+                require(params, "peer", str),
+                require(params, "kind", str),
+                params["data"],
+                require(params, "to_front", str, optional=True),
+            )
+
+        async def rtc_fronts(params: dict[str, Any], caller: api.Principal) -> Any:
+            return {"fronts": sorted(self.fronts)}
+
+        async def room_join(params: dict[str, Any], caller: api.Principal) -> Any:
+            return await self.join(require(params, "room", str))
+
+        async def room_leave(params: dict[str, Any], caller: api.Principal) -> Any:
+            await self.leave(require(params, "room", str))
+            return {"left": True}
+
+        async def room_members(params: dict[str, Any], caller: api.Principal) -> Any:
+            return await self.members(require(params, "room", str))
+
+        server.method("rtc.register", rtc_register, "Make this connection a front that can receive rtc.signal events; returns its front id.")
+        server.method("rtc.signal", rtc_signal, '{"peer", "kind": offer|answer|candidate|hangup, "data", "to_front"?}: deliver to the peer\'s front(s).')
+        server.method("rtc.fronts", rtc_fronts, "The fronts open on this node.")
+        server.method("room.join", room_join, '{"room"}: this node joins a meeting room; returns the members.')
+        server.method("room.leave", room_leave, '{"room"}: this node leaves the room.')
+        server.method("room.members", room_members, '{"room"}: the alive nodes in a room, with their fronts.')
+
+
+def _check_room(room: str) -> None:
+    if not room or len(room.encode()) > MAX_ROOM_BYTES or "/" in room or not room.isprintable():
+        raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"a room name is 1 to {MAX_ROOM_BYTES} bytes, printable, without '/'")
