@@ -32,6 +32,8 @@ import math
 import sqlite3
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,7 @@ CREATE TABLE IF NOT EXISTS messages (
     read_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS messages_order ON messages (conversation, lamport, sender, seq);
+CREATE INDEX IF NOT EXISTS messages_by_sender ON messages (conversation, sender, seq);
 CREATE TABLE IF NOT EXISTS outbox (
     id TEXT NOT NULL,
     recipient TEXT NOT NULL,
@@ -96,34 +99,42 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 
 class ChatDb:
-    """chat.sqlite. One connection, used from worker threads one at a time."""
+    """chat.sqlite with two connections: writes and small look-ups run inline on the trio
+    thread (a WAL commit without fsync takes tens of microseconds, far less than a
+    hop to a worker thread); history pages and searches run in worker threads on a
+    reading connection, which WAL lets proceed alongside the writer."""
 
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._reader.row_factory = sqlite3.Row
+        self._read_lock = threading.Lock()
 
-    def run(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        return self._db.execute(sql, params).fetchall()
+
+    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._read_lock:
+            return self._reader.execute(sql, params).fetchall()
 
     def transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
         """Run statements atomically; the row counts they changed."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                counts = [self._db.execute(sql, params).rowcount for sql, params in statements]
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            return counts
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            counts = [self._db.execute(sql, params).rowcount for sql, params in statements]
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return counts
 
     def close(self) -> None:
         self._db.close()
+        self._reader.close()
 
 
 def message_record(row: sqlite3.Row, me: str) -> dict[str, Any]:
@@ -156,10 +167,10 @@ class ChatService:
         self.received = 0
         self.duplicates = 0
         self._send_lock = trio.Lock()
-        self._wake = trio.Event()
-        self._in_flight: set[str] = set()
-        self._retry_now: set[str] = set()
-        self.pending_recipients = 0
+        self._queues: dict[str, _RecipientQueue] = {}
+        self._clocks: dict[str, tuple[int, int]] = {}
+        self._pending_acks: dict[str, list[str]] = {}
+        self._nursery: trio.Nursery | None = None
         peers.links.handle(CHANNEL_CHAT, self._on_frame)
         peers.state_listeners.append(self._on_peer_state)
 
@@ -168,20 +179,25 @@ class ChatService:
         self.db = await trio.to_thread.run_sync(ChatDb, self.db_path)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._outbox_loop, nursery)
+                self._nursery = nursery
+                self._load_outbox()
                 task_status.started()
+                await trio.sleep_forever()  # the recipients' delivery tasks live in this nursery
         finally:
             self.db.close()
 
-    async def _sql(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         assert self.db is not None
-        db = self.db
-        return await trio.to_thread.run_sync(lambda: db.run(sql, params))
+        return self.db.query(sql, params)
 
-    async def _tx(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+    def _tx(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+        assert self.db is not None
+        return self.db.transaction(statements)
+
+    async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         assert self.db is not None
         db = self.db
-        return await trio.to_thread.run_sync(lambda: db.transaction(statements))
+        return await trio.to_thread.run_sync(lambda: db.read(sql, params))
 
     # -- sending ---------------------------------------------------------------------------------
     async def send(self, peer: str, text: str) -> dict[str, Any]:
@@ -190,93 +206,109 @@ class ChatService:
             raise ChatError("that is this node; pick a peer")
         conversation = dm_conversation(self.me, peer)
         async with self._send_lock:  # seq and lamport are read and written together
-            rows = await self._sql(
-                "SELECT COALESCE(MAX(lamport), 0) AS lamport, COALESCE(MAX(CASE WHEN sender = ? THEN seq END), 0) AS seq FROM messages WHERE conversation = ?",
-                (self.me, conversation),
-            )
+            lamport, seq = self._clock(conversation)
             message = ChatMessage(
                 id=new_message_id(),
                 conversation=conversation,
                 sender_key=self.identity.public_key,
-                seq=rows[0]["seq"] + 1,
-                lamport=rows[0]["lamport"] + 1,
+                seq=seq + 1,
+                lamport=lamport + 1,
                 sent_at=now_ms(),
                 text=text,
             ).signed(self.identity.signing_key)
-            await self._tx(
+            self._saw(message)
+            self._tx(
                 [
                     (_INSERT, _row(message, outgoing=True, received_at=message.sent_at)),
                     ("INSERT INTO outbox (id, recipient, kind) VALUES (?, ?, 'msg')", (message.id, peer)),
                 ]
             )
-        record = await self.get(message.id)
+        record = self.get(message.id)
         self.bus.publish("chat.message", record)
-        self._wake.set()
+        self._enqueue(peer, _Pending(message.id, "msg", _message_frame(_body(message))))
         return record
 
-    async def get(self, message_id: str) -> dict[str, Any]:
-        rows = await self._sql("SELECT * FROM messages WHERE id = ?", (message_id,))
+    def _clock(self, conversation: str) -> tuple[int, int]:
+        """(highest lamport seen, our last seq) in a conversation: cached, read once from disk
+        with two index look-ups."""
+        cached = self._clocks.get(conversation)
+        if cached is None:
+            top = self._query("SELECT lamport FROM messages WHERE conversation = ? ORDER BY lamport DESC LIMIT 1", (conversation,))
+            mine = self._query("SELECT seq FROM messages WHERE conversation = ? AND sender = ? ORDER BY seq DESC LIMIT 1", (conversation, self.me))
+            cached = (top[0]["lamport"] if top else 0, mine[0]["seq"] if mine else 0)
+            self._clocks[conversation] = cached
+        return cached
+
+    def _saw(self, message: ChatMessage) -> None:
+        lamport, seq = self._clock(message.conversation)
+        self._clocks[message.conversation] = (max(lamport, message.lamport), message.seq if message.sender == self.me else seq)
+
+    def get(self, message_id: str) -> dict[str, Any]:
+        rows = self._query("SELECT * FROM messages WHERE id = ?", (message_id,))
         if not rows:
             raise api.ApiError(api.ErrorCode.NOT_FOUND, f"no message {message_id}")
         return message_record(rows[0], self.me)
 
     def _on_peer_state(self, node_id: str, state: State) -> None:
-        if state is State.ALIVE:
-            self._retry_now.add(node_id)
-            self._wake.set()
+        queue = self._queues.get(node_id)
+        if queue is not None and state is State.ALIVE:
+            queue.retry_now()
 
-    async def _outbox_loop(self, nursery: trio.Nursery) -> None:
+    def _enqueue(self, recipient: str, item: "_Pending") -> None:
+        queue = self._queues.get(recipient)
+        if queue is None:
+            queue = self._queues[recipient] = _RecipientQueue()
+            if self._nursery is not None:
+                self._nursery.start_soon(self._deliver_to, recipient, queue)
+        queue.due.append(item)
+        queue.wake.set()
+
+    def _load_outbox(self) -> None:
+        rows = self._query(
+            "SELECT o.id, o.recipient, o.kind, m.body FROM outbox o LEFT JOIN messages m ON m.id = o.id ORDER BY m.lamport, m.seq"
+        )
+        for row in rows:
+            if row["kind"] == "msg" and row["body"] is not None:
+                self._enqueue(row["recipient"], _Pending(row["id"], "msg", _message_frame(row["body"])))
+            elif row["kind"] == "read":
+                self._enqueue(row["recipient"], _Pending(row["id"], "read", b""))
+
+    async def _deliver_to(self, recipient: str, queue: "_RecipientQueue") -> None:
+        """One task per recipient: send what is due in order, resend what was not
+        acknowledged within ack_timeout, back off while the peer cannot be reached."""
         while True:
-            now = time.time()
-            if self._retry_now:
-                recipients = list(self._retry_now)
-                self._retry_now.clear()
-                await self._tx([("UPDATE outbox SET next_try = 0 WHERE recipient = ?", (r,)) for r in recipients])
-            rows = await self._sql("SELECT recipient, MIN(next_try) AS due FROM outbox GROUP BY recipient")
-            self.pending_recipients = len(rows)
-            next_due = math.inf
-            for row in rows:
-                recipient, due = row["recipient"], row["due"]
-                if due <= now and recipient not in self._in_flight:
-                    self._in_flight.add(recipient)
-                    nursery.start_soon(self._deliver_to, recipient)
-                elif recipient not in self._in_flight:
-                    next_due = min(next_due, due)
-            with trio.move_on_after(max(0.05, min(next_due - time.time(), 60.0))):
-                await self._wake.wait()
-            self._wake = trio.Event()
-
-    async def _deliver_to(self, recipient: str) -> None:
-        try:
-            rows = await self._sql(
-                "SELECT o.id, o.kind, o.attempts, m.body FROM outbox o LEFT JOIN messages m ON m.id = o.id "
-                "WHERE o.recipient = ? ORDER BY m.lamport, m.seq",
-                (recipient,),
-            )
-            if not rows:
-                return
-            attempts = max(r["attempts"] for r in rows)
-            try:
-                link = await self.peers.links.link_to(recipient)
-                reads = []
-                for row in rows:
-                    if row["kind"] == "msg":
-                        await link.send(CHANNEL_CHAT, encode_frame(MessageFrame(ChatMessage.from_json(_json(row["body"])))))
-                    else:
-                        reads.append(row["id"])
-                if reads:
-                    await link.send(CHANNEL_CHAT, encode_frame(ReadFrame(tuple(reads))))
-                    # a read receipt is a courtesy: once handed to the link it is done
-                    await self._tx([("DELETE FROM outbox WHERE id = ? AND recipient = ? AND kind = 'read'", (i, recipient)) for i in reads])
-                self.peers.pin(link)  # this person wrote to them: trust on first use
-                retry_in = self.ack_timeout  # resent unless the receipt comes first
-            except LinkError as exc:
-                retry_in = min(60.0, 2.0**attempts)
-                log.debug("chat to %s: %s; retry in %.0f s", recipient, exc, retry_in)
-            await self._tx([("UPDATE outbox SET attempts = attempts + 1, next_try = ? WHERE recipient = ?", (time.time() + retry_in, recipient))])
-        finally:
-            self._in_flight.discard(recipient)
-            self._wake.set()
+            now = trio.current_time()
+            for item in [i for i in queue.waiting.values() if i.deadline <= now]:
+                del queue.waiting[item.id]
+                queue.due.appendleft(item)  # unacknowledged: send again
+            if queue.due and now >= queue.backoff_until:
+                try:
+                    link = await self.peers.links.link_to(recipient)
+                    reads = []
+                    while queue.due:
+                        item = queue.due[0]
+                        if item.kind == "read":
+                            reads.append(item.id)
+                        else:
+                            await link.send(CHANNEL_CHAT, item.frame)
+                            item.deadline = trio.current_time() + self.ack_timeout
+                            queue.waiting[item.id] = item
+                        queue.due.popleft()
+                    if reads:
+                        await link.send(CHANNEL_CHAT, encode_frame(ReadFrame(tuple(reads))))
+                        # a read receipt is a courtesy: once handed to the link it is done
+                        self._tx([("DELETE FROM outbox WHERE id = ? AND recipient = ? AND kind = 'read'", (i, recipient)) for i in reads])
+                    queue.failures = 0
+                    self.peers.pin(link)  # this person wrote to them: trust on first use
+                except LinkError as exc:
+                    queue.failures += 1
+                    backoff = min(60.0, 2.0 ** (queue.failures - 1))
+                    queue.backoff_until = trio.current_time() + backoff
+                    log.debug("chat to %s: %s; retry in %.0f s", recipient, exc, backoff)
+            wake_at = min([i.deadline for i in queue.waiting.values()] + ([queue.backoff_until] if queue.due else []), default=math.inf)
+            with trio.move_on_at(wake_at):
+                await queue.wake.wait()
+            queue.wake = trio.Event()
 
     # -- receiving -------------------------------------------------------------------------------
     async def _on_frame(self, link: Link, data: bytes) -> None:
@@ -298,13 +330,27 @@ class ChatService:
             self.rejected += 1  # a 1:1 message comes from its author, to us, or not at all
             log.info("refused a chat message from %s: not its author's 1:1 message to us", link.node_id)
             return
-        (inserted,) = await self._tx([(_INSERT_IGNORE, _row(message, outgoing=False, received_at=now_ms()))])
+        (inserted,) = self._tx([(_INSERT_IGNORE, _row(message, outgoing=False, received_at=now_ms()))])
         if inserted:
+            self._saw(message)
             self.received += 1
-            self.bus.publish("chat.message", await self.get(message.id))
+            self.bus.publish("chat.message", self.get(message.id))
         else:
             self.duplicates += 1
-        await link.send(CHANNEL_CHAT, encode_frame(AckFrame((message.id,))))
+        # acknowledge in batches: every message stored while a batch is on its way joins the next
+        pending = self._pending_acks.setdefault(link.node_id, [])
+        pending.append(message.id)
+        if len(pending) == 1 and self._nursery is not None:
+            self._nursery.start_soon(self._send_acks, link)
+
+    async def _send_acks(self, link: Link) -> None:
+        await trio.lowlevel.checkpoint()  # let the rest of what arrived with this message be stored first
+        ids = self._pending_acks.pop(link.node_id, [])
+        for start in range(0, len(ids), 512):
+            try:
+                await link.send(CHANNEL_CHAT, encode_frame(AckFrame(tuple(ids[start : start + 512]))))
+            except LinkError:
+                return  # the sender will send them again, and we will acknowledge again
 
     async def _on_receipt(self, peer: str, ids: tuple[str, ...], column: str) -> None:
         at = now_ms()
@@ -314,7 +360,11 @@ class ChatService:
             statements.append((f"UPDATE messages SET {column} = COALESCE({column}, ?) WHERE id = ? AND outgoing = 1 AND conversation = ?", (at, message_id, conversation)))
             if column == "delivered_at":
                 statements.append(("DELETE FROM outbox WHERE id = ? AND recipient = ? AND kind = 'msg'", (message_id, peer)))
-        counts = await self._tx(statements)
+        counts = self._tx(statements)
+        queue = self._queues.get(peer)
+        if queue is not None and column == "delivered_at":
+            for message_id in ids:
+                queue.waiting.pop(message_id, None)
         step = 2 if column == "delivered_at" else 1
         for i, message_id in enumerate(ids):
             if counts[i * step]:
@@ -326,22 +376,23 @@ class ChatService:
     async def mark_read(self, ids: list[str]) -> int:
         rows = []
         for message_id in ids:
-            rows += await self._sql("SELECT id, sender FROM messages WHERE id = ? AND outgoing = 0 AND read_at IS NULL", (message_id,))
+            rows += self._query("SELECT id, sender FROM messages WHERE id = ? AND outgoing = 0 AND read_at IS NULL", (message_id,))
         at = now_ms()
         statements: list[tuple[str, tuple[Any, ...]]] = []
         for row in rows:
             statements.append(("UPDATE messages SET read_at = ? WHERE id = ?", (at, row["id"])))
             statements.append(("INSERT OR IGNORE INTO outbox (id, recipient, kind) VALUES (?, ?, 'read')", (row["id"], row["sender"])))
         if statements:
-            await self._tx(statements)
-            self._wake.set()
+            self._tx(statements)
+            for row in rows:
+                self._enqueue(row["sender"], _Pending(row["id"], "read", b""))
         return len(rows)
 
     # -- reading ---------------------------------------------------------------------------------
     async def history(self, conversation: str, *, limit: int = 50, before: str | None = None, search: str | None = None) -> list[dict[str, Any]]:
         where, params = ["conversation = ?"], [conversation]
         if before is not None:
-            rows = await self._sql("SELECT lamport, sender, seq FROM messages WHERE id = ? AND conversation = ?", (before, conversation))
+            rows = self._query("SELECT lamport, sender, seq FROM messages WHERE id = ? AND conversation = ?", (before, conversation))
             if not rows:
                 raise api.ApiError(api.ErrorCode.NOT_FOUND, f"no message {before} in this conversation")
             where.append("(lamport, sender, seq) < (?, ?, ?)")
@@ -349,14 +400,14 @@ class ChatService:
         if search:
             where.append("text LIKE ? ESCAPE '\\'")
             params.append("%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
-        rows = await self._sql(
+        rows = await self._read(
             f"SELECT * FROM messages WHERE {' AND '.join(where)} ORDER BY lamport DESC, sender DESC, seq DESC LIMIT ?",
             (*params, limit),
         )
         return [message_record(row, self.me) for row in reversed(rows)]
 
     async def conversations(self) -> list[dict[str, Any]]:
-        rows = await self._sql(
+        rows = await self._read(
             "SELECT conversation, COUNT(*) AS messages, SUM(outgoing = 0 AND read_at IS NULL) AS unread, MAX(received_at) AS last_at "
             "FROM messages GROUP BY conversation ORDER BY last_at DESC"
         )
@@ -369,7 +420,7 @@ class ChatService:
 
     def statistics(self) -> dict[str, Any]:
         return {
-            "outbox_recipients": self.pending_recipients,
+            "outbox": sum(len(q.due) + len(q.waiting) for q in self._queues.values()),
             "received": self.received,
             "delivered": self.delivered,
             "duplicates": self.duplicates,
@@ -421,6 +472,38 @@ class ChatService:
         server.method("chat.conversations", chat_conversations, "Conversations with message and unread counts, newest first.")
 
 
+@dataclass(slots=True)
+class _Pending:
+    id: str
+    kind: str  # "msg" or "read"
+    frame: bytes
+    deadline: float = 0.0
+
+
+@dataclass
+class _RecipientQueue:
+    """A recipient's outbox in memory; the outbox table is its durable copy."""
+
+    due: deque[_Pending] = field(default_factory=deque)
+    waiting: dict[str, _Pending] = field(default_factory=dict)  # sent, not yet acknowledged
+    failures: int = 0
+    backoff_until: float = -math.inf
+    wake: trio.Event = field(default_factory=trio.Event)
+
+    def retry_now(self) -> None:
+        """The peer is back: no more backoff, and resend whatever waits for a receipt."""
+        self.backoff_until = -math.inf
+        self.failures = 0
+        for item in self.waiting.values():
+            item.deadline = -math.inf
+        self.wake.set()
+
+
+def _message_frame(body: str) -> bytes:
+    # the stored body was checked when it was written: no re-parse, no re-verify
+    return b'{"t":"msg","m":' + body.encode() + b"}"
+
+
 _INSERT = (
     "INSERT INTO messages (id, conversation, sender, seq, lamport, sent_at, received_at, text, body, outgoing) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -428,8 +511,12 @@ _INSERT = (
 _INSERT_IGNORE = _INSERT.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
 
 
+def _body(message: ChatMessage) -> str:
+    return json.dumps(message.to_json(), separators=(",", ":"), ensure_ascii=False)
+
+
 def _row(message: ChatMessage, *, outgoing: bool, received_at: int) -> tuple[Any, ...]:
-    body = json.dumps(message.to_json(), separators=(",", ":"), ensure_ascii=False)
+    body = _body(message)
     return (message.id, message.conversation, message.sender, message.seq, message.lamport, message.sent_at, received_at, message.text, body, int(outgoing))
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -172,3 +173,13 @@ def test_random_bytes_never_hurt_a_running_node(listening_node: tuple[RunningNod
 def test_after_the_random_bytes_the_node_still_answers(listening_node: tuple[RunningNode, tuple[str, int]]) -> None:
     node, _ = listening_node
     node.wait_until(lambda: sum(node.status()["gossip"]["dropped"].values()) >= 60, what="every random datagram dropped and counted")
+
+
+def test_an_idle_node_sleeps_between_protocol_rounds(nodes: NodeFactory) -> None:
+    # a timer that woke itself once spun a whole core; the protocol needs a few rounds a second
+    a, b = nodes.start("a"), nodes.start("b")
+    wait_for_states(a, {b.status()["node_id"]: "alive"}, "b alive")
+    before = a.status()["gossip"]["wakeups"]
+    time.sleep(3)
+    per_second = (a.status()["gossip"]["wakeups"] - before) / 3
+    assert per_second < 100, f"{per_second:.0f} timer rounds a second"

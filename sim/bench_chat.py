@@ -1,0 +1,152 @@
+"""Chat delivery latency and the signaling round trip, between two real daemons on loopback.
+
+    python -m sim.bench_chat [--rate 1000] [--messages 3000] [--rounds 300]
+
+* **chat**: a client sends ``--messages`` 1:1 messages to node A at ``--rate`` per
+  second (over one API connection, each send in its own task); a front on node B
+  records when each ``chat.message`` event arrives. Latency = arrival minus the
+  message's ``sent_at`` (stamped by A when it stored the message).
+* **signaling**: a front on A sends an offer to B's front, which answers at once;
+  the round trip from sending the offer to receiving the answer, ``--rounds`` times.
+
+The reference, measured in the same run, is the floor under both: a
+``node.status`` call's round trip over the same API connection. Goals (issue 4):
+chat p99 <= 10 ms at 1,000 messages per second; offer to answer <= 5 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from lannode.config import OPTIONS_BY_KEY, render_default
+from lannode.home import Home
+from lannode.lab import _stop_all, wait_for_node
+from lannode.net.api_client import connect
+
+CHAT_P99_GOAL_MS = 10.0
+SIGNAL_GOAL_MS = 5.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def write_home(path: Path, name: str, port: int) -> Home:
+    path.mkdir(parents=True)
+    text = render_default(name).replace("[plugins.webui]\nenabled = true", "[plugins.webui]\nenabled = false")
+    text = text.replace(f"port = {OPTIONS_BY_KEY['gossip.port'].default}", f"port = {port}")
+    (path / "config.toml").write_text(text)
+    return Home(path)
+
+
+async def bench(rate: float, messages: int, rounds: int) -> dict[str, Any]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = Path(tempfile.mkdtemp(prefix="lannode-bench-chat-"))
+    homes = [write_home(root / n, n, port) for n in ("a", "b")]
+    processes = []
+    try:
+        for home, name in zip(homes, ("a", "b")):
+            command = [sys.executable, "-m", "lannode", "up", "--home", str(home.path), "--interface", "127.0.0.1", "--name", name, "--log-level", "warning"]
+            processes.append(await trio.lowlevel.open_process(command, stdin=subprocess.DEVNULL))
+        for home, process in zip(homes, processes):
+            await wait_for_node(home, ui=False, process=process)
+        async with connect(homes[0]) as a, connect(homes[1]) as b:
+            with trio.fail_after(20):
+                while not any(p["name"] == "b" and p["state"] == "alive" for p in await a.call("peer.list")):
+                    await trio.sleep(0.05)
+            await a.call("chat.send", peer="b", text="warm-up")  # opens the link
+            # the reference: an API round trip
+            floor = []
+            for _ in range(200):
+                t = time.perf_counter()
+                await a.call("node.status")
+                floor.append((time.perf_counter() - t) * 1000)
+            # chat at a steady rate
+            await b.subscribe("chat.message")
+            latencies: list[float] = []
+            done = trio.Event()
+
+            async def receive() -> None:
+                async for topic, m in b.events():
+                    if topic == "chat.message" and m["text"].startswith("bench "):
+                        latencies.append(time.time() * 1000 - m["sent_at"])
+                        if len(latencies) == messages:
+                            done.set()
+                            return
+
+            async def send(i: int) -> None:
+                await a.call("chat.send", peer="b", text=f"bench {i}")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive)
+                start = trio.current_time()
+                for i in range(messages):
+                    await trio.sleep_until(start + i / rate)
+                    nursery.start_soon(send, i)
+                with trio.fail_after(60):
+                    await done.wait()
+            sent_for = trio.current_time() - start
+            # signaling round trips
+            front_a = (await a.call("rtc.register"))["front"]
+            front_b = (await b.call("rtc.register"))["front"]
+            await b.subscribe("rtc.*")
+            await a.subscribe("rtc.*")
+            rtts: list[float] = []
+
+            async def answerer() -> None:
+                async for topic, event in b.events():
+                    if topic == "rtc.signal" and event["kind"] == "offer":
+                        await b.call("rtc.signal", peer="a", kind="answer", data={"n": event["data"]["n"]}, to_front=event["from_front"])
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(answerer)
+                events = a.events()
+                for n in range(rounds):
+                    t = time.perf_counter()
+                    await a.call("rtc.signal", peer="b", kind="offer", data={"n": n, "sdp": "v=0 " + "x" * 2000}, to_front=front_b)
+                    async for topic, event in events:
+                        if topic == "rtc.signal" and event["kind"] == "answer" and event["data"]["n"] == n:
+                            break
+                    rtts.append((time.perf_counter() - t) * 1000)
+                nursery.cancel_scope.cancel()
+            del front_a
+        return {
+            "reference_api_rtt_ms": {"p50": percentile(floor, 50), "p99": percentile(floor, 99)},
+            "chat_latency_ms": {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "messages": len(latencies), "rate": messages / sent_for},
+            "offer_answer_ms": {"p50": percentile(rtts, 50), "p99": percentile(rtts, 99), "rounds": len(rtts)},
+        }
+    finally:
+        with trio.CancelScope(shield=True):
+            await _stop_all(processes)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=300)
+    args = parser.parse_args()
+    r = trio.run(bench, args.rate, args.messages, args.rounds)
+    ref, chat, sig = r["reference_api_rtt_ms"], r["chat_latency_ms"], r["offer_answer_ms"]
+    print(f"reference: API round trip      p50 {ref['p50']:.2f} ms  p99 {ref['p99']:.2f} ms")
+    print(f"chat at {chat['rate']:.0f}/s ({chat['messages']} msgs)  p50 {chat['p50']:.2f} ms  p99 {chat['p99']:.2f} ms   p99/goal {chat['p99'] / CHAT_P99_GOAL_MS:.2f}  p50/reference {chat['p50'] / ref['p50']:.1f}x")
+    print(f"offer to answer ({sig['rounds']} rounds) p50 {sig['p50']:.2f} ms  p99 {sig['p99']:.2f} ms   p50/goal {sig['p50'] / SIGNAL_GOAL_MS:.2f}  p50/reference {sig['p50'] / ref['p50']:.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
