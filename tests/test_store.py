@@ -6,6 +6,7 @@ import json
 import random
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -201,6 +202,8 @@ def test_a_node_that_was_down_catches_up_and_its_data_survives_restarts(nodes: N
     for i in range(30):  # written while b is down: only anti-entropy can bring these
         a.call("store.put", key=f"while-down/{i}", value=i)
     a.call("store.delete", key="before")
+    # new writes are multicast for about a second; after that only anti-entropy can bring them
+    time.sleep(3)
     b2 = nodes.start_on(b.home, name="b")
     b2.wait_until(lambda: len(b2.call("store.list", prefix="while-down/")) == 30 and get(b2, "before") is None, timeout=30, what="catch-up by anti-entropy")
     assert b2.status()["store"]["syncs"] >= 1
