@@ -262,6 +262,11 @@ class LinkConnection:
         self._require_open()
         self._out += self._seal(_PLAIN_HEADER.pack(CONTROL, 0) + bytes([C_PING]) + data[:64])
 
+    def send_close(self, detail: str = "") -> None:
+        """Say goodbye but keep reading: the peer may still have records on their way."""
+        if self.state is LinkState.OPEN:
+            self._out += self._seal(_PLAIN_HEADER.pack(CONTROL, 0) + bytes([C_CLOSE]) + detail.encode()[:200])
+
     def close(self, detail: str = "") -> None:
         if self.state is LinkState.OPEN:
             self._out += self._seal(_PLAIN_HEADER.pack(CONTROL, 0) + bytes([C_CLOSE]) + detail.encode()[:200])

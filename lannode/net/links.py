@@ -84,6 +84,8 @@ class Link:
         self.cipher = conn.cipher
         self.opened = trio.current_time()
         self.closed = trio.Event()
+        self.retiring = False  # replaced by a twin link: flush, say goodbye, read until the peer does too
+        self._retired = trio.Event()
         self.close_reason = ""
         self._queues: dict[int, deque[_Outgoing]] = {}
         self._drained = trio.Event()  # set (and replaced) whenever a queued message leaves, or on close
@@ -98,7 +100,11 @@ class Link:
         return not self.closed.is_set()
 
     async def send(self, channel: int, data: bytes) -> None:
-        """Queue a message; waits while the channel's queue is full. LinkError if the link closed."""
+        """Queue a message; waits while the channel's queue is full. LinkError if the link closed.
+        On a link being retired, the message goes over the peer's current link instead."""
+        if self.retiring:
+            await self.manager.send(self.node_id, channel, data)
+            return
         queue = self._queues.setdefault(channel, deque())
         while self.is_open and len(queue) >= self.manager.settings.queue_limit:
             await self._drained.wait()
@@ -123,6 +129,16 @@ class Link:
         finally:
             self._pongs.pop(token, None)
         return trio.current_time() - started
+
+    def retire(self, reason: str) -> None:
+        """Stop taking messages; what is queued is still sent, then a goodbye, and the link
+        keeps reading (and dispatching) until the peer says goodbye too, or 5 s pass."""
+        if self.retiring or self.closed.is_set():
+            return
+        self.retiring = True
+        self.close_reason = reason
+        self._retired.set()
+        self._work.set()
 
     def close(self, reason: str) -> None:
         if self.closed.is_set():
@@ -152,6 +168,7 @@ class Link:
                 nursery.start_soon(self._reader)
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._keepalive)
+                nursery.start_soon(self._retire_deadline)
                 await self.closed.wait()
                 with trio.move_on_after(1):  # let the writer say goodbye
                     await self._flush()
@@ -201,6 +218,10 @@ class Link:
                     await trio.lowlevel.checkpoint()
                 if not self.is_open:
                     return
+                if self.retiring and not any(self._queues.values()):
+                    self.conn.send_close(self.close_reason)
+                    await self._flush()
+                    return  # the reader carries on until the peer's goodbye
                 await self._flush()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self.close(f"connection lost: {exc}")
@@ -234,6 +255,11 @@ class Link:
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self.close(f"connection lost: {exc}")
+
+    async def _retire_deadline(self) -> None:
+        await self._retired.wait()
+        await trio.sleep(5.0)
+        self.close(self.close_reason or "retired")
 
     async def _keepalive(self) -> None:
         interval = self.manager.settings.keepalive
@@ -379,10 +405,13 @@ class LinkManager:
         existing = self.links.get(link.node_id)
         if existing is not None and existing.is_open:
             # both sides dialed: keep the link the smaller node id dialed, on both ends
+            # the other one is retired, not cut: what either side already sent on it still arrives
             if link.dialed_by > existing.dialed_by:
-                await trio.aclose_forcefully(stream)
+                assert self._nursery is not None
+                link.retire("a simultaneous link was kept instead")
+                self._nursery.start_soon(link.run)
                 return existing
-            existing.close("replaced by a simultaneous link")
+            existing.retire("replaced by a simultaneous link")
         self.links[link.node_id] = link
         assert self._nursery is not None
         self._nursery.start_soon(link.run)
