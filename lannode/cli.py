@@ -88,15 +88,9 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from lannode.net.api_client import ApiRejected, NodeNotRunning, RemoteError, call
+    from lannode.net.api_client import call
 
-    home = _home(args)
-    try:
-        status = call(home, "node.status")
-    except NodeNotRunning as exc:
-        return fail(str(exc))
-    except (ApiRejected, RemoteError) as exc:
-        return fail(str(exc))
+    status = call(_home(args), "node.status")
     if args.json:
         print(json.dumps(status, indent=2))
         return EXIT_OK
@@ -126,12 +120,9 @@ def _ago(then: float) -> str:
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
-    from lannode.net.api_client import ApiRejected, NodeNotRunning, RemoteError, call
+    from lannode.net.api_client import call
 
-    try:
-        peers = call(_home(args), "peer.list")
-    except (NodeNotRunning, ApiRejected, RemoteError) as exc:
-        return fail(str(exc))
+    peers = call(_home(args), "peer.list")
     if args.json:
         print(json.dumps(peers, indent=2))
         return EXIT_OK
@@ -152,17 +143,14 @@ def cmd_peers(args: argparse.Namespace) -> int:
 def cmd_ping(args: argparse.Namespace) -> int:
     import time
 
-    from lannode.net.api_client import ApiRejected, NodeNotRunning, RemoteError, call
+    from lannode.net.api_client import call
 
     home = _home(args)
     results = []
     for i in range(args.count):
         if i:
             time.sleep(args.interval)
-        try:
-            result = call(home, "peer.ping", peer=args.peer)
-        except (NodeNotRunning, ApiRejected, RemoteError) as exc:
-            return fail(str(exc))
+        result = call(home, "peer.ping", peer=args.peer)
         results.append(result)
         if not args.json:
             print(f"{result['name']} ({result['node_id']}): {result['rtt_ms']:.3f} ms over the link ({result['cipher']})")
@@ -172,15 +160,12 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
-    from lannode.net.api_client import ApiRejected, NodeNotRunning, RemoteError, call
+    from lannode.net.api_client import call
 
     params = {"peer": args.peer}
     if args.code:
         params["code"] = args.code
-    try:
-        result = call(_home(args), "peer.trust", **params)
-    except (NodeNotRunning, ApiRejected, RemoteError) as exc:
-        return fail(str(exc))
+    result = call(_home(args), "peer.trust", **params)
     if args.json:
         print(json.dumps(result, indent=2))
         return EXIT_OK
@@ -196,32 +181,27 @@ def cmd_trust(args: argparse.Namespace) -> int:
 
 # -- store --------------------------------------------------------------------
 def cmd_store(args: argparse.Namespace) -> int:
-    from lannode.net.api_client import ApiRejected, NodeNotRunning, RemoteError, call
+    from lannode.net.api_client import call
 
     home = _home(args)
     if args.action in ("put", "get", "rm") and not args.key:
         return fail(f"store {args.action} takes a KEY", EXIT_USAGE)
     if args.action == "watch":
         return _store_watch(home, args)
-    try:
-        if args.action == "put":
-            if args.value is None:
-                return fail("store put takes KEY VALUE", EXIT_USAGE)
-            try:
-                value = json.loads(args.value)
-            except ValueError:
-                value = args.value  # not JSON: a string
-            result = call(home, "store.put", key=args.key, value=value)
-        elif args.action == "get":
-            result = call(home, "store.get", key=args.key)
-        elif args.action == "rm":
-            result = call(home, "store.delete", key=args.key)
-        else:
-            result = call(home, "store.list", prefix=args.key or "")
-    except RemoteError as exc:
-        return fail(str(exc), EXIT_FAIL)
-    except (NodeNotRunning, ApiRejected) as exc:
-        return fail(str(exc))
+    if args.action == "put":
+        if args.value is None:
+            return fail("store put takes KEY VALUE", EXIT_USAGE)
+        try:
+            value = json.loads(args.value)
+        except ValueError:
+            value = args.value  # not JSON: a string
+        result = call(home, "store.put", key=args.key, value=value)
+    elif args.action == "get":
+        result = call(home, "store.get", key=args.key)
+    elif args.action == "rm":
+        result = call(home, "store.delete", key=args.key)
+    else:
+        result = call(home, "store.list", prefix=args.key or "")
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     elif args.action == "get":
@@ -274,34 +254,31 @@ def _print_message(m: dict[str, Any], as_json: bool) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from lannode.net.api_client import ApiRejected, NodeNotRunning, RemoteError, call
+    from lannode.net.api_client import call
 
     home = _home(args)
-    try:
-        if args.action == "send":
-            if not args.peer or args.text is None:
-                return fail("chat send takes PEER TEXT", EXIT_USAGE)
-            message = call(home, "chat.send", peer=args.peer, text=args.text)
-            if args.json:
-                print(json.dumps(message, indent=2, ensure_ascii=False))
-            else:
-                print(f"sent {message['id']} (seq {message['seq']}); it stays in the outbox until the peer has it")
-            return EXIT_OK
-        if args.action == "log":
-            if not args.peer:
-                return fail("chat log takes PEER", EXIT_USAGE)
-            params: dict[str, Any] = {"peer": args.peer, "limit": args.limit}
-            if args.search:
-                params["search"] = args.search
-            messages = call(home, "chat.log", **params)
-            if args.json:
-                print(json.dumps(messages, indent=2, ensure_ascii=False))
-            else:
-                for m in messages:
-                    _print_message(m, False)
-            return EXIT_OK
-    except (NodeNotRunning, ApiRejected, RemoteError) as exc:
-        return fail(str(exc))
+    if args.action == "send":
+        if not args.peer or args.text is None:
+            return fail("chat send takes PEER TEXT", EXIT_USAGE)
+        message = call(home, "chat.send", peer=args.peer, text=args.text)
+        if args.json:
+            print(json.dumps(message, indent=2, ensure_ascii=False))
+        else:
+            print(f"sent {message['id']} (seq {message['seq']}); it stays in the outbox until the peer has it")
+        return EXIT_OK
+    if args.action == "log":
+        if not args.peer:
+            return fail("chat log takes PEER", EXIT_USAGE)
+        params: dict[str, Any] = {"peer": args.peer, "limit": args.limit}
+        if args.search:
+            params["search"] = args.search
+        messages = call(home, "chat.log", **params)
+        if args.json:
+            print(json.dumps(messages, indent=2, ensure_ascii=False))
+        else:
+            for m in messages:
+                _print_message(m, False)
+        return EXIT_OK
     return _chat_watch(home, args.json)
 
 
@@ -472,3 +449,9 @@ def main(argv: list[str] | None = None) -> int:
         return func(args)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # every command that talks to the node fails the same way: one line, exit 1
+        client = sys.modules.get("lannode.net.api_client")
+        if client is not None and isinstance(exc, (client.NodeNotRunning, client.ApiRejected, client.RemoteError)):
+            return fail(str(exc))
+        raise

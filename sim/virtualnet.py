@@ -63,7 +63,7 @@ class VirtualNetwork:
     # -- building the network ----------------------------------------------------------------
     def add(self, name: str, *, key: SigningKey | None = None, address: Address | None = None) -> SimNode:
         key = key or SigningKey(self.rng.randbytes(32))
-        address = address or ("10.0.0.1", next(self._ports))
+        address = address or ("127.0.0.1", next(self._ports))  # in-memory only: never a socket
         epoch = self._epochs.get(bytes(key), 0) + 1  # one more boot of this key, as Home.next_epoch does
         self._epochs[bytes(key)] = epoch
         membership = Membership(

@@ -107,11 +107,11 @@ def test_with_a_network_key_outsiders_neither_read_nor_join() -> None:
     a, b = members.add("kitchen-laptop"), members.add("b")
     members.run_for(1)
     outsider_codec = DatagramCodec(SigningKey.generate(), epoch=1)
-    outsider = Membership(SigningKey.generate(), epoch=1, name="outsider", address=("10.0.0.9", 1))
+    outsider = Membership(SigningKey.generate(), epoch=1, name="outsider", address=("127.0.0.9", 1))
     outsider.start(0)
     outsider.tick(0)
     for out in outsider.take_outgoing():
-        a.membership.datagram_received(out.data, ("10.0.0.9", 1), members.now)
+        a.membership.datagram_received(out.data, ("127.0.0.9", 1), members.now)
     assert a.membership.codec.dropped["unsealed"] >= 1
     assert set(a.membership.members) == {b.node_id}
     # and what the members say cannot be read without the key
@@ -129,9 +129,9 @@ def test_a_forged_presence_drops_the_whole_datagram_and_is_counted() -> None:
     mallory = SigningKey.generate()
     victim_key = b.key
     # mallory re-signs b's record with a higher incarnation under her own signature
-    forged = m.Presence(bytes(victim_key.verify_key), b.membership.presence.incarnation + 5, "b-evil", "10.6.6.6", 666, 0, 0).signed(mallory)
+    forged = m.Presence(bytes(victim_key.verify_key), b.membership.presence.incarnation + 5, "b-evil", "127.6.6.6", 666, 0, 0).signed(mallory)
     codec = DatagramCodec(mallory, epoch=1)
-    a.membership.datagram_received(codec.encode(m.encode_payload([m.encode_message(forged), m.encode_message(m.Dead(b.node_id, 2**40))])), ("10.6.6.6", 666), net.now)
+    a.membership.datagram_received(codec.encode(m.encode_payload([m.encode_message(forged), m.encode_message(m.Dead(b.node_id, 2**40))])), ("127.6.6.6", 666), net.now)
     assert a.membership.codec.dropped["forged"] == 1
     assert a.state_of(b) is State.ALIVE
     assert a.membership.members[b.node_id].presence.name == "b"
@@ -143,7 +143,7 @@ def test_a_left_signed_by_someone_else_is_forged() -> None:
     net.run_for(1)
     left = m.Left(b.node_id, b.membership.presence.incarnation).signed(SigningKey.generate())
     codec = DatagramCodec(SigningKey.generate(), epoch=1)
-    a.membership.datagram_received(codec.encode(m.encode_payload([m.encode_message(left)])), ("10.0.0.66", 1), net.now)
+    a.membership.datagram_received(codec.encode(m.encode_payload([m.encode_message(left)])), ("127.0.0.66", 1), net.now)
     assert a.membership.codec.dropped["forged"] == 1
     assert a.state_of(b) is State.ALIVE
 
@@ -153,7 +153,7 @@ def test_malformed_payloads_are_dropped_and_counted() -> None:
     a = net.add("a")
     codec = DatagramCodec(SigningKey.generate(), epoch=1)
     for payload in (b"", b"\x02", b"\x01\x03\x00\x09abc", b"\x01\x01\x00\x01x"):
-        a.membership.datagram_received(codec.encode(payload), ("10.0.0.5", 1), net.now)
+        a.membership.datagram_received(codec.encode(payload), ("127.0.0.5", 1), net.now)
     assert a.membership.codec.dropped["malformed"] == 4
     assert a.membership.members == {}
 
@@ -162,16 +162,16 @@ def test_malformed_payloads_are_dropped_and_counted() -> None:
 @given(st.binary(max_size=MAX_PAYLOAD))
 def test_any_signed_payload_is_handled_or_dropped_never_raised(payload: bytes) -> None:
     key = SigningKey(b"\x01" * 32)
-    membership = Membership(key, epoch=1, name="target", address=("10.0.0.1", 1))
+    membership = Membership(key, epoch=1, name="target", address=("127.0.0.1", 1))
     membership.start(0)
     codec = DatagramCodec(SigningKey(b"\x02" * 32), epoch=1)
-    membership.datagram_received(codec.encode(payload), ("10.0.0.2", 2), 0.1)
+    membership.datagram_received(codec.encode(payload), ("127.0.0.2", 2), 0.1)
     membership.tick(0.2)
 
 
 def test_messages_survive_a_round_trip() -> None:
     key = SigningKey.generate()
-    node_id = m.Presence(bytes(key.verify_key), 0, "", "10.0.0.1", 1, 0, 0).node_id
+    node_id = m.Presence(bytes(key.verify_key), 0, "", "127.0.0.1", 1, 0, 0).node_id
     samples: list[m.Message] = [
         m.Presence(bytes(key.verify_key), 7 << 32 | 3, "Küche ☕", "fe80::1", 4242, 4243, m.capability_bits(["links", "chat"])).signed(key),
         m.Left(node_id, 9).signed(key),

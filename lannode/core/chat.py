@@ -26,7 +26,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from nacl.exceptions import BadSignatureError, CryptoError
@@ -93,31 +93,7 @@ class ChatMessage:
     def order_key(self) -> tuple[int, str, int]:
         return (self.lamport, self.sender, self.seq)
 
-    def _canonical(self) -> bytes:
-        body = {
-            "id": self.id,
-            "conversation": self.conversation,
-            "sender_key": base64.b64encode(self.sender_key).decode(),
-            "seq": self.seq,
-            "lamport": self.lamport,
-            "sent_at": self.sent_at,
-            "text": self.text,
-            "kind": self.kind,
-        }
-        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-    def signed(self, key: SigningKey) -> "ChatMessage":
-        signature = key.sign(SIGN_DOMAIN + self._canonical()).signature
-        return ChatMessage(self.id, self.conversation, self.sender_key, self.seq, self.lamport, self.sent_at, self.text, self.kind, signature)
-
-    def verify(self) -> bool:
-        try:
-            VerifyKey(self.sender_key).verify(SIGN_DOMAIN + self._canonical(), self.signature)
-        except (BadSignatureError, CryptoError, ValueError):
-            return False
-        return True
-
-    def to_json(self) -> dict[str, Any]:
+    def _signed_fields(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "conversation": self.conversation,
@@ -127,8 +103,23 @@ class ChatMessage:
             "sent_at": self.sent_at,
             "text": self.text,
             "kind": self.kind,
-            "signature": base64.b64encode(self.signature).decode(),
         }
+
+    def _canonical(self) -> bytes:
+        return json.dumps(self._signed_fields(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def signed(self, key: SigningKey) -> "ChatMessage":
+        return replace(self, signature=key.sign(SIGN_DOMAIN + self._canonical()).signature)
+
+    def verify(self) -> bool:
+        try:
+            VerifyKey(self.sender_key).verify(SIGN_DOMAIN + self._canonical(), self.signature)
+        except (BadSignatureError, CryptoError, ValueError):
+            return False
+        return True
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self._signed_fields(), "signature": base64.b64encode(self.signature).decode()}
 
     @classmethod
     def from_json(cls, data: Any) -> "ChatMessage":
