@@ -1,22 +1,48 @@
-"""Chat as a service: history in SQLite, the outbox, delivery and read receipts, the chat.* API.
+"""Chat as a service: 1:1 and group conversations, history in SQLite, the outbox,
+delivery and read receipts, catch-up, the chat.* and group.* API.
 
 Messages are ``lannode.core.chat.ChatMessage``: signed by their author, stored
 once per id, shown in ``(lamport, sender, seq)`` order. This module keeps them in
 ``chat.sqlite`` in the home (WAL), and delivers:
 
-* **Store and forward.** ``chat.send`` writes the message and an outbox row in
-  one transaction before it answers, so a sent message survives a restart of
-  either side. The outbox is worked per recipient: when the peer is alive, its
-  pending messages go over the peer link in order; a message not acknowledged
-  within ``ack_timeout`` is sent again, and a peer that cannot be reached is
-  retried with backoff (1 s doubling to 60 s) and at once when it comes back
-  alive. Only the two ends ever hold a 1:1 message: the receiver refuses one
-  that did not come straight from its author.
+* **Store and forward.** ``chat.send`` writes the message, an outbox row and a
+  receipt row per recipient in one transaction before it answers, so a sent
+  message survives a restart of either side. The outbox is worked per recipient:
+  when the peer is alive, its pending messages go over the peer link in order; a
+  message not acknowledged within ``ack_timeout`` is sent again, and a peer that
+  cannot be reached is retried with backoff (1 s doubling to 60 s) and at once
+  when it comes back alive.
 * **Exactly once.** The receiver stores by message id (a duplicate is ignored,
   and acknowledged again, since the first acknowledgement may have been lost),
   and announces a message to its fronts only when it stored it.
 * **Receipts.** The receiver's ``ack`` is the delivery receipt (the message is
-  on its disk); ``chat.read`` from a front sends a ``read`` receipt back.
+  on its disk); ``chat.read`` from a front sends a ``read`` receipt to the
+  author. Receipts are kept per recipient; a message counts as delivered (read)
+  when every recipient has it (has seen it), as WhatsApp's ticks do in groups.
+
+**1:1 conversations.** Only the two ends ever hold a 1:1 message: the receiver
+refuses one that did not come straight from its author, and nobody relays one.
+
+**Groups** (``lannode.core.groups``): the group's membership is a fold over
+signed operations that travel as messages of the group conversation, so every
+member computes the same members from the same operations. A message to a group
+goes from its author's outbox to each member (fan-out); a member that was away
+catches up from *any* member: when a member comes alive, or a message arrives
+that needs context this node lacks, this node sends that member a digest (per
+sender, the highest seq it holds with nothing missing below) and the member
+answers with what is missing, signed by the original authors.
+
+*Who can read a group.* Group messages travel only over peer links, each
+encrypted end to end between two nodes, and only to members: the author sends to
+the members it knows, and a catch-up is answered only to a node that is a member
+in the answerer's fold. No node outside the group ever receives a group message,
+so no per-group key is needed, and we avoid what a group key costs: rekeying
+on every removal (a removed member keeps the old key) and a key-distribution
+protocol that has to survive members being offline. What this relies on, and a
+group key would not: every member's node enforces membership when it answers a
+catch-up. A member can always pass messages on by hand; no scheme prevents that.
+New members see the group's earlier history (Matrix's default "shared"
+visibility): the catch-up sends everything the digest lacks.
 
 SQLite runs with ``synchronous=NORMAL`` in WAL mode: a committed message survives
 the daemon crashing or being killed; a power cut may lose the last fraction of a
@@ -33,6 +59,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +74,8 @@ from lannode.core.chat import (
     ChatMessage,
     MessageFrame,
     ReadFrame,
+    SyncedFrame,
+    SyncFrame,
     check_text,
     decode_frame,
     dm_conversation,
@@ -54,6 +83,7 @@ from lannode.core.chat import (
     encode_frame,
     new_message_id,
 )
+from lannode.core.groups import GroupState, check_name, fold, group_conversation, group_id_of, names_me, op_text
 from lannode.core.membership import State
 from lannode.identity import Identity
 from lannode.net.api_server import ApiServer, EventBus, require
@@ -64,6 +94,8 @@ log = logging.getLogger("lannode.chat")
 
 CHANNEL_CHAT = 3
 MAX_PAGE = 500
+SYNC_BATCH = 1000  # messages per catch-up answer; the requester asks again for more
+SYNC_RETRY = 5.0  # seconds before the same catch-up may be asked of the same member again
 
 
 def now_ms() -> int:
@@ -82,8 +114,9 @@ CREATE TABLE IF NOT EXISTS messages (
     text TEXT NOT NULL,
     body TEXT NOT NULL,            -- the signed message as JSON, to relay or re-verify
     outgoing INTEGER NOT NULL,
-    delivered_at INTEGER,
-    read_at INTEGER
+    delivered_at INTEGER,          -- every recipient has it
+    read_at INTEGER,               -- outgoing: every recipient saw it; incoming: we saw it
+    kind TEXT NOT NULL DEFAULT 'text'
 );
 CREATE INDEX IF NOT EXISTS messages_order ON messages (conversation, lamport, sender, seq);
 CREATE INDEX IF NOT EXISTS messages_by_sender ON messages (conversation, sender, seq);
@@ -94,6 +127,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_try REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (id, recipient, kind)
+);
+CREATE TABLE IF NOT EXISTS receipts (   -- per recipient of an outgoing message
+    id TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    delivered_at INTEGER,
+    read_at INTEGER,
+    PRIMARY KEY (id, peer)
 );
 """
 
@@ -109,10 +149,28 @@ class ChatDb:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
         self._db.executescript(SCHEMA)
         self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._reader.row_factory = sqlite3.Row
         self._read_lock = threading.Lock()
+
+    def _migrate(self) -> None:
+        """A home from before groups: messages gain a kind, outgoing 1:1 messages a receipt row."""
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(messages)")}
+        if columns and "kind" not in columns:
+            self._db.executescript(
+                """
+                BEGIN;
+                ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'text';
+                CREATE TABLE receipts (id TEXT NOT NULL, peer TEXT NOT NULL, delivered_at INTEGER, read_at INTEGER, PRIMARY KEY (id, peer));
+                INSERT INTO receipts (id, peer, delivered_at, read_at)
+                    SELECT id, CASE WHEN substr(conversation, 4, 24) = sender THEN substr(conversation, 29) ELSE substr(conversation, 4, 24) END,
+                           delivered_at, read_at
+                    FROM messages WHERE outgoing = 1 AND conversation LIKE 'dm/%';
+                COMMIT;
+                """
+            )
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         return self._db.execute(sql, params).fetchall()
@@ -138,11 +196,12 @@ class ChatDb:
 
 
 def message_record(row: sqlite3.Row, me: str) -> dict[str, Any]:
-    return {
+    record = {
         "id": row["id"],
         "conversation": row["conversation"],
         "sender": row["sender"],
         "direction": "out" if row["outgoing"] else "in",
+        "kind": row["kind"],
         "seq": row["seq"],
         "lamport": row["lamport"],
         "sent_at": row["sent_at"],
@@ -151,6 +210,9 @@ def message_record(row: sqlite3.Row, me: str) -> dict[str, Any]:
         "delivered_at": row["delivered_at"],
         "read_at": row["read_at"],
     }
+    if row["kind"] == "group":
+        record["op"] = json.loads(row["text"])
+    return record
 
 
 class ChatService:
@@ -166,10 +228,15 @@ class ChatService:
         self.delivered = 0
         self.received = 0
         self.duplicates = 0
+        self.deferred = 0  # group messages left unacknowledged until a catch-up gave their context
+        self.syncs_sent = 0
+        self.syncs_answered = 0
         self._send_lock = trio.Lock()
         self._queues: dict[str, _RecipientQueue] = {}
         self._clocks: dict[str, tuple[int, int]] = {}
         self._pending_acks: dict[str, list[str]] = {}
+        self._groups: dict[str, GroupState] = {}
+        self._syncing: dict[tuple[str, str], float] = {}  # (member, conversation) -> when asked
         self._nursery: trio.Nursery | None = None
         peers.links.handle(CHANNEL_CHAT, self._on_frame)
         peers.state_listeners.append(self._on_peer_state)
@@ -180,7 +247,12 @@ class ChatService:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                for row in self._query("SELECT DISTINCT conversation FROM messages WHERE kind = 'group'"):
+                    self._refold(row["conversation"])
                 self._load_outbox()
+                membership = self.peers.membership
+                for member in list(membership.members.values()) if membership else []:
+                    self._on_peer_state(member.node_id, member.state)  # peers seen before chat was up
                 task_status.started()
                 await trio.sleep_forever()  # the recipients' delivery tasks live in this nursery
         finally:
@@ -204,28 +276,41 @@ class ChatService:
         check_text(text)
         if peer == self.me:
             raise ChatError("that is this node; pick a peer")
-        conversation = dm_conversation(self.me, peer)
+        return await self._author(dm_conversation(self.me, peer), "text", text, [peer])
+
+    async def send_group(self, group_id: str, text: str) -> dict[str, Any]:
+        check_text(text)
+        state = self._member_of(group_id)
+        return await self._author(group_conversation(group_id), "text", text, sorted(state.members - {self.me}))
+
+    async def _author(self, conversation: str, kind: str, text: str, recipients: list[str], *, message_id: str | None = None) -> dict[str, Any]:
+        """Write a message, its outbox and receipt rows in one transaction, then hand it
+        to each recipient's delivery task."""
         async with self._send_lock:  # seq and lamport are read and written together
             lamport, seq = self._clock(conversation)
             message = ChatMessage(
-                id=new_message_id(),
+                id=message_id or new_message_id(),
                 conversation=conversation,
                 sender_key=self.identity.public_key,
                 seq=seq + 1,
                 lamport=lamport + 1,
                 sent_at=now_ms(),
                 text=text,
+                kind=kind,
             ).signed(self.identity.signing_key)
             self._saw(message)
-            self._tx(
-                [
-                    (_INSERT, _row(message, outgoing=True, received_at=message.sent_at)),
-                    ("INSERT INTO outbox (id, recipient, kind) VALUES (?, ?, 'msg')", (message.id, peer)),
-                ]
-            )
+            statements: list[tuple[str, tuple[Any, ...]]] = [(_INSERT, _row(message, outgoing=True, received_at=message.sent_at))]
+            for recipient in recipients:
+                statements.append(("INSERT INTO outbox (id, recipient, kind) VALUES (?, ?, 'msg')", (message.id, recipient)))
+                statements.append(("INSERT INTO receipts (id, peer) VALUES (?, ?)", (message.id, recipient)))
+            self._tx(statements)
+        if kind == "group":
+            self._refold(conversation)
         record = self.get(message.id)
         self.bus.publish("chat.message", record)
-        self._enqueue(peer, _Pending(message.id, "msg", _message_frame(_body(message))))
+        frame = _message_frame(_body(message))
+        for recipient in recipients:
+            self._enqueue(recipient, _Pending(message.id, "msg", frame))
         return record
 
     def _clock(self, conversation: str) -> tuple[int, int]:
@@ -250,9 +335,15 @@ class ChatService:
         return message_record(rows[0], self.me)
 
     def _on_peer_state(self, node_id: str, state: State) -> None:
+        if state is not State.ALIVE:
+            return
         queue = self._queues.get(node_id)
-        if queue is not None and state is State.ALIVE:
+        if queue is not None:
             queue.retry_now()
+        # a member is back: catch up on every group we share with it
+        for group in self._groups.values():
+            if self.me in group.members and node_id in group.members:
+                self._request_sync(node_id, group_conversation(group.id))
 
     def _enqueue(self, recipient: str, item: "_Pending") -> None:
         queue = self._queues.get(recipient)
@@ -291,7 +382,9 @@ class ChatService:
                             reads.append(item.id)
                         else:
                             await link.send(CHANNEL_CHAT, item.frame)
-                            item.deadline = trio.current_time() + self.ack_timeout
+                            # resent on silence, less often each time (a peer that will not take it)
+                            item.deadline = trio.current_time() + self.ack_timeout * 2 ** min(item.attempts, 4)
+                            item.attempts += 1
                             queue.waiting[item.id] = item
                         queue.due.popleft()
                     if reads:
@@ -322,19 +415,54 @@ class ChatService:
             await self._on_message(link, frame.message)
         elif isinstance(frame, AckFrame):
             await self._on_receipt(link.node_id, frame.ids, "delivered_at")
-        else:
+        elif isinstance(frame, ReadFrame):
             await self._on_receipt(link.node_id, frame.ids, "read_at")
+        elif isinstance(frame, SyncFrame):
+            if self._nursery is not None:
+                self._nursery.start_soon(self._answer_sync, link, frame)
+        else:
+            self._syncing.pop((link.node_id, frame.conversation), None)
+            if frame.more:
+                self._request_sync(link.node_id, frame.conversation)
+
+    def _admit(self, relayer: str, message: ChatMessage) -> str:
+        """"accept", "refuse" (counted, never acknowledged) or "later" (catch up from the
+        relayer first; the author sends it again)."""
+        group_id = group_id_of(message.conversation)
+        if group_id is None:
+            # a 1:1 message comes from its author, to us, or not at all
+            ok = message.sender == relayer and dm_peer(message.conversation, self.me) == message.sender and message.kind == "text"
+            return "accept" if ok else "refuse"
+        if message.kind == "group":
+            return "accept"  # operations are signed and small; the fold decides what they do
+        state = self._groups.get(group_id)
+        if state is None or message.sender not in state.ever:
+            return "later"  # an invitation or a member's invitation has not reached us yet
+        if relayer != message.sender and relayer not in state.members:
+            return "refuse"
+        return "accept"
 
     async def _on_message(self, link: Link, message: ChatMessage) -> None:
-        if message.sender != link.node_id or dm_peer(message.conversation, self.me) != message.sender:
-            self.rejected += 1  # a 1:1 message comes from its author, to us, or not at all
-            log.info("refused a chat message from %s: not its author's 1:1 message to us", link.node_id)
+        verdict = self._admit(link.node_id, message)
+        if verdict == "refuse":
+            self.rejected += 1
+            log.info("refused a chat message from %s in %s", link.node_id, message.conversation)
+            return
+        if verdict == "later":
+            self.deferred += 1
+            self._request_sync(link.node_id, message.conversation)
             return
         (inserted,) = self._tx([(_INSERT_IGNORE, _row(message, outgoing=False, received_at=now_ms()))])
         if inserted:
             self._saw(message)
             self.received += 1
-            self.bus.publish("chat.message", self.get(message.id))
+            before = self._groups.get(group_id_of(message.conversation) or "")
+            was_member = before is not None and self.me in before.members
+            state = self._refold(message.conversation) if message.kind == "group" else before
+            if message.kind == "group" and names_me(message, self.me) and not was_member:
+                self._request_sync(link.node_id, message.conversation)  # invited: fetch the group
+            if group_id_of(message.conversation) is None or (state is not None and self.me in state.ever):
+                self.bus.publish("chat.message", self.get(message.id))
         else:
             self.duplicates += 1
         # acknowledge in batches: every message stored while a batch is on its way joins the next
@@ -353,25 +481,36 @@ class ChatService:
                 return  # the sender will send them again, and we will acknowledge again
 
     async def _on_receipt(self, peer: str, ids: tuple[str, ...], column: str) -> None:
+        """A recipient's receipts: its own rows only, then the message's when every recipient is there."""
         at = now_ms()
-        statements: list[tuple[str, tuple[Any, ...]]] = []
-        for message_id in ids:
-            conversation = dm_conversation(self.me, peer)
-            statements.append((f"UPDATE messages SET {column} = COALESCE({column}, ?) WHERE id = ? AND outgoing = 1 AND conversation = ?", (at, message_id, conversation)))
-            if column == "delivered_at":
-                statements.append(("DELETE FROM outbox WHERE id = ? AND recipient = ? AND kind = 'msg'", (message_id, peer)))
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            (f"UPDATE receipts SET {column} = COALESCE({column}, ?) WHERE id = ? AND peer = ?", (at, message_id, peer)) for message_id in ids
+        ]
+        if column == "delivered_at":
+            statements += [("DELETE FROM outbox WHERE id = ? AND recipient = ? AND kind = 'msg'", (message_id, peer)) for message_id in ids]
+            queue = self._queues.get(peer)
+            if queue is not None:
+                for message_id in ids:
+                    queue.waiting.pop(message_id, None)
         counts = self._tx(statements)
-        queue = self._queues.get(peer)
-        if queue is not None and column == "delivered_at":
-            for message_id in ids:
-                queue.waiting.pop(message_id, None)
-        step = 2 if column == "delivered_at" else 1
-        for i, message_id in enumerate(ids):
-            if counts[i * step]:
-                if column == "delivered_at":
-                    self.delivered += 1
-                state = "delivered" if column == "delivered_at" else "read"
-                self.bus.publish("chat.receipt", {"id": message_id, "peer": peer, "state": state, "at": at})
+        changed = [message_id for message_id, count in zip(ids, counts) if count]
+        if not changed:
+            return
+        complete = self._tx(
+            [
+                (
+                    f"UPDATE messages SET {column} = ? WHERE id = ? AND outgoing = 1 AND {column} IS NULL "
+                    f"AND NOT EXISTS (SELECT 1 FROM receipts WHERE id = ? AND {column} IS NULL)",
+                    (at, message_id, message_id),
+                )
+                for message_id in changed
+            ]
+        )
+        state = "delivered" if column == "delivered_at" else "read"
+        for message_id, done in zip(changed, complete):
+            if column == "delivered_at":
+                self.delivered += 1
+            self.bus.publish("chat.receipt", {"id": message_id, "peer": peer, "state": state, "at": at, "complete": bool(done)})
 
     async def mark_read(self, ids: list[str]) -> int:
         rows = []
@@ -387,6 +526,130 @@ class ChatService:
             for row in rows:
                 self._enqueue(row["sender"], _Pending(row["id"], "read", b""))
         return len(rows)
+
+    # -- groups ----------------------------------------------------------------------------------
+    def _refold(self, conversation: str) -> GroupState | None:
+        """Recompute a group's state from the operations on disk, and tell the fronts if it changed."""
+        group_id = group_id_of(conversation)
+        if group_id is None:
+            return None
+        rows = self._query("SELECT body FROM messages WHERE conversation = ? AND kind = 'group'", (conversation,))
+        ops = [ChatMessage.from_json(json.loads(row["body"])) for row in rows]
+        state = fold(group_id, ops)
+        before = self._groups.get(group_id)
+        if state is None:
+            return None
+        self._groups[group_id] = state
+        if self.me in state.ever and (before is None or before.version != state.version):
+            self.bus.publish("group.updated", state.to_json(self.me))
+        return state
+
+    def _member_of(self, group_id: str) -> GroupState:
+        state = self._groups.get(group_id)
+        if state is None or self.me not in state.ever:
+            raise api.ApiError(api.ErrorCode.NOT_FOUND, f"no group {group_id} on this node")
+        if self.me not in state.members:
+            raise ChatError(f"this node is no longer a member of {state.name!r}")
+        return state
+
+    async def create_group(self, name: str, members: list[str]) -> dict[str, Any]:
+        name = check_name(name)
+        others = sorted(set(members) - {self.me})
+        group_id = new_message_id()
+        await self._author(group_conversation(group_id), "group", op_text("create", name=name, members=others), others, message_id=group_id)
+        return self._groups[group_id].to_json(self.me)
+
+    async def group_op(self, group_id: str, op: str, *, name: str | None = None, members: Iterable[str] = ()) -> dict[str, Any]:
+        state = self._member_of(group_id)
+        wanted = set(members)
+        if op == "rename":
+            name = check_name(name or "")
+        elif op == "invite":
+            wanted -= state.members
+            if not wanted:
+                raise ChatError("they are members already")
+        elif op == "remove":
+            if self.me != state.creator:
+                raise ChatError("only the group's creator removes members (anyone may leave)")
+            wanted &= state.members - {self.me}
+            if not wanted:
+                raise ChatError("none of them is a member")
+        recipients = sorted((state.members | wanted) - {self.me})  # the removed learn they were removed
+        await self._author(group_conversation(group_id), "group", op_text(op, name=name, members=wanted), recipients)
+        return self._groups[group_id].to_json(self.me)
+
+    def groups(self) -> list[dict[str, Any]]:
+        return sorted((g.to_json(self.me) for g in self._groups.values() if self.me in g.ever), key=lambda g: (not g["member"], g["name"], g["id"]))
+
+    def resolve_group(self, text: str) -> GroupState:
+        """A group by id, unique id prefix (4+) or unique name; '#' in front is allowed."""
+        text = text.removeprefix("#")
+        mine = [g for g in self._groups.values() if self.me in g.ever]
+        for candidates in (
+            [g for g in mine if g.id == text.lower()],
+            [g for g in mine if g.name == text],
+            [g for g in mine if len(text) >= 4 and g.id.startswith(text.lower())],
+        ):
+            if len(candidates) == 1:
+                return candidates[0]
+            if len(candidates) > 1:
+                ids = ", ".join(g.id[:8] for g in candidates)
+                raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"{len(candidates)} groups match {text!r} ({ids}); give more of an id")
+        raise api.ApiError(api.ErrorCode.NOT_FOUND, f"no group {text!r} on this node (lannode group ls lists them)")
+
+    def _request_sync(self, member: str, conversation: str) -> None:
+        now = time.monotonic()
+        key = (member, conversation)
+        if self._nursery is None or now - self._syncing.get(key, -math.inf) < SYNC_RETRY:
+            return
+        self._syncing[key] = now
+        self._nursery.start_soon(self._send_sync, member, conversation)
+
+    async def _send_sync(self, member: str, conversation: str) -> None:
+        have = await self._digest(conversation)
+        try:
+            link = await self.peers.links.link_to(member)
+            await link.send(CHANNEL_CHAT, encode_frame(SyncFrame(conversation, have)))
+            self.syncs_sent += 1
+        except LinkError as exc:
+            log.debug("catch-up from %s: %s", member, exc)
+
+    async def _digest(self, conversation: str) -> dict[str, int]:
+        """Per sender, the highest seq held with none missing below it."""
+        have: dict[str, int] = {}
+        for row in await self._read("SELECT sender, COUNT(*) AS n, MAX(seq) AS top FROM messages WHERE conversation = ? GROUP BY sender", (conversation,)):
+            if row["n"] == row["top"]:
+                have[row["sender"]] = row["top"]
+            else:  # a gap: walk that sender's seqs
+                seqs = [r["seq"] for r in await self._read("SELECT seq FROM messages WHERE conversation = ? AND sender = ? ORDER BY seq", (conversation, row["sender"]))]
+                have[row["sender"]] = next((i for i, seq in enumerate(seqs) if seq != i + 1), len(seqs))
+        return have
+
+    async def _answer_sync(self, link: Link, frame: SyncFrame) -> None:
+        """Send a member what it lacks of a group: operations first, so every message after
+        them finds its author a member."""
+        group_id = group_id_of(frame.conversation)
+        state = self._groups.get(group_id) if group_id else None
+        sent = 0
+        more = False
+        try:
+            if state is not None and link.node_id in state.members and self.me in state.ever:
+                rows = await self._read(
+                    "SELECT sender, seq, body FROM messages WHERE conversation = ? ORDER BY kind = 'text', lamport, sender, seq", (frame.conversation,)
+                )
+                for row in rows:
+                    if row["seq"] > frame.have.get(row["sender"], 0):
+                        if sent == SYNC_BATCH:
+                            more = True
+                            break
+                        await link.send(CHANNEL_CHAT, _message_frame(row["body"]))
+                        sent += 1
+                self.syncs_answered += 1
+            else:
+                self.rejected += 1  # not a member here: it learns nothing, not even what we hold
+            await link.send(CHANNEL_CHAT, encode_frame(SyncedFrame(frame.conversation, more)))
+        except LinkError:
+            pass
 
     # -- reading ---------------------------------------------------------------------------------
     async def history(self, conversation: str, *, limit: int = 50, before: str | None = None, search: str | None = None) -> list[dict[str, Any]]:
@@ -404,18 +667,44 @@ class ChatService:
             f"SELECT * FROM messages WHERE {' AND '.join(where)} ORDER BY lamport DESC, sender DESC, seq DESC LIMIT ?",
             (*params, limit),
         )
-        return [message_record(row, self.me) for row in reversed(rows)]
+        records = [message_record(row, self.me) for row in reversed(rows)]
+        if group_id_of(conversation):
+            outgoing = [r["id"] for r in records if r["direction"] == "out"]
+            receipts: dict[str, dict[str, Any]] = {}
+            for start in range(0, len(outgoing), 500):
+                chunk = outgoing[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for row in await self._read(f"SELECT * FROM receipts WHERE id IN ({marks})", tuple(chunk)):
+                    receipts.setdefault(row["id"], {})[row["peer"]] = {"delivered_at": row["delivered_at"], "read_at": row["read_at"]}
+            for record in records:
+                if record["direction"] == "out":
+                    record["receipts"] = receipts.get(record["id"], {})
+        return records
 
     async def conversations(self) -> list[dict[str, Any]]:
         rows = await self._read(
-            "SELECT conversation, COUNT(*) AS messages, SUM(outgoing = 0 AND read_at IS NULL) AS unread, MAX(received_at) AS last_at "
+            "SELECT conversation, COUNT(*) AS messages, SUM(outgoing = 0 AND read_at IS NULL AND kind = 'text') AS unread, MAX(received_at) AS last_at "
             "FROM messages GROUP BY conversation ORDER BY last_at DESC"
         )
         result = []
         for row in rows:
             peer = dm_peer(row["conversation"], self.me)
+            group = self._groups.get(group_id_of(row["conversation"]) or "")
+            if peer is None and (group is None or self.me not in group.ever):
+                continue  # operations of a group this node was never in
             member = self.peers.membership.members.get(peer) if peer and self.peers.membership else None
-            result.append({"conversation": row["conversation"], "peer": peer, "name": member.presence.name if member else None, "messages": row["messages"], "unread": row["unread"] or 0, "last_at": row["last_at"]})
+            name = group.name if group else member.presence.name if member else None
+            result.append(
+                {
+                    "conversation": row["conversation"],
+                    "peer": peer,
+                    "group": group.id if group else None,
+                    "name": name,
+                    "messages": row["messages"],
+                    "unread": row["unread"] or 0,
+                    "last_at": row["last_at"],
+                }
+            )
         return result
 
     def statistics(self) -> dict[str, Any]:
@@ -425,28 +714,48 @@ class ChatService:
             "delivered": self.delivered,
             "duplicates": self.duplicates,
             "rejected": self.rejected,
+            "deferred": self.deferred,
+            "groups": sum(self.me in g.members for g in self._groups.values()),
+            "catch_ups": {"asked": self.syncs_sent, "answered": self.syncs_answered},
         }
 
     # -- API -------------------------------------------------------------------------------------
     def _conversation_of(self, params: dict[str, Any]) -> str:
         if "conversation" in params:
             conversation: str = require(params, "conversation", str)
-            if dm_peer(conversation, self.me) is None:
+            group = self._groups.get(group_id_of(conversation) or "")
+            if dm_peer(conversation, self.me) is None and (group is None or self.me not in group.ever):
                 raise api.ApiError(api.ErrorCode.NOT_FOUND, f"no conversation {conversation!r} on this node")
             return conversation
+        if "group" in params:
+            return group_conversation(self.resolve_group(require(params, "group", str)).id)
         peer = self.peers.resolve(require(params, "peer", str))
         return dm_conversation(self.me, peer.node_id)
 
-    def register_methods(self, server: ApiServer) -> None:
-        async def chat_send(params: dict[str, Any], caller: api.Principal) -> Any:
-            peer = self.peers.resolve(require(params, "peer", str))
-            text = require(params, "text", str)
-            try:
-                return await self.send(peer.node_id, text)
-            except ChatError as exc:
-                raise api.ApiError(api.ErrorCode.BAD_PARAMS, str(exc)) from None
+    def _members(self, params: dict[str, Any], *, optional: bool = False) -> list[str]:
+        names = require(params, "members", list, optional=optional) or []
+        if not all(isinstance(n, str) for n in names) or len(names) > 255:
+            raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"members" is a list of peer names or node ids')
+        return [self.peers.resolve(n).node_id for n in names]
 
-        async def chat_log(params: dict[str, Any], caller: api.Principal) -> Any:
+    def register_methods(self, server: ApiServer) -> None:
+        def chat_errors(handler: Any) -> Any:
+            async def wrapped(params: dict[str, Any], caller: api.Principal) -> Any:
+                try:
+                    return await handler(params)
+                except ChatError as exc:
+                    raise api.ApiError(api.ErrorCode.BAD_PARAMS, str(exc)) from None
+
+            return wrapped
+
+        async def chat_send(params: dict[str, Any]) -> Any:
+            text = require(params, "text", str)
+            if "group" in params:
+                return await self.send_group(self.resolve_group(require(params, "group", str)).id, text)
+            peer = self.peers.resolve(require(params, "peer", str))
+            return await self.send(peer.node_id, text)
+
+        async def chat_log(params: dict[str, Any]) -> Any:
             limit = require(params, "limit", int, optional=True) or 50
             if not 1 <= limit <= MAX_PAGE:
                 raise api.ApiError(api.ErrorCode.BAD_PARAMS, f'"limit" is 1 to {MAX_PAGE}')
@@ -457,19 +766,50 @@ class ChatService:
                 search=require(params, "search", str, optional=True),
             )
 
-        async def chat_read(params: dict[str, Any], caller: api.Principal) -> Any:
+        async def chat_read(params: dict[str, Any]) -> Any:
             ids = require(params, "ids", list)
             if not all(isinstance(i, str) for i in ids) or len(ids) > 512:
                 raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"ids" is a list of at most 512 message ids')
             return {"marked": await self.mark_read(ids)}
 
-        async def chat_conversations(params: dict[str, Any], caller: api.Principal) -> Any:
+        async def chat_conversations(params: dict[str, Any]) -> Any:
             return await self.conversations()
 
-        server.method("chat.send", chat_send, '{"peer", "text"}: send a 1:1 message; it is kept in the outbox until the peer has it.')
-        server.method("chat.log", chat_log, '{"peer" or "conversation", "limit"?, "before"?, "search"?}: a page of history, oldest first.')
-        server.method("chat.read", chat_read, '{"ids"}: mark received messages as seen; their senders get a read receipt.')
-        server.method("chat.conversations", chat_conversations, "Conversations with message and unread counts, newest first.")
+        async def group_create(params: dict[str, Any]) -> Any:
+            return await self.create_group(require(params, "name", str), self._members(params, optional=True))
+
+        async def group_rename(params: dict[str, Any]) -> Any:
+            return await self.group_op(self.resolve_group(require(params, "group", str)).id, "rename", name=require(params, "name", str))
+
+        async def group_invite(params: dict[str, Any]) -> Any:
+            return await self.group_op(self.resolve_group(require(params, "group", str)).id, "invite", members=self._members(params))
+
+        async def group_remove(params: dict[str, Any]) -> Any:
+            return await self.group_op(self.resolve_group(require(params, "group", str)).id, "remove", members=self._members(params))
+
+        async def group_leave(params: dict[str, Any]) -> Any:
+            return await self.group_op(self.resolve_group(require(params, "group", str)).id, "leave")
+
+        async def group_list(params: dict[str, Any]) -> Any:
+            return self.groups()
+
+        async def group_info(params: dict[str, Any]) -> Any:
+            return self.resolve_group(require(params, "group", str)).to_json(self.me)
+
+        for name, handler, doc in (
+            ("chat.send", chat_send, '{"peer" or "group", "text"}: send a message; it is kept in the outbox until each recipient has it. Also the relay path of a browser whose data channel is down.'),
+            ("chat.log", chat_log, '{"peer", "group" or "conversation", "limit"?, "before"?, "search"?}: a page of history, oldest first.'),
+            ("chat.read", chat_read, '{"ids"}: mark received messages as seen; their authors get a read receipt.'),
+            ("chat.conversations", chat_conversations, "Conversations with message and unread counts, newest first."),
+            ("group.create", group_create, '{"name", "members"?}: a new group with these peers (names or ids).'),
+            ("group.rename", group_rename, '{"group", "name"}: any member renames the group.'),
+            ("group.invite", group_invite, '{"group", "members"}: any member adds peers; they receive the history.'),
+            ("group.remove", group_remove, '{"group", "members"}: the creator removes members.'),
+            ("group.leave", group_leave, '{"group"}: leave; the history stays on this node.'),
+            ("group.list", group_list, "The groups this node is or was in."),
+            ("group.info", group_info, '{"group"}: one group: name, creator, members.'),
+        ):
+            server.method(name, chat_errors(handler), doc)
 
 
 @dataclass(slots=True)
@@ -478,6 +818,7 @@ class _Pending:
     kind: str  # "msg" or "read"
     frame: bytes
     deadline: float = 0.0
+    attempts: int = 0
 
 
 @dataclass
@@ -505,8 +846,8 @@ def _message_frame(body: str) -> bytes:
 
 
 _INSERT = (
-    "INSERT INTO messages (id, conversation, sender, seq, lamport, sent_at, received_at, text, body, outgoing) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO messages (id, conversation, sender, seq, lamport, sent_at, received_at, text, body, outgoing, kind) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_IGNORE = _INSERT.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
 
@@ -517,8 +858,5 @@ def _body(message: ChatMessage) -> str:
 
 def _row(message: ChatMessage, *, outgoing: bool, received_at: int) -> tuple[Any, ...]:
     body = _body(message)
-    return (message.id, message.conversation, message.sender, message.seq, message.lamport, message.sent_at, received_at, message.text, body, int(outgoing))
+    return (message.id, message.conversation, message.sender, message.seq, message.lamport, message.sent_at, received_at, message.text, body, int(outgoing), message.kind)
 
-
-def _json(text: str) -> Any:
-    return json.loads(text)

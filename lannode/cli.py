@@ -250,7 +250,24 @@ def _print_message(m: dict[str, Any], as_json: bool) -> None:
     if m["direction"] == "out":
         ticks = " (read)" if m["read_at"] else " (delivered)" if m["delivered_at"] else " (sending)"
     who = "me" if m["direction"] == "out" else m.get("sender_name") or m["sender"][:8]
+    if m.get("kind") == "group":
+        op = m["op"]
+        members = ", ".join(x[:8] for x in op.get("members", []))
+        what = {
+            "create": f"created the group {op.get('name')!r}" + (f" with {members}" if members else ""),
+            "rename": f"renamed the group {op.get('name')!r}",
+            "invite": f"added {members}",
+            "remove": f"removed {members}",
+            "leave": "left",
+        }.get(op.get("op"), "changed the group")
+        print(f"{when}  -- {who} {what}", flush=True)
+        return
     print(f"{when}  {who}: {m['text']}{ticks}", flush=True)
+
+
+def _target(text: str) -> dict[str, str]:
+    """PEER or #GROUP as the API's parameters."""
+    return {"group": text[1:]} if text.startswith("#") else {"peer": text}
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -259,8 +276,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     home = _home(args)
     if args.action == "send":
         if not args.peer or args.text is None:
-            return fail("chat send takes PEER TEXT", EXIT_USAGE)
-        message = call(home, "chat.send", peer=args.peer, text=args.text)
+            return fail("chat send takes PEER|#GROUP TEXT", EXIT_USAGE)
+        message = call(home, "chat.send", **_target(args.peer), text=args.text)
         if args.json:
             print(json.dumps(message, indent=2, ensure_ascii=False))
         else:
@@ -268,8 +285,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.action == "log":
         if not args.peer:
-            return fail("chat log takes PEER", EXIT_USAGE)
-        params: dict[str, Any] = {"peer": args.peer, "limit": args.limit}
+            return fail("chat log takes PEER|#GROUP", EXIT_USAGE)
+        params: dict[str, Any] = {**_target(args.peer), "limit": args.limit}
         if args.search:
             params["search"] = args.search
         messages = call(home, "chat.log", **params)
@@ -298,6 +315,58 @@ def _chat_watch(home: Any, as_json: bool) -> int:
             trio.run(watch)
     except (NodeNotRunning, ApiRejected) as exc:
         return fail(str(exc))
+    return EXIT_OK
+
+
+# -- groups -------------------------------------------------------------------
+GROUP_USAGE = {
+    "create": (1, None, "group create NAME [PEER...]"),
+    "invite": (2, None, "group invite GROUP PEER..."),
+    "remove": (2, None, "group remove GROUP PEER..."),
+    "rename": (2, 2, "group rename GROUP NAME"),
+    "leave": (1, 1, "group leave GROUP"),
+    "info": (1, 1, "group info GROUP"),
+    "ls": (0, 0, "group ls"),
+}
+
+
+def cmd_group(args: argparse.Namespace) -> int:
+    from lannode.net.api_client import call
+
+    home = _home(args)
+    least, most, usage = GROUP_USAGE[args.action]
+    words: list[str] = args.words
+    if len(words) < least or (most is not None and len(words) > most):
+        return fail(f"usage: lannode {usage}", EXIT_USAGE)
+    if args.action == "ls":
+        groups = call(home, "group.list")
+        if args.json:
+            print(json.dumps(groups, indent=2, ensure_ascii=False))
+        elif not groups:
+            print("no groups yet; make one with: lannode group create NAME PEER...")
+        else:
+            for g in groups:
+                state = "" if g["member"] else "  (left)"
+                print(f"#{g['name']}  {g['id'][:8]}  {len(g['members'])} members{state}")
+        return EXIT_OK
+    group = words[0].removeprefix("#")
+    if args.action == "create":
+        result = call(home, "group.create", name=words[0], members=words[1:])
+    elif args.action in ("invite", "remove"):
+        result = call(home, f"group.{args.action}", group=group, members=words[1:])
+    elif args.action == "rename":
+        result = call(home, "group.rename", group=group, name=words[1])
+    elif args.action == "leave":
+        result = call(home, "group.leave", group=group)
+    else:
+        result = call(home, "group.info", group=group)
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        print(f"#{result['name']}  {result['id']}")
+        print("members: " + ", ".join(result["members"]))
+        if not result["member"]:
+            print("this node is no longer a member")
     return EXIT_OK
 
 
@@ -411,13 +480,18 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("value", nargs="?", help="put: a JSON value; anything that is not JSON is stored as a string")
     store.set_defaults(func=cmd_store)
 
-    chat = sub.add_parser("chat", parents=[common], help="1:1 messages: send, log, watch")
-    chat.add_argument("action", choices=["send", "log", "watch"], help="send PEER TEXT | log PEER | watch")
-    chat.add_argument("peer", nargs="?", help="a peer's name or a unique prefix of its node id")
+    chat = sub.add_parser("chat", parents=[common], help="messages to a peer or a group: send, log, watch")
+    chat.add_argument("action", choices=["send", "log", "watch"], help="send PEER|#GROUP TEXT | log PEER|#GROUP | watch")
+    chat.add_argument("peer", nargs="?", help="a peer's name or a unique prefix of its node id; #NAME for a group")
     chat.add_argument("text", nargs="?", help="send: the message")
     chat.add_argument("--limit", type=int, default=50, help="log: how many of the latest messages (default 50, at most 500)")
     chat.add_argument("--search", help="log: only messages containing this text")
     chat.set_defaults(func=cmd_chat)
+
+    group = sub.add_parser("group", parents=[common], help="group conversations: create, invite, remove, rename, leave, ls, info")
+    group.add_argument("action", choices=list(GROUP_USAGE), help="; ".join(u for _, _, u in GROUP_USAGE.values()))
+    group.add_argument("words", nargs="*", metavar="ARG", help="GROUP is a group's name or id prefix; PEER a peer's name or id prefix")
+    group.set_defaults(func=cmd_group)
 
     lab = sub.add_parser("lab", parents=[common], help="run a few nodes on loopback to try lannode out")
     lab.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")

@@ -38,7 +38,8 @@ MAX_TEXT_BYTES = 16 * 1024
 MAX_FRAME_BYTES = 64 * 1024
 MAX_IDS_PER_RECEIPT = 512
 SIGN_DOMAIN = b"lannode chat v1\x00"
-KINDS = ("text",)
+KINDS = ("text", "group")
+MAX_DIGEST_SENDERS = 1024
 
 
 class BadFrame(Exception):
@@ -164,7 +165,24 @@ class ReadFrame:
     ids: tuple[str, ...]
 
 
-Frame = MessageFrame | AckFrame | ReadFrame
+@dataclass(frozen=True, slots=True)
+class SyncFrame:
+    """Catch-up request: send me what of this conversation I lack; ``have`` is, per
+    sender, the highest seq I hold with none missing below it."""
+
+    conversation: str
+    have: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncedFrame:
+    """The end of a catch-up answer; ``more`` asks the requester to ask again."""
+
+    conversation: str
+    more: bool
+
+
+Frame = MessageFrame | AckFrame | ReadFrame | SyncFrame | SyncedFrame
 
 
 def encode_frame(frame: Frame) -> bytes:
@@ -172,8 +190,12 @@ def encode_frame(frame: Frame) -> bytes:
         body: dict[str, Any] = {"t": "msg", "m": frame.message.to_json()}
     elif isinstance(frame, AckFrame):
         body = {"t": "ack", "ids": list(frame.ids)}
-    else:
+    elif isinstance(frame, ReadFrame):
         body = {"t": "read", "ids": list(frame.ids)}
+    elif isinstance(frame, SyncFrame):
+        body = {"t": "sync", "c": frame.conversation, "have": frame.have}
+    else:
+        body = {"t": "synced", "c": frame.conversation, "more": frame.more}
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -195,6 +217,16 @@ def decode_frame(data: bytes) -> Frame:
             raise BadFrame("receipt ids must be a list of at most 512")
         checked = tuple(_hex_id(i) for i in ids)
         return AckFrame(checked) if kind == "ack" else ReadFrame(checked)
+    if kind == "sync":
+        have = body.get("have")
+        if not isinstance(have, dict) or len(have) > MAX_DIGEST_SENDERS:
+            raise BadFrame(f"a sync digest is an object of at most {MAX_DIGEST_SENDERS} senders")
+        return SyncFrame(_string(body.get("c"), 200), {_string(k, 64): _count(v) for k, v in have.items()})
+    if kind == "synced":
+        more = body.get("more")
+        if not isinstance(more, bool):
+            raise BadFrame('"more" is true or false')
+        return SyncedFrame(_string(body.get("c"), 200), more)
     raise BadFrame(f"unknown frame type {kind!r}")
 
 
