@@ -89,3 +89,25 @@ def test_a_thousand_messages_among_five_hosts_at_ten_percent_loss_arrive_once_an
             received = [m for m in lab.call(receiver, "chat.log", peer=f"h{sender}", limit=500) if m["direction"] == "in"]
             assert [m["text"] for m in received] == [f"h{sender}->h{receiver} #{i}" for i in range(per_pair)], "none lost, none twice, in order"
             assert [m["seq"] for m in received] == list(range(1, per_pair + 1))
+
+
+def test_a_group_of_five_at_ten_percent_loss_gets_every_message_once_and_in_order(lab: NetLab) -> None:
+    five = [6, 7, 8, 9, 10]
+    lab.wait_until(lambda: all_alive(lab, five, five), timeout=90, what="five hosts alive to each other")
+    gid = lab.call(6, "group.create", name="lab", members=[f"h{h}" for h in five[1:]])["id"]
+    lab.wait_until(lambda: all(lab.call(h, "group.list") for h in five), timeout=60, what="every member to know the group")
+    per_sender = 40
+    for i in range(per_sender):
+        for sender in five:
+            lab.call(sender, "chat.send", group=gid, text=f"h{sender} #{i}")
+
+    def texts(host: int) -> list[str]:
+        return [m["text"] for m in lab.call(host, "chat.log", group=gid, limit=500) if m["kind"] == "text"]
+
+    lab.wait_until(lambda: all(len(texts(h)) >= per_sender * 5 for h in five), timeout=180, what="all 200 group messages on every member")
+    logs = {h: lab.call(h, "chat.log", group=gid, limit=500) for h in five}
+    for host, log in logs.items():
+        assert [m["id"] for m in log] == [m["id"] for m in logs[6]], "the same order on every member"
+        for sender in five:
+            mine = [m["text"] for m in log if m["kind"] == "text" and m["text"].startswith(f"h{sender} ")]
+            assert mine == [f"h{sender} #{i}" for i in range(per_sender)], "none lost, none twice, each sender's in order"
