@@ -62,7 +62,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import trio
 
@@ -94,6 +94,7 @@ log = logging.getLogger("lannode.chat")
 
 CHANNEL_CHAT = 3
 MAX_PAGE = 500
+MAX_BATCH = 100  # messages in one chat.send
 SYNC_BATCH = 1000  # messages per catch-up answer; the requester asks again for more
 SYNC_RETRY = 5.0  # seconds before the same catch-up may be asked of the same member again
 
@@ -195,6 +196,79 @@ class ChatDb:
         self._reader.close()
 
 
+Statements = list[tuple[str, tuple[Any, ...]]]
+CommitCallback = Callable[[list[int] | None], None]
+
+
+class GroupCommit:
+    """Statements from many tasks committed together: one transaction (one WAL append)
+    per scheduler pass rather than one per message, the way databases group commits.
+
+    ``submit`` queues statements and returns at once; its callback gets their row
+    counts once they are committed (or None if they could not be). ``commit``
+    waits for that. A batch that fails is retried statement list by statement list,
+    so one bad list never takes the others down with it.
+    """
+
+    def __init__(self, db: ChatDb, nursery: trio.Nursery) -> None:
+        self._db = db
+        self._nursery = nursery
+        self._batch: list[tuple[Statements, CommitCallback | None]] = []
+        self.transactions = 0
+
+    def submit(self, statements: Statements, callback: CommitCallback | None = None) -> None:
+        self._batch.append((statements, callback))
+        if len(self._batch) == 1:
+            self._nursery.start_soon(self._flush)  # runs after every task that is ready now
+
+    def enqueue(self, statements: Statements) -> "Ticket":
+        """Queue statements now; await the ticket's ``wait()`` for their row counts."""
+        ticket = Ticket()
+        self.submit(statements, ticket.finished)
+        return ticket
+
+    async def commit(self, statements: Statements) -> list[int]:
+        return await self.enqueue(statements).wait()
+
+    async def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        try:
+            counts: list[int] | None = self._db.transaction([s for statements, _ in batch for s in statements])
+            self.transactions += 1
+        except sqlite3.Error:
+            counts = None
+        done = 0
+        for statements, callback in batch:
+            if counts is not None:
+                mine: list[int] | None = counts[done : done + len(statements)]
+                done += len(statements)
+            else:
+                try:
+                    mine = self._db.transaction(statements)
+                    self.transactions += 1
+                except sqlite3.Error:
+                    log.exception("chat.sqlite refused a write")
+                    mine = None
+            if callback is not None:
+                callback(mine)
+
+
+class Ticket:
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._counts: list[int] | None = None
+
+    def finished(self, counts: list[int] | None) -> None:
+        self._counts = counts
+        self._done.set()
+
+    async def wait(self) -> list[int]:
+        await self._done.wait()
+        if self._counts is None:
+            raise ChatError("the message could not be stored (chat.sqlite refused it: see the node's log)")
+        return self._counts
+
+
 def message_record(row: sqlite3.Row, me: str) -> dict[str, Any]:
     record = {
         "id": row["id"],
@@ -238,6 +312,7 @@ class ChatService:
         self._groups: dict[str, GroupState] = {}
         self._syncing: dict[tuple[str, str], float] = {}  # (member, conversation) -> when asked
         self._nursery: trio.Nursery | None = None
+        self._commit: GroupCommit | None = None
         peers.links.handle(CHANNEL_CHAT, self._on_frame)
         peers.state_listeners.append(self._on_peer_state)
 
@@ -247,6 +322,7 @@ class ChatService:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._commit = GroupCommit(self.db, nursery)
                 for row in self._query("SELECT DISTINCT conversation FROM messages WHERE kind = 'group'"):
                     self._refold(row["conversation"])
                 self._load_outbox()
@@ -272,46 +348,62 @@ class ChatService:
         return await trio.to_thread.run_sync(lambda: db.read(sql, params))
 
     # -- sending ---------------------------------------------------------------------------------
-    async def send(self, peer: str, text: str) -> dict[str, Any]:
-        check_text(text)
+    async def send(self, peer: str, texts: list[str]) -> list[dict[str, Any]]:
+        for text in texts:
+            check_text(text)
         if peer == self.me:
             raise ChatError("that is this node; pick a peer")
-        return await self._author(dm_conversation(self.me, peer), "text", text, [peer])
+        return await self._author(dm_conversation(self.me, peer), "text", texts, [peer])
 
-    async def send_group(self, group_id: str, text: str) -> dict[str, Any]:
-        check_text(text)
+    async def send_group(self, group_id: str, texts: list[str]) -> list[dict[str, Any]]:
+        for text in texts:
+            check_text(text)
         state = self._member_of(group_id)
-        return await self._author(group_conversation(group_id), "text", text, sorted(state.members - {self.me}))
+        return await self._author(group_conversation(group_id), "text", texts, sorted(state.members - {self.me}))
 
-    async def _author(self, conversation: str, kind: str, text: str, recipients: list[str], *, message_id: str | None = None) -> dict[str, Any]:
-        """Write a message, its outbox and receipt rows in one transaction, then hand it
-        to each recipient's delivery task."""
-        async with self._send_lock:  # seq and lamport are read and written together
-            lamport, seq = self._clock(conversation)
-            message = ChatMessage(
-                id=message_id or new_message_id(),
-                conversation=conversation,
-                sender_key=self.identity.public_key,
-                seq=seq + 1,
-                lamport=lamport + 1,
-                sent_at=now_ms(),
-                text=text,
-                kind=kind,
-            ).signed(self.identity.signing_key)
-            self._saw(message)
-            statements: list[tuple[str, tuple[Any, ...]]] = [(_INSERT, _row(message, outgoing=True, received_at=message.sent_at))]
-            for recipient in recipients:
-                statements.append(("INSERT INTO outbox (id, recipient, kind) VALUES (?, ?, 'msg')", (message.id, recipient)))
-                statements.append(("INSERT INTO receipts (id, peer) VALUES (?, ?)", (message.id, recipient)))
-            self._tx(statements)
+    async def _author(self, conversation: str, kind: str, texts: list[str], recipients: list[str], *, message_id: str | None = None) -> list[dict[str, Any]]:
+        """Write messages, their outbox and receipt rows in one transaction, then hand them
+        to each recipient's delivery task. Sends running at the same time share a commit."""
+        assert self._commit is not None
+        messages = []
+        statements: Statements = []
+        async with self._send_lock:  # seq and lamport are taken and queued for the commit in order
+            for text in texts:
+                lamport, seq = self._clock(conversation)
+                message = ChatMessage(
+                    id=message_id or new_message_id(),
+                    conversation=conversation,
+                    sender_key=self.identity.public_key,
+                    seq=seq + 1,
+                    lamport=lamport + 1,
+                    sent_at=now_ms(),
+                    text=text,
+                    kind=kind,
+                ).signed(self.identity.signing_key)
+                self._saw(message)
+                body = message.body()
+                messages.append((message, body))
+                statements.append((_INSERT, _row(message, body, outgoing=True, received_at=message.sent_at)))
+                for recipient in recipients:
+                    statements.append(("INSERT INTO outbox (id, recipient, kind) VALUES (?, ?, 'msg')", (message.id, recipient)))
+                    statements.append(("INSERT INTO receipts (id, peer) VALUES (?, ?)", (message.id, recipient)))
+            ticket = self._commit.enqueue(statements)
+        try:
+            await ticket.wait()
+        except ChatError:
+            self._clocks.pop(conversation, None)  # read the clock from disk again
+            raise
         if kind == "group":
             self._refold(conversation)
-        record = self.get(message.id)
-        self.bus.publish("chat.message", record)
-        frame = _message_frame(_body(message))
-        for recipient in recipients:
-            self._enqueue(recipient, _Pending(message.id, "msg", frame))
-        return record
+        records = []
+        for message, body in messages:
+            record = _record(message, outgoing=True, received_at=message.sent_at)
+            self.bus.publish("chat.message", record)
+            frame = _message_frame(body)
+            for recipient in recipients:
+                self._enqueue(recipient, _Pending(message.id, "msg", frame))
+            records.append(record)
+        return records
 
     def _clock(self, conversation: str) -> tuple[int, int]:
         """(highest lamport seen, our last seq) in a conversation: cached, read once from disk
@@ -414,9 +506,9 @@ class ChatService:
         if isinstance(frame, MessageFrame):
             await self._on_message(link, frame.message)
         elif isinstance(frame, AckFrame):
-            await self._on_receipt(link.node_id, frame.ids, "delivered_at")
+            self._on_receipt(link.node_id, frame.ids, "delivered_at")
         elif isinstance(frame, ReadFrame):
-            await self._on_receipt(link.node_id, frame.ids, "read_at")
+            self._on_receipt(link.node_id, frame.ids, "read_at")
         elif isinstance(frame, SyncFrame):
             if self._nursery is not None:
                 self._nursery.start_soon(self._answer_sync, link, frame)
@@ -444,6 +536,8 @@ class ChatService:
 
     async def _on_message(self, link: Link, message: ChatMessage) -> None:
         verdict = self._admit(link.node_id, message)
+        if verdict == "accept" and (link.node_id != message.sender or message.kind == "group") and not message.verify():
+            verdict = "refuse"  # relayed, or an operation others will fold: the author's signature must hold
         if verdict == "refuse":
             self.rejected += 1
             log.info("refused a chat message from %s in %s", link.node_id, message.conversation)
@@ -452,17 +546,34 @@ class ChatService:
             self.deferred += 1
             self._request_sync(link.node_id, message.conversation)
             return
-        (inserted,) = self._tx([(_INSERT_IGNORE, _row(message, outgoing=False, received_at=now_ms()))])
-        if inserted:
+        assert self._commit is not None
+        received_at = now_ms()
+        statements: Statements = [(_INSERT_IGNORE, _row(message, message.body(), outgoing=False, received_at=received_at))]
+        if message.kind == "group":
+            # the next frame's admission may depend on this operation: fold it before reading on
+            try:
+                counts: list[int] | None = await self._commit.commit(statements)
+            except ChatError:
+                counts = None
+            self._stored(link, message, received_at, counts)
+        else:
+            self._commit.submit(statements, lambda counts: self._stored(link, message, received_at, counts))
+
+    def _stored(self, link: Link, message: ChatMessage, received_at: int, counts: list[int] | None) -> None:
+        """After the commit: announce a new message, and acknowledge it (new or not)."""
+        if counts is None:
+            return  # not stored, so not acknowledged: the sender tries again
+        if counts[0]:
             self._saw(message)
             self.received += 1
-            before = self._groups.get(group_id_of(message.conversation) or "")
+            group_id = group_id_of(message.conversation)
+            before = self._groups.get(group_id or "")
             was_member = before is not None and self.me in before.members
             state = self._refold(message.conversation) if message.kind == "group" else before
             if message.kind == "group" and names_me(message, self.me) and not was_member:
                 self._request_sync(link.node_id, message.conversation)  # invited: fetch the group
-            if group_id_of(message.conversation) is None or (state is not None and self.me in state.ever):
-                self.bus.publish("chat.message", self.get(message.id))
+            if group_id is None or (state is not None and self.me in state.ever):
+                self.bus.publish("chat.message", _record(message, outgoing=False, received_at=received_at))
         else:
             self.duplicates += 1
         # acknowledge in batches: every message stored while a batch is on its way joins the next
@@ -480,37 +591,36 @@ class ChatService:
             except LinkError:
                 return  # the sender will send them again, and we will acknowledge again
 
-    async def _on_receipt(self, peer: str, ids: tuple[str, ...], column: str) -> None:
-        """A recipient's receipts: its own rows only, then the message's when every recipient is there."""
+    def _on_receipt(self, peer: str, ids: tuple[str, ...], column: str) -> None:
+        """A recipient's receipts: its own rows only, then the message's once every recipient is there."""
+        assert self._commit is not None
         at = now_ms()
-        statements: list[tuple[str, tuple[Any, ...]]] = [
-            (f"UPDATE receipts SET {column} = COALESCE({column}, ?) WHERE id = ? AND peer = ?", (at, message_id, peer)) for message_id in ids
-        ]
+        statements: Statements = []
+        for message_id in ids:
+            statements.append((f"UPDATE receipts SET {column} = ? WHERE id = ? AND peer = ? AND {column} IS NULL", (at, message_id, peer)))
+            statements.append(
+                (
+                    f"UPDATE messages SET {column} = ? WHERE id = ? AND outgoing = 1 AND {column} IS NULL "
+                    f"AND EXISTS (SELECT 1 FROM receipts WHERE id = ? AND peer = ?) "
+                    f"AND NOT EXISTS (SELECT 1 FROM receipts WHERE id = ? AND {column} IS NULL)",
+                    (at, message_id, message_id, peer, message_id),
+                )
+            )
         if column == "delivered_at":
             statements += [("DELETE FROM outbox WHERE id = ? AND recipient = ? AND kind = 'msg'", (message_id, peer)) for message_id in ids]
             queue = self._queues.get(peer)
             if queue is not None:
                 for message_id in ids:
                     queue.waiting.pop(message_id, None)
-        counts = self._tx(statements)
-        changed = [message_id for message_id, count in zip(ids, counts) if count]
-        if not changed:
-            return
-        complete = self._tx(
-            [
-                (
-                    f"UPDATE messages SET {column} = ? WHERE id = ? AND outgoing = 1 AND {column} IS NULL "
-                    f"AND NOT EXISTS (SELECT 1 FROM receipts WHERE id = ? AND {column} IS NULL)",
-                    (at, message_id, message_id),
-                )
-                for message_id in changed
-            ]
-        )
         state = "delivered" if column == "delivered_at" else "read"
-        for message_id, done in zip(changed, complete):
-            if column == "delivered_at":
-                self.delivered += 1
-            self.bus.publish("chat.receipt", {"id": message_id, "peer": peer, "state": state, "at": at, "complete": bool(done)})
+
+        def announce(counts: list[int] | None) -> None:
+            for i, message_id in enumerate(ids):
+                if counts and counts[2 * i]:
+                    self.delivered += column == "delivered_at"
+                    self.bus.publish("chat.receipt", {"id": message_id, "peer": peer, "state": state, "at": at, "complete": bool(counts[2 * i + 1])})
+
+        self._commit.submit(statements, announce)
 
     async def mark_read(self, ids: list[str]) -> int:
         rows = []
@@ -534,7 +644,12 @@ class ChatService:
         if group_id is None:
             return None
         rows = self._query("SELECT body FROM messages WHERE conversation = ? AND kind = 'group'", (conversation,))
-        ops = [ChatMessage.from_json(json.loads(row["body"])) for row in rows]
+        ops = []
+        for row in rows:
+            try:
+                ops.append(ChatMessage.from_json(json.loads(row["body"])))
+            except BadFrame:
+                continue  # stored before verification was the rule: an operation must verify to count
         state = fold(group_id, ops)
         before = self._groups.get(group_id)
         if state is None:
@@ -556,7 +671,7 @@ class ChatService:
         name = check_name(name)
         others = sorted(set(members) - {self.me})
         group_id = new_message_id()
-        await self._author(group_conversation(group_id), "group", op_text("create", name=name, members=others), others, message_id=group_id)
+        await self._author(group_conversation(group_id), "group", [op_text("create", name=name, members=others)], others, message_id=group_id)
         return self._groups[group_id].to_json(self.me)
 
     async def group_op(self, group_id: str, op: str, *, name: str | None = None, members: Iterable[str] = ()) -> dict[str, Any]:
@@ -575,7 +690,7 @@ class ChatService:
             if not wanted:
                 raise ChatError("none of them is a member")
         recipients = sorted((state.members | wanted) - {self.me})  # the removed learn they were removed
-        await self._author(group_conversation(group_id), "group", op_text(op, name=name, members=wanted), recipients)
+        await self._author(group_conversation(group_id), "group", [op_text(op, name=name, members=wanted)], recipients)
         return self._groups[group_id].to_json(self.me)
 
     def groups(self) -> list[dict[str, Any]]:
@@ -749,11 +864,16 @@ class ChatService:
             return wrapped
 
         async def chat_send(params: dict[str, Any]) -> Any:
-            text = require(params, "text", str)
+            # "text": one message, answered with its record; "texts": several in order, one commit
+            many = "texts" in params
+            texts = require(params, "texts", list) if many else [require(params, "text", str)]
+            if not texts or len(texts) > MAX_BATCH or not all(isinstance(t, str) for t in texts):
+                raise api.ApiError(api.ErrorCode.BAD_PARAMS, f'"texts" is a list of 1 to {MAX_BATCH} strings')
             if "group" in params:
-                return await self.send_group(self.resolve_group(require(params, "group", str)).id, text)
-            peer = self.peers.resolve(require(params, "peer", str))
-            return await self.send(peer.node_id, text)
+                records = await self.send_group(self.resolve_group(require(params, "group", str)).id, texts)
+            else:
+                records = await self.send(self.peers.resolve(require(params, "peer", str)).node_id, texts)
+            return records if many else records[0]
 
         async def chat_log(params: dict[str, Any]) -> Any:
             limit = require(params, "limit", int, optional=True) or 50
@@ -797,7 +917,7 @@ class ChatService:
             return self.resolve_group(require(params, "group", str)).to_json(self.me)
 
         for name, handler, doc in (
-            ("chat.send", chat_send, '{"peer" or "group", "text"}: send a message; it is kept in the outbox until each recipient has it. Also the relay path of a browser whose data channel is down.'),
+            ("chat.send", chat_send, '{"peer" or "group", "text" or "texts"}: send a message (or up to 100 in order); each is kept in the outbox until every recipient has it. Also the relay path of a browser whose data channel is down.'),
             ("chat.log", chat_log, '{"peer", "group" or "conversation", "limit"?, "before"?, "search"?}: a page of history, oldest first.'),
             ("chat.read", chat_read, '{"ids"}: mark received messages as seen; their authors get a read receipt.'),
             ("chat.conversations", chat_conversations, "Conversations with message and unread counts, newest first."),
@@ -852,11 +972,27 @@ _INSERT = (
 _INSERT_IGNORE = _INSERT.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
 
 
-def _body(message: ChatMessage) -> str:
-    return json.dumps(message.to_json(), separators=(",", ":"), ensure_ascii=False)
+def _record(message: ChatMessage, *, outgoing: bool, received_at: int) -> dict[str, Any]:
+    """The API's record of a message just stored (what ``message_record`` reads back)."""
+    record: dict[str, Any] = {
+        "id": message.id,
+        "conversation": message.conversation,
+        "sender": message.sender,
+        "direction": "out" if outgoing else "in",
+        "kind": message.kind,
+        "seq": message.seq,
+        "lamport": message.lamport,
+        "sent_at": message.sent_at,
+        "received_at": received_at,
+        "text": message.text,
+        "delivered_at": None,
+        "read_at": None,
+    }
+    if message.kind == "group":
+        record["op"] = json.loads(message.text)
+    return record
 
 
-def _row(message: ChatMessage, *, outgoing: bool, received_at: int) -> tuple[Any, ...]:
-    body = _body(message)
+def _row(message: ChatMessage, body: str, *, outgoing: bool, received_at: int) -> tuple[Any, ...]:
     return (message.id, message.conversation, message.sender, message.seq, message.lamport, message.sent_at, received_at, message.text, body, int(outgoing), message.kind)
 

@@ -9,6 +9,7 @@ forgery. The private key never leaves ``node.key`` (0600) in the home.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import stat
@@ -28,7 +29,9 @@ class IdentityError(Exception):
     """A key file that cannot be used; the message is for a person."""
 
 
+@functools.lru_cache(maxsize=4096)
 def node_id_for(public_key: bytes) -> str:
+    """The node id of a public key (cached: hot paths ask it for every message)."""
     return node_id_from_raw(hashlib.blake2b(public_key, digest_size=NODE_ID_BYTES).digest())
 
 

@@ -17,6 +17,7 @@ chat p99 <= 10 ms at 1,000 messages per second; offer to answer <= 5 ms.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import signal
 import socket
@@ -43,6 +44,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def write_home(path: Path, name: str, port: int) -> Home:
     path.mkdir(parents=True)
     text = render_default(name).replace("[plugins.webui]\nenabled = true", "[plugins.webui]\nenabled = false")
@@ -51,7 +58,54 @@ def write_home(path: Path, name: str, port: int) -> Home:
     return Home(path)
 
 
-async def bench(rate: float, messages: int, rounds: int) -> dict[str, Any]:
+async def chat_phase(a: Any, b: Any, processes: list[Any], rate: float, messages: int, batch: int) -> dict[str, Any]:
+    """Messages from A's front to B's front at ``rate``; ``batch`` per chat.send call."""
+    latencies: list[float] = []
+    stored: list[float] = []  # sent_at on A to stored on B: without the event's trip to B's front
+    done = trio.Event()
+    tag = f"bench{batch} "
+
+    async def receive() -> None:
+        async for topic, m in b.events():
+            if topic == "chat.message" and m["text"].startswith(tag):
+                latencies.append(time.time() * 1000 - m["sent_at"])
+                stored.append(m["received_at"] - m["sent_at"])
+                if len(latencies) == messages:
+                    done.set()
+                    return
+
+    async def send(i: int) -> None:
+        texts = [f"{tag}{j}" for j in range(i, min(i + batch, messages))]
+        if batch == 1:
+            await a.call("chat.send", peer="b", text=texts[0])
+        else:
+            await a.call("chat.send", peer="b", texts=texts)
+
+    cpu_before = [cpu_seconds(p.pid) for p in processes] + [time.process_time()]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receive)
+        start = trio.current_time()
+        for i in range(0, messages, batch):
+            await trio.sleep_until(start + i / rate)
+            nursery.start_soon(send, i)
+        with trio.fail_after(60):
+            await done.wait()
+    sent_for = trio.current_time() - start
+    cpu_after = [cpu_seconds(p.pid) for p in processes] + [time.process_time()]
+    cpu = [(after - before) * 1e6 / messages for before, after in zip(cpu_before, cpu_after)]
+    return {
+        "p50": percentile(latencies, 50),
+        "p99": percentile(latencies, 99),
+        "stored_p50": percentile(stored, 50),
+        "stored_p99": percentile(stored, 99),
+        "messages": len(latencies),
+        "rate": messages / sent_for,
+        "batch": batch,
+        "cpu_us_per_message": dict(zip(("sender", "receiver", "client"), cpu)),
+    }
+
+
+async def bench(rate: float, messages: int, rounds: int, batches: list[int]) -> dict[str, Any]:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -75,31 +129,11 @@ async def bench(rate: float, messages: int, rounds: int) -> dict[str, Any]:
                 t = time.perf_counter()
                 await a.call("node.status")
                 floor.append((time.perf_counter() - t) * 1000)
-            # chat at a steady rate
+            # chat at a steady rate: one API call per message, then in batches
             await b.subscribe("chat.message")
-            latencies: list[float] = []
-            done = trio.Event()
-
-            async def receive() -> None:
-                async for topic, m in b.events():
-                    if topic == "chat.message" and m["text"].startswith("bench "):
-                        latencies.append(time.time() * 1000 - m["sent_at"])
-                        if len(latencies) == messages:
-                            done.set()
-                            return
-
-            async def send(i: int) -> None:
-                await a.call("chat.send", peer="b", text=f"bench {i}")
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(receive)
-                start = trio.current_time()
-                for i in range(messages):
-                    await trio.sleep_until(start + i / rate)
-                    nursery.start_soon(send, i)
-                with trio.fail_after(60):
-                    await done.wait()
-            sent_for = trio.current_time() - start
+            chat = {}
+            for batch in batches:
+                chat[batch] = await chat_phase(a, b, processes, rate, messages, batch)
             # signaling round trips
             front_a = (await a.call("rtc.register"))["front"]
             front_b = (await b.call("rtc.register"))["front"]
@@ -126,7 +160,7 @@ async def bench(rate: float, messages: int, rounds: int) -> dict[str, Any]:
             del front_a
         return {
             "reference_api_rtt_ms": {"p50": percentile(floor, 50), "p99": percentile(floor, 99)},
-            "chat_latency_ms": {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "messages": len(latencies), "rate": messages / sent_for},
+            "chat": chat,
             "offer_answer_ms": {"p50": percentile(rtts, 50), "p99": percentile(rtts, 99), "rounds": len(rtts)},
         }
     finally:
@@ -139,11 +173,19 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--batch", type=int, action="append", help="messages per chat.send call; repeat for several runs (default: 1 and 10)")
     args = parser.parse_args()
-    r = trio.run(bench, args.rate, args.messages, args.rounds)
-    ref, chat, sig = r["reference_api_rtt_ms"], r["chat_latency_ms"], r["offer_answer_ms"]
+    r = trio.run(bench, args.rate, args.messages, args.rounds, args.batch or [1, 10])
+    ref, sig = r["reference_api_rtt_ms"], r["offer_answer_ms"]
     print(f"reference: API round trip      p50 {ref['p50']:.2f} ms  p99 {ref['p99']:.2f} ms")
-    print(f"chat at {chat['rate']:.0f}/s ({chat['messages']} msgs)  p50 {chat['p50']:.2f} ms  p99 {chat['p99']:.2f} ms   p99/goal {chat['p99'] / CHAT_P99_GOAL_MS:.2f}  p50/reference {chat['p50'] / ref['p50']:.1f}x")
+    for chat in r["chat"].values():
+        print(
+            f"chat at {chat['rate']:.0f}/s, {chat['batch']} per call ({chat['messages']} msgs)  p50 {chat['p50']:.2f} ms  p99 {chat['p99']:.2f} ms"
+            f"   p99/goal {chat['p99'] / CHAT_P99_GOAL_MS:.2f}  p50/reference {chat['p50'] / ref['p50']:.1f}x"
+        )
+        print(f"    A's store to B's store (no front): p50 {chat['stored_p50']:.2f} ms  p99 {chat['stored_p99']:.2f} ms")
+        cpu = chat["cpu_us_per_message"]
+        print("    CPU per message: " + ", ".join(f"{k} {v:.0f} us" for k, v in cpu.items()) + f"  (cores: {os.cpu_count()})")
     print(f"offer to answer ({sig['rounds']} rounds) p50 {sig['p50']:.2f} ms  p99 {sig['p99']:.2f} ms   p50/goal {sig['p50'] / SIGNAL_GOAL_MS:.2f}  p50/reference {sig['p50'] / ref['p50']:.1f}x")
     return 0
 

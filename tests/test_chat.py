@@ -34,10 +34,13 @@ def test_a_message_survives_its_frame_and_a_forgery_does_not() -> None:
     m = message(key, "b" * 24, "Grüße 👋")
     frame = decode_frame(encode_frame(MessageFrame(m)))
     assert isinstance(frame, MessageFrame) and frame.message == m
+    assert json.loads(m.body()) == m.to_json() and ChatMessage.from_json(json.loads(m.body())) == m
     body = json.loads(encode_frame(MessageFrame(m)))
     body["m"]["text"] = "changed"
+    forged = decode_frame(json.dumps(body).encode())
+    assert isinstance(forged, MessageFrame) and not forged.message.verify()
     with pytest.raises(BadFrame, match="signature"):
-        decode_frame(json.dumps(body).encode())
+        ChatMessage.from_json(body["m"])
 
 
 def test_text_limits() -> None:
@@ -147,9 +150,15 @@ def test_bad_chat_input_gets_clear_errors_and_harms_nothing(nodes: NodeFactory) 
         sock.sendall(conn.data_to_send())
         b.wait_until(lambda: b.status()["chat"]["rejected"] >= 2, what="both refused and counted")
     assert b.call("chat.conversations") == []
-    # and chat still works
+    with pytest.raises(RemoteError, match="list of 1 to 100"):
+        a.call("chat.send", peer="ben", texts=[])
+    with pytest.raises(RemoteError, match="list of 1 to 100"):
+        a.call("chat.send", peer="ben", texts=["ok", 3])
+    # and chat still works, one message or several in one call
     a.call("chat.send", peer="ben", text="still fine")
-    b.wait_until(lambda: [m["text"] for m in log(b, "ann")] == ["still fine"], what="normal service")
+    batch = a.call("chat.send", peer="ben", texts=["one", "two", "three"])
+    assert [m["seq"] for m in batch] == [2, 3, 4]
+    b.wait_until(lambda: [m["text"] for m in log(b, "ann")] == ["still fine", "one", "two", "three"], what="normal service")
 
 
 def test_chat_watch_streams_new_messages(nodes: NodeFactory) -> None:
