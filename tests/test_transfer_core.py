@@ -1,0 +1,118 @@
+"""File drop, sans-IO: hostile names, the offer codec, chunk verification and the file root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lannode.core.transfer import (
+    CHUNK_HEADER_BYTES,
+    BadOffer,
+    FileProgress,
+    Offer,
+    OfferedFile,
+    UnsafeName,
+    chunk_count,
+    decode_chunk,
+    encode_chunk_header,
+    file_root,
+    hash_chunk,
+    safe_relative_path,
+)
+
+HOSTILE = [
+    "../etc/passwd",
+    "a/../../b",
+    "/etc/passwd",
+    "a//b",
+    "a/./b",
+    "./a",
+    "a/",
+    "..",
+    "nul\x00byte",
+    "line\nbreak",
+    "esc\x1b[31m",
+    "back\\slash",
+    "..\\..\\windows",
+    "x" * 256,
+    "a/" * 2100 + "b",
+    "\udcff surrogate",
+    "",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_names_are_refused(name: str) -> None:
+    with pytest.raises(UnsafeName):
+        safe_relative_path(name)
+
+
+def test_device_names_are_renamed_and_good_names_kept() -> None:
+    assert safe_relative_path("CON") == "_CON"
+    assert safe_relative_path("docs/nul.txt") == "docs/_nul.txt"
+    assert safe_relative_path("com1.tar.gz") == "_com1.tar.gz"
+    assert safe_relative_path("console.txt") == "console.txt"
+    assert safe_relative_path("Fotos/Ürlaub 2026/🌊 beach.jpg") == "Fotos/Ürlaub 2026/🌊 beach.jpg"
+    assert safe_relative_path(".hidden/..dots..") == ".hidden/..dots.."
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(list("ab./\\\x00\n :é") + ["..", "CON", "nul."]), max_size=30).map("".join))
+def test_any_name_is_refused_or_stays_inside_the_folder(name: str) -> None:
+    try:
+        safe = safe_relative_path(name)
+    except UnsafeName:
+        return
+    root = Path("/downloads/here")
+    target = Path(os.path.normpath(root / safe))
+    assert target.is_relative_to(root) and target != root
+    assert ".." not in Path(safe).parts and not Path(safe).is_absolute()
+
+
+def offered(path: str, data: bytes, chunk_size: int = 4096) -> OfferedFile:
+    chunks = tuple(hash_chunk(data[i : i + chunk_size]) for i in range(0, max(len(data), 1), chunk_size))
+    return OfferedFile(path, len(data), chunks)
+
+
+def test_an_offer_survives_its_encoding_and_bad_offers_are_refused() -> None:
+    files = (offered("a.txt", b"x" * 10000), offered("empty", b""), offered("dir/b.bin", os.urandom(4096)))
+    offer = Offer("ab" * 16, files, 4096)
+    again = Offer.decode(offer.encode())
+    assert again == offer and again.total == 14096
+    assert [chunk_count(f.size, 4096) for f in again.files] == [3, 1, 1]
+    for bad in (b"[]", b"{", b'{"id":"x"}', offer.encode().replace(b'"size":10000', b'"size":20000'), offer.encode().replace(b'"chunk_size":4096', b'"chunk_size":1')):
+        with pytest.raises(BadOffer):
+            Offer.decode(bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_bytes_decode_as_an_offer_or_raise_bad_offer(data: bytes) -> None:
+    try:
+        Offer.decode(data)
+    except BadOffer:
+        pass
+
+
+def test_chunks_verify_in_order_and_the_root_covers_the_whole_file() -> None:
+    data = os.urandom(10000)
+    f = offered("f", data)
+    progress = FileProgress(f, 4096)
+    assert not progress.accept_chunk(1, data[4096:8192]), "out of order"
+    assert not progress.accept_chunk(0, data[:4095] + b"!"), "corrupt"
+    for i in range(3):
+        assert progress.accept_chunk(i, data[i * 4096 : (i + 1) * 4096])
+        progress.verified += 1
+    assert progress.done and progress.bytes_done == 10000
+    assert f.root == file_root(len(data), [hash_chunk(data[i : i + 4096]) for i in range(0, 10000, 4096)])
+    assert f.root != offered("f", data[:-1] + bytes([data[-1] ^ 1])).root
+    header = encode_chunk_header("cd" * 16, 7, 123456789)
+    assert len(header) == CHUNK_HEADER_BYTES
+    tid, file_index, chunk_index, payload = decode_chunk(header + b"payload")
+    assert (tid, file_index, chunk_index, bytes(payload)) == ("cd" * 16, 7, 123456789, b"payload")
+    with pytest.raises(BadOffer):
+        decode_chunk(header[:5])
