@@ -190,11 +190,14 @@ def test_a_node_outside_the_group_cannot_read_it(nodes: NodeFactory) -> None:
             conn.send_message(CHANNEL_CHAT, encode_frame(SyncFrame(group_conversation(gid), {})))
             sock.sendall(conn.data_to_send())
             sock.settimeout(5)
+            answer = b""
             deadline = time.monotonic() + 5
-            while b'"synced"' not in received and time.monotonic() < deadline:
+            while b'"synced"' not in answer and time.monotonic() < deadline:
                 conn.receive_data(sock.recv(65536))
                 for event in conn.events():
-                    received += getattr(event, "data", b"")
+                    answer += getattr(event, "data", b"")
+            assert b'"synced"' in answer, "ann answers, with nothing"
+            received += answer
     assert b"launch code" not in received
     assert a.status()["chat"]["rejected"] >= before + 2
     # and cat's disk never had it

@@ -116,3 +116,54 @@ def test_chunks_verify_in_order_and_the_root_covers_the_whole_file() -> None:
     assert (tid, file_index, chunk_index, bytes(payload)) == ("cd" * 16, 7, 123456789, b"payload")
     with pytest.raises(BadOffer):
         decode_chunk(header[:5])
+
+
+# -- the sender's files and the receiver's checks (lannode/transfer.py) --------------------------
+
+from lannode.transfer import TransferError, check_offer, hash_file, make_offer, scan  # noqa: E402
+
+
+def test_a_folder_is_offered_with_its_structure_and_odd_entries_are_skipped(tmp_path: Path) -> None:
+    root = tmp_path / "album"
+    (root / "2026" / "summer").mkdir(parents=True)
+    (root / "2026" / "summer" / "sea.jpg").write_bytes(os.urandom(9000))
+    (root / "notes.txt").write_text("hello")
+    (root / "empty").write_bytes(b"")
+    (root / "link").symlink_to(root / "notes.txt")
+    os.mkfifo(root / "pipe")
+    single = tmp_path / "single.bin"
+    single.write_bytes(b"1" * 5000)
+    files, skipped = scan([root, single])
+    assert [f.name for f in files] == ["album/empty", "album/notes.txt", "album/2026/summer/sea.jpg", "single.bin"]
+    assert sorted(s.split(": ")[1] for s in skipped) == ["a symbolic link", "not a regular file"]
+    offer = make_offer("ab" * 16, files, chunk_size=4096)
+    assert [chunk_count(f.size, 4096) for f in offer.files] == [1, 1, 3, 2]
+    sea = offer.files[2]
+    data = (root / "2026" / "summer" / "sea.jpg").read_bytes()
+    assert sea.root == file_root(9000, [hash_chunk(data[i : i + 4096]) for i in range(0, 9000, 4096)])
+    # a file that changes between the scan and the hashing is caught
+    (root / "notes.txt").write_text("hello, changed")
+    with pytest.raises(TransferError, match="changed"):
+        hash_file(files[1], 4096)
+    with pytest.raises(TransferError, match="cannot read"):
+        scan([tmp_path / "missing"])
+
+
+def test_an_offer_is_checked_before_anything_is_written(tmp_path: Path) -> None:
+    downloads = tmp_path / "downloads"
+
+    def offer_of(*names: str, size: int = 10) -> Offer:
+        return Offer("ab" * 16, tuple(offered(n, b"x" * size) for n in names), 4096)
+
+    assert check_offer(offer_of("a.txt", "A.txt", "dir/b", "CON"), downloads, limit=1 << 30) == ["a.txt", "A.txt", "dir/b", "_CON"]
+    with pytest.raises(TransferError, match="absolute path.*'..' component"):
+        check_offer(offer_of("/etc/passwd", "x/../../y"), downloads, limit=1 << 30)
+    with pytest.raises(TransferError, match="same name"):
+        check_offer(offer_of("a", "a"), downloads, limit=1 << 30)
+    with pytest.raises(TransferError, match="both a file and a folder"):
+        check_offer(offer_of("a", "a/b"), downloads, limit=1 << 30)
+    with pytest.raises(TransferError, match="over this node's limit"):
+        check_offer(offer_of("big", size=5000), downloads, limit=4000)
+    with pytest.raises(TransferError, match="not enough free space"):
+        check_offer(offer_of("a"), downloads, limit=1 << 60, reserve=1 << 60)
+    assert list(downloads.iterdir()) == []
