@@ -8,6 +8,7 @@ node's stderr goes to ``node.log`` in its home and is printed when a test fails.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 import random
 import shutil
 import signal
@@ -228,3 +229,19 @@ def pid_alive(pid: int) -> bool:
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "lannode", *args], capture_output=True, text=True, env=full_env, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@contextmanager
+def raw_link(key: Any, peer: dict[str, Any]) -> Iterator[tuple[Any, socket.socket]]:
+    """A hand-driven peer link to ``peer`` (a ``peer.list`` record) with ``key``: the test
+    speaks the link protocol itself, to send what a real node never would."""
+    from lannode.core.link import LinkConnection, Role
+
+    host, port = peer["addresses"]["link"].rsplit(":", 1)
+    conn = LinkConnection(key, Role.DIALER, expected_node_id=peer["node_id"])
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(conn.data_to_send())
+        while conn.state.value != "open":
+            conn.receive_data(sock.recv(65536))
+            sock.sendall(conn.data_to_send())
+        yield conn, sock

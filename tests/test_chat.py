@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from typing import Any
 
@@ -14,10 +13,9 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from lannode.core.chat import BadFrame, ChatError, ChatMessage, MessageFrame, check_text, decode_frame, dm_conversation, encode_frame, new_message_id
-from lannode.core.link import LinkConnection, Role
 from lannode.net.api_client import RemoteError
 
-from conftest import NodeFactory, RunningNode, run_cli
+from conftest import NodeFactory, RunningNode, raw_link, run_cli
 
 CHANNEL_CHAT = 3
 
@@ -136,14 +134,7 @@ def test_bad_chat_input_gets_clear_errors_and_harms_nothing(nodes: NodeFactory) 
         a.call("chat.log", conversation="group/none")
     # a stranger links to ben and sends garbage, a forged message and someone else's 1:1 message
     ben = next(p for p in a.call("peer.list") if p["name"] == "ben")
-    host, port = ben["addresses"]["link"].rsplit(":", 1)
-    stranger = SigningKey.generate()
-    conn = LinkConnection(stranger, Role.DIALER, expected_node_id=ben["node_id"])
-    with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(conn.data_to_send())
-        while conn.state.value != "open":
-            conn.receive_data(sock.recv(65536))
-            sock.sendall(conn.data_to_send())
+    with raw_link(SigningKey.generate(), ben) as (conn, sock):
         conn.send_message(CHANNEL_CHAT, b"\xff not json")
         forged = message(SigningKey.generate(), ben["node_id"])  # signed by someone else than the link's peer
         conn.send_message(CHANNEL_CHAT, encode_frame(MessageFrame(forged)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import socket
 import time
 from typing import Any
 
@@ -14,11 +13,10 @@ from nacl.signing import SigningKey
 
 from lannode.core.chat import ChatMessage, SyncFrame, encode_frame, new_message_id
 from lannode.core.groups import fold, group_conversation, op_text
-from lannode.core.link import LinkConnection, Role
 from lannode.identity import Identity, node_id_for
 from lannode.net.api_client import RemoteError
 
-from conftest import NodeFactory, RunningNode, run_cli
+from conftest import NodeFactory, RunningNode, raw_link, run_cli
 from test_chat import network
 
 CHANNEL_CHAT = 3
@@ -176,17 +174,11 @@ def test_a_node_outside_the_group_cannot_read_it(nodes: NodeFactory) -> None:
     b.wait_until(lambda: texts(b, gid) == ["the launch code is 0000"], what="ben has it")
     # cat (and a stranger with a fresh key) ask ann for the group's history over a link
     ann = next(p for p in b.call("peer.list") if p["name"] == "ann")
-    host, port = ann["addresses"]["link"].rsplit(":", 1)
     before = a.status()["chat"]["rejected"]
     received = b""
     cat_key = Identity.load_or_create(c.home.path).signing_key  # cat's own identity: a known peer, not a member
     for key in (cat_key, SigningKey.generate()):
-        conn = LinkConnection(key, Role.DIALER, expected_node_id=ann["node_id"])
-        with socket.create_connection((host, int(port))) as sock:
-            sock.sendall(conn.data_to_send())
-            while conn.state.value != "open":
-                conn.receive_data(sock.recv(65536))
-                sock.sendall(conn.data_to_send())
+        with raw_link(key, ann) as (conn, sock):
             conn.send_message(CHANNEL_CHAT, encode_frame(SyncFrame(group_conversation(gid), {})))
             sock.sendall(conn.data_to_send())
             sock.settimeout(5)
