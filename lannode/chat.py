@@ -269,7 +269,8 @@ class Ticket:
         return self._counts
 
 
-def message_record(row: sqlite3.Row, me: str) -> dict[str, Any]:
+def message_record(row: Any, me: str) -> dict[str, Any]:
+    """The API's record of a message: from a ``messages`` row, or anything indexed the same way."""
     record = {
         "id": row["id"],
         "conversation": row["conversation"],
@@ -965,32 +966,15 @@ def _message_frame(body: str) -> bytes:
     return b'{"t":"msg","m":' + body.encode() + b"}"
 
 
-_INSERT = (
-    "INSERT INTO messages (id, conversation, sender, seq, lamport, sent_at, received_at, text, body, outgoing, kind) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+_COLUMNS = ("id", "conversation", "sender", "seq", "lamport", "sent_at", "received_at", "text", "body", "outgoing", "kind")
+_INSERT = f"INSERT INTO messages ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 _INSERT_IGNORE = _INSERT.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
 
 
 def _record(message: ChatMessage, *, outgoing: bool, received_at: int) -> dict[str, Any]:
-    """The API's record of a message just stored (what ``message_record`` reads back)."""
-    record: dict[str, Any] = {
-        "id": message.id,
-        "conversation": message.conversation,
-        "sender": message.sender,
-        "direction": "out" if outgoing else "in",
-        "kind": message.kind,
-        "seq": message.seq,
-        "lamport": message.lamport,
-        "sent_at": message.sent_at,
-        "received_at": received_at,
-        "text": message.text,
-        "delivered_at": None,
-        "read_at": None,
-    }
-    if message.kind == "group":
-        record["op"] = json.loads(message.text)
-    return record
+    """The API's record of a message just stored, without reading it back."""
+    row = dict(zip(_COLUMNS, _row(message, "", outgoing=outgoing, received_at=received_at)), delivered_at=None, read_at=None)
+    return message_record(row, "")
 
 
 def _row(message: ChatMessage, body: str, *, outgoing: bool, received_at: int) -> tuple[Any, ...]:
