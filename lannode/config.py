@@ -87,6 +87,21 @@ def _name(value: Any) -> str | None:
     return None
 
 
+def _downloads(value: Any) -> str | None:
+    if not isinstance(value, str) or "\x00" in value:
+        return "expected a folder path, or \"\" for the home's downloads folder"
+    return None
+
+
+_BASE32 = set("abcdefghijklmnopqrstuvwxyz234567")
+
+
+def _node_ids(value: Any) -> str | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) and len(v) == 24 and set(v) <= _BASE32 for v in value):
+        return "expected a list of node ids (24 characters each, as `lannode peers` shows them)"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     section: str
@@ -118,6 +133,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("gossip", "unicast_port", 0, "UDP port for this node's probes and replies; 0 picks a free one.", _port),
     Option("zeroconf", "enabled", True, "Advertise the node over mDNS/DNS-SD (_lannode._tcp) and find others that way too.", None),
     Option("links", "port", 0, "TCP port for peer links (encrypted, between daemons); 0 picks a free one.", _port),
+    Option("transfer", "downloads", "", 'Folder where received files land; "" = the downloads folder in the node\'s home. ~ is expanded.', _downloads),
+    Option("transfer", "max_bytes", 100_000_000_000, "Largest transfer accepted, in bytes; a bigger offer is declined.", _positive),
+    Option("transfer", "auto_accept", [], "Node ids whose file offers are accepted without asking (people you trust).", _node_ids),
 )
 
 OPTIONS_BY_KEY: dict[str, Option] = {option.dotted: option for option in OPTIONS}
@@ -152,6 +170,8 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         escaped = value.replace("\\", "\\\\").replace('"', '\\"')
         return f'"{escaped}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"no TOML rendering for {type(value).__name__}")
 
 

@@ -31,6 +31,7 @@ from lannode.peers import PeerService
 from lannode.chat import ChatService
 from lannode.rtc import RtcService
 from lannode.store import StoreService
+from lannode.transfer import TransferService
 from lannode.plugins.supervisor import PluginSupervisor, check_origin
 
 log = logging.getLogger("lannode.node")
@@ -68,6 +69,8 @@ class Node:
         self.store.register_methods(self.api)
         self.chat = ChatService(settings.home.path, settings.identity, self.peers, self.bus)
         self.chat.register_methods(self.api)
+        self.transfers = TransferService(settings.home.path, settings.config, settings.identity, self.peers, self.bus)
+        self.transfers.register_methods(self.api)
         self.rtc = RtcService(settings.identity, settings.name, self.peers, self.store, self.bus, self.api)
         self.started_wall = time.time()
         self.started = time.monotonic()
@@ -94,6 +97,7 @@ class Node:
             "store": self.store.statistics(),
             "chat": self.chat.statistics(),
             "rtc": self.rtc.statistics(),
+            "transfers": self.transfers.statistics(),
             "zeroconf": self.peers.dnssd.statistics() if self.peers.dnssd else {"enabled": False},
         }
 
@@ -136,6 +140,7 @@ class Node:
                 await nursery.start(self.peers.run)
                 await nursery.start(self.store.run)
                 await nursery.start(self.chat.run)
+                await nursery.start(self.transfers.run)
                 port = await nursery.start(self.api.serve, s.config.get("api.port"))
                 url = f"ws://127.0.0.1:{port}{api.API_PATH}"
                 info = {"url": url, "token": self.token, "pid": os.getpid(), "node_id": s.identity.node_id, "api": api.API_VERSION}

@@ -8,14 +8,47 @@ folder. The transfer service (the peer-link channel, resume, progress, the
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
+import json
+import logging
+import math
 import os
+import secrets
 import shutil
+import socket
 import stat
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
-from lannode.core.transfer import CHUNK_SIZE, Offer, OfferedFile, UnsafeName, hash_chunk, safe_relative_path
+import trio
+
+from lannode.bulk import BulkError, Meter, Sink, Source, SourceChanged, receive_files, send_files, verified_prefix
+from lannode.core import api
+from lannode.core.link import AES_GCM
+from lannode.core.membership import State
+from lannode.core.transfer import (
+    BULK_HELLO_BYTES,
+    CHUNK_SIZE,
+    SECRET_BYTES,
+    TOKEN_BYTES,
+    BadOffer,
+    FileProgress,
+    Offer,
+    OfferedFile,
+    UnsafeName,
+    hash_chunk,
+    parse_bulk_hello,
+    safe_relative_path,
+)
+from lannode.files import write_private
+from lannode.net.api_server import ApiServer, require
+from lannode.net.links import Link, LinkError
+
+log = logging.getLogger("lannode.transfer")
+T = TypeVar("T")
 
 
 class TransferError(Exception):
@@ -141,3 +174,689 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+# -- the service -----------------------------------------------------------------------------------
+# Control messages travel on the peer link (channel 5) as JSON objects with a "t":
+#   offer   sender -> receiver: the offer; sent again after any failure or restart
+#   pending receiver -> sender: a person has to decide
+#   accept  receiver -> sender: a fresh secret and one-time token for a bulk connection
+#   decline receiver -> sender (with a reason), cancel either way (with a reason)
+#   update  sender -> receiver: a file changed since the offer; its new entry
+#   done    receiver -> sender: every file is in place
+# The data itself goes over the bulk connection (lannode.bulk).
+
+CHANNEL_TRANSFER = 5
+PARTIAL_DIR = ".lannode-partial"
+RETRY_MIN, RETRY_MAX = 1.0, 30.0
+TERMINAL = ("done", "declined", "cancelled", "failed")
+PROGRESS_EVERY = 0.25
+
+
+def new_transfer_id() -> str:
+    return secrets.token_hex(16)
+
+
+@dataclass(eq=False)
+class Transfer:
+    id: str
+    direction: str  # "out" or "in"
+    peer: str
+    peer_name: str
+    offer: Offer
+    state: str  # hashing, offered, pending, active, done, declined, cancelled, failed
+    reason: str = ""
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+    sources: list[tuple[str, int, int]] = field(default_factory=list)  # out: (path, size, mtime_ns) per file
+    paths: list[str] = field(default_factory=list)  # in: the safe relative path of each file
+    # not persisted
+    meter: Meter = field(default_factory=Meter)
+    inbox: "trio.MemorySendChannel[dict[str, Any]] | None" = None
+    worker: trio.CancelScope | None = None
+    progress: list[FileProgress] = field(default_factory=list)
+    done_files: set[int] = field(default_factory=set)
+    rate: float = 0.0
+    _last: tuple[float, int] = (0.0, 0)
+    resent: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.offer.total
+
+    def to_disk(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "direction": self.direction,
+            "peer": self.peer,
+            "peer_name": self.peer_name,
+            "offer": json.loads(self.offer.encode()),
+            "state": self.state,
+            "reason": self.reason,
+            "created": self.created,
+            "finished": self.finished,
+            "sources": self.sources,
+            "paths": self.paths,
+        }
+
+    @classmethod
+    def from_disk(cls, data: dict[str, Any]) -> "Transfer":
+        offer = Offer.decode(json.dumps(data["offer"]).encode())
+        return cls(
+            id=data["id"],
+            direction=data["direction"],
+            peer=data["peer"],
+            peer_name=data.get("peer_name", ""),
+            offer=offer,
+            state=data["state"],
+            reason=data.get("reason", ""),
+            created=data.get("created", time.time()),
+            finished=data.get("finished"),
+            sources=[tuple(s) for s in data.get("sources", [])],
+            paths=list(data.get("paths", [])),
+        )
+
+    def record(self) -> dict[str, Any]:
+        done = self.total if self.state == "done" else self.meter.bytes_done
+        remaining = max(0, self.total - done)
+        return {
+            "id": self.id,
+            "direction": self.direction,
+            "peer": self.peer,
+            "peer_name": self.peer_name,
+            "state": self.state,
+            "reason": self.reason,
+            "files": len(self.offer.files),
+            "files_done": len(self.offer.files) if self.state == "done" else len(self.done_files) if self.direction == "in" else self.meter.files_done,
+            "bytes": done,
+            "total": self.total,
+            "rate": round(self.rate),
+            "eta": round(remaining / self.rate, 1) if self.rate > 0 and self.state == "active" else None,
+            "names": [f.path for f in self.offer.files[:20]],
+            "created": self.created,
+            "finished": self.finished,
+            "current": self._current(),
+        }
+
+    def _current(self) -> dict[str, Any] | None:
+        index = self.meter.file_index
+        if self.state != "active" or not 0 <= index < len(self.offer.files):
+            return None
+        f = self.offer.files[index]
+        return {"index": index, "name": f.path, "size": f.size, "bytes": min(f.size, self.meter.file_bytes)}
+
+
+class TransferService:
+    """File drop: offers, decisions, the bulk workers, resume and progress."""
+
+    def __init__(self, home_path: Path, config: Any, identity: Any, peers: Any, bus: Any) -> None:
+        self.home_path = home_path
+        self.dir = home_path / "transfers"
+        configured = config.get("transfer.downloads")
+        self.downloads = Path(configured).expanduser() if configured else home_path / "downloads"
+        self.limit = int(config.get("transfer.max_bytes"))
+        self.auto_accept = set(config.get("transfer.auto_accept"))
+        self.me = identity.node_id
+        self.peers = peers
+        self.bus = bus
+        self.transfers: dict[str, Transfer] = {}
+        self._tokens: dict[bytes, tuple[str, bytes]] = {}  # one-time token -> (transfer id, secret)
+        self._nursery: trio.Nursery | None = None
+        self.refused: dict[str, int] = {}
+        self.bytes_sent = 0  # file bytes this process handed to bulk connections (resends included)
+        peers.links.handle(CHANNEL_TRANSFER, self._on_frame)
+        peers.links.bulk_handler = self._on_bulk
+        peers.state_listeners.append(self._on_peer_state)
+
+    # -- life --------------------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        loaded = await trio.to_thread.run_sync(self._load)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for t in loaded:
+                self.transfers[t.id] = t
+                if t.direction == "out" and t.state in ("offered", "pending", "active"):
+                    self._start_out(t)
+                elif t.direction == "in" and t.state == "active":
+                    await self._prepare_in(t)
+            nursery.start_soon(self._report_progress)
+            task_status.started()
+            await trio.sleep_forever()
+
+    def _load(self) -> list[Transfer]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        loaded = []
+        for path in sorted(self.dir.glob("*.json")):
+            try:
+                loaded.append(Transfer.from_disk(json.loads(path.read_text())))
+            except (OSError, ValueError, KeyError, TypeError, BadOffer) as exc:
+                log.warning("ignoring a broken transfer record %s: %s", path, exc)
+        return loaded
+
+    def _save(self, t: Transfer) -> None:
+        write_private(self.dir / f"{t.id}.json", json.dumps(t.to_disk()).encode())
+
+    def _set_state(self, t: Transfer, state: str, reason: str = "") -> None:
+        t.state = state
+        t.reason = reason
+        if state in TERMINAL:
+            t.finished = time.time()
+            if t.worker is not None:
+                t.meter.stop()
+        self._save(t)
+        log.info("transfer %s (%s %s): %s%s", t.id[:8], "to" if t.direction == "out" else "from", t.peer_name or t.peer, state, f": {reason}" if reason else "")
+        self.bus.publish("transfer.state", t.record())
+
+    def statistics(self) -> dict[str, Any]:
+        states: dict[str, int] = {}
+        for t in self.transfers.values():
+            states[t.state] = states.get(t.state, 0) + 1
+        return {"transfers": states, "refused": dict(self.refused), "downloads": str(self.downloads), "bytes_sent": self.bytes_sent}
+
+    def _refuse(self, why: str) -> None:
+        self.refused[why] = self.refused.get(why, 0) + 1
+
+    def find(self, text: str) -> Transfer:
+        t = self.transfers.get(text)
+        if t is not None:
+            return t
+        matches = [t for i, t in self.transfers.items() if len(text) >= 4 and i.startswith(text.lower())]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"{text!r} matches {len(matches)} transfers; give more of the id")
+        raise api.ApiError(api.ErrorCode.NOT_FOUND, f"no transfer {text!r} (lannode transfers lists them)")
+
+    async def _link_send(self, peer: str, message: dict[str, Any]) -> None:
+        await self.peers.links.send(peer, CHANNEL_TRANSFER, json.dumps(message, separators=(",", ":")).encode())
+
+    async def _try_send(self, peer: str, message: dict[str, Any]) -> bool:
+        try:
+            await self._link_send(peer, message)
+            return True
+        except LinkError as exc:
+            log.debug("transfer message to %s not sent: %s", peer, exc)
+            return False
+
+    # -- sending -----------------------------------------------------------------------------------
+    async def send(self, peer_text: str, paths: list[str]) -> tuple[Transfer, list[str]]:
+        member = self.peers.resolve(peer_text)
+        if member.node_id == self.me:
+            raise api.ApiError(api.ErrorCode.BAD_PARAMS, "that is this node; send to a peer")
+        try:
+            files, skipped = await trio.to_thread.run_sync(scan, [Path(p) for p in paths])
+            offer = await trio.to_thread.run_sync(make_offer, new_transfer_id(), files)
+        except TransferError as exc:
+            raise api.ApiError(api.ErrorCode.BAD_PARAMS, str(exc)) from None
+        t = Transfer(
+            id=offer.id,
+            direction="out",
+            peer=member.node_id,
+            peer_name=member.presence.name,
+            offer=offer,
+            state="offered",
+            sources=[(str(f.path.absolute()), f.size, f.mtime_ns) for f in files],
+        )
+        if skipped:
+            log.info("transfer %s skips %d entries: %s", t.id[:8], len(skipped), "; ".join(skipped[:5]))
+        self.transfers[t.id] = t
+        self._set_state(t, "offered")
+        self._start_out(t)
+        return t, skipped
+
+    def _start_out(self, t: Transfer) -> None:
+        assert self._nursery is not None
+        send, receive = trio.open_memory_channel[dict[str, Any]](64)
+        t.inbox = send
+        self._nursery.start_soon(self._drive_out, t, receive)
+
+    async def _drive_out(self, t: Transfer, inbox: "trio.MemoryReceiveChannel[dict[str, Any]]") -> None:
+        """The sender's loop: offer, wait for a decision, stream, and start over after any
+        failure (the receiver says where to resume)."""
+        delay = RETRY_MIN
+        carry: dict[str, Any] | None = None
+        with trio.CancelScope() as scope:
+            t.worker = scope
+            while t.state not in TERMINAL:
+                reply, carry = carry, None
+                if reply is None or reply.get("t") == "wake":
+                    if not await self._try_send(t.peer, {"t": "offer", "offer": json.loads(t.offer.encode())}):
+                        carry = await _receive(inbox, delay)
+                        delay = min(RETRY_MAX, delay * 2)
+                        continue
+                    reply = await _receive(inbox, 10.0)
+                    while reply is not None and reply.get("t") == "pending":
+                        if t.state != "pending":
+                            self._set_state(t, "pending", "waiting for the receiver to accept")
+                        reply = await _receive(inbox, None)
+                    if reply is None or reply.get("t") == "wake":
+                        continue  # no answer, or the peer came back: offer again
+                kind = reply.get("t")
+                if kind in ("decline", "cancel"):
+                    self._set_state(t, "declined" if kind == "decline" else "cancelled", str(reply.get("reason", ""))[:500])
+                elif kind == "done":
+                    self._set_state(t, "done")
+                elif kind == "accept":
+                    if t.state != "active":
+                        self._set_state(t, "active")
+                    outcome = await self._stream_out(t, reply)
+                    if outcome == "done":
+                        self._set_state(t, "done")
+                    elif outcome == "retry":
+                        carry = await _receive(inbox, delay)
+                        delay = min(RETRY_MAX, delay * 2)
+                    else:
+                        delay = RETRY_MIN
+        t.worker = None
+
+    async def _stream_out(self, t: Transfer, accept: dict[str, Any]) -> str:
+        try:
+            secret = base64.b64decode(accept["secret"], validate=True)
+            token = bytes.fromhex(accept["token"])
+            aes = accept.get("cipher") == "aes-256-gcm" and AES_GCM
+        except (KeyError, ValueError, TypeError):
+            self._refuse("bad_accept")
+            return "retry"
+        address = self.peers._link_address(t.peer)
+        if address is None:
+            return "retry"
+        sources = [Source(Path(p), size, mtime, t.offer.chunk_size) for p, size, mtime in t.sources]
+        t.meter = Meter()
+        started = t.meter
+        try:
+            await run_in_thread(lambda: send_files(address, token, secret, aes, sources, started), started)
+        except SourceChanged as exc:
+            self.bytes_sent += started.sent
+            return await self._source_changed(t, exc)
+        except BulkError as exc:
+            self.bytes_sent += started.sent
+            if t.state in TERMINAL:
+                return "stopped"
+            log.info("transfer %s to %s interrupted: %s; resuming", t.id[:8], t.peer_name or t.peer, exc)
+            return "retry"
+        self.bytes_sent += started.sent
+        return "done"
+
+    async def _source_changed(self, t: Transfer, exc: SourceChanged) -> str:
+        """A file changed since the offer: hash it again, tell the receiver, start that file over."""
+        index = exc.index
+        path, _, _ = t.sources[index]
+        log.info("transfer %s: %s changed since it was offered; sending it again", t.id[:8], path)
+        try:
+            files, _ = await trio.to_thread.run_sync(scan, [Path(path)])
+            entry = await trio.to_thread.run_sync(hash_file, files[0], t.offer.chunk_size)
+        except TransferError as exc2:
+            self._set_state(t, "failed", str(exc2))
+            await self._try_send(t.peer, {"t": "cancel", "id": t.id, "reason": f"the sender cannot read a file any more: {exc2}"})
+            return "stopped"
+        entry = OfferedFile(t.offer.files[index].path, entry.size, entry.chunks, entry.mode)
+        files_now = list(t.offer.files)
+        files_now[index] = entry
+        t.offer = Offer(t.offer.id, tuple(files_now), t.offer.chunk_size)
+        t.sources[index] = (path, files[0].size, files[0].mtime_ns)
+        self._save(t)
+        if not await self._try_send(t.peer, {"t": "update", "id": t.id, "file": index, "entry": entry.to_json()}):
+            return "retry"
+        return "again"
+
+    # -- receiving ---------------------------------------------------------------------------------
+    async def _on_frame(self, link: Link, data: bytes) -> None:
+        try:
+            message = json.loads(data)
+            kind = message["t"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            self._refuse("malformed")
+            return
+        if kind == "offer":
+            await self._on_offer(link, message)
+            return
+        t = self.transfers.get(str(message.get("id", "")))
+        if t is None or t.peer != link.node_id:
+            self._refuse("unknown_transfer")
+            return
+        if t.direction == "out":
+            if t.inbox is not None and kind in ("pending", "accept", "decline", "cancel", "done"):
+                try:
+                    t.inbox.send_nowait(message)
+                except trio.WouldBlock:
+                    self._refuse("flooded")
+            return
+        if kind == "cancel" and t.state not in TERMINAL:
+            self._set_state(t, "cancelled", str(message.get("reason", "the sender cancelled"))[:500])
+            await self._cleanup_partial(t)
+        elif kind == "update":
+            await self._on_update(t, message)
+
+    async def _on_offer(self, link: Link, message: dict[str, Any]) -> None:
+        try:
+            offer = Offer.decode(json.dumps(message.get("offer")).encode())
+        except BadOffer as exc:
+            self._refuse("bad_offer")
+            await self._try_send(link.node_id, {"t": "decline", "id": str((message.get("offer") or {}).get("id", ""))[:32], "reason": f"a malformed offer: {exc}"})
+            return
+        t = self.transfers.get(offer.id)
+        if t is not None:
+            if t.peer != link.node_id or t.direction != "in":
+                self._refuse("foreign_id")
+                return
+            await self._answer(t)
+            return
+        member = self.peers.membership.members.get(link.node_id) if self.peers.membership else None
+        t = Transfer(id=offer.id, direction="in", peer=link.node_id, peer_name=member.presence.name if member else "", offer=offer, state="pending")
+        try:
+            t.paths = await trio.to_thread.run_sync(lambda: check_offer(offer, self.downloads, limit=self.limit, reserve=_reserve(self.downloads)))
+        except TransferError as exc:
+            self.transfers[t.id] = t
+            self._set_state(t, "declined", str(exc))
+            await self._answer(t)
+            return
+        except OSError as exc:
+            self.transfers[t.id] = t
+            self._set_state(t, "declined", f"refused: the downloads folder {self.downloads} cannot be used: {exc.strerror}")
+            await self._answer(t)
+            return
+        self.transfers[t.id] = t
+        if link.node_id in self.auto_accept:
+            await self.accept(t)
+            return
+        self._set_state(t, "pending", "")
+        self.bus.publish("transfer.offered", t.record())
+        await self._answer(t)
+
+    async def _answer(self, t: Transfer) -> None:
+        """Tell the sender where its offer stands (after its offer, or a decision here)."""
+        if t.state == "pending":
+            await self._try_send(t.peer, {"t": "pending", "id": t.id})
+        elif t.state == "active":
+            secret, token = secrets.token_bytes(SECRET_BYTES), secrets.token_bytes(TOKEN_BYTES)
+            self._tokens = {k: v for k, v in self._tokens.items() if v[0] != t.id}
+            self._tokens[token] = (t.id, secret)
+            link = self.peers.links.links.get(t.peer)
+            cipher = link.cipher if link is not None else "xchacha20-poly1305"
+            await self._try_send(t.peer, {"t": "accept", "id": t.id, "secret": base64.b64encode(secret).decode(), "token": token.hex(), "cipher": cipher})
+        elif t.state == "done":
+            await self._try_send(t.peer, {"t": "done", "id": t.id})
+        elif t.state == "declined":
+            await self._try_send(t.peer, {"t": "decline", "id": t.id, "reason": t.reason})
+        else:
+            await self._try_send(t.peer, {"t": "cancel", "id": t.id, "reason": t.reason or t.state})
+
+    async def accept(self, t: Transfer) -> None:
+        if t.direction != "in" or t.state != "pending":
+            raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"transfer {t.id[:8]} is {t.state}, not waiting for a decision")
+        try:
+            t.paths = await trio.to_thread.run_sync(lambda: check_offer(t.offer, self.downloads, limit=self.limit, reserve=_reserve(self.downloads)))
+        except TransferError as exc:
+            self._set_state(t, "declined", str(exc))
+            await self._answer(t)
+            raise api.ApiError(api.ErrorCode.BAD_PARAMS, str(exc)) from None
+        self._set_state(t, "active")
+        await self._prepare_in(t)
+        await self._answer(t)
+
+    async def decline(self, t: Transfer, reason: str) -> None:
+        if t.direction != "in" or t.state != "pending":
+            raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"transfer {t.id[:8]} is {t.state}, not waiting for a decision")
+        self._set_state(t, "declined", reason or "declined by the receiver")
+        await self._answer(t)
+
+    async def cancel(self, t: Transfer) -> None:
+        if t.state in TERMINAL:
+            raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"transfer {t.id[:8]} is already {t.state}")
+        self._set_state(t, "cancelled", "cancelled here")
+        if t.worker is not None:
+            t.worker.cancel()
+        if t.direction == "in":
+            await self._cleanup_partial(t)
+        await self._try_send(t.peer, {"t": "cancel", "id": t.id, "reason": f"cancelled by {'the sender' if t.direction == 'out' else 'the receiver'}"})
+
+    def _partial(self, t: Transfer) -> Path:
+        return self.downloads / PARTIAL_DIR / t.id
+
+    async def _prepare_in(self, t: Transfer) -> None:
+        """Where each file stands: finished (the done log), or verified chunks of its .part."""
+
+        def scan_partial() -> tuple[list[FileProgress], set[int]]:
+            partial = self._partial(t)
+            partial.mkdir(parents=True, exist_ok=True)
+            done: set[int] = set()
+            log_path = partial / "done"
+            if log_path.exists():
+                for line in log_path.read_text().splitlines():
+                    index = line.split("\t", 1)[0]
+                    if index.isdigit():
+                        done.add(int(index))
+            progress = []
+            for i, f in enumerate(t.offer.files):
+                p = FileProgress(f, t.offer.chunk_size)
+                if i in done:
+                    p.restart_at(p.chunks)
+                else:
+                    p.restart_at(verified_prefix(partial / str(i), p))
+                progress.append(p)
+            return progress, done
+
+        t.progress, t.done_files = await trio.to_thread.run_sync(scan_partial)
+        t.meter = Meter(bytes_done=sum(p.position for p in t.progress))
+        for i, p in enumerate(t.progress):
+            if p.done and i not in t.done_files:
+                await trio.to_thread.run_sync(self._finish, t, i)
+
+    def _finish(self, t: Transfer, index: int) -> None:
+        """Rename a complete, verified file into place (worker thread). A name already taken
+        gets " (1)", " (2)"... before its extension, as browsers do."""
+        part = self._partial(t) / str(index)
+        relative = t.paths[index] if index < len(t.paths) else safe_relative_path(t.offer.files[index].path)
+        target = self.downloads / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        candidate, n = target, 0
+        while candidate.exists():
+            n += 1
+            stem, dot, ext = target.name.partition(".") if not target.name.startswith(".") else (target.name, "", "")
+            candidate = target.with_name(f"{stem} ({n}){dot}{ext}")
+        os.chmod(part, t.offer.files[index].mode & 0o777 & ~_UMASK)
+        os.rename(part, candidate)
+        with open(self._partial(t) / "done", "a") as log_file:
+            log_file.write(f"{index}\t{candidate.relative_to(self.downloads)}\n")
+        t.done_files.add(index)
+
+    async def _cleanup_partial(self, t: Transfer) -> None:
+        if t.worker is not None:
+            t.meter.stop()
+        await trio.to_thread.run_sync(lambda: shutil.rmtree(self._partial(t), ignore_errors=True))
+
+    async def _on_update(self, t: Transfer, message: dict[str, Any]) -> None:
+        """The sender's file changed: take its new entry (same name) and start that file over."""
+        try:
+            index = int(message["file"])
+            entry = Offer.decode(
+                json.dumps({"id": t.id, "chunk_size": t.offer.chunk_size, "files": [message["entry"]]}).encode()
+            ).files[0]
+        except (KeyError, ValueError, TypeError, BadOffer):
+            self._refuse("bad_update")
+            return
+        if not 0 <= index < len(t.offer.files) or entry.path != t.offer.files[index].path or index in t.done_files or t.state != "active":
+            self._refuse("bad_update")
+            return
+        files_now = list(t.offer.files)
+        files_now[index] = entry
+        new_offer = Offer(t.id, tuple(files_now), t.offer.chunk_size)
+        if new_offer.total > self.limit:
+            self._set_state(t, "cancelled", "the changed file makes the transfer larger than this node's limit")
+            await self._cleanup_partial(t)
+            await self._answer(t)
+            return
+        t.offer = new_offer
+        self._save(t)
+        (self._partial(t) / str(index)).unlink(missing_ok=True)
+        if t.progress:
+            t.progress[index] = FileProgress(entry, t.offer.chunk_size)
+
+    async def _on_bulk(self, stream: trio.SocketStream, first: bytes) -> None:
+        """A bulk connection from a sender: its token names the transfer; then the data
+        runs in a worker thread on the socket itself."""
+        try:
+            with trio.fail_after(10):
+                while len(first) < BULK_HELLO_BYTES:
+                    more = await stream.receive_some(BULK_HELLO_BYTES - len(first))
+                    if not more:
+                        raise BadOffer("the bulk hello ended early")
+                    first += more
+            token = parse_bulk_hello(first[:BULK_HELLO_BYTES])
+            if len(first) > BULK_HELLO_BYTES:
+                raise BadOffer("data before the receiver said where to start")
+        except (BadOffer, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+            self._refuse("bulk_hello")
+            log.debug("bulk connection refused: %s", exc)
+            await trio.aclose_forcefully(stream)
+            return
+        found = self._tokens.pop(token, None)
+        t = self.transfers.get(found[0]) if found else None
+        if found is None or t is None or t.state != "active":
+            self._refuse("bulk_token")
+            await trio.aclose_forcefully(stream)
+            return
+        secret = found[1]
+        if t.worker is not None:  # an older connection of this transfer: it is over
+            t.meter.stop()
+            t.worker.cancel()
+            with trio.move_on_after(10):
+                while t.worker is not None:
+                    await trio.sleep(0.01)
+        sock = socket.socket(fileno=stream.socket.detach())
+        link = self.peers.links.links.get(t.peer)
+        aes = link is not None and link.cipher == "aes-256-gcm"
+        sinks = [Sink(p, self._partial(t) / str(i), i in t.done_files) for i, p in enumerate(t.progress)]
+        meter = t.meter = Meter(bytes_done=sum(p.position for p in t.progress))
+        with trio.CancelScope() as scope:
+            t.worker = scope
+            try:
+                await run_in_thread(lambda: receive_files(sock, secret, aes, sinks, meter, lambda i: self._finish(t, i), self.downloads), meter)
+            except SourceChanged as exc:
+                log.info("transfer %s: file %d changed at the sender; waiting for its new version", t.id[:8], exc.index)
+            except BulkError as exc:
+                if t.state == "active":
+                    log.info("transfer %s from %s interrupted: %s; it resumes when the sender comes back", t.id[:8], t.peer_name or t.peer, exc)
+                    if "No space" in str(exc):
+                        self._set_state(t, "failed", f"the downloads folder is full: {exc}")
+                        await self._cleanup_partial(t)
+                        await self._answer(t)
+            else:
+                self._set_state(t, "done")
+                await trio.to_thread.run_sync(lambda: shutil.rmtree(self._partial(t), ignore_errors=True))
+            finally:
+                sock.close()
+                if t.worker is scope:
+                    t.worker = None
+
+    # -- progress ----------------------------------------------------------------------------------
+    def _on_peer_state(self, node_id: str, state: Any) -> None:
+        if state is not State.ALIVE:
+            return
+        for t in self.transfers.values():
+            if t.peer == node_id and t.direction == "out" and t.inbox is not None and t.state in ("offered", "active"):
+                try:
+                    t.inbox.send_nowait({"t": "wake"})
+                except trio.WouldBlock:
+                    pass
+
+    async def _report_progress(self) -> None:
+        while True:
+            await trio.sleep(PROGRESS_EVERY)
+            now = time.monotonic()
+            for t in list(self.transfers.values()):
+                if t.state != "active":
+                    continue
+                done = t.meter.bytes_done
+                last_at, last_bytes = t._last
+                if last_at:
+                    instant = max(0, done - last_bytes) / max(1e-3, now - last_at)
+                    t.rate = instant if t.rate == 0 else 0.7 * t.rate + 0.3 * instant
+                t._last = (now, done)
+                if done != last_bytes:
+                    self.bus.publish("transfer.progress", t.record())
+
+    # -- API ---------------------------------------------------------------------------------------
+    def register_methods(self, server: ApiServer) -> None:
+        async def transfer_send(params: dict[str, Any], caller: api.Principal) -> Any:
+            peer = require(params, "peer", str)
+            paths = require(params, "paths", list)
+            if not paths or not all(isinstance(p, str) for p in paths):
+                raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"paths" is a list of files and folders on this machine')
+            t, skipped = await self.send(peer, paths)
+            return {**t.record(), "skipped": skipped}
+
+        async def transfer_list(params: dict[str, Any], caller: api.Principal) -> Any:
+            return [t.record() for t in sorted(self.transfers.values(), key=lambda t: t.created)]
+
+        async def transfer_get(params: dict[str, Any], caller: api.Principal) -> Any:
+            return self.find(require(params, "id", str)).record()
+
+        async def transfer_accept(params: dict[str, Any], caller: api.Principal) -> Any:
+            t = self.find(require(params, "id", str))
+            await self.accept(t)
+            return t.record()
+
+        async def transfer_decline(params: dict[str, Any], caller: api.Principal) -> Any:
+            t = self.find(require(params, "id", str))
+            await self.decline(t, str(require(params, "reason", str, optional=True) or "")[:500])
+            return t.record()
+
+        async def transfer_cancel(params: dict[str, Any], caller: api.Principal) -> Any:
+            t = self.find(require(params, "id", str))
+            await self.cancel(t)
+            return t.record()
+
+        server.method("transfer.send", transfer_send, 'Offer {"paths": [...]} (files and folders here) to {"peer"}; progress comes as transfer.* events.', local_only=True)
+        server.method("transfer.list", transfer_list, "Every transfer, in and out, with state, bytes, rate and ETA.")
+        server.method("transfer.get", transfer_get, 'One transfer by {"id"} (or a unique prefix).')
+        server.method("transfer.accept", transfer_accept, 'Accept an offered transfer {"id"}; files land in the downloads folder.')
+        server.method("transfer.decline", transfer_decline, 'Decline an offered transfer {"id", "reason"?}.')
+        server.method("transfer.cancel", transfer_cancel, 'Cancel a transfer {"id"} either way; a receiver keeps no partial file.')
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def _reserve(downloads: Path) -> int:
+    """Free space to leave when accepting: 64 MB, or 5% of a small file system."""
+    try:
+        total = shutil.disk_usage(downloads if downloads.exists() else downloads.parent).total
+    except OSError:
+        return 64 << 20
+    return min(64 << 20, total // 20)
+
+
+async def _receive(inbox: "trio.MemoryReceiveChannel[dict[str, Any]]", timeout: float | None) -> dict[str, Any] | None:
+    """The next message, or None after ``timeout`` seconds (None: wait as long as it takes)."""
+    with trio.move_on_after(math.inf if timeout is None else timeout):
+        return await inbox.receive()
+    return None
+
+
+async def run_in_thread(fn: Callable[[], T], meter: Meter) -> T:
+    """Run blocking bulk work in a thread; if the caller is cancelled, stop the work
+    (``meter.stop()`` shuts its socket) and wait for the thread to return, so no thread
+    writes a file after its transfer was cancelled."""
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    async def watch() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            meter.stop()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        with trio.CancelScope(shield=True):
+            try:
+                result.append(await trio.to_thread.run_sync(fn))
+            except Exception as exc:  # raised outside the nursery, not as an ExceptionGroup
+                failure.append(exc)
+            finally:
+                nursery.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    return result[0]

@@ -10,15 +10,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lannode.core.transfer import (
-    CHUNK_HEADER_BYTES,
     BadOffer,
     FileProgress,
+    OutOfOrder,
+    ChunkMismatch,
+    TOKEN_BYTES,
+    R_DATA,
+    R_ACK,
+    R_CONTROL,
+    ack_record,
+    bulk_hello,
+    bulk_keys,
+    control_record,
+    data_header,
+    parse_bulk_hello,
+    parse_record,
     Offer,
     OfferedFile,
     UnsafeName,
     chunk_count,
-    decode_chunk,
-    encode_chunk_header,
     file_root,
     hash_chunk,
     safe_relative_path,
@@ -98,24 +108,62 @@ def test_any_bytes_decode_as_an_offer_or_raise_bad_offer(data: bytes) -> None:
         pass
 
 
-def test_chunks_verify_in_order_and_the_root_covers_the_whole_file() -> None:
+def test_chunks_verify_in_order_as_their_last_byte_arrives_and_the_root_covers_the_whole_file() -> None:
     data = os.urandom(10000)
     f = offered("f", data)
     progress = FileProgress(f, 4096)
-    assert not progress.accept_chunk(1, data[4096:8192]), "out of order"
-    assert not progress.accept_chunk(0, data[:4095] + b"!"), "corrupt"
-    for i in range(3):
-        assert progress.accept_chunk(i, data[i * 4096 : (i + 1) * 4096])
-        progress.verified += 1
-    assert progress.done and progress.bytes_done == 10000
+    with pytest.raises(OutOfOrder):
+        progress.feed(4096, data[4096:8192])
+    with pytest.raises(OutOfOrder, match="cross"):
+        progress.feed(0, data[:5000])
+    assert not progress.feed(0, data[:1000]) and progress.verified == 0 and progress.position == 1000
+    with pytest.raises(ChunkMismatch) as mismatch:
+        progress.feed(1000, data[1000:4095] + b"!")
+    assert mismatch.value.index == 0 and progress.position == 0, "back to the last verified chunk"
+    progress.restart_at(0)
+    for start in range(0, 10000, 1000):
+        end = min(10000, start + 1000)
+        if start < 8192 < end:
+            progress.feed(start, data[start:8192])
+            start = 8192
+        if start < 4096 < end:
+            progress.feed(start, data[start:4096])
+            start = 4096
+        complete = progress.feed(start, data[start:end])
+    assert complete and progress.done and progress.verified_bytes == 10000
     assert f.root == file_root(len(data), [hash_chunk(data[i : i + 4096]) for i in range(0, 10000, 4096)])
     assert f.root != offered("f", data[:-1] + bytes([data[-1] ^ 1])).root
-    header = encode_chunk_header("cd" * 16, 7, 123456789)
-    assert len(header) == CHUNK_HEADER_BYTES
-    tid, file_index, chunk_index, payload = decode_chunk(header + b"payload")
-    assert (tid, file_index, chunk_index, bytes(payload)) == ("cd" * 16, 7, 123456789, b"payload")
-    with pytest.raises(BadOffer):
-        decode_chunk(header[:5])
+    empty = FileProgress(offered("e", b""), 4096)
+    assert empty.feed(0, b"") and empty.done
+    resumed = FileProgress(f, 4096)
+    resumed.restart_at(2)
+    assert resumed.position == 8192 and resumed.feed(8192, data[8192:])
+
+
+def test_bulk_records_and_hello_round_trip_and_refuse_garbage() -> None:
+    token = os.urandom(TOKEN_BYTES)
+    assert parse_bulk_hello(bulk_hello(token)) == token
+    for bad in (b"LNL" + bytes(17), b"LNB\x09" + bytes(16), b"LNB"):
+        with pytest.raises(BadOffer):
+            parse_bulk_hello(bad)
+    kind, where, data = parse_record(data_header(7, 123456789) + b"payload")
+    assert (kind, where, bytes(data)) == (R_DATA, (7, 123456789), b"payload")
+    assert parse_record(ack_record(42))[:2] == (R_ACK, 42)
+    assert parse_record(control_record({"start": [0, -1]}))[:2] == (R_CONTROL, {"start": [0, -1]})
+    for bad in (b"", b"\x01abc", b"\x02" + bytes(3), b"\x03not json", b"\x03[1]", b"\x09"):
+        with pytest.raises(BadOffer):
+            parse_record(bad)
+    s2r, r2s = bulk_keys(bytes(32))
+    assert s2r != r2s and len(s2r) == len(r2s) == 32 and bulk_keys(bytes(31) + b"\x01") != (s2r, r2s)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_any_bulk_record_parses_or_raises_bad_offer(data: bytes) -> None:
+    try:
+        parse_record(data)
+    except BadOffer:
+        pass
 
 
 # -- the sender's files and the receiver's checks (lannode/transfer.py) --------------------------

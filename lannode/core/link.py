@@ -135,7 +135,9 @@ LinkEvent = Union[LinkEstablished, MessageReceived, Pong, LinkClosed]
 CLOSE_REASONS = ("closed", "magic", "version", "identity", "signature", "decrypt", "oversized", "protocol")
 
 
-class _Cipher:
+class RecordCipher:
+    """One direction of AEAD records: ``length (4) | AEAD(plaintext, nonce = counter, ad = length)``."""
+
     def __init__(self, key: bytes, aes: bool) -> None:
         self.key = key
         self.aes = aes
@@ -197,8 +199,8 @@ class LinkConnection:
         self._in = bytearray()
         self._out = bytearray(self._hello)
         self._events: deque[LinkEvent] = deque()
-        self._tx: _Cipher | None = None
-        self._rx: _Cipher | None = None
+        self._tx: RecordCipher | None = None
+        self._rx: RecordCipher | None = None
         self._partial: dict[int, bytearray] = {}
         self.cipher = ""
         self.bytes_sent = 0
@@ -320,7 +322,7 @@ class LinkConnection:
         if self._network_key is not None:
             rx, tx = (hashlib.blake2b(k, key=self._network_key, digest_size=32, person=b"lannode-link").digest() for k in (rx, tx))
         aes = self._aes_gcm and bool(flags & FLAG_AES_GCM)
-        self._rx, self._tx = _Cipher(rx, aes), _Cipher(tx, aes)
+        self._rx, self._tx = RecordCipher(rx, aes), RecordCipher(tx, aes)
         self.cipher = self._tx.name
         self._transcript = hashlib.blake2b(transcript, digest_size=32, person=b"lannode-link-th").digest()
         self.peer_public_key = node_key

@@ -161,39 +161,112 @@ class Offer:
         return cls(offer_id, tuple(parsed), chunk_size)
 
 
-# -- data frames ---------------------------------------------------------------------------------
-# A chunk travels as one binary message: a fixed header, then the chunk's bytes. The link
-# has already authenticated and decrypted it; the receiver still checks its hash, which is
-# what makes a resumed or corrupted-on-disk file safe.
+# -- the bulk connection -------------------------------------------------------------------------
+# File data does not travel inside the peer link's own TCP stream: a chunk queued there
+# would sit in the kernel's buffers ahead of every chat message and signal. After the
+# receiver accepts, it sends the sender (over the link, so encrypted and authenticated)
+# a fresh 32-byte secret and a one-time token. The sender opens a second TCP connection
+# to the receiver's link port and sends the bulk hello; both sides derive one key per
+# direction from the secret (keyed BLAKE2b) and exchange the link's AEAD records. A
+# connection per secret and counters from 0 mean no nonce is ever used twice with a key.
 
-_DATA = struct.Struct(">B16sIQ")  # kind, transfer id, file index, chunk index
-KIND_DATA = 1
+BULK_MAGIC = b"LNB"
+BULK_VERSION = 1
+_BULK_HELLO = struct.Struct(">3sB16s")  # magic, version, token
+BULK_HELLO_BYTES = _BULK_HELLO.size
+TOKEN_BYTES = 16
+SECRET_BYTES = 32
+
+R_DATA, R_ACK, R_CONTROL = 1, 2, 3
+_DATA_HEADER = struct.Struct(">BIQ")  # kind, file index, offset in the file; then the bytes
+_ACK = struct.Struct(">BQ")  # kind, payload bytes written to disk on this connection
+DATA_HEADER_BYTES = _DATA_HEADER.size
+RECORD_DATA = 256 * 1024  # file bytes per record (a record never crosses a chunk boundary)
 
 
-def encode_chunk_header(transfer_id: str, file_index: int, chunk_index: int) -> bytes:
-    return _DATA.pack(KIND_DATA, bytes.fromhex(transfer_id), file_index, chunk_index)
+def bulk_hello(token: bytes) -> bytes:
+    return _BULK_HELLO.pack(BULK_MAGIC, BULK_VERSION, token)
 
 
-def decode_chunk(data: bytes | memoryview) -> tuple[str, int, int, memoryview]:
-    if len(data) < _DATA.size:
-        raise BadOffer("a truncated chunk")
-    kind, raw_id, file_index, chunk_index = _DATA.unpack_from(data)
-    if kind != KIND_DATA:
-        raise BadOffer(f"unknown data frame kind {kind}")
-    return raw_id.hex(), file_index, chunk_index, memoryview(data)[_DATA.size :]
+def parse_bulk_hello(data: bytes) -> bytes:
+    """The token of a bulk hello; BadOffer if it is not one."""
+    if len(data) != _BULK_HELLO.size:
+        raise BadOffer("a truncated bulk hello")
+    magic, version, token = _BULK_HELLO.unpack(data)
+    if magic != BULK_MAGIC or version != BULK_VERSION:
+        raise BadOffer(f"not a lannode bulk connection (version {version})")
+    return bytes(token)
 
 
-CHUNK_HEADER_BYTES = _DATA.size
+def bulk_keys(secret: bytes) -> tuple[bytes, bytes]:
+    """(sender to receiver, receiver to sender) keys for one bulk connection."""
+    if len(secret) != SECRET_BYTES:
+        raise BadOffer("a bulk secret is 32 bytes")
+    return tuple(  # type: ignore[return-value]
+        hashlib.blake2b(b"", key=secret, person=person, digest_size=32).digest() for person in (b"lannode bulk s2r", b"lannode bulk r2s")
+    )
+
+
+def data_header(file_index: int, offset: int) -> bytes:
+    return _DATA_HEADER.pack(R_DATA, file_index, offset)
+
+
+def ack_record(written: int) -> bytes:
+    return _ACK.pack(R_ACK, written)
+
+
+def control_record(message: dict[str, Any]) -> bytes:
+    return bytes([R_CONTROL]) + json.dumps(message, separators=(",", ":")).encode()
+
+
+def parse_record(plaintext: bytes) -> tuple[int, Any, Any]:
+    """(R_DATA, (file index, offset), data view) | (R_ACK, written, None) | (R_CONTROL, dict, None)."""
+    if not plaintext:
+        raise BadOffer("an empty bulk record")
+    kind = plaintext[0]
+    if kind == R_DATA:
+        if len(plaintext) < _DATA_HEADER.size:
+            raise BadOffer("a truncated data record")
+        _, index, offset = _DATA_HEADER.unpack_from(plaintext)
+        return R_DATA, (index, offset), memoryview(plaintext)[_DATA_HEADER.size :]
+    if kind == R_ACK:
+        if len(plaintext) != _ACK.size:
+            raise BadOffer("a malformed ack")
+        return R_ACK, _ACK.unpack(plaintext)[1], None
+    if kind == R_CONTROL:
+        try:
+            message = json.loads(plaintext[1:])
+        except (ValueError, UnicodeDecodeError):
+            raise BadOffer("a control record is JSON") from None
+        if not isinstance(message, dict):
+            raise BadOffer("a control record is an object")
+        return R_CONTROL, message, None
+    raise BadOffer(f"unknown bulk record kind {kind}")
+
+
+class ChunkMismatch(Exception):
+    """A chunk whose bytes do not hash to what the offer promised: the source changed."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"chunk {index} does not match the offer")
+        self.index = index
+
+
+class OutOfOrder(Exception):
+    """Bytes for a place in a file other than where it stands."""
 
 
 @dataclass(slots=True)
 class FileProgress:
-    """What a receiver holds of one file: the verified chunks, contiguous from the start
-    (a chunk is written only after it verifies, and chunks of a file arrive in order)."""
+    """What a receiver holds of one file: ``position`` bytes in order, of which the first
+    ``verified`` chunks are hashed and match the offer. Bytes arrive in order; each
+    chunk is checked as soon as its last byte is in, without reading it again."""
 
     file: OfferedFile
     chunk_size: int
-    verified: int = 0  # chunks 0..verified-1 are on disk and match
+    verified: int = 0
+    position: int = 0
+    _hasher: Any = None
 
     @property
     def chunks(self) -> int:
@@ -204,7 +277,7 @@ class FileProgress:
         return self.verified >= self.chunks
 
     @property
-    def bytes_done(self) -> int:
+    def verified_bytes(self) -> int:
         return min(self.file.size, self.verified * self.chunk_size)
 
     def expected_length(self, index: int) -> int:
@@ -212,12 +285,29 @@ class FileProgress:
             return 0
         return min(self.chunk_size, self.file.size - index * self.chunk_size)
 
-    def accept_chunk(self, index: int, data: bytes | memoryview) -> bool:
-        """Whether this chunk is the next one and matches its hash (then it counts as verified
-        once written). A chunk out of order or corrupt is refused: the sender resends from
-        ``verified``."""
-        if index != self.verified or index >= self.chunks:
-            return False
-        if len(data) != self.expected_length(index) or hash_chunk(data) != self.file.chunks[index]:
-            return False
-        return True
+    def restart_at(self, verified: int) -> None:
+        """Continue after the first ``verified`` chunks (what a resumed receiver found good)."""
+        self.verified = min(verified, self.chunks)
+        self.position = self.verified_bytes
+        self._hasher = None
+
+    def feed(self, offset: int, data: bytes | memoryview) -> bool:
+        """Take the bytes at ``offset``; True when they completed the file. OutOfOrder if
+        they are not the next bytes; ChunkMismatch (position back at the last verified
+        chunk) if they complete a chunk that does not match."""
+        if offset != self.position or offset + len(data) > self.file.size or self.done:
+            raise OutOfOrder(f"{len(data)} bytes at {offset} of a file at {self.position} of {self.file.size}")
+        if self._hasher is None:
+            self._hasher = hashlib.sha256()
+        chunk_end = min(self.file.size, (self.verified + 1) * self.chunk_size)
+        if offset + len(data) > chunk_end:
+            raise OutOfOrder(f"bytes at {offset} cross the end of chunk {self.verified}")
+        self._hasher.update(data)
+        self.position += len(data)
+        if self.position == chunk_end:
+            digest, self._hasher = self._hasher.digest(), None
+            if digest != self.file.chunks[self.verified]:
+                self.position = self.verified_bytes
+                raise ChunkMismatch(self.verified)
+            self.verified += 1
+        return self.done

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import trio
 from nacl.signing import SigningKey
 
+from lannode.core.transfer import BULK_MAGIC
 from lannode.core.link import (
     MAX_RECORD_DATA,
     LinkClosed,
@@ -300,6 +301,7 @@ class LinkManager:
         self.on_established = on_established
         self.links: dict[str, Link] = {}
         self.handlers: dict[int, MessageHandler] = {}
+        self.bulk_handler: Callable[[trio.SocketStream, bytes], Awaitable[None]] | None = None  # gets the stream and its first bytes
         self.refused: Counter[str] = Counter()
         self.port = 0
         self._dials: dict[str, _DialState] = {}
@@ -368,7 +370,31 @@ class LinkManager:
         return await self._establish(stream, conn, dialed_by=self.node_id)
 
     async def _accept(self, stream: trio.SocketStream) -> None:
+        # A peer's first bytes say what the connection is: a link's hello, or a bulk
+        # connection (file data, keyed by a secret the link carried) for ``bulk_handler``.
+        first = b""
+        with trio.move_on_after(self.settings.handshake_timeout):
+            try:
+                while len(first) < len(BULK_MAGIC):
+                    data = await stream.receive_some(READ_SIZE)
+                    if not data:
+                        break
+                    first += data
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        if len(first) < len(BULK_MAGIC):
+            self.refused["handshake"] += 1
+            await trio.aclose_forcefully(stream)
+            return
+        if first.startswith(BULK_MAGIC):
+            if self.bulk_handler is None:
+                self.refused["bulk"] += 1
+                await trio.aclose_forcefully(stream)
+                return
+            await self.bulk_handler(stream, first)
+            return
         conn = LinkConnection(self.key, Role.LISTENER, network_key=self.network_key)
+        conn.receive_data(first)
         try:
             link = await self._establish(stream, conn, dialed_by="")
         except LinkError as exc:

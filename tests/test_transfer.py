@@ -1,0 +1,231 @@
+"""File drop between real daemons on loopback: offers, decisions, resume after kill -9,
+hostile names, a full disk, cancel, the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lannode.core.transfer import CHUNK_SIZE
+from lannode.net.api_client import RemoteError
+
+from lannode.home import Home
+
+from conftest import NodeFactory, RunningNode, raw_link, run_cli, write_config
+
+CHANNEL_TRANSFER = 5
+
+
+def pair(nodes: NodeFactory) -> tuple[RunningNode, RunningNode]:
+    a = nodes.start("ann")
+    b = nodes.start("ben")
+    for node in (a, b):
+        node.wait_until(lambda node=node: any(p["state"] == "alive" for p in node.call("peer.list")), what="the other node alive")
+    return a, b
+
+
+def start_receiver(nodes: NodeFactory, trusts: RunningNode | None = None, downloads: Path | None = None) -> RunningNode:
+    """Ben, who auto-accepts files from ``trusts`` and keeps them in ``downloads``."""
+    home = Home(nodes.root / f"ben-{len(nodes.nodes)}")
+    write_config(home.path, "ben", gossip=nodes.gossip)
+    text = home.config_path.read_text()
+    if trusts is not None:
+        text = text.replace("auto_accept = []", f'auto_accept = ["{trusts.api()["node_id"]}"]')
+    if downloads is not None:
+        text = text.replace('downloads = ""', f'downloads = "{downloads}"')
+    home.config_path.write_text(text)
+    return nodes.start_on(home, name="ben")
+
+
+def node_id(node: RunningNode) -> str:
+    return str(node.api()["node_id"])
+
+
+def write_random(path: Path, size: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 8 << 20)
+            f.write(os.urandom(n))
+            left -= n
+    return path
+
+
+def digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): digest(p) for p in sorted(root.rglob("*")) if p.is_file() and ".lannode-partial" not in p.parts}
+
+
+def transfer(node: RunningNode, transfer_id: str) -> dict[str, Any]:
+    """A transfer's record; an empty one while the offer is on its way."""
+    found = [t for t in node.call("transfer.list") if t["id"] == transfer_id]
+    return dict(found[0]) if found else {"id": transfer_id, "state": None, "bytes": 0, "total": 1, "reason": ""}
+
+
+def downloads(node: RunningNode) -> Path:
+    return node.home.path / "downloads"
+
+
+def wait_state(node: RunningNode, transfer_id: str, state: str, timeout: float = 60) -> dict[str, Any]:
+    return dict(node.wait_until(lambda: (t := transfer(node, transfer_id))["state"] == state and t, timeout=timeout, what=f"transfer {state}"))
+
+
+def test_a_big_file_and_a_folder_of_1000_files_arrive_byte_identical(nodes: NodeFactory, tmp_path: Path) -> None:
+    a = nodes.start("ann")
+    b = start_receiver(nodes, a)
+    for node in (a, b):
+        node.wait_until(lambda node=node: any(p["state"] == "alive" for p in node.call("peer.list")), what="alive")
+    big = write_random(tmp_path / "src" / "big.bin", 200_000_000)
+    folder = tmp_path / "src" / "photos"
+    for i in range(1000):
+        write_random(folder / f"d{i % 10}" / f"img {i}.jpg", (i * 37) % 9000)
+    (folder / "empty.txt").write_bytes(b"")
+    sent = a.call("transfer.send", peer="ben", paths=[str(big), str(folder)])
+    assert sent["files"] == 1002 and sent["state"] == "offered"
+    done = wait_state(a, sent["id"], "done", timeout=120)
+    assert done["bytes"] == done["total"] == 200_000_000 + sum((i * 37) % 9000 for i in range(1000))
+    wait_state(b, sent["id"], "done")
+    assert digest(downloads(b) / "big.bin") == digest(big)
+    assert tree(downloads(b) / "photos") == tree(folder)
+    assert not (downloads(b) / ".lannode-partial" / sent["id"]).exists()
+
+
+def test_an_offer_waits_for_a_decision_and_a_decline_says_why(nodes: NodeFactory, tmp_path: Path) -> None:
+    a, b = pair(nodes)
+    src = write_random(tmp_path / "notes.txt", 5000)
+    first = a.call("transfer.send", peer="ben", paths=[str(src)])
+    offered = b.wait_until(lambda: [t for t in b.call("transfer.list") if t["id"] == first["id"]], what="the offer at ben")[0]
+    assert offered["state"] == "pending" and offered["direction"] == "in" and offered["names"] == ["notes.txt"]
+    a.wait_until(lambda: transfer(a, first["id"])["state"] == "pending", what="the sender sees it waiting")
+    b.call("transfer.decline", id=first["id"][:8], reason="not now")
+    declined = wait_state(a, first["id"], "declined")
+    assert declined["reason"] == "not now"
+    second = a.call("transfer.send", peer="ben", paths=[str(src)])
+    b.wait_until(lambda: transfer(b, second["id"])["state"] == "pending", what="the second offer")
+    b.call("transfer.accept", id=second["id"])
+    wait_state(a, second["id"], "done")
+    assert (downloads(b) / "notes.txt").read_bytes() == src.read_bytes()
+    third = a.call("transfer.send", peer="ben", paths=[str(src)])
+    b.wait_until(lambda: transfer(b, third["id"])["state"] == "pending", what="the third offer")
+    b.call("transfer.accept", id=third["id"])
+    wait_state(b, third["id"], "done")
+    assert (downloads(b) / "notes (1).txt").read_bytes() == src.read_bytes(), "a name already taken gets a number"
+    with pytest.raises(RemoteError, match="not waiting"):
+        b.call("transfer.accept", id=third["id"])
+    with pytest.raises(RemoteError, match="no transfer"):
+        b.call("transfer.cancel", id="ffffffff")
+
+
+def socket_bytes_sent(pid: int) -> int:
+    """Bytes the kernel sent on the process's TCP connections (``ss``: framing included)."""
+    out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, check=True).stdout
+    total, mine = 0, False
+    for line in out.splitlines():
+        if not line.startswith((" ", "\t")):
+            mine = f"pid={pid}," in line
+        elif mine and "bytes_sent:" in line:
+            total += int(line.split("bytes_sent:")[1].split()[0])
+    return total
+
+
+@pytest.mark.parametrize("victim", ["sender", "receiver"])
+def test_kill_9_mid_transfer_resumes_with_less_than_two_chunks_sent_again(nodes: NodeFactory, tmp_path: Path, victim: str) -> None:
+    a = nodes.start("ann")
+    b = start_receiver(nodes, a)
+    for node in (a, b):
+        node.wait_until(lambda node=node: any(p["state"] == "alive" for p in node.call("peer.list")), what="alive")
+    size = 120_000_000
+    src = write_random(tmp_path / "video.bin", size)
+    sent = a.call("transfer.send", peer="ben", paths=[str(src)])
+    watcher, killed = (b, a) if victim == "sender" else (a, b)
+    watcher.wait_until(lambda: (t := transfer(watcher, sent["id"]))["bytes"] > 0.3 * t["total"], timeout=60, what="part of the transfer")
+    if victim == "sender":
+        killed.process.send_signal(signal.SIGSTOP)  # frozen first, so the kernel's count is its last
+        first_life = socket_bytes_sent(killed.process.pid)
+    killed.process.send_signal(signal.SIGKILL)
+    killed.process.wait(timeout=10)
+    if victim == "sender":
+        assert 0.3 * size < first_life < size
+        a = nodes.start_on(a.home, name="ann")
+    else:
+        b = nodes.start_on(b.home, name="ben")
+    wait_state(a, sent["id"], "done", timeout=120)
+    wait_state(b, sent["id"], "done")
+    assert digest(downloads(b) / "video.bin") == digest(src)
+    written = a.status()["transfers"]["bytes_sent"] + (first_life if victim == "sender" else 0)
+    again = written - size
+    print(f"{victim} killed: {again} bytes sent again ({again / CHUNK_SIZE:.2f} chunks)")
+    assert 0 <= again < 2 * CHUNK_SIZE, f"{again} bytes sent again ({again / CHUNK_SIZE:.2f} chunks)"
+
+
+def test_hostile_names_are_refused_before_anything_is_written(nodes: NodeFactory) -> None:
+    a, b = pair(nodes)
+    peer = next(p for p in a.call("peer.list") if p["name"] == "ben")
+    key = a.home.identity().signing_key
+    a.stop()
+    hostile = ["../escape.txt", "/etc/passwd", "a/../../b", "nul\x00byte", "CON", "x" * 300]
+    with raw_link(key, peer) as (conn, sock):
+        for i, name in enumerate(hostile):
+            offer = {"id": f"{i:032x}", "chunk_size": CHUNK_SIZE, "files": [{"path": name, "size": 0, "mode": 420, "chunks": "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="}]}
+            conn.send_message(CHANNEL_TRANSFER, json.dumps({"t": "offer", "offer": offer}).encode())
+        sock.sendall(conn.data_to_send())
+        b.wait_until(lambda: len(b.call("transfer.list")) == len(hostile), what="every offer recorded")
+    states = {t["names"][0]: (t["state"], t["reason"]) for t in b.call("transfer.list")}
+    assert states["CON"][0] == "pending", "a Windows device name is renamed, not refused"
+    for name in hostile[:-2] + hostile[-1:]:
+        state, reason = states[name]
+        assert state == "declined" and reason.startswith("refused"), (name, state, reason)
+    assert not (b.home.path / "escape.txt").exists() and not (b.home.path.parent / "escape.txt").exists()
+    assert sorted(p.name for p in downloads(b).iterdir()) == []
+    b.call("transfer.accept", id=f"{4:032x}")
+    assert b.status()["transfers"]["transfers"]["declined"] == 5
+
+
+def test_a_receiver_without_room_declines_with_a_clear_reason(nodes: NodeFactory, tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small)], check=True)
+    try:
+        a = nodes.start("ann")
+        b = start_receiver(nodes, a, small)
+        for node in (a, b):
+            node.wait_until(lambda node=node: any(p["state"] == "alive" for p in node.call("peer.list")), what="alive")
+        src = write_random(tmp_path / "too-big.bin", 40_000_000)
+        sent = a.call("transfer.send", peer="ben", paths=[str(src)])
+        declined = wait_state(a, sent["id"], "declined")
+        assert "not enough free space" in declined["reason"]
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_a_cancel_leaves_no_partial_file(nodes: NodeFactory, tmp_path: Path) -> None:
+    a = nodes.start("ann")
+    b = start_receiver(nodes, a)
+    for node in (a, b):
+        node.wait_until(lambda node=node: any(p["state"] == "alive" for p in node.call("peer.list")), what="alive")
+    src = write_random(tmp_path / "long.bin", 300_000_000)
+    sent = a.call("transfer.send", peer="ben", paths=[str(src)])
+    b.wait_until(lambda: transfer(b, sent["id"])["bytes"] > 0, what="bytes flowing")
+    b.call("transfer.cancel", id=sent["id"])
+    cancelled = wait_state(a, sent["id"], "cancelled")
+    assert "receiver" in cancelled["reason"]
+    b.wait_until(lambda: not any(downloads(b).rglob("*")) or all(p.is_dir() for p in downloads(b).rglob("*")), what="no partial file")
+    time.sleep(0.5)
+    assert [p for p in downloads(b).rglob("*") if p.is_file()] == []
