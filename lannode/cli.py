@@ -436,6 +436,167 @@ def cmd_network_key(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- file drop ----------------------------------------------------------------
+TERMINAL = ("done", "declined", "cancelled", "failed")
+FILE_BARS = 6  # file bars kept on screen; older ones are hidden once complete
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    import trio
+
+    from lannode.net.api_client import ApiRejected, NodeNotRunning, RemoteError, collapse_single_group, connect
+
+    if len(args.items) < 2:
+        return fail("send takes PATH... PEER", EXIT_USAGE)
+    *paths, peer = args.items
+    paths = [os.path.abspath(p) for p in paths]
+    home = _home(args)
+    final: dict[str, Any] = {}
+
+    async def run() -> None:
+        async with connect(home) as client:
+            await client.subscribe("transfer.*")
+            started = await client.call("transfer.send", peer=peer, paths=paths)
+            final.update(started)
+            for skipped in started.get("skipped", []):
+                print(f"lannode: skipped {skipped}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"event": "transfer.state", "data": started}), flush=True)
+            if args.no_wait:
+                return
+            view = None if args.json else _TransferView(started)
+            try:
+                async for topic, data in client.events():
+                    if data.get("id") != started["id"]:
+                        continue
+                    final.update(data)
+                    if args.json:
+                        print(json.dumps({"event": topic, "data": data}), flush=True)
+                    elif view is not None:
+                        view.update(data)
+                    if data["state"] in TERMINAL:
+                        return
+            finally:
+                if view is not None:
+                    view.close()
+
+    try:
+        with collapse_single_group():
+            trio.run(run)
+    except KeyboardInterrupt:
+        if final.get("id"):
+            print(f"\nthe transfer goes on in the node; stop it with: lannode cancel {final['id'][:8]}", file=sys.stderr)
+        return 130
+    except (NodeNotRunning, ApiRejected, RemoteError) as exc:
+        return fail(str(exc))
+    if args.no_wait:
+        if not args.json:
+            print(f"offered {final['id']} ({final['files']} files, {_bytes(final['total'])}) to {final['peer_name'] or final['peer']}; lannode transfers shows it")
+        return EXIT_OK
+    state = final.get("state")
+    if not args.json:
+        if state == "done":
+            print(f"sent {final['files']} files ({_bytes(final['total'])}) to {final['peer_name'] or final['peer']}")
+        else:
+            print(f"lannode: the transfer was {state}{': ' + final['reason'] if final.get('reason') else ''}", file=sys.stderr)
+    return EXIT_OK if state == "done" else EXIT_FAIL
+
+
+class _TransferView:
+    """rich progress bars: one for the whole transfer, one per file as it goes."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}", table_column=None),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            transient=False,
+        )
+        who = record.get("peer_name") or record["peer"]
+        self.overall = self.progress.add_task(f"to {who}: waiting for them to accept", total=record["total"])
+        self.who = who
+        self.files: dict[int, Any] = {}
+        self.sizes: dict[int, int] = {}
+        self.progress.start()
+
+    def update(self, data: dict[str, Any]) -> None:
+        state = data["state"]
+        label = {"offered": "offering", "pending": "waiting for them to accept", "active": f"{data['files_done']}/{data['files']} files"}.get(state, state)
+        self.progress.update(self.overall, completed=data["bytes"], description=f"to {self.who}: {label}")
+        current = data.get("current")
+        if current:
+            index = current["index"]
+            for other, task in self.files.items():
+                if other < index:
+                    self.progress.update(task, completed=self.sizes[other])
+            if index not in self.files:
+                self.files[index] = self.progress.add_task(f"  {_short(current['name'])}", total=max(1, current["size"]))
+                self.sizes[index] = current["size"]
+                for old in sorted(self.files)[:-FILE_BARS]:
+                    self.progress.update(self.files[old], visible=False)
+            self.progress.update(self.files[index], completed=current["bytes"])
+        if state == "done":
+            for index, task in self.files.items():
+                self.progress.update(task, completed=self.sizes[index])
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def _short(name: str, width: int = 40) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
+def _bytes(n: float) -> str:
+    from lannode.transfer import human_bytes
+
+    return human_bytes(n)
+
+
+def cmd_transfers(args: argparse.Namespace) -> int:
+    from lannode.net.api_client import call
+
+    transfers = call(_home(args), "transfer.list")
+    if args.json:
+        print(json.dumps(transfers, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not transfers:
+        print("no transfers yet")
+        return EXIT_OK
+    rows = [("ID", "", "PEER", "STATE", "DONE", "SIZE", "RATE", "FILES")]
+    for t in transfers:
+        percent = f"{100 * t['bytes'] / t['total']:.0f}%" if t["total"] else "100%"
+        names = ", ".join(t["names"][:2]) + (f" and {t['files'] - 2} more" if t["files"] > 2 else "")
+        rate = f"{_bytes(t['rate'])}/s" if t["state"] == "active" else ""
+        rows.append((t["id"][:8], "->" if t["direction"] == "out" else "<-", t["peer_name"] or t["peer"][:12], t["state"], percent, _bytes(t["total"]), rate, names))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    for t in transfers:
+        if t["state"] == "pending" and t["direction"] == "in":
+            print(f"{t['peer_name'] or t['peer']} offers {t['files']} files ({_bytes(t['total'])}): lannode accept {t['id'][:8]}  or  lannode decline {t['id'][:8]}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    from lannode.net.api_client import call
+
+    params: dict[str, Any] = {"id": args.id}
+    if args.command == "decline" and args.reason:
+        params["reason"] = args.reason
+    record = call(_home(args), f"transfer.{args.command}", **params)
+    if args.json:
+        print(json.dumps(record, indent=2, ensure_ascii=False))
+    else:
+        verb = {"accept": "accepted", "decline": "declined", "cancel": "cancelled"}[args.command]
+        print(f"{verb} {record['id'][:8]} ({record['files']} files, {_bytes(record['total'])}, {'to' if record['direction'] == 'out' else 'from'} {record['peer_name'] or record['peer']})")
+    return EXIT_OK
+
+
 # -- parser -------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     def shared(defaults: bool) -> argparse.ArgumentParser:
@@ -492,6 +653,21 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("action", choices=list(GROUP_USAGE), help="; ".join(u for _, _, u in GROUP_USAGE.values()))
     group.add_argument("words", nargs="*", metavar="ARG", help="GROUP is a group's name or id prefix; PEER a peer's name or id prefix")
     group.set_defaults(func=cmd_group)
+
+    send = sub.add_parser("send", parents=[common], help="send files and folders to a peer (it accepts, or trusts you)")
+    send.add_argument("items", nargs="+", metavar="PATH... PEER", help="files and folders (a folder keeps its structure), then the peer")
+    send.add_argument("--no-wait", action="store_true", help="offer and return; lannode transfers follows it")
+    send.set_defaults(func=cmd_send)
+
+    transfers = sub.add_parser("transfers", parents=[common], help="file transfers in and out: state, progress, rate")
+    transfers.set_defaults(func=cmd_transfers)
+
+    for verb, text in (("accept", "accept a file offer"), ("decline", "decline a file offer"), ("cancel", "cancel a transfer, in or out")):
+        decide = sub.add_parser(verb, parents=[common], help=text)
+        decide.add_argument("id", help="the transfer's id, or the first 8 characters `lannode transfers` shows")
+        if verb == "decline":
+            decide.add_argument("--reason", help="told to the sender")
+        decide.set_defaults(func=cmd_decide)
 
     lab = sub.add_parser("lab", parents=[common], help="run a few nodes on loopback to try lannode out")
     lab.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")

@@ -218,6 +218,7 @@ class Transfer:
     done_files: set[int] = field(default_factory=set)
     rate: float = 0.0
     _last: tuple[float, int] = (0.0, 0)
+    _began: tuple[float, int] = (0.0, 0)  # when this run of the transfer started, and its bytes then
     resent: int = 0
 
     @property
@@ -337,6 +338,14 @@ class TransferService:
         write_private(self.dir / f"{t.id}.json", json.dumps(t.to_disk()).encode())
 
     def _set_state(self, t: Transfer, state: str, reason: str = "") -> None:
+        now = time.monotonic()
+        if state == "active" and t.state != "active":
+            t._began = (now, t.meter.bytes_done)
+        if state == "done" and t.state == "active":
+            began_at, began_bytes = t._began
+            t.rate = (t.total - began_bytes) / max(1e-3, now - began_at)  # the run's average
+            t.meter.bytes_done = t.total
+            self.bus.publish("transfer.progress", {**t.record(), "current": None, "eta": 0})
         t.state = state
         t.reason = reason
         if state in TERMINAL:
@@ -461,8 +470,7 @@ class TransferService:
         if address is None:
             return "retry"
         sources = [Source(Path(p), size, mtime, t.offer.chunk_size) for p, size, mtime in t.sources]
-        t.meter = Meter()
-        started = t.meter
+        t.meter = started = Meter(bytes_done=t.meter.bytes_done)
         try:
             await run_in_thread(lambda: send_files(address, token, secret, aes, sources, started), started)
         except SourceChanged as exc:
@@ -728,6 +736,8 @@ class TransferService:
         aes = link is not None and link.cipher == "aes-256-gcm"
         sinks = [Sink(p, self._partial(t) / str(i), i in t.done_files) for i, p in enumerate(t.progress)]
         meter = t.meter = Meter(bytes_done=sum(p.position for p in t.progress))
+        if not t._began[0]:
+            t._began = (time.monotonic(), meter.bytes_done)
         with trio.CancelScope() as scope:
             t.worker = scope
             try:
@@ -768,7 +778,7 @@ class TransferService:
                 if t.state != "active":
                     continue
                 done = t.meter.bytes_done
-                last_at, last_bytes = t._last
+                last_at, last_bytes = t._last if t._last[0] else t._began
                 if last_at:
                     instant = max(0, done - last_bytes) / max(1e-3, now - last_at)
                     t.rate = instant if t.rate == 0 else 0.7 * t.rate + 0.3 * instant

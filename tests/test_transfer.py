@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -229,3 +230,61 @@ def test_a_cancel_leaves_no_partial_file(nodes: NodeFactory, tmp_path: Path) -> 
     b.wait_until(lambda: not any(downloads(b).rglob("*")) or all(p.is_dir() for p in downloads(b).rglob("*")), what="no partial file")
     time.sleep(0.5)
     assert [p for p in downloads(b).rglob("*") if p.is_file()] == []
+
+
+def test_the_cli_sends_with_progress_and_decides_offers(nodes: NodeFactory, tmp_path: Path) -> None:
+    a = nodes.start("ann")
+    b = start_receiver(nodes, a)
+    for node in (a, b):
+        node.wait_until(lambda node=node: any(p["state"] == "alive" for p in node.call("peer.list")), what="alive")
+    ahome, bhome = ("--home", str(a.home.path)), ("--home", str(b.home.path))
+    big = write_random(tmp_path / "clip.bin", 60_000_000)
+    small = write_random(tmp_path / "dir" / "a.txt", 100)
+    sent = run_cli("send", str(big), str(small.parent), "ben", "--json", *ahome, timeout=120)
+    assert sent.returncode == 0, sent.stderr
+    events = [json.loads(line) for line in sent.stdout.splitlines()]
+    assert events[0]["data"]["state"] == "offered" and events[-1]["data"]["state"] == "done"
+    progress = [e["data"] for e in events if e["event"] == "transfer.progress"]
+    assert progress and progress[-1]["bytes"] == 60_000_100 and progress[-1]["rate"] > 0, "the last progress: all of it, the average rate"
+    assert all(0 <= p["bytes"] <= p["total"] == 60_000_100 for p in progress)
+    assert all(p["current"]["name"] in ("clip.bin", "dir/a.txt") and p["eta"] is not None for p in progress[:-1]), json.dumps(progress[:-1])
+    assert digest(downloads(b) / "clip.bin") == digest(big) and (downloads(b) / "dir" / "a.txt").read_bytes() == small.read_bytes()
+
+    # a node that does not trust the sender: the offer waits; the CLI lists, accepts, declines
+    c = nodes.start("cat")
+    c.wait_until(lambda: any(p["name"] == "ann" and p["state"] == "alive" for p in c.call("peer.list")), what="cat sees ann")
+    a.wait_until(lambda: any(p["name"] == "cat" and p["state"] == "alive" for p in a.call("peer.list")), what="ann sees cat")
+    chome = ("--home", str(c.home.path))
+    offered = run_cli("send", str(small), "cat", "--no-wait", *ahome)
+    assert offered.returncode == 0 and "offered" in offered.stdout, offered.stderr
+    c.wait_until(lambda: any(t["state"] == "pending" for t in c.call("transfer.list")), what="the offer at cat")
+    listed = run_cli("transfers", *chome)
+    assert "pending" in listed.stdout and "lannode accept" in listed.stderr
+    tid = c.call("transfer.list")[0]["id"]
+    accepted = run_cli("accept", tid[:8], *chome)
+    assert accepted.returncode == 0 and accepted.stdout.startswith("accepted"), accepted.stderr
+    wait_state(a, tid, "done")
+    run_cli("send", str(small), "cat", "--no-wait", *ahome)
+    c.wait_until(lambda: sum(t["state"] == "pending" for t in c.call("transfer.list")) == 1, what="a second offer")
+    second = next(t for t in c.call("transfer.list") if t["state"] == "pending")
+    declined = run_cli("decline", second["id"][:8], "--reason", "enough for today", *chome)
+    assert declined.returncode == 0, declined.stderr
+    assert wait_state(a, second["id"], "declined")["reason"] == "enough for today"
+    # a waiting `send` ends when the receiver decides, with the exit code saying how
+    waiting = subprocess.Popen([sys.executable, "-m", "lannode", "send", str(small), "cat", *ahome], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        c.wait_until(lambda: sum(t["state"] == "pending" for t in c.call("transfer.list")) == 1, what="a third offer")
+        shown = json.loads(run_cli("transfers", "--json", *ahome).stdout)
+        assert sorted(t["state"] for t in shown) == ["declined", "done", "done", "pending"]
+        third = next(t for t in c.call("transfer.list") if t["state"] == "pending")
+        run_cli("decline", third["id"], *chome)
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 1 and "declined" in err, (out, err)
+    missing = run_cli("send", str(tmp_path / "nope"), "cat", *ahome)
+    assert missing.returncode == 1 and "cannot read" in missing.stderr
+    nobody = run_cli("send", str(small), "nobody", *ahome)
+    assert nobody.returncode == 1 and "no peer named 'nobody'" in nobody.stderr
+    usage = run_cli("send", "onlyone", *ahome)
+    assert usage.returncode == 2
