@@ -80,26 +80,35 @@ def scan(paths: list[Path]) -> tuple[list[SourceFile], list[str]]:
             continue
         if not stat.S_ISDIR(st.st_mode):
             raise TransferError(f"{given} is neither a file nor a folder")
-        for directory, dirnames, filenames in os.walk(given, followlinks=False, onerror=lambda e: skipped.append(f"{e.filename}: {e.strerror}")):
-            dirnames.sort()
-            relative_dir = Path(directory).relative_to(given)
-            for filename in sorted(filenames):
-                path = Path(directory) / filename
-                try:
-                    lst = path.lstat()
-                except OSError as exc:
-                    skipped.append(f"{path}: {exc.strerror}")
-                    continue
-                if stat.S_ISLNK(lst.st_mode):
-                    skipped.append(f"{path}: a symbolic link")
-                elif not stat.S_ISREG(lst.st_mode):
-                    skipped.append(f"{path}: not a regular file")
-                else:
-                    name = "/".join((base, *relative_dir.parts, filename))
-                    files.append(SourceFile(path, name, lst.st_size, lst.st_mtime_ns, stat.S_IMODE(lst.st_mode)))
+        _walk(str(given), base, files, skipped)
     if not files:
         raise TransferError("nothing to send: no regular files there")
     return files, skipped
+
+
+def _walk(directory: str, name: str, files: list[SourceFile], skipped: list[str]) -> None:
+    """A folder's regular files in name order, depth first; one lstat per file (scandir)."""
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError as exc:
+        skipped.append(f"{directory}: {exc.strerror}")
+        return
+    folders = []
+    for entry in entries:
+        try:
+            if entry.is_symlink():
+                skipped.append(f"{entry.path}: a symbolic link")
+            elif entry.is_dir(follow_symlinks=False):
+                folders.append(entry)
+            elif entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                files.append(SourceFile(Path(entry.path), f"{name}/{entry.name}", st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode)))
+            else:
+                skipped.append(f"{entry.path}: not a regular file")
+        except OSError as exc:
+            skipped.append(f"{entry.path}: {exc.strerror}")
+    for entry in folders:
+        _walk(entry.path, f"{name}/{entry.name}", files, skipped)
 
 
 def hash_file(source: SourceFile, chunk_size: int = CHUNK_SIZE) -> OfferedFile:
@@ -132,10 +141,22 @@ def hash_file(source: SourceFile, chunk_size: int = CHUNK_SIZE) -> OfferedFile:
 
 
 def make_offer(offer_id: str, files: list[SourceFile], chunk_size: int = CHUNK_SIZE, workers: int | None = None) -> Offer:
-    """Hash the files (several at a time: hashlib releases the GIL) into an offer."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2))) as pool:
-        offered = list(pool.map(lambda source: hash_file(source, chunk_size), files))
-    return Offer(offer_id, tuple(offered), chunk_size)
+    """Hash the files into an offer: big ones several at a time in a pool (hashlib releases
+    the GIL on big buffers), small ones here meanwhile, since for a 4 KB file a pool's
+    hand-off costs more than the hashing."""
+    big = [i for i, f in enumerate(files) if f.size >= BIG_FILE]
+    offered: list[OfferedFile | None] = [None] * len(files)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers or min(4, (os.cpu_count() or 2))) as pool:
+        futures = {i: pool.submit(hash_file, files[i], chunk_size) for i in big}
+        for i, f in enumerate(files):
+            if i not in futures:
+                offered[i] = hash_file(f, chunk_size)
+        for i, future in futures.items():
+            offered[i] = future.result()
+    return Offer(offer_id, tuple(f for f in offered if f is not None), chunk_size)
+
+
+BIG_FILE = 256 * 1024
 
 
 def check_offer(offer: Offer, downloads: Path, *, limit: int, reserve: int = 64 << 20) -> list[str]:
@@ -219,7 +240,9 @@ class Transfer:
     rate: float = 0.0
     _last: tuple[float, int] = (0.0, 0)
     _began: tuple[float, int] = (0.0, 0)  # when this run of the transfer started, and its bytes then
-    resent: int = 0
+    offer_saved: bool = False
+    made_dirs: set[str] = field(default_factory=set)  # in: folders already made under downloads
+    done_log: Any = None  # in: the open log of finished files
 
     @property
     def total(self) -> int:
@@ -231,7 +254,6 @@ class Transfer:
             "direction": self.direction,
             "peer": self.peer,
             "peer_name": self.peer_name,
-            "offer": json.loads(self.offer.encode()),
             "state": self.state,
             "reason": self.reason,
             "created": self.created,
@@ -241,8 +263,8 @@ class Transfer:
         }
 
     @classmethod
-    def from_disk(cls, data: dict[str, Any]) -> "Transfer":
-        offer = Offer.decode(json.dumps(data["offer"]).encode())
+    def from_disk(cls, data: dict[str, Any], offer_bytes: bytes) -> "Transfer":
+        offer = Offer.decode(offer_bytes)
         return cls(
             id=data["id"],
             direction=data["direction"],
@@ -329,12 +351,18 @@ class TransferService:
         loaded = []
         for path in sorted(self.dir.glob("*.json")):
             try:
-                loaded.append(Transfer.from_disk(json.loads(path.read_text())))
+                t = Transfer.from_disk(json.loads(path.read_text()), path.with_suffix(".offer").read_bytes())
+                t.offer_saved = True
+                loaded.append(t)
             except (OSError, ValueError, KeyError, TypeError, BadOffer) as exc:
                 log.warning("ignoring a broken transfer record %s: %s", path, exc)
         return loaded
 
-    def _save(self, t: Transfer) -> None:
+    def _save(self, t: Transfer, *, offer: bool = False) -> None:
+        """The transfer's state; its offer (large for many files) only when new or changed."""
+        if offer or not t.offer_saved:
+            write_private(self.dir / f"{t.id}.offer", t.offer.encode())
+            t.offer_saved = True
         write_private(self.dir / f"{t.id}.json", json.dumps(t.to_disk()).encode())
 
     def _set_state(self, t: Transfer, state: str, reason: str = "") -> None:
@@ -502,7 +530,7 @@ class TransferService:
         files_now[index] = entry
         t.offer = Offer(t.offer.id, tuple(files_now), t.offer.chunk_size)
         t.sources[index] = (path, files[0].size, files[0].mtime_ns)
-        self._save(t)
+        self._save(t, offer=True)
         if not await self._try_send(t.peer, {"t": "update", "id": t.id, "file": index, "entry": entry.to_json()}):
             return "retry"
         return "again"
@@ -635,11 +663,12 @@ class TransferService:
                     if index.isdigit():
                         done.add(int(index))
             progress = []
+            existing = set(os.listdir(partial))
             for i, f in enumerate(t.offer.files):
                 p = FileProgress(f, t.offer.chunk_size)
                 if i in done:
                     p.restart_at(p.chunks)
-                else:
+                elif str(i) in existing:
                     p.restart_at(verified_prefix(partial / str(i), p))
                 progress.append(p)
             return progress, done
@@ -652,20 +681,26 @@ class TransferService:
 
     def _finish(self, t: Transfer, index: int) -> None:
         """Rename a complete, verified file into place (worker thread). A name already taken
-        gets " (1)", " (2)"... before its extension, as browsers do."""
-        part = self._partial(t) / str(index)
+        gets " (1)", " (2)"... before its extension, as browsers do. Plain strings and a
+        cache of the folders made: a folder of small files spends its time here."""
+        partial = str(self._partial(t))
         relative = t.paths[index] if index < len(t.paths) else safe_relative_path(t.offer.files[index].path)
-        target = self.downloads / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        candidate, n = target, 0
-        while candidate.exists():
+        folder, _, name = relative.rpartition("/")
+        directory = os.path.join(str(self.downloads), folder) if folder else str(self.downloads)
+        if directory not in t.made_dirs:
+            os.makedirs(directory, exist_ok=True)
+            t.made_dirs.add(directory)
+        candidate, n = os.path.join(directory, name), 0
+        while os.path.lexists(candidate):
             n += 1
-            stem, dot, ext = target.name.partition(".") if not target.name.startswith(".") else (target.name, "", "")
-            candidate = target.with_name(f"{stem} ({n}){dot}{ext}")
+            stem, dot, ext = name.partition(".") if not name.startswith(".") else (name, "", "")
+            candidate = os.path.join(directory, f"{stem} ({n}){dot}{ext}")
+        part = os.path.join(partial, str(index))
         os.chmod(part, t.offer.files[index].mode & 0o777 & ~_UMASK)
         os.rename(part, candidate)
-        with open(self._partial(t) / "done", "a") as log_file:
-            log_file.write(f"{index}\t{candidate.relative_to(self.downloads)}\n")
+        if t.done_log is None or t.done_log.closed:
+            t.done_log = open(os.path.join(partial, "done"), "a", buffering=1)  # a line at a time
+        t.done_log.write(f"{index}\t{os.path.relpath(candidate, self.downloads)}\n")
         t.done_files.add(index)
 
     async def _cleanup_partial(self, t: Transfer) -> None:
@@ -695,7 +730,7 @@ class TransferService:
             await self._answer(t)
             return
         t.offer = new_offer
-        self._save(t)
+        self._save(t, offer=True)
         (self._partial(t) / str(index)).unlink(missing_ok=True)
         if t.progress:
             t.progress[index] = FileProgress(entry, t.offer.chunk_size)
@@ -741,7 +776,7 @@ class TransferService:
         with trio.CancelScope() as scope:
             t.worker = scope
             try:
-                await run_in_thread(lambda: receive_files(sock, secret, aes, sinks, meter, lambda i: self._finish(t, i), self.downloads), meter)
+                await run_in_thread(lambda: receive_files(sock, secret, aes, sinks, meter, lambda i: self._finish(t, i)), meter)
             except SourceChanged as exc:
                 log.info("transfer %s: file %d changed at the sender; waiting for its new version", t.id[:8], exc.index)
             except BulkError as exc:
@@ -756,6 +791,8 @@ class TransferService:
                 await trio.to_thread.run_sync(lambda: shutil.rmtree(self._partial(t), ignore_errors=True))
             finally:
                 sock.close()
+                if t.done_log is not None:
+                    t.done_log.close()
                 if t.worker is scope:
                     t.worker = None
 

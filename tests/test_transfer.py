@@ -288,3 +288,32 @@ def test_the_cli_sends_with_progress_and_decides_offers(nodes: NodeFactory, tmp_
     assert nobody.returncode == 1 and "no peer named 'nobody'" in nobody.stderr
     usage = run_cli("send", "onlyone", *ahome)
     assert usage.returncode == 2
+
+
+@pytest.mark.parametrize("disguised", [False, True])
+def test_a_source_changed_while_the_sender_was_down_is_sent_again_whole(nodes: NodeFactory, tmp_path: Path, disguised: bool) -> None:
+    """Changed with a new mtime, the sender notices before sending; changed with its size and
+    mtime put back, the receiver's chunk check notices. Either way the file starts over and
+    what lands is the new version, never a mix."""
+    a = nodes.start("ann")
+    b = start_receiver(nodes, a)
+    for node in (a, b):
+        node.wait_until(lambda node=node: any(p["state"] == "alive" for p in node.call("peer.list")), what="alive")
+    size = 80_000_000
+    src = write_random(tmp_path / "draft.bin", size)
+    sent = a.call("transfer.send", peer="ben", paths=[str(src)])
+    b.wait_until(lambda: 0.2 * size < transfer(b, sent["id"])["bytes"] < 0.7 * size, timeout=60, what="part of the transfer")
+    a.process.send_signal(signal.SIGKILL)
+    a.process.wait(timeout=10)
+    before = os.stat(src)
+    with open(src, "r+b") as f:
+        f.seek(size - 5000)
+        f.write(b"edited" * 100)
+    if disguised:
+        os.utime(src, ns=(before.st_atime_ns, before.st_mtime_ns))
+    a = nodes.start_on(a.home, name="ann")
+    wait_state(a, sent["id"], "done", timeout=120)
+    wait_state(b, sent["id"], "done")
+    assert digest(downloads(b) / "draft.bin") == digest(src)
+    assert "changed since it was offered; sending it again" in a.log.read_text()
+    assert ("changed at the sender" in b.log.read_text()) == disguised, "who noticed: the receiver's chunk check, or the sender's stat"
