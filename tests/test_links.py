@@ -313,3 +313,50 @@ def test_a_known_name_under_a_new_identity_raises_a_warning(nodes: NodeFactory) 
     assert listed[old_id]["trust"] == "pinned", "never merged with the pinned peer"
     text = run_cli("peers", "--home", str(alice.home.path))
     assert "warning" in text.stderr
+
+
+def test_a_message_sent_in_the_same_write_as_the_handshake_is_not_lost(nodes: NodeFactory) -> None:
+    """A dialer's signature and its first message often arrive in one read; the listener
+    must dispatch the message, not drop it with the handshake's other events."""
+    alice, bob = nodes.start("alice"), nodes.start("bob")
+    bob_peer = wait_alive(alice, "bob")
+    host, port = bob_peer["addresses"]["link"].rsplit(":", 1)
+    conn = LinkConnection(alice.home.identity().signing_key, Role.DIALER, expected_node_id=bob_peer["node_id"])
+    alice.stop()  # its daemon's own link would otherwise replace ours
+    request = {"t": "sig", "rid": 7, "kind": "offer", "data": {}, "to_front": None, "from_front": None, "from_name": "alice"}
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(conn.data_to_send())
+        while conn.state is not LinkState.OPEN:
+            conn.receive_data(sock.recv(65536))
+        conn.send_message(4, json.dumps(request).encode())  # the signaling channel
+        sock.sendall(conn.data_to_send())  # signature and message in one write
+        sock.settimeout(10)
+        replies = []
+        while not replies:
+            conn.receive_data(sock.recv(65536))
+            replies = [json.loads(e.data) for e in conn.events() if isinstance(e, MessageReceived) and e.channel == 4]
+    assert replies[0]["rid"] == 7 and "nobody has lannode open" in replies[0]["error"]
+
+
+def test_bulk_connections_with_a_bad_token_or_garbage_are_refused_and_counted(nodes: NodeFactory) -> None:
+    alice, bob = nodes.start("alice"), nodes.start("bob")
+    bob_peer = wait_alive(alice, "bob")
+    host, port = bob_peer["addresses"]["link"].rsplit(":", 1)
+    from lannode.core.transfer import bulk_hello
+
+    for first in (bulk_hello(bytes(16)), b"LNB\x07" + bytes(16), b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: curl\r\nAccept: */*\r\nConnection: close\r\n\r\n"):
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(first)
+            sock.settimeout(10)
+            heard = b""
+            try:
+                while chunk := sock.recv(100):
+                    heard += chunk
+            except ConnectionResetError:
+                pass
+            # a bulk hello gets no answer at all; anything else meets a link's hello, then the door
+            assert heard == b"" if first.startswith(b"LNB") else heard.startswith(b"LNL")
+    status = bob.status()
+    assert status["transfers"]["refused"] == {"bulk_token": 1, "bulk_hello": 1}
+    assert status["links"]["refused"] == {"magic": 1}
+    assert alice.call("peer.ping", peer="bob")["rtt_ms"] > 0, "the link port still works"

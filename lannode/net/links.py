@@ -182,17 +182,20 @@ class Link:
 
     async def _reader(self) -> None:
         settings = self.manager.settings
+        queued = True  # what arrived with the handshake comes first
         while self.is_open:
-            with trio.move_on_after(settings.idle_timeout) as idle:
-                try:
-                    data = await self.stream.receive_some(READ_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    self.close(f"connection lost: {exc}")
+            if not queued:
+                with trio.move_on_after(settings.idle_timeout) as idle:
+                    try:
+                        data = await self.stream.receive_some(READ_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                        self.close(f"connection lost: {exc}")
+                        return
+                if idle.cancelled_caught:
+                    self.close(f"nothing heard for {settings.idle_timeout:g} s")
                     return
-            if idle.cancelled_caught:
-                self.close(f"nothing heard for {settings.idle_timeout:g} s")
-                return
-            self.conn.receive_data(data)
+                self.conn.receive_data(data)
+            queued = False
             for event in self.conn.events():
                 if isinstance(event, MessageReceived):
                     self.messages_received += 1
@@ -408,19 +411,24 @@ class LinkManager:
             with trio.fail_after(self.settings.handshake_timeout):
                 await stream.send_all(conn.data_to_send())
                 established: LinkEstablished | None = None
-                while established is None:
-                    data = await stream.receive_some(READ_SIZE)
-                    conn.receive_data(data)
-                    outgoing = conn.data_to_send()
-                    if outgoing:
-                        await stream.send_all(outgoing)
-                    for event in conn.events():
+                while True:
+                    # what the bytes so far produced (a listener was fed the dialer's first
+                    # bytes before this); events after LinkEstablished (the peer's first
+                    # messages, sent right behind its signature) stay queued for the reader
+                    while established is None and (event := conn.next_event()) is not None:
                         if isinstance(event, LinkEstablished):
                             established = event
                         elif isinstance(event, LinkClosed):
                             if event.reason != "closed":
                                 self.refused[event.reason] += 1
                             raise LinkError(f"link refused ({event.reason}): {event.detail}")
+                    if established is not None:
+                        break
+                    data = await stream.receive_some(READ_SIZE)
+                    conn.receive_data(data)
+                    outgoing = conn.data_to_send()
+                    if outgoing:
+                        await stream.send_all(outgoing)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
             await trio.aclose_forcefully(stream)
             raise LinkError(f"link handshake failed: {exc or 'timed out'}") from None
