@@ -33,8 +33,9 @@ def pair(nodes: NodeFactory) -> tuple[RunningNode, RunningNode]:
     return a, b
 
 
-def start_receiver(nodes: NodeFactory, trusts: RunningNode | None = None, downloads: Path | None = None) -> RunningNode:
-    """Ben, who auto-accepts files from ``trusts`` and keeps them in ``downloads``."""
+def start_receiver(nodes: NodeFactory, trusts: RunningNode | None = None, downloads: Path | None = None, max_bytes: int | None = None) -> RunningNode:
+    """Ben, who auto-accepts files from ``trusts``, keeps them in ``downloads`` and takes at
+    most ``max_bytes`` at once."""
     home = Home(nodes.root / f"ben-{len(nodes.nodes)}")
     write_config(home.path, "ben", gossip=nodes.gossip)
     text = home.config_path.read_text()
@@ -42,6 +43,8 @@ def start_receiver(nodes: NodeFactory, trusts: RunningNode | None = None, downlo
         text = text.replace("auto_accept = []", f'auto_accept = ["{trusts.api()["node_id"]}"]')
     if downloads is not None:
         text = text.replace('downloads = ""', f'downloads = "{downloads}"')
+    if max_bytes is not None:
+        text = text.replace("max_bytes = 100000000000", f"max_bytes = {max_bytes}")
     home.config_path.write_text(text)
     return nodes.start_on(home, name="ben")
 
@@ -210,10 +213,22 @@ def test_a_receiver_without_room_declines_with_a_clear_reason(nodes: NodeFactory
         src = write_random(tmp_path / "too-big.bin", 40_000_000)
         sent = a.call("transfer.send", peer="ben", paths=[str(src)])
         declined = wait_state(a, sent["id"], "declined")
-        assert "not enough free space" in declined["reason"]
+        assert "not enough free space" in declined["reason"] and "16.8 MB free" in declined["reason"]
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_an_offer_over_the_configured_limit_is_declined(nodes: NodeFactory, tmp_path: Path) -> None:
+    a = nodes.start("ann")
+    b = start_receiver(nodes, a, max_bytes=1_000_000)
+    for node in (a, b):
+        node.wait_until(lambda node=node: any(p["state"] == "alive" for p in node.call("peer.list")), what="alive")
+    src = write_random(tmp_path / "over.bin", 1_000_001)
+    sent = a.call("transfer.send", peer="ben", paths=[str(src)])
+    declined = wait_state(a, sent["id"], "declined")
+    assert "over this node's limit of 1.0 MB per transfer" in declined["reason"]
+    assert not (downloads(b) / "over.bin").exists()
 
 
 def test_a_cancel_leaves_no_partial_file(nodes: NodeFactory, tmp_path: Path) -> None:
