@@ -31,6 +31,7 @@ from lannode.core.link import AES_GCM
 from lannode.core.membership import State
 from lannode.core.transfer import (
     BULK_HELLO_BYTES,
+    chunk_count,
     CHUNK_SIZE,
     SECRET_BYTES,
     TOKEN_BYTES,
@@ -140,22 +141,55 @@ def hash_file(source: SourceFile, chunk_size: int = CHUNK_SIZE) -> OfferedFile:
     return OfferedFile(source.name, size, tuple(hashes), source.mode)
 
 
+def hash_range(source: SourceFile, first: int, count: int, chunk_size: int) -> list[bytes]:
+    """The hashes of chunks ``first`` .. ``first + count - 1`` of a file; TransferError if
+    they are not all there (the file shrank)."""
+    expected = min(count, chunk_count(source.size, chunk_size) - first)
+    hashes = []
+    try:
+        with open(source.path, "rb", buffering=0) as f:
+            f.seek(first * chunk_size)
+            buffer = bytearray(chunk_size)
+            view = memoryview(buffer)
+            for index in range(first, first + expected):
+                want = min(chunk_size, source.size - index * chunk_size)
+                if f.readinto(view[:want]) != want:
+                    raise TransferError(f"{source.path} shrank while it was being read; try again")
+                hashes.append(hash_chunk(view[:want]))
+    except OSError as exc:
+        raise TransferError(f"cannot read {source.path}: {exc.strerror}") from None
+    return hashes
+
+
 def make_offer(offer_id: str, files: list[SourceFile], chunk_size: int = CHUNK_SIZE, workers: int | None = None) -> Offer:
-    """Hash the files into an offer: big ones several at a time in a pool (hashlib releases
-    the GIL on big buffers), small ones here meanwhile, since for a 4 KB file a pool's
-    hand-off costs more than the hashing."""
-    big = [i for i, f in enumerate(files) if f.size >= BIG_FILE]
+    """Hash the files into an offer. Big files are cut into runs of chunks hashed on all
+    cores at once (hashlib releases the GIL on big buffers), so even one big file is
+    hashed in parallel; small files are hashed here meanwhile, since for a 4 KB file a
+    pool's hand-off costs more than the hashing."""
     offered: list[OfferedFile | None] = [None] * len(files)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers or min(4, (os.cpu_count() or 2))) as pool:
-        futures = {i: pool.submit(hash_file, files[i], chunk_size) for i in big}
+    runs: dict[int, list[concurrent.futures.Future[list[bytes]]]] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2)) as pool:
         for i, f in enumerate(files):
-            if i not in futures:
+            if f.size >= BIG_FILE:
+                chunks = chunk_count(f.size, chunk_size)
+                runs[i] = [pool.submit(hash_range, f, first, RUN_CHUNKS, chunk_size) for first in range(0, chunks, RUN_CHUNKS)]
+        for i, f in enumerate(files):
+            if i not in runs:
                 offered[i] = hash_file(f, chunk_size)
-        for i, future in futures.items():
-            offered[i] = future.result()
+        for i, futures in runs.items():
+            f = files[i]
+            hashes = [h for future in futures for h in future.result()]
+            try:
+                after = os.stat(f.path)
+            except OSError as exc:
+                raise TransferError(f"cannot read {f.path}: {exc.strerror}") from None
+            if (after.st_size, after.st_mtime_ns) != (f.size, f.mtime_ns):
+                raise TransferError(f"{f.path} changed while it was being read; try again")
+            offered[i] = OfferedFile(f.name, f.size, tuple(hashes), f.mode)
     return Offer(offer_id, tuple(f for f in offered if f is not None), chunk_size)
 
 
+RUN_CHUNKS = 32  # chunks hashed by one task of the pool
 BIG_FILE = 256 * 1024
 
 
