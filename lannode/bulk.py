@@ -48,15 +48,16 @@ from lannode.core.transfer import (
     bulk_hello,
     bulk_keys,
     control_record,
-    data_header,
+    DATA_HEADER_BYTES,
     hash_chunk,
     parse_record,
+    put_data_header,
 )
 
 log = logging.getLogger("lannode.transfer")
 
-WINDOW = 512 * 1024  # file bytes the sender may have sent beyond what the receiver wrote
-ACK_EVERY = 128 * 1024
+WINDOW = 768 * 1024  # file bytes the sender may have sent beyond what the receiver wrote
+ACK_EVERY = 256 * 1024  # one ack per full record: each costs the receiver a seal and a send
 COALESCE = 256 * 1024  # small records gathered into one send up to this size
 MAX_RECORD = RECORD_DATA + 64 + TAG_BYTES
 
@@ -133,14 +134,31 @@ class _Records:
         self.rx = rx
         self.reader = io.BufferedReader(socket.SocketIO(sock, "rb"), 1 << 20)
 
-    def seal(self, plaintext: bytes) -> bytes:
-        return self.tx.seal(plaintext)
-
     def send(self, plaintext: bytes) -> None:
         self.sock.sendall(self.tx.seal(plaintext))
 
-    def send_sealed(self, data: bytes | bytearray) -> None:
+    def send_sealed(self, data: bytes | bytearray | memoryview) -> None:
         self.sock.sendall(data)
+
+    def receive_into(self, ciphertext: bytearray, plaintext: bytearray) -> memoryview | None:
+        """The next record opened into ``plaintext`` (valid until the next call), through
+        ``ciphertext`` as scratch: no buffer allocated per record. None at a clean end."""
+        head = self.reader.read(4)
+        if not head:
+            return None
+        if len(head) < 4:
+            raise BulkError("the bulk connection ended inside a record")
+        length = int.from_bytes(head, "big")
+        if not TAG_BYTES <= length <= MAX_RECORD:
+            raise BulkError(f"a bulk record of {length} bytes")
+        view = memoryview(ciphertext)[:length]
+        if self.reader.readinto(view) < length:
+            raise BulkError("the bulk connection ended inside a record")
+        try:
+            n = self.rx.open_into(head, view, plaintext)
+        except Exception:
+            raise BulkError("a bulk record failed to authenticate") from None
+        return memoryview(plaintext)[:n]
 
     def receive(self) -> bytes | None:
         """The next record's plaintext; None at a clean end of stream."""
@@ -295,10 +313,14 @@ class _AckReader:
 
 
 def _send_all(records: _Records, sources: list[Source], starts: list[int], meter: Meter, acks: _AckReader, window: int) -> None:
+    """Each record is read straight into its plaintext buffer behind the header and sealed
+    into one output buffer: no per-record allocation or copy in Python."""
     sent = 0
     pending = bytearray()
-    buffer = bytearray(RECORD_DATA)
-    view = memoryview(buffer)
+    plain = bytearray(DATA_HEADER_BYTES + RECORD_DATA)
+    body = memoryview(plain)
+    out = bytearray(4 + len(plain) + TAG_BYTES)
+    sealed = memoryview(out)
     for index, source in enumerate(sources):
         start = starts[index]
         if start < 0:  # the receiver has this file
@@ -317,19 +339,20 @@ def _send_all(records: _Records, sources: list[Source], starts: list[int], meter
             while True:
                 chunk_end = min(source.size, (position // source.chunk_size + 1) * source.chunk_size)
                 want = min(RECORD_DATA, chunk_end - position)
-                n = f.readinto(view[:want]) if want else 0
+                n = f.readinto(body[DATA_HEADER_BYTES : DATA_HEADER_BYTES + want]) if want else 0
                 if n != want:
                     raise SourceChanged(index, f"{source.path} shrank since it was offered")
-                sealed = records.seal(data_header(index, position) + view[:n])
+                put_data_header(plain, index, position)
+                size = records.tx.seal_into(body[: DATA_HEADER_BYTES + n], out)
                 position += n
                 sent += n
-                if len(sealed) >= COALESCE // 4:
+                if size >= COALESCE // 4:
                     if pending:
                         records.send_sealed(pending)
                         pending.clear()
-                    records.send_sealed(sealed)
+                    records.send_sealed(sealed[:size])
                 else:
-                    pending += sealed
+                    pending += sealed[:size]
                     if len(pending) >= COALESCE:
                         records.send_sealed(pending)
                         pending.clear()
@@ -383,11 +406,12 @@ def receive_files(
         acked = 0
         current: tuple[int, Any] | None = None  # (index, open .part file)
         remaining = sum(1 for sink in sinks if not sink.done)
+        scratch, opened = bytearray(MAX_RECORD), bytearray(MAX_RECORD)
         try:
             while remaining:
                 if meter.stopped:
                     raise BulkError("stopped")
-                plaintext = records.receive()
+                plaintext = records.receive_into(scratch, opened)
                 if plaintext is None:
                     raise BulkError("the sender closed the bulk connection")
                 try:

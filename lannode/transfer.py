@@ -359,6 +359,7 @@ class TransferService:
         self.transfers: dict[str, Transfer] = {}
         self._tokens: dict[bytes, tuple[str, bytes]] = {}  # one-time token -> (transfer id, secret)
         self._nursery: trio.Nursery | None = None
+        self._ready = trio.Event()
         self.refused: dict[str, int] = {}
         self.bytes_sent = 0  # file bytes this process handed to bulk connections (resends included)
         peers.links.handle(CHANNEL_TRANSFER, self._on_frame)
@@ -376,6 +377,7 @@ class TransferService:
                     self._start_out(t)
                 elif t.direction == "in" and t.state == "active":
                     await self._prepare_in(t)
+            self._ready.set()  # the links were up before this: what came meanwhile was waiting
             nursery.start_soon(self._report_progress)
             task_status.started()
             await trio.sleep_forever()
@@ -571,6 +573,7 @@ class TransferService:
 
     # -- receiving ---------------------------------------------------------------------------------
     async def _on_frame(self, link: Link, data: bytes) -> None:
+        await self._ready.wait()  # an offer must meet the transfers of an earlier run, loaded
         try:
             message = json.loads(data)
             kind = message["t"]
@@ -772,6 +775,7 @@ class TransferService:
     async def _on_bulk(self, stream: trio.SocketStream, first: bytes) -> None:
         """A bulk connection from a sender: its token names the transfer; then the data
         runs in a worker thread on the socket itself."""
+        await self._ready.wait()
         try:
             with trio.fail_after(10):
                 while len(first) < BULK_HELLO_BYTES:
@@ -789,7 +793,7 @@ class TransferService:
             return
         found = self._tokens.pop(token, None)
         t = self.transfers.get(found[0]) if found else None
-        if found is None or t is None or t.state != "active":
+        if found is None or t is None or t.state != "active" or len(t.progress) != len(t.offer.files):
             self._refuse("bulk_token")
             await trio.aclose_forcefully(stream)
             return

@@ -211,6 +211,11 @@ def data_header(file_index: int, offset: int) -> bytes:
     return _DATA_HEADER.pack(R_DATA, file_index, offset)
 
 
+def put_data_header(buffer: bytearray, file_index: int, offset: int) -> None:
+    """``data_header`` written at the start of ``buffer`` (the file's bytes follow it there)."""
+    _DATA_HEADER.pack_into(buffer, 0, R_DATA, file_index, offset)
+
+
 def ack_record(written: int) -> bytes:
     return _ACK.pack(R_ACK, written)
 
@@ -219,7 +224,7 @@ def control_record(message: dict[str, Any]) -> bytes:
     return bytes([R_CONTROL]) + json.dumps(message, separators=(",", ":")).encode()
 
 
-def parse_record(plaintext: bytes) -> tuple[int, Any, Any]:
+def parse_record(plaintext: bytes | memoryview) -> tuple[int, Any, Any]:
     """(R_DATA, (file index, offset), data view) | (R_ACK, written, None) | (R_CONTROL, dict, None)."""
     if not plaintext:
         raise BadOffer("an empty bulk record")
@@ -235,7 +240,7 @@ def parse_record(plaintext: bytes) -> tuple[int, Any, Any]:
         return R_ACK, _ACK.unpack(plaintext)[1], None
     if kind == R_CONTROL:
         try:
-            message = json.loads(plaintext[1:])
+            message = json.loads(bytes(plaintext[1:]))
         except (ValueError, UnicodeDecodeError):
             raise BadOffer("a control record is JSON") from None
         if not isinstance(message, dict):
