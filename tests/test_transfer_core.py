@@ -215,3 +215,33 @@ def test_an_offer_is_checked_before_anything_is_written(tmp_path: Path) -> None:
     with pytest.raises(TransferError, match="not enough free space"):
         check_offer(offer_of("a"), downloads, limit=1 << 60, reserve=1 << 60)
     assert list(downloads.iterdir()) == []
+
+
+from lannode.core.link import AES_GCM  # noqa: E402
+
+
+@pytest.mark.parametrize("aes", [True, False] if AES_GCM else [False])  # AES-GCM needs AES-NI, as links do
+@pytest.mark.parametrize("direct", [True, False])
+def test_records_sealed_in_place_are_the_links_records(aes: bool, direct: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bulk path's in-place sealing (libsodium through cffi, or pynacl's API where that
+    is missing) writes exactly the bytes ``seal`` does, and opens what ``seal`` wrote."""
+    from nacl.exceptions import CryptoError
+
+    from lannode.core import link
+
+    if not direct:
+        monkeypatch.setattr(link, "_sodium", None)
+    key = os.urandom(32)
+    writer, reference, reader = (link.RecordCipher(key, aes) for _ in range(3))
+    out, opened = bytearray(300_000), bytearray(300_000)
+    for size in (0, 1, 4096, 256 * 1024 + 13):
+        plaintext = os.urandom(size)
+        n = writer.seal_into(memoryview(plaintext), out)
+        expected = reference.seal(plaintext)
+        assert bytes(out[:n]) == expected
+        m = reader.open_into(expected[:4], memoryview(expected)[4:], opened)
+        assert bytes(opened[:m]) == plaintext
+    tampered = bytearray(reference.seal(b"pay me"))
+    tampered[-1] ^= 1
+    with pytest.raises(CryptoError):
+        reader.open_into(bytes(tampered[:4]), memoryview(tampered)[4:], opened)
