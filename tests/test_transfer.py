@@ -332,3 +332,22 @@ def test_a_source_changed_while_the_sender_was_down_is_sent_again_whole(nodes: N
     assert digest(downloads(b) / "draft.bin") == digest(src)
     assert "changed since it was offered; sending it again" in a.log.read_text()
     assert ("changed at the sender" in b.log.read_text()) == disguised, "who noticed: the receiver's chunk check, or the sender's stat"
+
+
+def test_chat_and_pings_get_through_while_a_transfer_runs(nodes: NodeFactory, tmp_path: Path) -> None:
+    """File data has a connection of its own: a chat message sent mid-transfer is delivered
+    (receipt and all) while the file is still on its way, not after it."""
+    a = nodes.start("ann")
+    b = start_receiver(nodes, a)
+    for node in (a, b):
+        node.wait_until(lambda node=node: any(p["state"] == "alive" for p in node.call("peer.list")), what="alive")
+    src = write_random(tmp_path / "long.bin", 400_000_000)
+    sent = a.call("transfer.send", peer="ben", paths=[str(src)])
+    a.wait_until(lambda: transfer(a, sent["id"])["bytes"] > 0, what="bytes flowing")
+    message = a.call("chat.send", peer="ben", text="is it there yet?")
+    assert a.call("peer.ping", peer="ben")["rtt_ms"] > 0
+    a.wait_until(lambda: a.call("chat.log", peer="ben")[-1]["delivered_at"] is not None, what="the delivery receipt")
+    during = transfer(a, sent["id"])
+    assert during["state"] == "active" and during["bytes"] < during["total"], "the message did not wait for the file"
+    assert [m["text"] for m in b.call("chat.log", peer="ann")] == ["is it there yet?"] and message["text"] == "is it there yet?"
+    wait_state(a, sent["id"], "done", timeout=120)
