@@ -93,6 +93,7 @@ class Link:
         self._work = trio.Event()
         self._last_sent = trio.current_time()
         self._pongs: dict[bytes, trio.Event] = {}
+        self._send_lock = trio.Lock()
         self.messages_sent = 0
         self.messages_received = 0
 
@@ -252,13 +253,16 @@ class Link:
         return sealed
 
     async def _flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data:
-            self._last_sent = trio.current_time()
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                self.close(f"connection lost: {exc}")
+        # the writer, the keepalive and the goodbye in run() all flush: one at a time, and
+        # bytes leave in the order they were sealed (taken under the same lock)
+        async with self._send_lock:
+            data = self.conn.data_to_send()
+            if data:
+                self._last_sent = trio.current_time()
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self.close(f"connection lost: {exc}")
 
     async def _retire_deadline(self) -> None:
         await self._retired.wait()
