@@ -124,3 +124,57 @@ def test_capabilities_and_layouts_round_trip_and_refuse_garbage() -> None:
     with pytest.raises(DriveError, match="segments fed"):
         encoder.finish()
     assert storage_index(bytes(32)) != storage_index(b"\x01" + bytes(31))
+
+
+# -- the fragments a node holds (lannode/fragments.py) -------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+from lannode.fragments import FragmentError, FragmentStore  # noqa: E402
+
+
+def test_a_holder_stores_checked_fragments_and_catches_rot_and_hostile_ids(tmp_path: Path) -> None:
+    plaintext = os.urandom(40000)
+    layout, cap, fragments, hashes = put(plaintext, 4, 2, 8192)
+    lengths = [layout.block_length(i) for i in range(layout.segments)]
+    store = FragmentStore(tmp_path / "fragments", quota=10**6)
+    for f in (1, 5):
+        writer = store.writer(layout.file_id, f, layout.roots[f], hashes[f], lengths)
+        for block in fragments[f]:
+            writer.write(block)
+        writer.commit()
+    assert [(h.index, h.size) for h in store.held()] == [(1, layout.fragment_length()), (5, layout.fragment_length())]
+    assert store.usage() == 2 * layout.fragment_length()
+    offset = sum(lengths[:3])
+    assert store.read_block(layout.file_id, 5, 3, offset, lengths[3]) == fragments[5][3]
+    assert store.verify(layout.file_id, 1, lengths)
+    # rot on disk: caught on read and by verify
+    path = tmp_path / "fragments" / f"{layout.file_id}.5"
+    raw = bytearray(path.read_bytes())
+    raw[offset + 7] ^= 0x40
+    path.write_bytes(bytes(raw))
+    with pytest.raises(FragmentError, match="corrupt on this disk"):
+        store.read_block(layout.file_id, 5, 3, offset, lengths[3])
+    assert not store.verify(layout.file_id, 5, lengths)
+    # a peer's lies: wrong hashes for the root, a bad block, too few blocks, no room
+    with pytest.raises(FragmentError, match="do not match the fragment's root"):
+        store.writer(layout.file_id, 2, layout.roots[2], hashes[3], lengths)
+    writer = store.writer(layout.file_id, 2, layout.roots[2], hashes[2], lengths)
+    with pytest.raises(FragmentError, match="block 0 does not match"):
+        writer.write(fragments[3][0])
+    writer = store.writer(layout.file_id, 2, layout.roots[2], hashes[2], lengths)
+    writer.write(fragments[2][0])
+    with pytest.raises(FragmentError, match="1 of 5 blocks"):
+        writer.commit()
+    assert not store.has(layout.file_id, 2) and not list((tmp_path / "fragments").glob("*.part"))
+    small = FragmentStore(tmp_path / "small", quota=100)
+    with pytest.raises(FragmentError, match="no room"):
+        small.writer(layout.file_id, 0, layout.roots[0], hashes[0], lengths)
+    for bad_id, bad_index in (("../../etc/passwd", 0), ("A" * 32, 0), (layout.file_id, -1), (layout.file_id, 255), ("0" * 31, 1)):
+        with pytest.raises(FragmentError):
+            store.has(bad_id, bad_index)
+    assert store.delete(layout.file_id, 1) and not store.delete(layout.file_id, 1)
+    assert [h.index for h in store.held()] == [5]
+    # a write cut short by a crash leaves nothing behind after a restart
+    (tmp_path / "fragments" / f"{layout.file_id}.3.part").write_bytes(b"half")
+    assert not list(FragmentStore(tmp_path / "fragments", quota=10**6).root.glob("*.part"))
