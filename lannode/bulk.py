@@ -140,9 +140,8 @@ class _Records:
     def send_sealed(self, data: bytes | bytearray | memoryview) -> None:
         self.sock.sendall(data)
 
-    def receive_into(self, ciphertext: bytearray, plaintext: bytearray) -> memoryview | None:
-        """The next record opened into ``plaintext`` (valid until the next call), through
-        ``ciphertext`` as scratch: no buffer allocated per record. None at a clean end."""
+    def _head(self) -> tuple[bytes, int] | None:
+        """The next record's length field and length; None at a clean end of stream."""
         head = self.reader.read(4)
         if not head:
             return None
@@ -151,6 +150,14 @@ class _Records:
         length = int.from_bytes(head, "big")
         if not TAG_BYTES <= length <= MAX_RECORD:
             raise BulkError(f"a bulk record of {length} bytes")
+        return head, length
+
+    def receive_into(self, ciphertext: bytearray, plaintext: bytearray) -> memoryview | None:
+        """The next record opened into ``plaintext`` (valid until the next call), through
+        ``ciphertext`` as scratch: no buffer allocated per record. None at a clean end."""
+        if (found := self._head()) is None:
+            return None
+        head, length = found
         view = memoryview(ciphertext)[:length]
         if self.reader.readinto(view) < length:
             raise BulkError("the bulk connection ended inside a record")
@@ -162,14 +169,9 @@ class _Records:
 
     def receive(self) -> bytes | None:
         """The next record's plaintext; None at a clean end of stream."""
-        head = self.reader.read(4)
-        if not head:
+        if (found := self._head()) is None:
             return None
-        if len(head) < 4:
-            raise BulkError("the bulk connection ended inside a record")
-        length = int.from_bytes(head, "big")
-        if not TAG_BYTES <= length <= MAX_RECORD:
-            raise BulkError(f"a bulk record of {length} bytes")
+        head, length = found
         body = self.reader.read(length)
         if len(body) < length:
             raise BulkError("the bulk connection ended inside a record")

@@ -45,7 +45,10 @@ from lannode.core.transfer import (
     safe_relative_path,
 )
 from lannode.files import write_private
-from lannode.net.api_server import ApiServer, require
+from lannode.config import Config
+from lannode.identity import Identity
+from lannode.net.api_server import ApiServer, EventBus, require
+from lannode.peers import PeerService
 from lannode.net.links import Link, LinkError
 
 log = logging.getLogger("lannode.transfer")
@@ -346,7 +349,7 @@ class Transfer:
 class TransferService:
     """File drop: offers, decisions, the bulk workers, resume and progress."""
 
-    def __init__(self, home_path: Path, config: Any, identity: Any, peers: Any, bus: Any) -> None:
+    def __init__(self, home_path: Path, config: Config, identity: Identity, peers: PeerService, bus: EventBus) -> None:
         self.home_path = home_path
         self.dir = home_path / "transfers"
         configured = config.get("transfer.downloads")

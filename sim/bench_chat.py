@@ -105,23 +105,34 @@ async def chat_phase(a: Any, b: Any, processes: list[Any], rate: float, messages
     }
 
 
-async def bench(rate: float, messages: int, rounds: int, batches: list[int]) -> dict[str, Any]:
+def pair_homes(root: Path) -> list[Home]:
+    """Homes for nodes "a" and "b" on a gossip port of their own."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    root = Path(tempfile.mkdtemp(prefix="lannode-bench-chat-"))
-    homes = [write_home(root / n, n, port) for n in ("a", "b")]
-    processes = []
+    return [write_home(root / n, n, port) for n in ("a", "b")]
+
+
+async def start_pair(homes: list[Home], processes: list[Any]) -> None:
+    """Run a daemon on each home (appended to ``processes``, for the caller to stop) and
+    wait until a sees b alive."""
+    for home, name in zip(homes, ("a", "b")):
+        command = [sys.executable, "-m", "lannode", "up", "--home", str(home.path), "--interface", "127.0.0.1", "--name", name, "--log-level", "warning"]
+        processes.append(await trio.lowlevel.open_process(command, stdin=subprocess.DEVNULL))
+    for home, process in zip(homes, processes):
+        await wait_for_node(home, ui=False, process=process)
+    async with connect(homes[0]) as a:
+        with trio.fail_after(20):
+            while not any(p["name"] == "b" and p["state"] == "alive" for p in await a.call("peer.list")):
+                await trio.sleep(0.05)
+
+
+async def bench(rate: float, messages: int, rounds: int, batches: list[int]) -> dict[str, Any]:
+    homes = pair_homes(Path(tempfile.mkdtemp(prefix="lannode-bench-chat-")))
+    processes: list[Any] = []
     try:
-        for home, name in zip(homes, ("a", "b")):
-            command = [sys.executable, "-m", "lannode", "up", "--home", str(home.path), "--interface", "127.0.0.1", "--name", name, "--log-level", "warning"]
-            processes.append(await trio.lowlevel.open_process(command, stdin=subprocess.DEVNULL))
-        for home, process in zip(homes, processes):
-            await wait_for_node(home, ui=False, process=process)
+        await start_pair(homes, processes)
         async with connect(homes[0]) as a, connect(homes[1]) as b:
-            with trio.fail_after(20):
-                while not any(p["name"] == "b" and p["state"] == "alive" for p in await a.call("peer.list")):
-                    await trio.sleep(0.05)
             await a.call("chat.send", peer="b", text="warm-up")  # opens the link
             # the reference: an API round trip
             floor = []

@@ -34,10 +34,9 @@ from typing import Any
 
 import trio
 
-from lannode.home import Home
-from lannode.lab import _stop_all, wait_for_node
+from lannode.lab import _stop_all
 from lannode.net.api_client import connect
-from sim.bench_chat import write_home
+from sim.bench_chat import cpu_seconds, pair_homes, start_pair
 
 SCP_GOAL = 1.5
 FILES_GOAL = 2000.0
@@ -140,11 +139,6 @@ class Sshd:
 # -- lannode ------------------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 PIDS: list[int] = []
 
 
@@ -166,10 +160,7 @@ async def lannode_send(a: Any, paths: list[Path]) -> tuple[float, dict[str, Any]
 
 
 async def bench(size: int, files: int, runs: int, root: Path) -> dict[str, Any]:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    homes = [write_home(root / n, n, port) for n in ("a", "b")]
+    homes = pair_homes(root)
     a_id = homes[0].identity().node_id
     text = homes[1].config_path.read_text().replace("auto_accept = []", f'auto_accept = ["{a_id}"]')  # B trusts A
     homes[1].config_path.write_text(text)
@@ -181,20 +172,13 @@ async def bench(size: int, files: int, runs: int, root: Path) -> dict[str, Any]:
     for i in range(files):
         (small / f"{i:05d}.txt").write_bytes(os.urandom(4096))
     expected = digest(big)
-    processes = []
+    processes: list[Any] = []
     sshd = Sshd(root / "ssh")
     results: dict[str, list[float]] = {"lannode": [], "scp": [], "raw_tcp": [], "small": []}
     try:
-        for home, name in zip(homes, ("a", "b")):
-            command = [sys.executable, "-m", "lannode", "up", "--home", str(home.path), "--interface", "127.0.0.1", "--name", name, "--log-level", "warning"]
-            processes.append(await trio.lowlevel.open_process(command, stdin=subprocess.DEVNULL))
-        for home, process in zip(homes, processes):
-            await wait_for_node(home, ui=False, process=process)
+        await start_pair(homes, processes)
         PIDS[:] = [p.pid for p in processes]
         async with connect(homes[0]) as a, connect(homes[1]) as b:
-            with trio.fail_after(20):
-                while not any(p["name"] == "b" and p["state"] == "alive" for p in await a.call("peer.list")):
-                    await trio.sleep(0.05)
             b_downloads = Path((await b.call("node.status"))["transfers"]["downloads"])
             for run in range(runs):
                 for target in (b_downloads / "big.bin", root / "scp.bin", root / "tcp.bin"):

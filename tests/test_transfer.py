@@ -25,9 +25,10 @@ from conftest import NodeFactory, RunningNode, raw_link, run_cli, write_config
 CHANNEL_TRANSFER = 5
 
 
-def pair(nodes: NodeFactory) -> tuple[RunningNode, RunningNode]:
+def pair(nodes: NodeFactory, *, trusting: bool = False, downloads: Path | None = None, max_bytes: int | None = None) -> tuple[RunningNode, RunningNode]:
+    """Ann and Ben, alive to each other; Ben auto-accepts Ann's files if ``trusting``."""
     a = nodes.start("ann")
-    b = nodes.start("ben")
+    b = start_receiver(nodes, a if trusting else None, downloads, max_bytes)
     for node in (a, b):
         node.wait_until(lambda node=node: any(p["state"] == "alive" for p in node.call("peer.list")), what="the other node alive")
     return a, b
@@ -91,10 +92,7 @@ def wait_state(node: RunningNode, transfer_id: str, state: str, timeout: float =
 
 
 def test_a_big_file_and_a_folder_of_1000_files_arrive_byte_identical(nodes: NodeFactory, tmp_path: Path) -> None:
-    a = nodes.start("ann")
-    b = start_receiver(nodes, a)
-    for node in (a, b):
-        node.wait_until(lambda node=node: any(p["state"] == "alive" for p in node.call("peer.list")), what="alive")
+    a, b = pair(nodes, trusting=True)
     big = write_random(tmp_path / "src" / "big.bin", 200_000_000)
     folder = tmp_path / "src" / "photos"
     for i in range(1000):
@@ -150,10 +148,7 @@ def socket_bytes_sent(pid: int) -> int:
 
 @pytest.mark.parametrize("victim", ["sender", "receiver"])
 def test_kill_9_mid_transfer_resumes_with_less_than_two_chunks_sent_again(nodes: NodeFactory, tmp_path: Path, victim: str) -> None:
-    a = nodes.start("ann")
-    b = start_receiver(nodes, a)
-    for node in (a, b):
-        node.wait_until(lambda node=node: any(p["state"] == "alive" for p in node.call("peer.list")), what="alive")
+    a, b = pair(nodes, trusting=True)
     size = 120_000_000
     src = write_random(tmp_path / "video.bin", size)
     sent = a.call("transfer.send", peer="ben", paths=[str(src)])
@@ -206,10 +201,7 @@ def test_a_receiver_without_room_declines_with_a_clear_reason(nodes: NodeFactory
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small)], check=True)
     try:
-        a = nodes.start("ann")
-        b = start_receiver(nodes, a, small)
-        for node in (a, b):
-            node.wait_until(lambda node=node: any(p["state"] == "alive" for p in node.call("peer.list")), what="alive")
+        a, b = pair(nodes, trusting=True, downloads=small)
         src = write_random(tmp_path / "too-big.bin", 40_000_000)
         sent = a.call("transfer.send", peer="ben", paths=[str(src)])
         declined = wait_state(a, sent["id"], "declined")
@@ -220,10 +212,7 @@ def test_a_receiver_without_room_declines_with_a_clear_reason(nodes: NodeFactory
 
 
 def test_an_offer_over_the_configured_limit_is_declined(nodes: NodeFactory, tmp_path: Path) -> None:
-    a = nodes.start("ann")
-    b = start_receiver(nodes, a, max_bytes=1_000_000)
-    for node in (a, b):
-        node.wait_until(lambda node=node: any(p["state"] == "alive" for p in node.call("peer.list")), what="alive")
+    a, b = pair(nodes, trusting=True, max_bytes=1_000_000)
     src = write_random(tmp_path / "over.bin", 1_000_001)
     sent = a.call("transfer.send", peer="ben", paths=[str(src)])
     declined = wait_state(a, sent["id"], "declined")
@@ -232,10 +221,7 @@ def test_an_offer_over_the_configured_limit_is_declined(nodes: NodeFactory, tmp_
 
 
 def test_a_cancel_leaves_no_partial_file(nodes: NodeFactory, tmp_path: Path) -> None:
-    a = nodes.start("ann")
-    b = start_receiver(nodes, a)
-    for node in (a, b):
-        node.wait_until(lambda node=node: any(p["state"] == "alive" for p in node.call("peer.list")), what="alive")
+    a, b = pair(nodes, trusting=True)
     src = write_random(tmp_path / "long.bin", 300_000_000)
     sent = a.call("transfer.send", peer="ben", paths=[str(src)])
     b.wait_until(lambda: transfer(b, sent["id"])["bytes"] > 0, what="bytes flowing")
@@ -248,10 +234,7 @@ def test_a_cancel_leaves_no_partial_file(nodes: NodeFactory, tmp_path: Path) -> 
 
 
 def test_the_cli_sends_with_progress_and_decides_offers(nodes: NodeFactory, tmp_path: Path) -> None:
-    a = nodes.start("ann")
-    b = start_receiver(nodes, a)
-    for node in (a, b):
-        node.wait_until(lambda node=node: any(p["state"] == "alive" for p in node.call("peer.list")), what="alive")
+    a, b = pair(nodes, trusting=True)
     ahome, bhome = ("--home", str(a.home.path)), ("--home", str(b.home.path))
     big = write_random(tmp_path / "clip.bin", 60_000_000)
     small = write_random(tmp_path / "dir" / "a.txt", 100)
@@ -310,10 +293,7 @@ def test_a_source_changed_while_the_sender_was_down_is_sent_again_whole(nodes: N
     """Changed with a new mtime, the sender notices before sending; changed with its size and
     mtime put back, the receiver's chunk check notices. Either way the file starts over and
     what lands is the new version, never a mix."""
-    a = nodes.start("ann")
-    b = start_receiver(nodes, a)
-    for node in (a, b):
-        node.wait_until(lambda node=node: any(p["state"] == "alive" for p in node.call("peer.list")), what="alive")
+    a, b = pair(nodes, trusting=True)
     size = 80_000_000
     src = write_random(tmp_path / "draft.bin", size)
     sent = a.call("transfer.send", peer="ben", paths=[str(src)])
@@ -337,10 +317,7 @@ def test_a_source_changed_while_the_sender_was_down_is_sent_again_whole(nodes: N
 def test_chat_and_pings_get_through_while_a_transfer_runs(nodes: NodeFactory, tmp_path: Path) -> None:
     """File data has a connection of its own: a chat message sent mid-transfer is delivered
     (receipt and all) while the file is still on its way, not after it."""
-    a = nodes.start("ann")
-    b = start_receiver(nodes, a)
-    for node in (a, b):
-        node.wait_until(lambda node=node: any(p["state"] == "alive" for p in node.call("peer.list")), what="alive")
+    a, b = pair(nodes, trusting=True)
     src = write_random(tmp_path / "long.bin", 400_000_000)
     sent = a.call("transfer.send", peer="ben", paths=[str(src)])
     a.wait_until(lambda: transfer(a, sent["id"])["bytes"] > 0, what="bytes flowing")

@@ -158,7 +158,7 @@ def parse_cap(text: str) -> ReadCap | VerifyCap:
 
 def check_layout(layout: Layout, cap: ReadCap | VerifyCap) -> None:
     """DriveError unless ``layout`` is the one the capability names."""
-    if layout.digest() != cap.layout_hash or layout.file_id != (cap.file_id):
+    if layout.digest() != cap.layout_hash or layout.file_id != cap.file_id:
         raise DriveError("the layout is not the one this capability names")
 
 
