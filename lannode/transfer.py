@@ -9,6 +9,7 @@ folder. The transfer service (the peer-link channel, resume, progress, the
 from __future__ import annotations
 
 import base64
+import functools
 import concurrent.futures
 import json
 import logging
@@ -30,7 +31,6 @@ from lannode.core import api
 from lannode.core.link import AES_GCM
 from lannode.core.membership import State
 from lannode.core.transfer import (
-    BULK_HELLO_BYTES,
     chunk_count,
     CHUNK_SIZE,
     SECRET_BYTES,
@@ -41,7 +41,6 @@ from lannode.core.transfer import (
     OfferedFile,
     UnsafeName,
     hash_chunk,
-    parse_bulk_hello,
     safe_relative_path,
 )
 from lannode.files import write_private
@@ -360,13 +359,12 @@ class TransferService:
         self.peers = peers
         self.bus = bus
         self.transfers: dict[str, Transfer] = {}
-        self._tokens: dict[bytes, tuple[str, bytes]] = {}  # one-time token -> (transfer id, secret)
+        self._tokens: dict[str, bytes] = {}  # transfer id -> its one-time bulk token, while it is good
         self._nursery: trio.Nursery | None = None
         self._ready = trio.Event()
         self.refused: dict[str, int] = {}
         self.bytes_sent = 0  # file bytes this process handed to bulk connections (resends included)
         peers.links.handle(CHANNEL_TRANSFER, self._on_frame)
-        peers.links.bulk_handler = self._on_bulk
         peers.state_listeners.append(self._on_peer_state)
 
     # -- life --------------------------------------------------------------------------------------
@@ -645,8 +643,10 @@ class TransferService:
             await self._try_send(t.peer, {"t": "pending", "id": t.id})
         elif t.state == "active":
             secret, token = secrets.token_bytes(SECRET_BYTES), secrets.token_bytes(TOKEN_BYTES)
-            self._tokens = {k: v for k, v in self._tokens.items() if v[0] != t.id}
-            self._tokens[token] = (t.id, secret)
+            if (old := self._tokens.pop(t.id, None)) is not None:
+                self.peers.links.forget_bulk(old)
+            self._tokens[t.id] = token
+            self.peers.links.expect_bulk(token, functools.partial(self._on_bulk, t=t, secret=secret, token=token))
             link = self.peers.links.links.get(t.peer)
             cipher = link.cipher if link is not None else "xchacha20-poly1305"
             await self._try_send(t.peer, {"t": "accept", "id": t.id, "secret": base64.b64encode(secret).decode(), "token": token.hex(), "cipher": cipher})
@@ -775,32 +775,16 @@ class TransferService:
         if t.progress:
             t.progress[index] = FileProgress(entry, t.offer.chunk_size)
 
-    async def _on_bulk(self, stream: trio.SocketStream, first: bytes) -> None:
-        """A bulk connection from a sender: its token names the transfer; then the data
+    async def _on_bulk(self, stream: trio.SocketStream, t: Transfer, secret: bytes, token: bytes) -> None:
+        """A bulk connection from the sender, with the token this node gave it: the data
         runs in a worker thread on the socket itself."""
         await self._ready.wait()
-        try:
-            with trio.fail_after(10):
-                while len(first) < BULK_HELLO_BYTES:
-                    more = await stream.receive_some(BULK_HELLO_BYTES - len(first))
-                    if not more:
-                        raise BadOffer("the bulk hello ended early")
-                    first += more
-            token = parse_bulk_hello(first[:BULK_HELLO_BYTES])
-            if len(first) > BULK_HELLO_BYTES:
-                raise BadOffer("data before the receiver said where to start")
-        except (BadOffer, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
-            self._refuse("bulk_hello")
-            log.debug("bulk connection refused: %s", exc)
+        if self._tokens.get(t.id) == token:
+            del self._tokens[t.id]
+        if t.state != "active" or len(t.progress) != len(t.offer.files):
+            self._refuse("bulk_state")
             await trio.aclose_forcefully(stream)
             return
-        found = self._tokens.pop(token, None)
-        t = self.transfers.get(found[0]) if found else None
-        if found is None or t is None or t.state != "active" or len(t.progress) != len(t.offer.files):
-            self._refuse("bulk_token")
-            await trio.aclose_forcefully(stream)
-            return
-        secret = found[1]
         if t.worker is not None:  # an older connection of this transfer: it is over
             t.meter.stop()
             t.worker.cancel()

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import trio
 from nacl.signing import SigningKey
 
-from lannode.core.transfer import BULK_MAGIC
+from lannode.core.transfer import BULK_HELLO_BYTES, BULK_MAGIC, BadOffer, parse_bulk_hello
 from lannode.core.link import (
     MAX_RECORD_DATA,
     LinkClosed,
@@ -308,7 +308,7 @@ class LinkManager:
         self.on_established = on_established
         self.links: dict[str, Link] = {}
         self.handlers: dict[int, MessageHandler] = {}
-        self.bulk_handler: Callable[[trio.SocketStream, bytes], Awaitable[None]] | None = None  # gets the stream and its first bytes
+        self._bulk: dict[bytes, Callable[[trio.SocketStream], Awaitable[None]]] = {}  # one-time token -> its handler
         self.refused: Counter[str] = Counter()
         self.port = 0
         self._dials: dict[str, _DialState] = {}
@@ -316,6 +316,14 @@ class LinkManager:
 
     def handle(self, channel: int, handler: MessageHandler) -> None:
         self.handlers[channel] = handler
+
+    def expect_bulk(self, token: bytes, handler: Callable[[trio.SocketStream], Awaitable[None]]) -> None:
+        """A bulk connection whose hello carries ``token`` goes to ``handler`` (once). The
+        token travelled over a link, so only that peer can present it."""
+        self._bulk[token] = handler
+
+    def forget_bulk(self, token: bytes) -> None:
+        self._bulk.pop(token, None)
 
     async def serve(self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(port, host=host)
@@ -394,11 +402,7 @@ class LinkManager:
             await trio.aclose_forcefully(stream)
             return
         if first.startswith(BULK_MAGIC):
-            if self.bulk_handler is None:
-                self.refused["bulk"] += 1
-                await trio.aclose_forcefully(stream)
-                return
-            await self.bulk_handler(stream, first)
+            await self._accept_bulk(stream, first)
             return
         conn = LinkConnection(self.key, Role.LISTENER, network_key=self.network_key)
         conn.receive_data(first)
@@ -408,6 +412,29 @@ class LinkManager:
             log.debug("incoming link refused: %s", exc)
             return
         await link.closed.wait()
+
+    async def _accept_bulk(self, stream: trio.SocketStream, first: bytes) -> None:
+        try:
+            with trio.fail_after(self.settings.handshake_timeout):
+                while len(first) < BULK_HELLO_BYTES:
+                    more = await stream.receive_some(BULK_HELLO_BYTES - len(first))
+                    if not more:
+                        raise BadOffer("the bulk hello ended early")
+                    first += more
+            token = parse_bulk_hello(first[:BULK_HELLO_BYTES])
+            if len(first) > BULK_HELLO_BYTES:
+                raise BadOffer("data before the other end spoke")
+        except (BadOffer, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+            self.refused["bulk_hello"] += 1
+            log.debug("bulk connection refused: %s", exc)
+            await trio.aclose_forcefully(stream)
+            return
+        handler = self._bulk.pop(token, None)
+        if handler is None:
+            self.refused["bulk_token"] += 1
+            await trio.aclose_forcefully(stream)
+            return
+        await handler(stream)
 
     async def _establish(self, stream: trio.SocketStream, conn: LinkConnection, dialed_by: str) -> Link:
         try:
