@@ -136,45 +136,105 @@ from lannode.fragments import FragmentError, FragmentStore  # noqa: E402
 def test_a_holder_stores_checked_fragments_and_catches_rot_and_hostile_ids(tmp_path: Path) -> None:
     plaintext = os.urandom(40000)
     layout, cap, fragments, hashes = put(plaintext, 4, 2, 8192)
-    lengths = [layout.block_length(i) for i in range(layout.segments)]
+    shape = (layout.size, layout.k, layout.m, layout.segment)
     store = FragmentStore(tmp_path / "fragments", quota=10**6)
     for f in (1, 5):
-        writer = store.writer(layout.file_id, f, layout.roots[f], hashes[f], lengths)
-        for block in fragments[f]:
-            writer.write(block)
-        writer.commit()
+        writer = store.writer(layout.file_id, f, *shape)
+        stream = b"".join(fragments[f])
+        for start in range(0, len(stream), 777):  # pieces that cut blocks anywhere
+            writer.write(stream[start : start + 777])
+        writer.commit(layout.roots[f])
     assert [(h.index, h.size) for h in store.held()] == [(1, layout.fragment_length()), (5, layout.fragment_length())]
     assert store.usage() == 2 * layout.fragment_length()
-    offset = sum(lengths[:3])
-    assert store.read_block(layout.file_id, 5, 3, offset, lengths[3]) == fragments[5][3]
-    assert store.verify(layout.file_id, 1, lengths)
+    assert store.info(layout.file_id, 5).hashes == tuple(hashes[5])
+    with store.open(layout.file_id, 5) as reader:
+        assert reader.block(3) == fragments[5][3]
+    assert store.verify(layout.file_id, 1)
     # rot on disk: caught on read and by verify
     path = tmp_path / "fragments" / f"{layout.file_id}.5"
     raw = bytearray(path.read_bytes())
-    raw[offset + 7] ^= 0x40
+    raw[sum(layout.block_lengths()[:3]) + 7] ^= 0x40
     path.write_bytes(bytes(raw))
-    with pytest.raises(FragmentError, match="corrupt on this disk"):
-        store.read_block(layout.file_id, 5, 3, offset, lengths[3])
-    assert not store.verify(layout.file_id, 5, lengths)
-    # a peer's lies: wrong hashes for the root, a bad block, too few blocks, no room
-    with pytest.raises(FragmentError, match="do not match the fragment's root"):
-        store.writer(layout.file_id, 2, layout.roots[2], hashes[3], lengths)
-    writer = store.writer(layout.file_id, 2, layout.roots[2], hashes[2], lengths)
-    with pytest.raises(FragmentError, match="block 0 does not match"):
-        writer.write(fragments[3][0])
-    writer = store.writer(layout.file_id, 2, layout.roots[2], hashes[2], lengths)
+    with pytest.raises(FragmentError, match="corrupt on this disk"), store.open(layout.file_id, 5) as reader:
+        reader.block(3)
+    assert not store.verify(layout.file_id, 5)
+    # a peer's lies: blocks that do not hash to the root, too few bytes, too many, no room
+    writer = store.writer(layout.file_id, 2, *shape)
+    writer.write(b"".join(fragments[3]))
+    with pytest.raises(FragmentError, match="do not hash to the root"):
+        writer.commit(layout.roots[2])
+    writer = store.writer(layout.file_id, 2, *shape)
     writer.write(fragments[2][0])
-    with pytest.raises(FragmentError, match="1 of 5 blocks"):
-        writer.commit()
+    with pytest.raises(FragmentError, match="of .* bytes arrived"):
+        writer.commit(layout.roots[2])
+    writer = store.writer(layout.file_id, 2, *shape)
+    with pytest.raises(FragmentError, match="more bytes"):
+        writer.write(b"".join(fragments[2]) + b"x")
     assert not store.has(layout.file_id, 2) and not list((tmp_path / "fragments").glob("*.part"))
+    assert store.free() == 10**6 - 2 * layout.fragment_length(), "aborted writes give their room back"
     small = FragmentStore(tmp_path / "small", quota=100)
     with pytest.raises(FragmentError, match="no room"):
-        small.writer(layout.file_id, 0, layout.roots[0], hashes[0], lengths)
+        small.writer(layout.file_id, 0, *shape)
     for bad_id, bad_index in (("../../etc/passwd", 0), ("A" * 32, 0), (layout.file_id, -1), (layout.file_id, 255), ("0" * 31, 1)):
         with pytest.raises(FragmentError):
             store.has(bad_id, bad_index)
+    for bad_shape in ((-1, 4, 2, 8192), (100, 0, 2, 8192), (100, 4, 2, 0), (100, 200, 100, 8192), (100, True, 2, 8192)):
+        with pytest.raises(FragmentError):
+            store.writer(layout.file_id, 0, *bad_shape)
     assert store.delete(layout.file_id, 1) and not store.delete(layout.file_id, 1)
     assert [h.index for h in store.held()] == [5]
     # a write cut short by a crash leaves nothing behind after a restart
     (tmp_path / "fragments" / f"{layout.file_id}.3.part").write_bytes(b"half")
     assert not list(FragmentStore(tmp_path / "fragments", quota=10**6).root.glob("*.part"))
+
+
+from nacl.signing import SigningKey  # noqa: E402
+
+from lannode.core.drive import Manifest, PlacementError, open_share, place, seal_share  # noqa: E402
+
+NODES = [f"{c}" * 24 for c in "abcdefg"]
+
+
+def test_placement_spreads_by_free_space_and_says_what_is_short() -> None:
+    free = {NODES[0]: 500, NODES[1]: 900, NODES[2]: 700, NODES[3]: 100, NODES[4]: 800}
+    assert place(3, free, 200) == [NODES[1], NODES[4], NODES[2]], "the roomiest nodes, one fragment each"
+    with pytest.raises(PlacementError, match="4 fragments need 4 distinct nodes with 200 bytes free each; 3 nodes have room"):
+        place(4, {n: f for n, f in free.items() if n != NODES[0]}, 200)
+    doubled = place(6, free, 200, allow_fewer=True)
+    assert len(doubled) == 6 and set(doubled) == {NODES[0], NODES[1], NODES[2], NODES[4]}
+    assert all(doubled.count(n) <= 2 for n in doubled), "a second fragment only when every node has one"
+    # repair: nodes that hold a fragment of the file already come last
+    assert place(1, free, 200, holding={NODES[1]: 1, NODES[4]: 1}) == [NODES[2]]
+    with pytest.raises(PlacementError, match="no node has"):
+        place(1, free, 10_000, allow_fewer=True)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.sampled_from(NODES), st.integers(0, 10_000), min_size=1), st.integers(1, 8), st.integers(1, 3000))
+def test_placement_never_overfills_and_keeps_nodes_distinct_when_it_can(free: dict[str, int], count: int, size: int) -> None:
+    try:
+        chosen = place(count, free, size)
+    except PlacementError:
+        assert sum(f >= size for f in free.values()) < count
+        return
+    assert len(chosen) == len(set(chosen)) == count
+    assert all(free[n] >= size for n in chosen)
+
+
+def test_manifests_round_trip_and_shares_open_only_for_their_node() -> None:
+    layout, cap, _, _ = put(b"x" * 5000, 4, 2, 1024)
+    manifest = Manifest(layout, tuple(NODES[:6]), 1, NODES[0], 1700000000.0)
+    assert Manifest.from_json(manifest.to_json()) == manifest
+    moved = manifest.moved(2, NODES[6])
+    assert moved.holders[2] == NODES[6] and moved.version == 2
+    for bad in ({}, {**manifest.to_json(), "holders": NODES[:5]}, {**manifest.to_json(), "holders": ["../x"] * 6}, {**manifest.to_json(), "layout": {"id": 1}}):
+        with pytest.raises(DriveError):
+            Manifest.from_json(bad)
+    me, other = SigningKey.generate(), SigningKey.generate()
+    sealed = seal_share(bytes(me.verify_key), {"name": "plans.pdf", "cap": str(cap)})
+    assert open_share(me, sealed) == {"name": "plans.pdf", "cap": str(cap)}
+    assert "plans" not in sealed
+    with pytest.raises(DriveError, match="does not open"):
+        open_share(other, sealed)
+    with pytest.raises(DriveError):
+        open_share(me, "not base64 at all!")

@@ -37,6 +37,8 @@ from typing import Any, Mapping
 import numpy as np
 from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_decrypt, crypto_aead_xchacha20poly1305_ietf_encrypt
 from nacl.exceptions import CryptoError
+from nacl.public import SealedBox
+from nacl.signing import SigningKey, VerifyKey
 
 from lannode.core.erasure import Codec, ErasureError
 
@@ -75,6 +77,15 @@ def _unb32(text: str, size: int) -> bytes:
     return raw
 
 
+def block_lengths(size: int, k: int, segment: int) -> list[int]:
+    """The length of each block of a fragment of a ``size``-byte file: the same in every
+    fragment, so a holder knows them from the size, k and segment size alone."""
+    segments = max(1, -(-size // segment))
+    full = -(-(segment + TAG_BYTES) // k)
+    last = -(-(size - (segments - 1) * segment + TAG_BYTES) // k)
+    return [full] * (segments - 1) + [last]
+
+
 @dataclass(frozen=True, slots=True)
 class Layout:
     """What every holder and reader of a file agrees on; its hash is in both capabilities."""
@@ -96,8 +107,11 @@ class Layout:
     def block_length(self, index: int) -> int:
         return -(-self.sealed_length(index) // self.k)
 
+    def block_lengths(self) -> list[int]:
+        return block_lengths(self.size, self.k, self.segment)
+
     def fragment_length(self) -> int:
-        return sum(self.block_length(i) for i in range(self.segments))
+        return sum(self.block_lengths())
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.file_id, "size": self.size, "k": self.k, "m": self.m, "segment": self.segment, "roots": [r.hex() for r in self.roots]}
@@ -192,12 +206,21 @@ class Encoder:
         self._next = 0
 
     def segment(self, index: int, plaintext: bytes) -> list[bytes]:
-        shape = self.shape
-        if index != self._next or index >= shape.segments:
+        """Seal and code segment ``index`` (in order); its k + m blocks."""
+        if index != self._next:
             raise DriveError(f"segment {index} out of order (expected {self._next})")
+        blocks, hashes = self.code(index, plaintext)
+        self.take(index, hashes)
+        return blocks
+
+    def code(self, index: int, plaintext: bytes) -> tuple[list[bytes], list[bytes]]:
+        """Segment ``index``'s blocks and their hashes. Keeps no state, so worker threads
+        may code several segments at once; hand the hashes to ``take`` in order."""
+        shape = self.shape
+        if not 0 <= index < shape.segments:
+            raise DriveError(f"no segment {index} in a file of {shape.segments}")
         if len(plaintext) != shape.sealed_length(index) - TAG_BYTES:
             raise DriveError(f"segment {index} has {len(plaintext)} bytes, not {shape.sealed_length(index) - TAG_BYTES}")
-        self._next += 1
         last = index == shape.segments - 1
         sealed = crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, _ad(self.file_id, index, last), _nonce(index), self.key)
         width = shape.block_length(index)
@@ -205,9 +228,14 @@ class Encoder:
         padded[: len(sealed)] = np.frombuffer(sealed, dtype=np.uint8)
         data = [padded[i * width : (i + 1) * width] for i in range(shape.k)]
         blocks = [d.tobytes() for d in data] + [p.tobytes() for p in self.codec.encode(data)]
-        for i, block in enumerate(blocks):
-            self.hashes[i].append(hashlib.sha256(block).digest())
-        return blocks
+        return blocks, [hashlib.sha256(block).digest() for block in blocks]
+
+    def take(self, index: int, hashes: list[bytes]) -> None:
+        if index != self._next:
+            raise DriveError(f"segment {index} out of order (expected {self._next})")
+        self._next += 1
+        for i, digest in enumerate(hashes):
+            self.hashes[i].append(digest)
 
     def finish(self) -> tuple[Layout, ReadCap]:
         if self._next != self.shape.segments:
@@ -266,3 +294,107 @@ class Decoder:
             return [d.tobytes() for d in self.codec.decode({i: np.frombuffer(b, dtype=np.uint8) for i, b in blocks.items()})]
         except ErasureError as exc:
             raise DriveError(f"segment {index}: {exc}") from None
+
+
+# -- manifests: what the replicated store says about a file -----------------------------------------
+
+MANIFEST_PREFIX = "drive/m/"  # drive/m/FILE-ID -> a Manifest (public: ids, sizes, holders)
+SHARE_PREFIX = "drive/s/"  # drive/s/NODE-ID/FILE-ID -> a name and read cap, sealed to that node
+NODE_PREFIX = "drive/n/"  # drive/n/NODE-ID -> that node's quota and usage
+
+
+def _node_id(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 24 and value.isalnum() and value.islower()
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A file as every node sees it: its layout, which node holds each fragment, and a
+    version that repair raises. Names and keys are not in it (see ``seal_share``)."""
+
+    layout: Layout
+    holders: tuple[str, ...]  # node id per fragment index
+    version: int
+    owner: str
+    created: float
+
+    @property
+    def file_id(self) -> str:
+        return self.layout.file_id
+
+    def to_json(self) -> dict[str, Any]:
+        return {"layout": self.layout.to_json(), "holders": list(self.holders), "version": self.version, "owner": self.owner, "created": self.created}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Manifest":
+        try:
+            manifest = cls(Layout.from_json(data["layout"]), tuple(data["holders"]), int(data["version"]), str(data["owner"]), float(data["created"]))
+        except (KeyError, TypeError, ValueError):
+            raise DriveError("a malformed manifest") from None
+        if len(manifest.holders) != manifest.layout.k + manifest.layout.m or not all(_node_id(h) for h in manifest.holders) or not _node_id(manifest.owner):
+            raise DriveError("a manifest whose holders do not add up")
+        return manifest
+
+    def moved(self, index: int, holder: str) -> "Manifest":
+        holders = list(self.holders)
+        holders[index] = holder
+        return Manifest(self.layout, tuple(holders), self.version + 1, self.owner, self.created)
+
+
+# -- placement --------------------------------------------------------------------------------------
+
+
+class PlacementError(DriveError):
+    """Not enough nodes (or room) to place a file's fragments; the message says what is short."""
+
+
+def place(count: int, free: Mapping[str, int], fragment_bytes: int, *, holding: Mapping[str, int] | None = None, allow_fewer: bool = False) -> list[str]:
+    """Pick a node for each of ``count`` fragments of ``fragment_bytes`` from ``free``
+    (node id -> free bytes), balanced by free space: each fragment goes to the node with
+    the most room left that holds no fragment of this file yet (``holding``: node ->
+    fragments of the file it holds already). Distinct nodes, or PlacementError; with
+    ``allow_fewer``, nodes take a second fragment (the fewest first) when there are not
+    enough of them, which survives fewer losses and is the caller's explicit choice."""
+    room = {node: left for node, left in free.items() if left >= fragment_bytes}
+    held = dict(holding or {})
+    distinct = [node for node in room if not held.get(node)]
+    if len(distinct) < count and not allow_fewer:
+        have = f"{len(distinct)} node{'s' if len(distinct) != 1 else ''}"
+        raise PlacementError(
+            f"{count} fragments need {count} distinct nodes with {fragment_bytes} bytes free each; "
+            f"{have} {'has' if len(distinct) == 1 else 'have'} room (start more nodes, lower k + m, or allow fewer nodes)"
+        )
+    if not room:
+        raise PlacementError(f"no node has {fragment_bytes} bytes free for a fragment")
+    chosen: list[str] = []
+    for _ in range(count):
+        candidates = [node for node in room if room[node] >= fragment_bytes]
+        if not candidates:
+            raise PlacementError(f"the nodes ran out of room after {len(chosen)} of {count} fragments")
+        node = min(candidates, key=lambda n: (held.get(n, 0), -room[n], n))
+        chosen.append(node)
+        held[node] = held.get(node, 0) + 1
+        room[node] -= fragment_bytes
+    return chosen
+
+
+# -- shares: names and read caps, readable only by the nodes they are for ------------------------------
+
+
+def seal_share(recipient: bytes, record: Mapping[str, Any]) -> str:
+    """``record`` (name, read cap, ...) sealed to the node whose Ed25519 public key is
+    ``recipient``: an anonymous sealed box to its X25519 form, so only that node opens it."""
+    box = SealedBox(VerifyKey(recipient).to_curve25519_public_key())
+    return base64.b64encode(box.encrypt(json.dumps(dict(record), separators=(",", ":")).encode())).decode()
+
+
+def open_share(signing_key: SigningKey, sealed: str) -> dict[str, Any]:
+    """A share sealed to this node; DriveError if it is not one (or not for us)."""
+    try:
+        plain = SealedBox(signing_key.to_curve25519_private_key()).decrypt(base64.b64decode(sealed, validate=True))
+        record = json.loads(plain)
+    except (CryptoError, ValueError, TypeError):
+        raise DriveError("a share that does not open with this node's key") from None
+    if not isinstance(record, dict) or not isinstance(record.get("name"), str) or not isinstance(record.get("cap"), str):
+        raise DriveError("a share without a name and a capability")
+    return record
