@@ -32,7 +32,9 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
+
+import trio
 
 from lannode.core.link import TAG_BYTES, RecordCipher
 from lannode.core.transfer import (
@@ -125,7 +127,7 @@ class Meter:
         return self._stop.is_set()
 
 
-class _Records:
+class Records:
     """Sealed records over a blocking socket."""
 
     def __init__(self, sock: socket.socket, tx: RecordCipher, rx: RecordCipher) -> None:
@@ -181,7 +183,7 @@ class _Records:
             raise BulkError("a bulk record failed to authenticate") from None
 
 
-def _ciphers(secret: bytes, aes: bool, sending: bool) -> tuple[RecordCipher, RecordCipher]:
+def ciphers(secret: bytes, aes: bool, sending: bool) -> tuple[RecordCipher, RecordCipher]:
     to_receiver, to_sender = bulk_keys(secret)
     if sending:
         return RecordCipher(to_receiver, aes), RecordCipher(to_sender, aes)
@@ -214,7 +216,7 @@ def send_files(address: tuple[str, int], token: bytes, secret: bytes, aes: bool,
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(bulk_hello(token))
-        records = _Records(sock, *_ciphers(secret, aes, sending=True))
+        records = Records(sock, *ciphers(secret, aes, sending=True))
         first = _receive_control(records)
         starts = first.get("start")
         if not isinstance(starts, list) or len(starts) != len(sources) or not all(isinstance(s, int) for s in starts):
@@ -235,7 +237,7 @@ def send_files(address: tuple[str, int], token: bytes, secret: bytes, aes: bool,
         sock.close()
 
 
-def _receive_control(records: _Records) -> dict[str, Any]:
+def _receive_control(records: Records) -> dict[str, Any]:
     plaintext = records.receive()
     if plaintext is None:
         raise BulkError("the receiver closed the bulk connection")
@@ -253,7 +255,7 @@ def _receive_control(records: _Records) -> dict[str, Any]:
 class _AckReader:
     """The sender's thread that reads acks and the receiver's verdicts."""
 
-    def __init__(self, records: _Records, meter: Meter) -> None:
+    def __init__(self, records: Records, meter: Meter) -> None:
         self.records = records
         self.meter = meter
         self.written = 0
@@ -314,7 +316,7 @@ class _AckReader:
                 raise BulkError("stopped")
 
 
-def _send_all(records: _Records, sources: list[Source], starts: list[int], meter: Meter, acks: _AckReader, window: int) -> None:
+def _send_all(records: Records, sources: list[Source], starts: list[int], meter: Meter, acks: _AckReader, window: int) -> None:
     """Each record is read straight into its plaintext buffer behind the header and sealed
     into one output buffer: no per-record allocation or copy in Python."""
     sent = 0
@@ -400,7 +402,7 @@ def receive_files(
     meter._sock = sock
     sock.settimeout(None)
     sock.setblocking(True)
-    records = _Records(sock, *_ciphers(secret, aes, sending=False))
+    records = Records(sock, *ciphers(secret, aes, sending=False))
     try:
         starts = [-1 if sink.done else sink.progress.position for sink in sinks]
         records.send(control_record({"start": starts}))
@@ -501,3 +503,33 @@ def verified_prefix(part: Path, progress: FileProgress) -> int:
             if want == 0:
                 break
     return good
+
+
+T = TypeVar("T")
+
+
+async def run_in_thread(fn: Callable[[], T], meter: Meter) -> T:
+    """Run blocking bulk work in a thread; if the caller is cancelled, stop the work
+    (``meter.stop()`` shuts its socket) and wait for the thread to return, so no thread
+    writes a file after its transfer was cancelled."""
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    async def watch() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            meter.stop()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        with trio.CancelScope(shield=True):
+            try:
+                result.append(await trio.to_thread.run_sync(fn))
+            except Exception as exc:  # raised outside the nursery, not as an ExceptionGroup
+                failure.append(exc)
+            finally:
+                nursery.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    return result[0]

@@ -79,6 +79,12 @@ def _fixed_port(value: Any) -> str | None:
     return None
 
 
+def _seconds(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 10**7:
+        return "expected a number of seconds above 0"
+    return None
+
+
 def _name(value: Any) -> str | None:
     if not isinstance(value, str):
         return "expected a string"
@@ -136,6 +142,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("transfer", "downloads", "", 'Folder where received files land; "" = the downloads folder in the node\'s home. ~ is expanded.', _downloads),
     Option("transfer", "max_bytes", 100_000_000_000, "Largest transfer accepted, in bytes; a bigger offer is declined.", _positive),
     Option("transfer", "auto_accept", [], "Node ids whose file offers are accepted without asking (people you trust).", _node_ids),
+    Option("drive", "quota", 50_000_000_000, "Bytes of drive fragments (anyone's, encrypted) this node keeps at most.", _positive),
+    Option("drive", "grace", 600, "Seconds a holder may be gone before its fragments are rebuilt on other nodes.", _seconds),
+    Option("drive", "verify_interval", 60, "Seconds between two sampled checks of the fragments this node holds.", _seconds),
+    Option("drive", "repair_interval", 30, "Seconds between two passes of the repairer over the drive's files.", _seconds),
+    Option("drive", "orphan_grace", 600, "Seconds a fragment that no manifest names is kept (its put may still be finishing).", _seconds),
 )
 
 OPTIONS_BY_KEY: dict[str, Option] = {option.dotted: option for option in OPTIONS}

@@ -29,6 +29,7 @@ from lannode.identity import Identity
 from lannode.net.api_server import ApiServer, EventBus, require
 from lannode.peers import PeerService
 from lannode.chat import ChatService
+from lannode.drive import DriveService
 from lannode.rtc import RtcService
 from lannode.store import StoreService
 from lannode.transfer import TransferService
@@ -71,6 +72,8 @@ class Node:
         self.chat.register_methods(self.api)
         self.transfers = TransferService(settings.home.path, settings.config, settings.identity, self.peers, self.bus)
         self.transfers.register_methods(self.api)
+        self.drive = DriveService(settings.home.path, settings.config, settings.identity, self.peers, self.store, self.bus, groups=lambda text: set(self.chat.resolve_group(text).members))
+        self.drive.register_methods(self.api)
         self.rtc = RtcService(settings.identity, settings.name, self.peers, self.store, self.bus, self.api)
         self.started_wall = time.time()
         self.started = time.monotonic()
@@ -98,6 +101,7 @@ class Node:
             "chat": self.chat.statistics(),
             "rtc": self.rtc.statistics(),
             "transfers": self.transfers.statistics(),
+            "drive": self.drive.statistics(),
             "zeroconf": self.peers.dnssd.statistics() if self.peers.dnssd else {"enabled": False},
         }
 
@@ -141,6 +145,7 @@ class Node:
                 await nursery.start(self.store.run)
                 await nursery.start(self.chat.run)
                 await nursery.start(self.transfers.run)
+                await nursery.start(self.drive.run)
                 port = await nursery.start(self.api.serve, s.config.get("api.port"))
                 url = f"ws://127.0.0.1:{port}{api.API_PATH}"
                 info = {"url": url, "token": self.token, "pid": os.getpid(), "node_id": s.identity.node_id, "api": api.API_VERSION}

@@ -22,11 +22,11 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
 import trio
 
-from lannode.bulk import BulkError, Meter, Sink, Source, SourceChanged, receive_files, send_files, verified_prefix
+from lannode.bulk import BulkError, Meter, Sink, Source, SourceChanged, receive_files, run_in_thread, send_files, verified_prefix
 from lannode.core import api
 from lannode.core.link import AES_GCM
 from lannode.core.membership import State
@@ -51,7 +51,6 @@ from lannode.peers import PeerService
 from lannode.net.links import Link, LinkError
 
 log = logging.getLogger("lannode.transfer")
-T = TypeVar("T")
 
 
 class TransferError(Exception):
@@ -907,28 +906,3 @@ async def _receive(inbox: "trio.MemoryReceiveChannel[dict[str, Any]]", timeout: 
     return None
 
 
-async def run_in_thread(fn: Callable[[], T], meter: Meter) -> T:
-    """Run blocking bulk work in a thread; if the caller is cancelled, stop the work
-    (``meter.stop()`` shuts its socket) and wait for the thread to return, so no thread
-    writes a file after its transfer was cancelled."""
-    result: list[T] = []
-    failure: list[BaseException] = []
-
-    async def watch() -> None:
-        try:
-            await trio.sleep_forever()
-        finally:
-            meter.stop()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch)
-        with trio.CancelScope(shield=True):
-            try:
-                result.append(await trio.to_thread.run_sync(fn))
-            except Exception as exc:  # raised outside the nursery, not as an ExceptionGroup
-                failure.append(exc)
-            finally:
-                nursery.cancel_scope.cancel()
-    if failure:
-        raise failure[0]
-    return result[0]

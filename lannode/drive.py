@@ -1,0 +1,924 @@
+"""The shared drive as a service: put, get, share, ls, rm, verify and repair, over the
+peer links and the replicated store.
+
+What lives where:
+
+* **The store** (replicated to every node): ``drive/m/ID`` is a file's manifest
+  (layout, holder of each fragment, version; no name, no key), ``drive/s/NODE/ID``
+  a name and read capability sealed to one node (``lannode.core.drive.seal_share``),
+  ``drive/n/NODE`` a node's quota and usage, which placement reads. ``rm`` deletes
+  the manifest: a store tombstone, so every holder drops its fragment.
+* **Each node's disk**: the fragments it holds (``lannode.fragments``).
+* **Link channel 6**: requests between daemons, answered by ``rid``: ``put`` (a
+  holder makes room and hands out a one-time bulk token), ``get`` (a holder hands
+  out a token to read a fragment from a segment on), ``check`` (a holder verifies
+  a fragment on its disk). The bytes go over bulk connections (``lannode.drive_io``).
+
+A put writes its manifest only after every holder has fsynced its fragment, so a
+putter killed mid-put leaves fragments no manifest names; holders drop those
+after ``drive.orphan_grace``. A holder whose fragment rots deletes it and
+rebuilds it from k others (sampled in the background, or at once when a read or
+``drive verify`` finds it). A holder gone longer than ``drive.grace`` has its
+fragments rebuilt on other nodes by one node, the *repairer*, picked per file
+from the alive nodes by a hash, so that every node agrees on it without talking.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import trio
+
+from lannode.bulk import BulkError, Meter, run_in_thread
+from lannode.config import Config
+from lannode.core import api
+from lannode.core.drive import (
+    DEFAULT_K,
+    DEFAULT_M,
+    MANIFEST_PREFIX,
+    NODE_PREFIX,
+    SEGMENT,
+    SHARE_PREFIX,
+    DriveError,
+    Encoder,
+    Manifest,
+    PlacementError,
+    ReadCap,
+    block_lengths,
+    check_layout,
+    new_key,
+    open_share,
+    parse_cap,
+    place,
+    seal_share,
+)
+from lannode.core.erasure import Codec, ErasureError
+from lannode.core.link import AES_GCM
+from lannode.core.membership import State
+from lannode.core.store import Entry
+from lannode.core.transfer import SECRET_BYTES, TOKEN_BYTES
+from lannode.drive_io import (
+    BlockSource,
+    GetReport,
+    Holding,
+    LocalSource,
+    Outlet,
+    PutFailed,
+    RemoteSource,
+    get_file,
+    put_file,
+    repair_file,
+    serve_fragment,
+    store_fragment,
+)
+from lannode.fragments import FragmentError, FragmentStore, check_id, check_shape
+from lannode.identity import Identity
+from lannode.net.api_server import ApiServer, EventBus, require
+from lannode.net.links import Link, LinkError
+from lannode.peers import PeerService
+from lannode.store import StoreService
+
+log = logging.getLogger("lannode.drive")
+
+CHANNEL_DRIVE = 6
+REQUEST_TIMEOUT = 15.0
+TOKEN_LIFETIME = 30.0  # seconds a holder waits for the bulk connection it handed a token for
+MAX_FRAME = 64 * 1024
+PROGRESS_EVERY = 0.25
+HOUSEKEEPING = 2.0  # seconds between passes over the fragments held here (tombstones, orphans)
+
+
+class Unavailable(Exception):
+    """A holder could not be asked or refused; the message says which and why."""
+
+
+@dataclass(slots=True)
+class Operation:
+    """A put, get or repair in progress, for progress events."""
+
+    op: str
+    kind: str
+    name: str
+    total: int
+    meter: Meter = field(default_factory=Meter)
+    began: float = field(default_factory=time.monotonic)
+
+    def record(self, done: bool = False) -> dict[str, Any]:
+        elapsed = max(1e-3, time.monotonic() - self.began)
+        done_bytes = self.total if done else min(self.total, self.meter.bytes_done)
+        rate = done_bytes / elapsed
+        return {
+            "op": self.op,
+            "kind": self.kind,
+            "name": self.name,
+            "bytes": done_bytes,
+            "total": self.total,
+            "rate": round(rate),
+            "eta": 0 if done else (round((self.total - done_bytes) / rate, 1) if rate > 0 else None),
+            "done": done,
+        }
+
+
+def _json_frame(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+class DriveService:
+    def __init__(self, home_path: Path, config: Config, identity: Identity, peers: PeerService, store: StoreService, bus: EventBus, groups: Callable[[str], set[str]] | None = None) -> None:
+        self.me = identity.node_id
+        self.identity = identity
+        self.peers = peers
+        self.store = store
+        self.bus = bus
+        self.groups = groups  # "#group" -> its members (the chat service's groups)
+        self.fragments = FragmentStore(home_path / "fragments", int(config.get("drive.quota")))
+        self.grace = float(config.get("drive.grace"))
+        self.verify_interval = float(config.get("drive.verify_interval"))
+        self.repair_interval = float(config.get("drive.repair_interval"))
+        self.orphan_grace = float(config.get("drive.orphan_grace"))
+        self.counters: Counter[str] = Counter()
+        self._pending: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self._gone_since: dict[str, float] = {}
+        self._repairing: set[str] = set()  # file ids being repaired here now
+        self._needs_repair: set[tuple[str, int]] = set()  # fragments here found corrupt or missing
+        self._shares: dict[bytes, dict[str, Any] | None] = {}  # share entry signature -> its opened record
+        self._operations: dict[str, Operation] = {}
+        self._published: dict[str, Any] | None = None
+        self._nursery: trio.Nursery | None = None
+        self._trio_token: trio.lowlevel.TrioToken | None = None
+        self._verify_at = 0
+        peers.links.handle(CHANNEL_DRIVE, self._on_frame)
+        peers.state_listeners.append(self._on_peer_state)
+
+    # -- life ----------------------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._trio_token = trio.lowlevel.current_trio_token()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._publish_status()
+            nursery.start_soon(self._housekeeping)
+            nursery.start_soon(self._verifier)
+            nursery.start_soon(self._repairer)
+            nursery.start_soon(self._report_progress)
+            task_status.started()
+            await trio.sleep_forever()
+
+    def statistics(self) -> dict[str, Any]:
+        held = self.fragments.held()
+        return {
+            "fragments": len(held),
+            "bytes": sum(h.size for h in held),
+            "quota": self.fragments.quota,
+            "files": len(self._manifests()),
+            "counters": dict(self.counters),
+        }
+
+    # -- the store's view ------------------------------------------------------------------------------
+    def _manifests(self) -> dict[str, Manifest]:
+        out = {}
+        for entry in self.store.map.items(MANIFEST_PREFIX):
+            manifest = self._manifest_of(entry)
+            if manifest is not None:
+                out[manifest.file_id] = manifest
+        return out
+
+    def _manifest_of(self, entry: Entry | None) -> Manifest | None:
+        if entry is None or entry.value is None:
+            return None
+        try:
+            manifest = Manifest.from_json(json.loads(entry.value))
+        except (ValueError, DriveError):
+            self.counters["bad_manifest"] += 1
+            return None
+        if entry.key != MANIFEST_PREFIX + manifest.file_id:
+            self.counters["bad_manifest"] += 1
+            return None
+        return manifest
+
+    def _manifest(self, file_id: str) -> Manifest | None:
+        return self._manifest_of(self.store.map.get(MANIFEST_PREFIX + file_id))
+
+    def _my_shares(self) -> dict[str, dict[str, Any]]:
+        """file id -> {name, cap, owner, by} for every share sealed to this node."""
+        out = {}
+        prefix = f"{SHARE_PREFIX}{self.me}/"
+        for entry in self.store.map.items(prefix):
+            if entry.signature not in self._shares:
+                try:
+                    self._shares[entry.signature] = open_share(self.identity.signing_key, json.loads(entry.value or b"null"))
+                except (DriveError, ValueError, TypeError):
+                    self._shares[entry.signature] = None
+                    self.counters["bad_share"] += 1
+            record = self._shares[entry.signature]
+            if record is not None:
+                out[entry.key[len(prefix) :]] = record
+        return out
+
+    def _node_status(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for entry in self.store.map.items(NODE_PREFIX):
+            node = entry.key[len(NODE_PREFIX) :]
+            if entry.origin_id != node:
+                continue  # only a node speaks for its own disk
+            try:
+                value = json.loads(entry.value or b"null")
+                out[node] = {"quota": int(value["quota"]), "used": int(value["used"]), "fragments": int(value["fragments"]), "public_key": entry.origin}
+            except (ValueError, KeyError, TypeError):
+                self.counters["bad_node_status"] += 1
+        return out
+
+    def _alive(self) -> set[str]:
+        membership = self.peers.membership
+        alive = {self.me}
+        if membership is not None:
+            alive |= {node for node, member in membership.members.items() if member.state is State.ALIVE}
+        return alive
+
+    def _name_of(self, node: str) -> str:
+        if node == self.me:
+            return self.peers.name
+        membership = self.peers.membership
+        member = membership.members.get(node) if membership else None
+        return member.presence.name if member else node[:8]
+
+    def _public_key(self, node: str) -> bytes | None:
+        if node == self.me:
+            return self.identity.public_key
+        membership = self.peers.membership
+        member = membership.members.get(node) if membership else None
+        if member is not None:
+            return member.presence.public_key
+        status = self._node_status().get(node)
+        return status["public_key"] if status else None
+
+    async def _publish_status(self) -> None:
+        held = await trio.to_thread.run_sync(self.fragments.held)
+        status = {"quota": self.fragments.quota, "used": sum(h.size for h in held), "fragments": len(held)}
+        if status != self._published:
+            await self.store.put(NODE_PREFIX + self.me, status)
+            self._published = status
+
+    def _on_peer_state(self, node: str, state: State) -> None:
+        if state is State.ALIVE:
+            self._gone_since.pop(node, None)
+        else:
+            self._gone_since.setdefault(node, trio.current_time())
+
+    def _gone_for(self, node: str) -> float:
+        """Seconds this holder has been away (0 if alive); counted from when this node
+        first noticed, at the latest its own start."""
+        if node in self._alive():
+            self._gone_since.pop(node, None)
+            return 0.0
+        return trio.current_time() - self._gone_since.setdefault(node, trio.current_time())
+
+    # -- requests between daemons ------------------------------------------------------------------------
+    async def _request(self, node: str, message: dict[str, Any], timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
+        rid = secrets.token_hex(8)
+        send, receive = trio.open_memory_channel[dict[str, Any]](1)
+        self._pending[rid] = send
+        try:
+            try:
+                link = await self.peers.links.link_to(node)
+                await link.send(CHANNEL_DRIVE, _json_frame({**message, "rid": rid}))
+            except LinkError as exc:
+                raise Unavailable(f"{self._name_of(node)} cannot be reached: {exc}") from None
+            with trio.move_on_after(timeout):
+                reply = await receive.receive()
+                if reply.get("error"):
+                    raise Unavailable(f"{self._name_of(node)}: {reply['error']}")
+                return reply
+            raise Unavailable(f"{self._name_of(node)} did not answer within {timeout:.0f} s")
+        finally:
+            del self._pending[rid]
+
+    async def _on_frame(self, link: Link, data: bytes) -> None:
+        try:
+            if len(data) > MAX_FRAME:
+                raise ValueError("too big")
+            message = json.loads(data)
+            if not isinstance(message, dict) or not isinstance(message.get("t"), str) or not isinstance(message.get("rid"), str):
+                raise ValueError("not a request")
+        except ValueError:
+            self.counters["malformed"] += 1
+            return
+        kind, rid = message["t"], message["rid"]
+        if kind == "re":
+            waiting = self._pending.get(rid)
+            if waiting is not None:
+                try:
+                    waiting.send_nowait(message)
+                except trio.WouldBlock:
+                    pass
+            return
+        handler = {"put": self._serve_put, "get": self._serve_get, "check": self._serve_check}.get(kind)
+        if handler is None or self._nursery is None:
+            self.counters["unknown_request"] += 1
+            return
+        self._nursery.start_soon(self._answer, link, rid, handler, message)
+
+    async def _answer(self, link: Link, rid: str, handler: Callable[..., Any], message: dict[str, Any]) -> None:
+        try:
+            reply = await handler(link, message)
+        except (FragmentError, DriveError, ValueError, KeyError, TypeError) as exc:
+            self.counters[f"refused_{message['t']}"] += 1
+            reply = {"error": str(exc) or type(exc).__name__}
+        try:
+            await link.send(CHANNEL_DRIVE, _json_frame({"t": "re", "rid": rid, **reply}))
+        except LinkError:
+            pass
+
+    def _grant(self, link: Link, worker: Callable[[socket.socket, bytes, bool], None], on_expiry: Callable[[], None]) -> dict[str, Any]:
+        """A one-time token and secret for a bulk connection from ``link``'s peer that runs
+        ``worker(sock, secret, aes)`` in a thread; ``on_expiry`` if it never comes."""
+        token, secret = secrets.token_bytes(TOKEN_BYTES), secrets.token_bytes(SECRET_BYTES)
+        aes = link.cipher == "aes-256-gcm" and AES_GCM
+        used = trio.Event()
+
+        async def connected(stream: trio.SocketStream) -> None:
+            used.set()
+            sock = socket.socket(fileno=stream.socket.detach())
+            meter = Meter()
+            try:
+                await run_in_thread(lambda: worker(sock, secret, aes), meter)
+            except (BulkError, FragmentError, OSError) as exc:
+                log.info("drive: a bulk connection from %s ended early: %s", self._name_of(link.node_id), exc)
+            finally:
+                sock.close()
+
+        async def expire() -> None:
+            await trio.sleep(TOKEN_LIFETIME)
+            if not used.is_set():
+                self.peers.links.forget_bulk(token)
+                on_expiry()
+
+        self.peers.links.expect_bulk(token, connected)
+        assert self._nursery is not None
+        self._nursery.start_soon(expire)
+        return {"token": token.hex(), "secret": secret.hex(), "aes": aes}
+
+    async def _serve_put(self, link: Link, message: dict[str, Any]) -> dict[str, Any]:
+        file_id, index = message["id"], message["index"]
+        check_id(file_id, index)
+        size, k, m, segment = (message[x] for x in ("size", "k", "m", "segment"))
+        check_shape(size, k, m, segment)
+        writer = self.fragments.writer(file_id, index, size, k, m, segment)
+
+        def work(sock: socket.socket, secret: bytes, aes: bool) -> None:
+            store_fragment(sock, secret, aes, writer, Meter())
+            self.counters["stored"] += 1
+            self._needs_repair.discard((file_id, index))
+
+        return self._grant(link, work, writer.abort)
+
+    async def _serve_get(self, link: Link, message: dict[str, Any]) -> dict[str, Any]:
+        file_id, index, start = message["id"], message["index"], message["start"]
+        check_id(file_id, index)
+        if not isinstance(start, int) or start < 0:
+            raise ValueError("a start segment is a whole number")
+        try:
+            reader = await trio.to_thread.run_sync(self.fragments.open, file_id, index)
+        except FragmentError as exc:
+            if self.fragments.has(file_id, index) or "corrupt" in str(exc):
+                self._found_bad(file_id, index, str(exc))
+            raise
+
+        def work(sock: socket.socket, secret: bytes, aes: bool) -> None:
+            try:
+                serve_fragment(sock, secret, aes, reader, start, Meter())
+                self.counters["served"] += 1
+            except FragmentError as exc:
+                trio.from_thread.run_sync(self._found_bad, file_id, index, str(exc), trio_token=self._trio_token)
+
+        return self._grant(link, work, reader.close)
+
+    async def _serve_check(self, link: Link, message: dict[str, Any]) -> dict[str, Any]:
+        file_id, index = message["id"], message["index"]
+        check_id(file_id, index)
+        return {"state": await self._check_here(file_id, index)}
+
+    async def _check_here(self, file_id: str, index: int) -> str:
+        """"ok", "missing" or "corrupt" for a fragment this node should hold."""
+        if not self.fragments.has(file_id, index):
+            return "missing"
+        if await trio.to_thread.run_sync(self.fragments.verify, file_id, index):
+            return "ok"
+        self._found_bad(file_id, index, "failed its check")
+        return "corrupt"
+
+    def _found_bad(self, file_id: str, index: int, why: str) -> None:
+        """A fragment here rotted: drop it and rebuild it from the others."""
+        log.warning("drive: fragment %s.%d on this disk %s; deleting it and rebuilding it", file_id[:8], index, why)
+        self.counters["corrupt_found"] += 1
+        self.fragments.delete(file_id, index)
+        self._needs_repair.add((file_id, index))
+
+    # -- put -----------------------------------------------------------------------------------------------
+    async def put(self, path: Path, *, k: int = DEFAULT_K, m: int = DEFAULT_M, name: str | None = None, share: list[str] | None = None, allow_fewer: bool = False, op: str = "") -> dict[str, Any]:
+        try:
+            Codec(k, m)
+        except ErasureError as exc:
+            raise api.ApiError(api.ErrorCode.BAD_PARAMS, str(exc)) from None
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise api.ApiError(api.ErrorCode.NOT_FOUND, f"cannot read {path}: {exc.strerror or exc}") from None
+        if not path.is_file():
+            raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"{path} is not a file")
+        name = name or path.name
+        recipients = self._recipients(share or [])
+        key = new_key()
+        encoder = Encoder(key, st.st_size, k, m, SEGMENT)
+        fragment_bytes = sum(block_lengths(st.st_size, k, SEGMENT))
+        outlets = await self._outlets(list(range(k + m)), encoder.file_id, (st.st_size, k, m, SEGMENT), fragment_bytes, holding={}, allow_fewer=allow_fewer)
+        operation = self._begin(op, "put", name, st.st_size)
+        try:
+            layout, cap = await run_in_thread(lambda: put_file(path, encoder, outlets, operation.meter), operation.meter)
+        except PutFailed as exc:
+            raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"the put failed: {exc}") from None
+        except (DriveError, BulkError) as exc:
+            raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"the put failed: {exc}") from None
+        finally:
+            self._end(operation)
+        manifest = Manifest(layout, tuple(o.node for o in sorted(outlets, key=lambda o: o.index)), 1, self.me, round(time.time(), 3))
+        await self.store.put(MANIFEST_PREFIX + layout.file_id, manifest.to_json())
+        record = {"name": name, "cap": str(cap), "owner": self.me, "by": self.me, "at": round(time.time(), 3)}
+        for node in sorted({self.me, *recipients}):
+            await self._write_share(node, layout.file_id, record)
+        await self._publish_status()
+        self.counters["put"] += 1
+        log.info("drive: put %s (%s, %d bytes, k=%d m=%d)", name, layout.file_id[:8], layout.size, k, m)
+        return {**self._listing(manifest, {layout.file_id: record}), "read_cap": str(cap), "verify_cap": str(cap.verify_cap())}
+
+    async def _outlets(self, indexes: list[int], file_id: str, shape: tuple[int, int, int, int], fragment_bytes: int, *, holding: dict[str, int], allow_fewer: bool) -> list[Outlet]:
+        """A holder for each fragment index, each asked to make room: placement first, then
+        the next best node for any that refuses or cannot be reached."""
+        size, k, m, segment = shape
+        alive = self._alive()
+        free = {node: s["quota"] - s["used"] for node, s in self._node_status().items() if node in alive}
+        free[self.me] = self.fragments.free()
+        refused: list[str] = []
+        outlets: list[Outlet] = []
+        held = dict(holding)
+        try:
+            for index in indexes:
+                while True:
+                    candidates = {n: f for n, f in free.items() if n not in refused}
+                    try:
+                        node = place(1, candidates, fragment_bytes, holding=held, allow_fewer=allow_fewer)[0]
+                    except PlacementError as exc:
+                        why = f" ({'; '.join(refused)} refused)" if refused else ""
+                        total = len(indexes) - len(outlets)
+                        raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"cannot place {total} more fragment{'s' if total != 1 else ''}: {exc}{why}") from None
+                    try:
+                        outlet = await self._open_outlet(node, index, file_id, shape)
+                    except (Unavailable, FragmentError) as exc:
+                        refused.append(node)
+                        log.info("drive: %s", exc)
+                        continue
+                    outlets.append(outlet)
+                    held[node] = held.get(node, 0) + 1
+                    free[node] -= fragment_bytes
+                    break
+        except BaseException:
+            for outlet in outlets:
+                if outlet.writer is not None:
+                    outlet.writer.abort()
+            raise
+        return outlets
+
+    async def _open_outlet(self, node: str, index: int, file_id: str, shape: tuple[int, int, int, int]) -> Outlet:
+        size, k, m, segment = shape
+        if node == self.me:
+            return Outlet(index, node, writer=self.fragments.writer(file_id, index, size, k, m, segment))
+        address = self.peers._link_address(node)
+        if address is None:
+            raise Unavailable(f"no address known for {self._name_of(node)}")
+        reply = await self._request(node, {"t": "put", "id": file_id, "index": index, "size": size, "k": k, "m": m, "segment": segment})
+        return Outlet(index, node, address, bytes.fromhex(reply["token"]), bytes.fromhex(reply["secret"]), bool(reply.get("aes")))
+
+    def _recipients(self, share: list[str]) -> set[str]:
+        nodes: set[str] = set()
+        for target in share:
+            if target.startswith("#"):
+                if self.groups is None:
+                    raise api.ApiError(api.ErrorCode.UNAVAILABLE, "groups are not available on this node")
+                nodes |= self.groups(target)
+            else:
+                nodes.add(self.peers.resolve(target).node_id)
+        missing = [n for n in nodes if self._public_key(n) is None]
+        if missing:
+            raise api.ApiError(api.ErrorCode.NOT_FOUND, f"no public key known for {', '.join(missing)}: they have not been seen on this network yet")
+        return nodes
+
+    async def _write_share(self, node: str, file_id: str, record: dict[str, Any]) -> None:
+        public_key = self._public_key(node)
+        assert public_key is not None
+        await self.store.put(f"{SHARE_PREFIX}{node}/{file_id}", seal_share(public_key, record))
+
+    # -- finding a file ------------------------------------------------------------------------------------
+    def resolve(self, text: str) -> tuple[Manifest, dict[str, Any] | None]:
+        """A file by read capability, id (or a unique prefix of 4+) or its name in a share
+        to this node; with the share record if this node has one."""
+        text = text.strip()
+        shares = self._my_shares()
+        if text.startswith("lnd-"):
+            try:
+                cap = parse_cap(text)
+            except DriveError as exc:
+                raise api.ApiError(api.ErrorCode.BAD_PARAMS, str(exc)) from None
+            manifest = self._manifest(cap.file_id)
+            if manifest is None:
+                raise api.ApiError(api.ErrorCode.NOT_FOUND, f"no file {cap.file_id} in the drive (removed, or not replicated here yet)")
+            record = shares.get(cap.file_id) or ({"name": cap.file_id, "cap": text} if isinstance(cap, ReadCap) else None)
+            return manifest, record
+        manifests = self._manifests()
+        named = [i for i, r in shares.items() if r["name"] == text and i in manifests]
+        if text in manifests:
+            matches = [text]
+        elif named:
+            matches = named
+        else:
+            matches = [i for i in manifests if len(text) >= 4 and i.startswith(text.lower())]
+        if not matches:
+            raise api.ApiError(api.ErrorCode.NOT_FOUND, f"no file {text!r} in the drive (lannode drive ls lists them)")
+        if len(matches) > 1:
+            raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"{len(matches)} files match {text!r} ({', '.join(m[:8] for m in matches)}); give more of an id")
+        return manifests[matches[0]], shares.get(matches[0])
+
+    def _listing(self, manifest: Manifest, shares: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        layout = manifest.layout
+        alive = self._alive()
+        record = shares.get(manifest.file_id)
+        live = sum(1 for i, node in enumerate(manifest.holders) if node in alive and (manifest.file_id, i) not in self._needs_repair)
+        return {
+            "id": manifest.file_id,
+            "name": record["name"] if record else None,
+            "size": layout.size,
+            "k": layout.k,
+            "m": layout.m,
+            "live": live,
+            "health": f"{live}/{layout.k + layout.m}",
+            "readable": record is not None,
+            "owner": manifest.owner,
+            "owner_name": self._name_of(manifest.owner),
+            "version": manifest.version,
+            "created": manifest.created,
+            "holders": [{"index": i, "node": node, "name": self._name_of(node), "alive": node in alive} for i, node in enumerate(manifest.holders)],
+        }
+
+    def ls(self) -> list[dict[str, Any]]:
+        shares = self._my_shares()
+        rows = [self._listing(m, shares) for m in self._manifests().values()]
+        return sorted(rows, key=lambda r: (r["name"] is None, r["name"] or "", r["id"]))
+
+    # -- get -----------------------------------------------------------------------------------------------
+    async def get(self, text: str, out: Path, *, op: str = "") -> dict[str, Any]:
+        manifest, record = self.resolve(text)
+        if record is None:
+            raise api.ApiError(api.ErrorCode.FORBIDDEN, f"this node has no read capability for {manifest.file_id}: ask its owner ({self._name_of(manifest.owner)}) to share it")
+        cap = parse_cap(record["cap"])
+        if not isinstance(cap, ReadCap):
+            raise api.ApiError(api.ErrorCode.FORBIDDEN, "a verify capability cannot read a file")
+        try:
+            check_layout(manifest.layout, cap)
+        except DriveError as exc:
+            raise api.ApiError(api.ErrorCode.BAD_PARAMS, str(exc)) from None
+        if out.is_dir():
+            out = out / Path(record["name"]).name
+        part = out.with_name(f".{out.name}.lannode-part")
+        operation = self._begin(op, "get", record["name"], manifest.layout.size)
+        report = GetReport()
+        try:
+            holdings = self._holdings(manifest)
+
+            def work() -> None:
+                with open(part, "wb") as f:
+                    get_file(manifest.layout, cap, holdings, f, operation.meter, report)
+                os.replace(part, out)
+
+            await run_in_thread(work, operation.meter)
+        except OSError as exc:
+            raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"cannot write {out}: {exc.strerror or exc}") from None
+        except (DriveError, BulkError) as exc:
+            raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"the get failed: {exc}") from None
+        finally:
+            part.unlink(missing_ok=True)
+            self._end(operation)
+            self._note_failures(manifest, report)
+        self.counters["get"] += 1
+        return {
+            "id": manifest.file_id,
+            "name": record["name"],
+            "size": manifest.layout.size,
+            "path": str(out),
+            "from": [{"index": i, "node": n, "name": self._name_of(n)} for i, n in report.used],
+            "failed": [{"index": i, "node": n, "name": self._name_of(n), "why": why} for i, n, why in report.failed],
+        }
+
+    def _holdings(self, manifest: Manifest, *, skip: set[int] = frozenset()) -> list[Holding]:  # type: ignore[assignment]
+        """Every fragment worth trying, best first: this node's own, then data fragments
+        (no decoding), then parity; holders known to be away go last."""
+        alive = self._alive()
+        file_id = manifest.file_id
+        order = sorted(
+            (i for i in range(len(manifest.holders)) if i not in skip),
+            key=lambda i: (manifest.holders[i] not in alive, manifest.holders[i] != self.me, i >= manifest.layout.k, i),
+        )
+        holdings = []
+        for index in order:
+            node = manifest.holders[index]
+            holdings.append(Holding(index, node, functools.partial(self._open_source, manifest, index, node)))
+        return holdings
+
+    def _open_source(self, manifest: Manifest, index: int, node: str, start: int) -> BlockSource:
+        """In a worker thread: a source of fragment ``index``'s blocks from ``start``."""
+        file_id = manifest.file_id
+        if node == self.me:
+            return LocalSource(manifest.layout, self.fragments.open(file_id, index), start)
+        address = self.peers._link_address(node)
+        if address is None:
+            raise DriveError(f"no address known for {self._name_of(node)}")
+        try:
+            reply = trio.from_thread.run(self._request, node, {"t": "get", "id": file_id, "index": index, "start": start}, trio_token=self._trio_token)
+        except Unavailable as exc:
+            raise DriveError(str(exc)) from None
+        return RemoteSource(manifest.layout, index, start, address, bytes.fromhex(reply["token"]), bytes.fromhex(reply["secret"]), bool(reply.get("aes")))
+
+    def _note_failures(self, manifest: Manifest, report: GetReport) -> None:
+        for index, node, why in report.failed:
+            if node == self.me and "corrupt" in why:
+                self._found_bad(manifest.file_id, index, why)
+
+    # -- progress ------------------------------------------------------------------------------------------
+    def _begin(self, op: str, kind: str, name: str, total: int) -> Operation:
+        operation = Operation(op or secrets.token_hex(8), kind, name, total)
+        self._operations[operation.op] = operation
+        return operation
+
+    def _end(self, operation: Operation) -> None:
+        self._operations.pop(operation.op, None)
+        self.bus.publish("drive.progress", operation.record(done=True))
+
+    async def _report_progress(self) -> None:
+        while True:
+            await trio.sleep(PROGRESS_EVERY)
+            for operation in list(self._operations.values()):
+                self.bus.publish("drive.progress", operation.record())
+
+    # -- rm and share --------------------------------------------------------------------------------------
+    async def rm(self, text: str) -> dict[str, Any]:
+        manifest, record = self.resolve(text)
+        if record is None:
+            raise api.ApiError(api.ErrorCode.FORBIDDEN, f"only a node the file was shared with may remove it; {manifest.file_id} was not shared with this one")
+        await self.store.delete(MANIFEST_PREFIX + manifest.file_id)
+        for entry in self.store.map.items(SHARE_PREFIX):
+            if entry.key.endswith("/" + manifest.file_id):
+                await self.store.delete(entry.key)
+        await self._drop_unwanted()
+        self.counters["rm"] += 1
+        return {"id": manifest.file_id, "name": record["name"], "removed": True}
+
+    async def share(self, text: str, targets: list[str]) -> dict[str, Any]:
+        manifest, record = self.resolve(text)
+        if record is None:
+            raise api.ApiError(api.ErrorCode.FORBIDDEN, f"this node cannot share {manifest.file_id}: it was not shared with it")
+        recipients = self._recipients(targets)
+        shared = {**record, "by": self.me, "at": round(time.time(), 3)}
+        for node in sorted(recipients):
+            await self._write_share(node, manifest.file_id, shared)
+        return {"id": manifest.file_id, "name": record["name"], "shared_with": [{"node": n, "name": self._name_of(n)} for n in sorted(recipients)]}
+
+    # -- verify and repair ---------------------------------------------------------------------------------
+    async def verify(self, text: str | None = None) -> list[dict[str, Any]]:
+        """Ask every holder to check its fragment of each file (or of one)."""
+        manifests = [self.resolve(text)[0]] if text else list(self._manifests().values())
+        results = []
+        for manifest in manifests:
+            states: list[dict[str, Any]] = [{}] * len(manifest.holders)
+
+            async def check(index: int, node: str, manifest: Manifest = manifest, states: list[dict[str, Any]] = states) -> None:
+                if node == self.me:
+                    state = await self._check_here(manifest.file_id, index)
+                else:
+                    try:
+                        state = str((await self._request(node, {"t": "check", "id": manifest.file_id, "index": index}))["state"])
+                    except (Unavailable, KeyError):
+                        state = "unreachable"
+                states[index] = {"index": index, "node": node, "name": self._name_of(node), "state": state}
+
+            async with trio.open_nursery() as nursery:
+                for index, node in enumerate(manifest.holders):
+                    nursery.start_soon(check, index, node)
+            ok = sum(1 for s in states if s["state"] == "ok")
+            results.append({"id": manifest.file_id, "k": manifest.layout.k, "m": manifest.layout.m, "ok": ok, "health": f"{ok}/{len(states)}", "fragments": states})
+        return results
+
+    async def repair(self, text: str | None = None) -> list[dict[str, Any]]:
+        """Check every fragment (of one file or all) and rebuild those not ok, now."""
+        out = []
+        for result in await self.verify(text):
+            manifest = self._manifest(result["id"])
+            if manifest is None:
+                continue
+            bad = {f["index"]: f["state"] for f in result["fragments"] if f["state"] != "ok"}
+            if not bad:
+                out.append({"id": manifest.file_id, "repaired": [], "health": result["health"]})
+                continue
+            # a holder that is there but lost or spoiled its fragment takes it back; others are replaced
+            keep = {i for i, state in bad.items() if state in ("missing", "corrupt")}
+            moved = await self._rebuild(manifest, bad=sorted(bad), same_holder=keep)
+            out.append({"id": manifest.file_id, "repaired": moved, "health": f"{len(manifest.holders)}/{len(manifest.holders)}"})
+        return out
+
+    async def _rebuild(self, manifest: Manifest, *, bad: list[int], same_holder: set[int]) -> list[dict[str, Any]]:
+        """Rebuild fragments ``bad`` from the others, onto their holder (``same_holder``)
+        or onto other nodes; then a new manifest version names the new holders."""
+        file_id = manifest.file_id
+        if file_id in self._repairing:
+            raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"{file_id[:8]} is being repaired already")
+        self._repairing.add(file_id)
+        try:
+            layout = manifest.layout
+            shape = (layout.size, layout.k, layout.m, layout.segment)
+            fragment_bytes = layout.fragment_length()
+            outlets = []
+            for index in bad:
+                if index in same_holder:
+                    try:
+                        outlets.append(await self._open_outlet(manifest.holders[index], index, file_id, shape))
+                        continue
+                    except (Unavailable, FragmentError) as exc:
+                        log.info("drive: %s; placing fragment %d elsewhere", exc, index)
+                others = [n for i, n in enumerate(manifest.holders) if i not in bad] + [o.node for o in outlets]
+                holding = Counter(others)
+                outlets += await self._outlets([index], file_id, shape, fragment_bytes, holding=dict(holding), allow_fewer=True)
+            operation = self._begin("", "repair", file_id, layout.size)
+            report = GetReport()
+            try:
+                holdings = self._holdings(manifest, skip=set(bad))
+                await run_in_thread(lambda: repair_file(layout, holdings, outlets, operation.meter, report), operation.meter)
+            except (DriveError, BulkError) as exc:
+                raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"repairing {file_id[:8]} failed: {exc}") from None
+            finally:
+                self._end(operation)
+            current = self._manifest(file_id)
+            if current is None:  # removed meanwhile: what was rebuilt is an orphan now
+                return []
+            updated = current
+            for outlet in outlets:
+                self._needs_repair.discard((file_id, outlet.index))
+                if updated.holders[outlet.index] != outlet.node:
+                    updated = updated.moved(outlet.index, outlet.node)
+            if updated is not current:
+                await self.store.put(MANIFEST_PREFIX + file_id, updated.to_json())
+            await self._publish_status()
+            self.counters["repaired"] += len(outlets)
+            log.info("drive: rebuilt %s fragment%s %s", file_id[:8], "s" if len(outlets) > 1 else "", ", ".join(f"{o.index} on {self._name_of(o.node)}" for o in outlets))
+            return [{"index": o.index, "node": o.node, "name": self._name_of(o.node)} for o in outlets]
+        finally:
+            self._repairing.discard(file_id)
+
+    def _repairer_of(self, file_id: str) -> str:
+        """The alive node that repairs this file: every node computes the same one."""
+        return min(self._alive(), key=lambda node: hashlib.blake2b(f"{file_id}/{node}".encode(), digest_size=8).digest())
+
+    async def _repairer(self) -> None:
+        while True:
+            await trio.sleep(min(self.repair_interval, self.grace))
+            await self._repair_pass()
+
+    async def _repair_pass(self) -> None:
+        for manifest in list(self._manifests().values()):
+            file_id = manifest.file_id
+            mine = {i for (f, i) in self._needs_repair if f == file_id and manifest.holders[i] == self.me}
+            gone = {i for i, node in enumerate(manifest.holders) if node != self.me and self._gone_for(node) > self.grace}
+            if gone and self._repairer_of(file_id) != self.me:
+                gone = set()
+            if not (mine or gone) or file_id in self._repairing:
+                continue
+            if len(manifest.holders) - len(gone | mine) < manifest.layout.k:
+                self.counters["unrepairable"] += 1
+                continue
+            try:
+                await self._rebuild(manifest, bad=sorted(mine | gone), same_holder=mine)
+            except api.ApiError as exc:
+                log.warning("drive: %s", exc.message)
+
+    async def _verifier(self) -> None:
+        """Check one held fragment every ``verify_interval``, round robin."""
+        while True:
+            await trio.sleep(self.verify_interval)
+            held = await trio.to_thread.run_sync(self.fragments.held)
+            if not held:
+                continue
+            h = held[self._verify_at % len(held)]
+            self._verify_at += 1
+            manifest = self._manifest(h.file_id)
+            if manifest is not None and h.index < len(manifest.holders) and manifest.holders[h.index] == self.me:
+                if await self._check_here(h.file_id, h.index) == "ok":
+                    self.counters["verified"] += 1
+
+    # -- housekeeping: tombstones and orphans -------------------------------------------------------------
+    async def _housekeeping(self) -> None:
+        while True:
+            await trio.sleep(HOUSEKEEPING)
+            await self._drop_unwanted()
+            await self._publish_status()
+
+    async def _drop_unwanted(self) -> None:
+        """Delete fragments of removed files at once, and after ``orphan_grace`` those no
+        manifest names here (a put that died, or a fragment repair moved elsewhere)."""
+        held = await trio.to_thread.run_sync(self.fragments.held)
+        now = time.time()
+        for h in held:
+            entry = self.store.map.entries.get(MANIFEST_PREFIX + h.file_id)
+            if entry is not None and entry.deleted:
+                why = "its file was removed"
+            else:
+                manifest = self._manifest_of(entry)
+                if manifest is not None and h.index < len(manifest.holders) and manifest.holders[h.index] == self.me:
+                    continue
+                if now - h.mtime < self.orphan_grace or h.file_id in self._repairing:
+                    continue
+                why = "no manifest names it here"
+            await trio.to_thread.run_sync(self.fragments.delete, h.file_id, h.index)
+            self.counters["dropped"] += 1
+            log.info("drive: dropped fragment %s.%d: %s", h.file_id[:8], h.index, why)
+
+    # -- API ---------------------------------------------------------------------------------------------
+    def status(self) -> list[dict[str, Any]]:
+        alive = self._alive()
+        rows = []
+        for node, s in self._node_status().items():
+            rows.append({"node": node, "name": self._name_of(node), "alive": node in alive, "fragments": s["fragments"], "bytes": s["used"], "quota": s["quota"], "free": max(0, s["quota"] - s["used"])})
+        return sorted(rows, key=lambda r: (r["name"], r["node"]))
+
+    def register_methods(self, server: ApiServer) -> None:
+        async def drive_put(params: dict[str, Any], caller: api.Principal) -> Any:
+            path = Path(require(params, "path", str)).expanduser()
+            k = require(params, "k", int, optional=True) or DEFAULT_K
+            m = require(params, "m", int, optional=True)
+            share = require(params, "share", list, optional=True) or []
+            if not all(isinstance(s, str) for s in share):
+                raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"share" is a list of peers and #groups')
+            return await self.put(
+                path,
+                k=k,
+                m=DEFAULT_M if m is None else m,
+                name=require(params, "name", str, optional=True),
+                share=share,
+                allow_fewer=bool(require(params, "allow_fewer", bool, optional=True)),
+                op=require(params, "op", str, optional=True) or "",
+            )
+
+        async def drive_get(params: dict[str, Any], caller: api.Principal) -> Any:
+            return await self.get(require(params, "file", str), Path(require(params, "out", str)).expanduser(), op=require(params, "op", str, optional=True) or "")
+
+        async def drive_ls(params: dict[str, Any], caller: api.Principal) -> Any:
+            return self.ls()
+
+        async def drive_rm(params: dict[str, Any], caller: api.Principal) -> Any:
+            return await self.rm(require(params, "file", str))
+
+        async def drive_share(params: dict[str, Any], caller: api.Principal) -> Any:
+            targets = require(params, "with", list)
+            if not targets or not all(isinstance(t, str) for t in targets):
+                raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"with" is a list of peers and #groups')
+            return await self.share(require(params, "file", str), targets)
+
+        async def drive_verify(params: dict[str, Any], caller: api.Principal) -> Any:
+            return await self.verify(require(params, "file", str, optional=True))
+
+        async def drive_repair(params: dict[str, Any], caller: api.Principal) -> Any:
+            return await self.repair(require(params, "file", str, optional=True))
+
+        async def drive_status(params: dict[str, Any], caller: api.Principal) -> Any:
+            return self.status()
+
+        async def drive_info(params: dict[str, Any], caller: api.Principal) -> Any:
+            manifest, record = self.resolve(require(params, "file", str))
+            listing = self._listing(manifest, {manifest.file_id: record} if record else {})
+            cap = parse_cap(record["cap"]) if record else None
+            return {**listing, "read_cap": record["cap"] if record else None, "verify_cap": str(cap.verify_cap()) if isinstance(cap, ReadCap) else None}
+
+        server.method("drive.put", drive_put, '{"path", "k"?, "m"?, "name"?, "share"?: [peer|#group], "allow_fewer"?, "op"?}: encrypt, code and place a file; progress as drive.progress events.', local_only=True)
+        server.method("drive.get", drive_get, '{"file": id|name|cap, "out", "op"?}: fetch from the k best holders and decrypt to "out".', local_only=True)
+        server.method("drive.ls", drive_ls, "Every file in the drive: id, size, k, m, health and holders; the name where it was shared with this node.")
+        server.method("drive.rm", drive_rm, '{"file"}: remove a file shared with this node; its holders drop their fragments.', local_only=True)
+        server.method("drive.share", drive_share, '{"file", "with": [peer|#group]}: give nodes the name and read capability.', local_only=True)
+        server.method("drive.info", drive_info, '{"file"}: one file, with its read and verify capabilities where this node has them.', local_only=True)
+        server.method("drive.verify", drive_verify, '{"file"?}: every holder checks its fragments now; per fragment ok, missing, corrupt or unreachable.')
+        server.method("drive.repair", drive_repair, '{"file"?}: verify, then rebuild every fragment that is not ok (no grace period).', local_only=True)
+        server.method("drive.status", drive_status, "Per node: fragments, bytes and quota of drive storage.")

@@ -1,0 +1,545 @@
+"""The drive's byte work, as blocking code for worker threads (as ``lannode.bulk`` is
+for file drop): putting a file's fragments on their holders, a holder storing and
+serving one, and getting a file back from any k holders.
+
+Fragment bytes travel on bulk connections: a one-time token and secret go over
+the peer link (``lannode.drive``), the requester connects to the holder's link
+port with the token, and both ends seal records with keys derived from the
+secret (AES-256-GCM where both have it). On a connection a *data* record is one
+byte ``R_DATA`` and up to ``PIECE`` bytes of the fragment's stream; a *control*
+record is ``R_CONTROL`` and JSON.
+
+* **put**: the putter streams fragment bytes; then ``{"root"}``; the holder
+  checks its own hashes give that root, fsyncs, renames, and answers
+  ``{"stored": true}`` (or ``{"error"}``). Nothing is "stored" before the fsync.
+* **get**: the holder streams the fragment's block hashes, then its blocks from
+  the segment asked for, each checked against its hash as it is read from disk;
+  a bad block ends the stream with ``{"error"}``. The reader checks the hashes
+  against the layout's root and each block against its hash.
+
+``get_file`` reads from k holders at once, each in its own thread, and hands
+whole segments to the decoder in order; a holder that fails, lies, or falls
+behind by ``SLOW`` seconds is joined by another holder of a fragment not in use
+yet, from the segment the reader is at. At most ``AHEAD`` segments wait in
+memory, so a file of any size streams through.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+from lannode.bulk import MAX_RECORD, BulkError, Meter, Records, ciphers, tune_allocator
+from lannode.core.drive import HASH_BYTES, Decoder, DriveError, Encoder, Layout, ReadCap, check_block, check_block_hashes
+from lannode.core.transfer import R_CONTROL, R_DATA, RECORD_DATA, bulk_hello
+from lannode.fragments import FragmentError, FragmentReader, FragmentWriter
+
+log = logging.getLogger("lannode.drive")
+
+PIECE = RECORD_DATA  # fragment bytes per data record
+AHEAD = 8  # segments a reader's fetchers may run ahead of the writer
+SLOW = 4.0  # seconds a segment may wait on a fetcher before another holder joins in
+CODERS = 2  # threads sealing and coding segments during a put
+
+
+class Wire:
+    """One end of a drive bulk connection: data and control records over ``Records``."""
+
+    def __init__(self, sock: socket.socket, secret: bytes, aes: bool, *, dialer: bool) -> None:
+        sock.settimeout(None)
+        sock.setblocking(True)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.records = Records(sock, *ciphers(secret, aes, sending=dialer))
+        self._plain = bytearray(PIECE + 1)
+        self._plain[0] = R_DATA
+        self._sealed = bytearray(MAX_RECORD)
+        self._scratch = bytearray(MAX_RECORD)
+        self._opened = bytearray(MAX_RECORD)
+
+    @classmethod
+    def dial(cls, address: tuple[str, int], token: bytes, secret: bytes, aes: bool, meter: Meter | None = None) -> "Wire":
+        tune_allocator()
+        try:
+            sock = socket.create_connection(address, timeout=10)
+        except OSError as exc:
+            raise BulkError(f"cannot open a bulk connection to {address[0]}:{address[1]}: {exc.strerror or exc}") from None
+        if meter is not None:
+            meter._sock = sock
+        try:
+            sock.sendall(bulk_hello(token))
+        except OSError as exc:
+            sock.close()
+            raise BulkError(f"the bulk connection failed: {exc.strerror or exc}") from None
+        return cls(sock, secret, aes, dialer=True)
+
+    def send_data(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        plain = memoryview(self._plain)
+        for start in range(0, len(view), PIECE):
+            piece = view[start : start + PIECE]
+            plain[1 : 1 + len(piece)] = piece
+            size = self.records.tx.seal_into(plain[: 1 + len(piece)], self._sealed)
+            self.sock.sendall(memoryview(self._sealed)[:size])
+
+    def send_control(self, message: dict[str, Any]) -> None:
+        self.records.send(bytes([R_CONTROL]) + json.dumps(message, separators=(",", ":")).encode())
+
+    def receive(self) -> tuple[int, Any]:
+        """(R_DATA, a view valid until the next call) or (R_CONTROL, dict); BulkError at the end."""
+        plaintext = self.records.receive_into(self._scratch, self._opened)
+        if plaintext is None:
+            raise BulkError("the other end closed the bulk connection")
+        if not plaintext:
+            raise BulkError("an empty bulk record")
+        kind = plaintext[0]
+        if kind == R_DATA:
+            return R_DATA, plaintext[1:]
+        if kind == R_CONTROL:
+            try:
+                message = json.loads(bytes(plaintext[1:]))
+            except ValueError:
+                raise BulkError("a control record that is not JSON") from None
+            if not isinstance(message, dict):
+                raise BulkError("a control record that is not an object")
+            return R_CONTROL, message
+        raise BulkError(f"a bulk record of unknown kind {kind}")
+
+    def receive_exactly(self, size: int, out: bytearray | None = None) -> bytes:
+        """``size`` bytes of data records; BulkError with the other end's reason if it
+        sends an error instead."""
+        buffer = out if out is not None else bytearray()
+        buffer.clear()
+        while len(buffer) < size:
+            kind, data = self.receive()
+            if kind == R_CONTROL:
+                raise BulkError(str(data.get("error") or f"unexpected {data}"))
+            if len(buffer) + len(data) > size:
+                raise BulkError("more bytes than asked for")
+            buffer += data
+        return bytes(buffer)
+
+    def close(self) -> None:
+        """Hang up; also wakes a thread blocked reading this connection."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+# -- put: the putter -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Outlet:
+    """Where one fragment goes: a holder's bulk connection, or this node's own store."""
+
+    index: int
+    node: str
+    address: tuple[str, int] | None = None
+    token: bytes = b""
+    secret: bytes = b""
+    aes: bool = False
+    writer: FragmentWriter | None = None  # this node holds it
+    wire: Wire | None = None
+
+
+class PutFailed(BulkError):
+    def __init__(self, node: str, why: str) -> None:
+        super().__init__(f"{node}: {why}")
+        self.node = node
+
+
+def put_file(path: Path, encoder: Encoder, outlets: list[Outlet], meter: Meter) -> tuple[Layout, ReadCap]:
+    """Seal, code and send every segment of ``path``; returns when every holder has
+    fsynced its fragment. PutFailed names a holder that failed; DriveError if the
+    file changed size meanwhile."""
+    shape = encoder.shape
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise DriveError(f"cannot read {path}: {exc.strerror or exc}") from None
+    pool = ThreadPoolExecutor(CODERS, thread_name_prefix="drive-code")
+    try:
+        for outlet in outlets:
+            if outlet.writer is None:
+                assert outlet.address is not None
+                try:
+                    outlet.wire = Wire.dial(outlet.address, outlet.token, outlet.secret, outlet.aes)
+                except BulkError as exc:
+                    raise PutFailed(outlet.node, str(exc)) from None
+        if meter.stopped:
+            raise BulkError("stopped")
+        meter._sock = None
+
+        def code(index: int) -> tuple[list[bytes], list[bytes]]:
+            length = shape.sealed_length(index) - 16
+            plaintext = os.pread(f.fileno(), length, index * shape.segment)
+            if len(plaintext) != length:
+                raise DriveError(f"{path} changed while it was being put")
+            return encoder.code(index, plaintext)
+
+        pending: list[Future[tuple[list[bytes], list[bytes]]]] = []
+        submitted = 0
+        for index in range(shape.segments):
+            while submitted < shape.segments and submitted < index + CODERS + 2:
+                pending.append(pool.submit(code, submitted))
+                submitted += 1
+            blocks, hashes = pending.pop(0).result()
+            encoder.take(index, hashes)
+            for outlet in outlets:
+                _put_block(outlet, blocks[outlet.index])
+            if meter.stopped:
+                raise BulkError("stopped")
+            meter.bytes_done += min(shape.segment, shape.size - index * shape.segment)
+        if os.fstat(f.fileno()).st_size != shape.size:
+            raise DriveError(f"{path} changed while it was being put")
+        layout, cap = encoder.finish()
+        _finish_put(layout, outlets)
+        return layout, cap
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        f.close()
+        for outlet in outlets:
+            if outlet.writer is not None:
+                outlet.writer.abort()
+            if outlet.wire is not None:
+                outlet.wire.close()
+
+
+def _finish_put(layout: Layout, outlets: list[Outlet]) -> None:
+    """Every outlet's root sent (or, here, committed); then each holder's answer."""
+    for outlet in outlets:
+        if outlet.wire is not None:
+            try:
+                outlet.wire.send_control({"root": layout.roots[outlet.index].hex()})
+            except OSError as exc:
+                raise PutFailed(outlet.node, f"the connection failed: {exc.strerror or exc}") from None
+    for outlet in outlets:
+        if outlet.writer is not None:
+            try:
+                outlet.writer.commit(layout.roots[outlet.index])
+            except (FragmentError, OSError) as exc:
+                raise PutFailed(outlet.node, str(exc)) from None
+            outlet.writer = None
+    for outlet in outlets:
+        if outlet.wire is not None:
+            try:
+                kind, answer = outlet.wire.receive()
+            except (BulkError, OSError) as exc:
+                raise PutFailed(outlet.node, f"no answer after the last byte: {exc}") from None
+            if kind != R_CONTROL or answer.get("stored") is not True:
+                raise PutFailed(outlet.node, str(answer.get("error") if kind == R_CONTROL else "data instead of an answer"))
+
+
+def _put_block(outlet: Outlet, block: bytes) -> None:
+    try:
+        if outlet.writer is not None:
+            outlet.writer.write(block)
+        else:
+            assert outlet.wire is not None
+            outlet.wire.send_data(block)
+    except (OSError, FragmentError) as exc:
+        raise PutFailed(outlet.node, f"{exc.strerror if isinstance(exc, OSError) else exc}") from None
+
+
+# -- put and get: the holder -----------------------------------------------------------------------
+
+
+def store_fragment(sock: socket.socket, secret: bytes, aes: bool, writer: FragmentWriter, meter: Meter) -> None:
+    """Take a fragment's bytes into ``writer``; commit when the putter names the root."""
+    tune_allocator()
+    meter._sock = sock
+    wire = Wire(sock, secret, aes, dialer=False)
+    try:
+        while True:
+            kind, data = wire.receive()
+            if kind == R_DATA:
+                writer.write(data)
+                meter.bytes_done += len(data)
+                continue
+            root = data.get("root")
+            if not isinstance(root, str) or len(root) != 2 * HASH_BYTES:
+                raise FragmentError(f"the putter sent {data} instead of a root")
+            writer.commit(bytes.fromhex(root))
+            wire.send_control({"stored": True})
+            return
+    except (FragmentError, ValueError) as exc:
+        writer.abort()
+        try:
+            wire.send_control({"error": str(exc)})
+        except OSError:
+            pass
+        raise BulkError(str(exc)) from None
+    except (OSError, BulkError) as exc:
+        writer.abort()
+        raise BulkError(f"the put broke off: {exc}") from None
+    finally:
+        wire.close()
+
+
+def serve_fragment(sock: socket.socket, secret: bytes, aes: bool, reader: FragmentReader, start: int, meter: Meter) -> None:
+    """Send a fragment's block hashes, then its blocks from ``start``, each checked as it
+    is read. FragmentError if this disk's copy is corrupt (after telling the reader)."""
+    tune_allocator()
+    meter._sock = sock
+    wire = Wire(sock, secret, aes, dialer=False)
+    try:
+        wire.send_data(b"".join(reader.info.hashes))
+        for segment in range(start, len(reader.lengths)):
+            if meter.stopped:
+                raise BulkError("stopped")
+            try:
+                block = reader.block(segment)
+            except FragmentError as exc:
+                wire.send_control({"error": str(exc)})
+                raise
+            wire.send_data(block)
+            meter.bytes_done += len(block)
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(30)
+        while sock.recv(4096):  # until the reader hangs up
+            pass
+    except OSError as exc:
+        raise BulkError(f"the get broke off: {exc.strerror or exc}") from None
+    finally:
+        reader.close()
+        wire.close()
+
+
+# -- repair: rebuilt fragments to their new holders -------------------------------------------------
+
+
+def repair_file(layout: Layout, holdings: list[Holding], outlets: list[Outlet], meter: Meter, report: GetReport) -> None:
+    """Rebuild the fragments ``outlets`` name from any k others and store them; returns
+    when every new holder has fsynced. Needs no key: the code works on ciphertext."""
+    decoder = Decoder(layout)
+    try:
+        for outlet in outlets:
+            if outlet.writer is None:
+                assert outlet.address is not None
+                try:
+                    outlet.wire = Wire.dial(outlet.address, outlet.token, outlet.secret, outlet.aes)
+                except BulkError as exc:
+                    raise PutFailed(outlet.node, str(exc)) from None
+
+        def sink(index: int, blocks: dict[int, bytes]) -> None:
+            rebuilt = decoder.rebuild(index, blocks)
+            for outlet in outlets:
+                _put_block(outlet, rebuilt[outlet.index])
+
+        read_segments(layout, holdings, meter, report, sink)
+        _finish_put(layout, outlets)
+    finally:
+        for outlet in outlets:
+            if outlet.writer is not None:
+                outlet.writer.abort()
+            if outlet.wire is not None:
+                outlet.wire.close()
+
+
+# -- get: the reader -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Holding:
+    """A fragment and who has it: ``open`` starts reading it from a segment, returning an
+    iterator of checked blocks (the service asks the holder for a token first)."""
+
+    index: int
+    node: str
+    open: Callable[[int], "BlockSource"]
+
+
+class BlockSource:
+    """Blocks of one fragment from a segment on, each checked against the layout."""
+
+    def blocks(self) -> Any:  # Iterator[tuple[int, bytes]]
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class LocalSource(BlockSource):
+    def __init__(self, layout: Layout, reader: FragmentReader, start: int) -> None:
+        self.layout = layout
+        self.reader = reader
+        self.start = start
+        if reader.info.root != layout.roots[reader.index] or reader.lengths != layout.block_lengths():
+            reader.close()
+            raise DriveError(f"fragment {reader.index} on this disk is not the one the manifest names")
+
+    def blocks(self) -> Any:
+        for segment in range(self.start, self.layout.segments):
+            yield segment, self.reader.block(segment)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class RemoteSource(BlockSource):
+    def __init__(self, layout: Layout, index: int, start: int, address: tuple[str, int], token: bytes, secret: bytes, aes: bool) -> None:
+        self.layout = layout
+        self.index = index
+        self.start = start
+        self.wire = Wire.dial(address, token, secret, aes)
+
+    def blocks(self) -> Any:
+        layout = self.layout
+        raw = self.wire.receive_exactly(layout.segments * HASH_BYTES)
+        hashes = [raw[i : i + HASH_BYTES] for i in range(0, len(raw), HASH_BYTES)]
+        check_block_hashes(layout, self.index, hashes)
+        buffer = bytearray()
+        for segment in range(self.start, layout.segments):
+            block = self.wire.receive_exactly(layout.block_length(segment), buffer)
+            check_block(hashes, self.index, segment, block)
+            yield segment, block
+
+    def close(self) -> None:
+        self.wire.close()
+
+
+@dataclass(eq=False, slots=True)
+class _Fetcher:
+    holding: Holding
+    start: int
+    thread: threading.Thread | None = None
+    source: BlockSource | None = None
+    error: str = ""
+    done: bool = False
+
+
+@dataclass(slots=True)
+class GetReport:
+    used: list[tuple[int, str]] = field(default_factory=list)  # (fragment, node) that served blocks
+    failed: list[tuple[int, str, str]] = field(default_factory=list)  # (fragment, node, why)
+
+
+class _Assembly:
+    """Blocks by segment, filled by fetcher threads, emptied in order by the writer."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.cond = threading.Condition()
+        self.segments: dict[int, dict[int, bytes]] = {}
+        self.next = 0
+        self.stopped = False
+
+    def put(self, segment: int, index: int, block: bytes) -> bool:
+        with self.cond:
+            while segment >= self.next + AHEAD and not self.stopped:
+                self.cond.wait(1.0)
+            if self.stopped:
+                return False
+            if segment >= self.next:
+                blocks = self.segments.setdefault(segment, {})
+                if len(blocks) < self.k:
+                    blocks[index] = block
+                    self.cond.notify_all()
+            return True
+
+
+def get_file(layout: Layout, cap: ReadCap, holdings: list[Holding], out: BinaryIO, meter: Meter, report: GetReport) -> None:
+    """Write the file's plaintext to ``out``. DriveError if fewer than k fragments can be
+    read, or a segment does not decrypt."""
+    decoder = Decoder(layout, cap.key)
+    read_segments(layout, holdings, meter, report, lambda index, blocks: out.write(decoder.segment(index, blocks)))
+
+
+def read_segments(layout: Layout, holdings: list[Holding], meter: Meter, report: GetReport, sink: Callable[[int, dict[int, bytes]], object]) -> None:
+    """Hand ``sink`` every segment's blocks (any k of them, checked), in order, reading
+    from k of ``holdings`` at once (in the order given) and from others when one fails
+    or is slow. DriveError if fewer than k fragments can be read."""
+    k = layout.k
+    assembly = _Assembly(k)
+    spare = list(holdings)
+    fetchers: list[_Fetcher] = []
+
+    def run(fetcher: _Fetcher) -> None:
+        holding = fetcher.holding
+        try:
+            fetcher.source = holding.open(fetcher.start)
+            for segment, block in fetcher.source.blocks():
+                if not assembly.put(segment, holding.index, block):
+                    break
+        except (BulkError, DriveError, FragmentError, OSError) as exc:
+            fetcher.error = str(exc)
+        except Exception as exc:  # a bug: this holder is lost to the get, the others carry on
+            log.exception("reading fragment %d from %s failed", holding.index, holding.node)
+            fetcher.error = f"internal error: {exc!r}"
+        finally:
+            if fetcher.source is not None:
+                fetcher.source.close()
+            with assembly.cond:
+                fetcher.done = True
+                assembly.cond.notify_all()
+
+    def start(at: int) -> bool:
+        if not spare:
+            return False
+        holding = spare.pop(0)
+        fetcher = _Fetcher(holding, at)
+        fetcher.thread = threading.Thread(target=run, args=(fetcher,), name=f"drive-get-{holding.index}", daemon=True)
+        fetchers.append(fetcher)
+        fetcher.thread.start()
+        return True
+
+    def working() -> list[_Fetcher]:
+        return [f for f in fetchers if not f.done]
+
+    try:
+        for _ in range(k):
+            start(0)
+        for segment in range(layout.segments):
+            waited_since = time.monotonic()
+            with assembly.cond:
+                while True:
+                    have = assembly.segments.get(segment, {})
+                    if len(have) >= k:
+                        blocks = assembly.segments.pop(segment)
+                        assembly.next = segment + 1
+                        assembly.cond.notify_all()
+                        break
+                    if meter.stopped:
+                        raise BulkError("stopped")
+                    for f in fetchers:
+                        if f.done and f.error and (f.holding.index, f.holding.node, f.error) not in report.failed:
+                            report.failed.append((f.holding.index, f.holding.node, f.error))
+                    coming = sum(1 for f in working() if f.holding.index not in have)
+                    short = k - len(have) - coming
+                    if short > 0 or time.monotonic() - waited_since > SLOW:
+                        assembly.cond.release()
+                        try:
+                            started = start(segment)
+                        finally:
+                            assembly.cond.acquire()
+                        if started:
+                            waited_since = time.monotonic()
+                            continue
+                        if short > 0:
+                            reasons = "; ".join(f"fragment {i} on {n}: {why}" for i, n, why in report.failed) or "no holder answered"
+                            raise DriveError(f"only {len(have)} of the {k} fragments needed could be read at segment {segment} ({reasons})")
+                    assembly.cond.wait(0.5)
+            sink(segment, blocks)
+            meter.bytes_done += min(layout.segment, layout.size - segment * layout.segment)
+        report.used = [(f.holding.index, f.holding.node) for f in fetchers if not f.error]
+    finally:
+        with assembly.cond:
+            assembly.stopped = True
+            assembly.cond.notify_all()
+        for f in fetchers:
+            if f.source is not None and isinstance(f.source, RemoteSource):
+                f.source.close()
+        for f in fetchers:
+            if f.thread is not None:
+                f.thread.join(10)
