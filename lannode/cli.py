@@ -16,7 +16,7 @@ import json
 import os
 import socket
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from lannode import __version__
 
@@ -573,9 +573,7 @@ def cmd_transfers(args: argparse.Namespace) -> int:
         names = ", ".join(t["names"][:2]) + (f" and {t['files'] - 2} more" if t["files"] > 2 else "")
         rate = f"{_bytes(t['rate'])}/s" if t["state"] == "active" else ""
         rows.append((t["id"][:8], "->" if t["direction"] == "out" else "<-", t["peer_name"] or t["peer"][:12], t["state"], percent, _bytes(t["total"]), rate, names))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    _table(rows)
     for t in transfers:
         if t["state"] == "pending" and t["direction"] == "in":
             print(f"{t['peer_name'] or t['peer']} offers {t['files']} files ({_bytes(t['total'])}): lannode accept {t['id'][:8]}  or  lannode decline {t['id'][:8]}", file=sys.stderr)
@@ -594,6 +592,151 @@ def cmd_decide(args: argparse.Namespace) -> int:
     else:
         verb = {"accept": "accepted", "decline": "declined", "cancel": "cancelled"}[args.command]
         print(f"{verb} {record['id'][:8]} ({record['files']} files, {_bytes(record['total'])}, {'to' if record['direction'] == 'out' else 'from'} {record['peer_name'] or record['peer']})")
+    return EXIT_OK
+
+
+# -- drive --------------------------------------------------------------------
+def cmd_drive(args: argparse.Namespace) -> int:
+    from lannode.net.api_client import call
+
+    home = _home(args)
+    action = args.drive_command
+    if action in ("put", "get"):
+        return _drive_transfer(home, args)
+    if action == "ls":
+        files = call(home, "drive.ls")
+        if args.json:
+            print(json.dumps(files, indent=2, ensure_ascii=False))
+        elif not files:
+            print("the drive is empty; add a file with: lannode drive put PATH")
+        else:
+            rows = [("ID", "NAME", "SIZE", "K+M", "HEALTH", "OWNER")]
+            for f in files:
+                rows.append((f["id"][:8], f["name"] if f["name"] is not None else "(not shared with this node)", _bytes(f["size"]), f"{f['k']}+{f['m']}", f["health"], f["owner_name"]))
+            _table(rows)
+        return EXIT_OK
+    if action == "status":
+        nodes = call(home, "drive.status")
+        if args.json:
+            print(json.dumps(nodes, indent=2, ensure_ascii=False))
+        else:
+            rows = [("NODE", "ID", "STATE", "FRAGMENTS", "USED", "QUOTA")]
+            for n in nodes:
+                rows.append((n["name"], n["node"][:12], "alive" if n["alive"] else "away", str(n["fragments"]), _bytes(n["bytes"]), _bytes(n["quota"])))
+            _table(rows)
+        return EXIT_OK
+    if action in ("verify", "repair"):
+        params = {"file": args.file} if args.file else {}
+        results = call(home, f"drive.{action}", **params)
+        if args.json:
+            print(json.dumps(results, indent=2, ensure_ascii=False))
+            return EXIT_OK
+        for r in results:
+            if action == "verify":
+                bad = [f"{f['index']} on {f['name']}: {f['state']}" for f in r["fragments"] if f["state"] != "ok"]
+                print(f"{r['id'][:8]}  {r['health']} fragments ok" + (f"  ({'; '.join(bad)})" if bad else ""))
+            else:
+                moved = ", ".join(f"{x['index']} to {x['name']}" for x in r["repaired"])
+                print(f"{r['id'][:8]}  {'rebuilt ' + moved if moved else 'healthy'}")
+        return EXIT_OK
+    if action == "rm":
+        result = call(home, "drive.rm", file=args.file)
+        print(json.dumps(result, indent=2) if args.json else f"removed {result['name']} ({result['id'][:8]}); its holders drop their fragments")
+        return EXIT_OK
+    if action == "share":
+        result = call(home, "drive.share", file=args.file, **{"with": args.targets})
+        print(json.dumps(result, indent=2) if args.json else f"shared {result['name']} with " + ", ".join(x["name"] for x in result["shared_with"]))
+        return EXIT_OK
+    result = call(home, "drive.info", file=args.file)
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        print(f"{result['name'] or '(not shared with this node)'}  {result['id']}")
+        print(f"{_bytes(result['size'])}, k={result['k']} m={result['m']}, health {result['health']}, owner {result['owner_name']}, version {result['version']}")
+        for h in result["holders"]:
+            print(f"  fragment {h['index']}: {h['name']} ({'alive' if h['alive'] else 'away'})")
+        if result["read_cap"]:
+            print(f"read cap:   {result['read_cap']}")
+            print(f"verify cap: {result['verify_cap']}")
+    return EXIT_OK
+
+
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _drive_transfer(home: Any, args: argparse.Namespace) -> int:
+    """put and get: the call runs while progress events draw a bar (or print as JSON lines)."""
+    import secrets
+
+    import trio
+
+    from lannode.net.api_client import RemoteError, collapse_single_group, connect
+
+    op = secrets.token_hex(8)
+    if args.drive_command == "put":
+        method = "drive.put"
+        params: dict[str, Any] = {"path": os.path.abspath(args.path), "k": args.k, "m": args.m, "share": args.share or [], "allow_fewer": args.allow_fewer, "op": op}
+        if args.name:
+            params["name"] = args.name
+    else:
+        method = "drive.get"
+        params = {"file": args.file, "out": os.path.abspath(args.out), "op": op}
+    result: dict[str, Any] = {}
+
+    async def run() -> None:
+        async with connect(home) as client:
+            await client.subscribe("drive.progress")
+            bar = None
+            if not args.json and sys.stderr.isatty():
+                from rich.console import Console
+                from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+                bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+                bar.start()
+            task = None
+            try:
+                async with trio.open_nursery() as nursery:
+
+                    async def follow() -> None:
+                        nonlocal task
+                        async for topic, data in client.events():
+                            if data.get("op") != op:
+                                continue
+                            if args.json:
+                                print(json.dumps({"event": topic, "data": data}), flush=True)
+                            elif bar is not None:
+                                if task is None:
+                                    task = bar.add_task(f"{data['kind']} {_short(data['name'], 30)}", total=max(1, data["total"]))
+                                bar.update(task, completed=data["bytes"])
+
+                    nursery.start_soon(follow)
+                    try:
+                        result.update(await client.call(method, **params))
+                    except RemoteError as exc:
+                        refused.append(exc)  # raised below, outside the nursery: one plain error
+                    nursery.cancel_scope.cancel()
+            finally:
+                if bar is not None:
+                    bar.stop()
+
+    refused: list[Exception] = []
+    with collapse_single_group():
+        trio.run(run)
+    if refused:
+        return fail(str(refused[0]))
+    if args.json:
+        print(json.dumps({"event": "result", "data": result}, ensure_ascii=False), flush=True)
+    elif args.drive_command == "put":
+        print(f"put {result['name']} ({_bytes(result['size'])}) as {result['id']}: {result['k']}+{result['m']} fragments on " + ", ".join(h["name"] for h in result["holders"]))
+        print(f"read cap: {result['read_cap']}")
+    else:
+        via = ", ".join(f"{x['index']}@{x['name']}" for x in result["from"])
+        print(f"got {result['name']} ({_bytes(result['size'])}) into {result['path']} from fragments {via}")
+        for f in result["failed"]:
+            print(f"lannode: fragment {f['index']} on {f['name']} failed: {f['why']}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -668,6 +811,31 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "decline":
             decide.add_argument("--reason", help="told to the sender")
         decide.set_defaults(func=cmd_decide)
+
+    drive = sub.add_parser("drive", parents=[common], help="the shared drive: put, get, ls, rm, share, verify, repair, status, info")
+    drive_sub = drive.add_subparsers(dest="drive_command", metavar="ACTION", required=True)
+    dput = drive_sub.add_parser("put", parents=[common], help="encrypt a file, code it into k+m fragments and place them on k+m nodes")
+    dput.add_argument("path")
+    dput.add_argument("--k", type=int, default=4, help="data fragments: any k rebuild the file (default 4)")
+    dput.add_argument("--m", type=int, default=2, help="parity fragments: how many may be lost (default 2)")
+    dput.add_argument("--share", action="append", metavar="PEER|#GROUP", help="who may read it besides this node (repeatable)")
+    dput.add_argument("--name", help="the name people see (default: the file's)")
+    dput.add_argument("--allow-fewer", action="store_true", help="put even with fewer than k+m nodes (some hold two fragments)")
+    dget = drive_sub.add_parser("get", parents=[common], help="fetch a file from any k of its holders")
+    dget.add_argument("file", help="its name, id (or 4+ characters of it) or read capability")
+    dget.add_argument("out", help="where to write it (a folder: under its name)")
+    drive_sub.add_parser("ls", parents=[common], help="every file: id, name (if shared with this node), size, k+m, health")
+    drive_sub.add_parser("status", parents=[common], help="per node: fragments held, bytes, quota")
+    for verb, text in (("rm", "remove a file; its holders drop their fragments"), ("info", "one file: holders, capabilities")):
+        p = drive_sub.add_parser(verb, parents=[common], help=text)
+        p.add_argument("file")
+    dshare = drive_sub.add_parser("share", parents=[common], help="let peers or a group read a file")
+    dshare.add_argument("file")
+    dshare.add_argument("targets", nargs="+", metavar="PEER|#GROUP")
+    for verb, text in (("verify", "every holder checks its fragments now"), ("repair", "verify, then rebuild what is not ok")):
+        p = drive_sub.add_parser(verb, parents=[common], help=text)
+        p.add_argument("file", nargs="?", help="one file (default: all)")
+    drive.set_defaults(func=cmd_drive)
 
     lab = sub.add_parser("lab", parents=[common], help="run a few nodes on loopback to try lannode out")
     lab.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")

@@ -143,10 +143,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("transfer", "max_bytes", 100_000_000_000, "Largest transfer accepted, in bytes; a bigger offer is declined.", _positive),
     Option("transfer", "auto_accept", [], "Node ids whose file offers are accepted without asking (people you trust).", _node_ids),
     Option("drive", "quota", 50_000_000_000, "Bytes of drive fragments (anyone's, encrypted) this node keeps at most.", _positive),
-    Option("drive", "grace", 600, "Seconds a holder may be gone before its fragments are rebuilt on other nodes.", _seconds),
-    Option("drive", "verify_interval", 60, "Seconds between two sampled checks of the fragments this node holds.", _seconds),
-    Option("drive", "repair_interval", 30, "Seconds between two passes of the repairer over the drive's files.", _seconds),
-    Option("drive", "orphan_grace", 600, "Seconds a fragment that no manifest names is kept (its put may still be finishing).", _seconds),
+    Option("drive", "grace", 600.0, "Seconds a holder may be gone before its fragments are rebuilt on other nodes.", _seconds),
+    Option("drive", "verify_interval", 60.0, "Seconds between two sampled checks of the fragments this node holds.", _seconds),
+    Option("drive", "repair_interval", 30.0, "Seconds between two passes of the repairer over the drive's files.", _seconds),
+    Option("drive", "orphan_grace", 600.0, "Seconds a fragment that no manifest names is kept (its put may still be finishing).", _seconds),
 )
 
 OPTIONS_BY_KEY: dict[str, Option] = {option.dotted: option for option in OPTIONS}
@@ -178,6 +178,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, float):
+        return f"{value:g}"  # 600.0 is written 600, which reads back as a whole number of seconds
     if isinstance(value, str):
         escaped = value.replace("\\", "\\\\").replace('"', '\\"')
         return f'"{escaped}"'
@@ -207,6 +209,8 @@ def render_default(name: str) -> str:
 
 def _expect_type(path: Path, key: str, value: Any, default: Any) -> None:
     expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return  # seconds may be written 5 or 0.5
     ok = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
     if not ok:
         raise ConfigError(path, key, f"expected {expected.__name__}, got {type(value).__name__} {value!r}")

@@ -55,7 +55,7 @@ from lannode.core.drive import (
     Manifest,
     PlacementError,
     ReadCap,
-    block_lengths,
+    fragment_size,
     check_layout,
     new_key,
     open_share,
@@ -334,6 +334,10 @@ class DriveService:
         except (FragmentError, DriveError, ValueError, KeyError, TypeError) as exc:
             self.counters[f"refused_{message['t']}"] += 1
             reply = {"error": str(exc) or type(exc).__name__}
+        except Exception:  # a bug here must not take the node down with it
+            log.exception("drive: answering %s from %s failed", message["t"], self._name_of(link.node_id))
+            self.counters["internal_error"] += 1
+            reply = {"error": "internal error"}
         try:
             await link.send(CHANNEL_DRIVE, _json_frame({"t": "re", "rid": rid, **reply}))
         except LinkError:
@@ -440,7 +444,7 @@ class DriveService:
         recipients = self._recipients(share or [])
         key = new_key()
         encoder = Encoder(key, st.st_size, k, m, SEGMENT)
-        fragment_bytes = sum(block_lengths(st.st_size, k, SEGMENT))
+        fragment_bytes = fragment_size(st.st_size, k, SEGMENT)
         outlets = await self._outlets(list(range(k + m)), encoder.file_id, (st.st_size, k, m, SEGMENT), fragment_bytes, holding={}, allow_fewer=allow_fewer)
         operation = self._begin(op, "put", name, st.st_size)
         try:
@@ -468,29 +472,30 @@ class DriveService:
         alive = self._alive()
         free = {node: s["quota"] - s["used"] for node, s in self._node_status().items() if node in alive}
         free[self.me] = self.fragments.free()
-        refused: list[str] = []
+        refused: dict[str, str] = {}
         outlets: list[Outlet] = []
         held = dict(holding)
+
+        def plan(count: int) -> list[str]:
+            try:
+                return place(count, {n: f for n, f in free.items() if n not in refused}, fragment_bytes, holding=held, allow_fewer=allow_fewer)
+            except PlacementError as exc:
+                why = "; ".join(refused.values())
+                raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"cannot place the fragments: {exc}" + (f" ({why})" if why else "")) from None
+
         try:
-            for index in indexes:
+            for index, node in zip(indexes, plan(len(indexes))):
                 while True:
-                    candidates = {n: f for n, f in free.items() if n not in refused}
-                    try:
-                        node = place(1, candidates, fragment_bytes, holding=held, allow_fewer=allow_fewer)[0]
-                    except PlacementError as exc:
-                        why = f" ({'; '.join(refused)} refused)" if refused else ""
-                        total = len(indexes) - len(outlets)
-                        raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"cannot place {total} more fragment{'s' if total != 1 else ''}: {exc}{why}") from None
                     try:
                         outlet = await self._open_outlet(node, index, file_id, shape)
+                        break
                     except (Unavailable, FragmentError) as exc:
-                        refused.append(node)
-                        log.info("drive: %s", exc)
-                        continue
-                    outlets.append(outlet)
-                    held[node] = held.get(node, 0) + 1
-                    free[node] -= fragment_bytes
-                    break
+                        refused[node] = str(exc)
+                        log.info("drive: %s; placing fragment %d elsewhere", exc, index)
+                        node = plan(1)[0]
+                outlets.append(outlet)
+                held[node] = held.get(node, 0) + 1
+                free[node] -= fragment_bytes
         except BaseException:
             for outlet in outlets:
                 if outlet.writer is not None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from lannode.core.drive import HASH_BYTES, block_lengths, fragment_root
+from lannode.core.drive import HASH_BYTES, MAX_SEGMENTS, block_lengths, fragment_root, fragment_size
 from lannode.core.erasure import MAX_FRAGMENTS
 
 _ID = re.compile(r"[0-9a-f]{32}")
@@ -73,6 +73,8 @@ def check_shape(size: int, k: int, m: int, segment: int) -> None:
         raise FragmentError("a fragment's shape is whole numbers")
     if size < 0 or not 1 <= segment <= MAX_SEGMENT or k < 1 or m < 0 or k + m > MAX_FRAGMENTS:
         raise FragmentError("a fragment's shape that does not add up")
+    if -(-size // segment) > MAX_SEGMENTS:
+        raise FragmentError(f"a file of more than {MAX_SEGMENTS} segments")
 
 
 class FragmentStore:
@@ -115,13 +117,12 @@ class FragmentStore:
         shape is nonsense or the quota has no room for it."""
         path = self._path(file_id, index)
         check_shape(size, k, m, segment)
-        lengths = block_lengths(size, k, segment)
-        need = sum(lengths)
+        need = fragment_size(size, k, segment)
         with self._lock:
             if self.usage() + self._reserved + need > self.quota:
                 raise FragmentError(f"no room: {need} bytes would pass this node's drive quota of {self.quota}")
             self._reserved += need
-        return FragmentWriter(self, path, (size, k, m, segment), lengths)
+        return FragmentWriter(self, path, (size, k, m, segment), block_lengths(size, k, segment))
 
     def _release(self, size: int) -> None:
         with self._lock:

@@ -77,6 +77,17 @@ def _unb32(text: str, size: int) -> bytes:
     return raw
 
 
+MAX_SEGMENTS = 1 << 22  # 4 TiB in 1 MiB segments: a shape beyond this is refused before any list is made
+
+
+def fragment_size(size: int, k: int, segment: int) -> int:
+    """The sum of ``block_lengths``, without making the list."""
+    segments = max(1, -(-size // segment))
+    full = -(-(segment + TAG_BYTES) // k)
+    last = -(-(size - (segments - 1) * segment + TAG_BYTES) // k)
+    return full * (segments - 1) + last
+
+
 def block_lengths(size: int, k: int, segment: int) -> list[int]:
     """The length of each block of a fragment of a ``size``-byte file: the same in every
     fragment, so a holder knows them from the size, k and segment size alone."""
@@ -122,7 +133,7 @@ class Layout:
             layout = cls(str(data["id"]), int(data["size"]), int(data["k"]), int(data["m"]), int(data["segment"]), tuple(bytes.fromhex(r) for r in data["roots"]))
         except (KeyError, TypeError, ValueError):
             raise DriveError("a malformed layout") from None
-        if layout.size < 0 or not 1 <= layout.segment <= 64 << 20 or len(layout.roots) != layout.k + layout.m or any(len(r) != HASH_BYTES for r in layout.roots):
+        if layout.size < 0 or not 1 <= layout.segment <= 64 << 20 or len(layout.roots) != layout.k + layout.m or any(len(r) != HASH_BYTES for r in layout.roots) or layout.segments > MAX_SEGMENTS:
             raise DriveError("a layout that does not add up")
         Codec(layout.k, layout.m)  # k and m in range, or ErasureError
         return layout

@@ -390,8 +390,8 @@ class LinkManager:
         first = b""
         with trio.move_on_after(self.settings.handshake_timeout):
             try:
-                while len(first) < len(BULK_MAGIC):
-                    data = await stream.receive_some(READ_SIZE)
+                while len(first) < len(BULK_MAGIC):  # no further: a bulk peer's data follows its hello
+                    data = await stream.receive_some(len(BULK_MAGIC) - len(first))
                     if not data:
                         break
                     first += data
@@ -422,8 +422,6 @@ class LinkManager:
                         raise BadOffer("the bulk hello ended early")
                     first += more
             token = parse_bulk_hello(first[:BULK_HELLO_BYTES])
-            if len(first) > BULK_HELLO_BYTES:
-                raise BadOffer("data before the other end spoke")
         except (BadOffer, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
             self.refused["bulk_hello"] += 1
             log.debug("bulk connection refused: %s", exc)

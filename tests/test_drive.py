@@ -1,0 +1,312 @@
+"""The shared drive between real daemons on loopback: put, get with nodes killed,
+corruption found and repaired, a node gone for good, a putter killed mid-put,
+orphans, hostile requests, and the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from nacl.signing import SigningKey
+
+from lannode.core.drive import block_lengths, fragment_root
+from lannode.core.link import MessageReceived
+from lannode.core.transfer import bulk_hello
+from lannode.drive_io import Wire
+from lannode.home import Home
+from lannode.net.api_client import RemoteError
+
+from conftest import NodeFactory, RunningNode, raw_link, run_cli, write_config
+
+CHANNEL_DRIVE = 6
+MB = 1_000_000
+
+
+def cluster(nodes: NodeFactory, count: int, **drive: float) -> list[RunningNode]:
+    """``count`` nodes that all see each other alive and know each other's drive storage;
+    ``drive`` overrides [drive] settings (short grace periods for the tests)."""
+    started = []
+    for i in range(count):
+        name = "abcdefgh"[i]
+        home = Home(nodes.root / f"{name}-{i}")
+        write_config(home.path, name, gossip=nodes.gossip)
+        text = home.config_path.read_text()
+        for key, value in drive.items():
+            text, n = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, count=1, flags=re.M)
+            assert n == 1, key
+        home.config_path.write_text(text)
+        started.append(nodes.start_on(home, name=name))
+    for node in started:
+        node.wait_until(lambda node=node: sum(p["state"] == "alive" for p in node.call("peer.list")) == count - 1 and len(node.call("drive.status")) == count, what="every node alive, with its storage known")
+    return started
+
+
+def write_random(path: Path, size: int) -> bytes:
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return data
+
+
+def fragment_files(node: RunningNode) -> list[Path]:
+    root = node.home.path / "fragments"
+    return sorted(p for p in root.iterdir() if re.fullmatch(r"[0-9a-f]{32}\.\d+", p.name)) if root.exists() else []
+
+
+def listing(node: RunningNode, file_id: str) -> dict[str, Any] | None:
+    return next((f for f in node.call("drive.ls") if f["id"] == file_id), None)
+
+
+def holds_plaintext_run(plaintext: bytes, blob: bytes, run: int = 64) -> bool:
+    """Whether ``blob`` holds any ``run``-byte run of ``plaintext``, checked in full but fast.
+
+    Such a run covers a whole 8-byte word of the plaintext at a multiple of 56 (the words
+    at 0, 56, 112, ... leave no gap of ``run`` bytes without one). So: every 8 bytes of the
+    blob, at every offset, are looked up among those words (a bit table first, then an
+    exact search), and each hit is widened to see whether a whole run matches."""
+    stride = run - 8
+    words = np.frombuffer(plaintext[: len(plaintext) // 8 * 8], dtype=np.uint64)[:: stride // 8]
+    keys = np.sort(words)
+    mask = (1 << 26) - 1
+    table = np.zeros(mask + 1, dtype=bool)
+    table[(keys & mask).astype(np.intp)] = True
+    for shift in range(8):
+        usable = (len(blob) - shift) // 8 * 8
+        if usable <= 0:
+            continue
+        values = np.frombuffer(blob, dtype=np.uint64, count=usable // 8, offset=shift)
+        candidates = np.flatnonzero(table[(values & mask).astype(np.intp)])
+        near = values[candidates]
+        slots = np.minimum(np.searchsorted(keys, near), len(keys) - 1)
+        found = candidates[keys[slots] == near]
+        for i in found:
+            at = shift + 8 * int(i)
+            word = blob[at : at + 8]
+            q = plaintext.find(word)
+            while q >= 0:
+                for back in range(stride + 1):
+                    if at - back >= 0 and q - back >= 0 and blob[at - back : at - back + run] == plaintext[q - back : q - back + run] and len(blob[at - back : at - back + run]) == run:
+                        return True
+                q = plaintext.find(word, q + 1)
+    return False
+
+
+def test_the_run_detector_finds_a_run_anywhere() -> None:
+    plaintext = os.urandom(100_000)
+    for offset in (0, 5, 31, 777):
+        blob = os.urandom(offset) + plaintext[40_003 : 40_003 + 64] + os.urandom(50)
+        assert holds_plaintext_run(plaintext, blob)
+    assert not holds_plaintext_run(plaintext, os.urandom(5000) + plaintext[10:60] + os.urandom(10))
+
+
+def test_six_nodes_put_get_two_killed_corruption_repaired_and_no_plaintext_on_disk(nodes: NodeFactory, tmp_path: Path) -> None:
+    a, b, c, d, e, f = cluster(nodes, 6)
+    src = tmp_path / "report.bin"
+    plaintext = write_random(src, 100 * MB)
+    put = run_cli("drive", "put", str(src), "--k", "4", "--m", "2", "--share", "c", "--json", "--home", str(a.home.path), timeout=120)
+    assert put.returncode == 0, put.stderr
+    lines = [json.loads(line) for line in put.stdout.splitlines()]
+    assert lines[-1]["event"] == "result" and any(x["event"] == "drive.progress" for x in lines[:-1]), "progress events, then the result"
+    result = lines[-1]["data"]
+    file_id = result["id"]
+    assert result["health"] == "6/6" and len({h["node"] for h in result["holders"]}) == 6, "six fragments on six distinct nodes"
+    assert result["read_cap"].startswith("lnd-r:") and result["verify_cap"].startswith("lnd-v:" + file_id)
+
+    # every node lists it within seconds; the name only where it was shared
+    for node in (a, b, c, d, e, f):
+        row = node.wait_until(lambda node=node: listing(node, file_id), timeout=10, what="the manifest replicated")
+        assert (row["size"], row["k"], row["m"], row["health"]) == (100 * MB, 4, 2, "6/6")
+        assert row["name"] == ("report.bin" if node in (a, c) else None)
+    # a node that stores a fragment learns nothing of it
+    fragments = [p for node in (a, b, c, d, e, f) for p in fragment_files(node)]
+    assert len(fragments) == 6
+    for path in fragments:
+        assert not holds_plaintext_run(plaintext, path.read_bytes()), f"{path} holds a run of the plaintext"
+    # a node without the read capability cannot get it
+    try:
+        d.call("drive.get", file=file_id, out=str(tmp_path / "d.bin"))
+        raise AssertionError("d read a file not shared with it")
+    except RemoteError as exc:
+        assert exc.code == "forbidden" and "no read capability" in str(exc)
+    assert not (tmp_path / "d.bin").exists()
+
+    # rot on one holder's disk: verify finds it, repair rebuilds it in place
+    victim_index = next(h["index"] for h in result["holders"] if h["name"] == "b")
+    victim = b.home.path / "fragments" / f"{file_id}.{victim_index}"
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    verified = a.call("drive.verify", file=file_id)[0]
+    states = {x["name"]: x["state"] for x in verified["fragments"]}
+    assert states["b"] == "corrupt" and verified["health"] == "5/6", states
+    repaired = run_cli("drive", "repair", file_id, "--json", "--home", str(a.home.path), timeout=60)
+    assert repaired.returncode == 0, repaired.stderr
+    assert json.loads(repaired.stdout)[0]["repaired"] == [{"index": victim_index, "node": result["holders"][victim_index]["node"], "name": "b"}]
+    assert a.call("drive.verify", file=file_id)[0]["health"] == "6/6"
+    assert victim.read_bytes() != bytes(raw)
+
+    # any two nodes killed: the file still comes back whole, by name, on a node it was shared with
+    for node in (e, f):
+        node.process.kill()
+        node.process.wait()
+    got = run_cli("drive", "get", "report.bin", str(tmp_path / "out"), "--json", "--home", str(c.home.path), timeout=120)
+    assert got.returncode == 0, got.stderr
+    out = json.loads(got.stdout.splitlines()[-1])["data"]
+    assert Path(out["path"]).read_bytes() == plaintext
+    served_by = {x["name"] for x in out["from"]}
+    assert not served_by & {"e", "f"} and len(out["from"]) >= 4
+
+
+def test_a_node_gone_for_good_is_replaced_after_the_grace_period_and_rot_is_found_in_the_background(nodes: NodeFactory, tmp_path: Path) -> None:
+    a, b, c, d, e, f = cluster(nodes, 6, grace=3, repair_interval=0.5, verify_interval=0.3)
+    src = tmp_path / "photos.tar"
+    plaintext = write_random(src, 12 * MB)
+    first = a.call("drive.put", path=str(src))
+    second = a.call("drive.put", path=str(src), name="copy.tar", k=3, m=2)
+    f.stop()  # a clean leave: it is gone, and stays gone
+    f_id = next(h["node"] for h in first["holders"] if h["name"] == "f")
+
+    def healed(file_id: str) -> bool:
+        row = listing(a, file_id)
+        return row is not None and row["health"] == f"{row['k'] + row['m']}/{row['k'] + row['m']}" and f_id not in {h["node"] for h in row["holders"]}
+
+    for put in (first, second):
+        a.wait_until(lambda put=put: healed(put["id"]), timeout=60, what="the file back at k+m healthy fragments")
+    for node in (a, b, c, d, e):
+        assert all(r["health"].split("/")[0] == r["health"].split("/")[1] for r in node.call("drive.ls"))
+    assert a.call("drive.verify", file=first["id"])[0]["health"] == "6/6"
+    (tmp_path / "x").mkdir()
+    a.call("drive.get", file=first["id"], out=str(tmp_path / "x"))
+    assert (tmp_path / "x" / "photos.tar").read_bytes() == plaintext
+
+    # rot found by the background verifier, no one asking: the holder rebuilds its fragment
+    holder = next(n for n in (b, c, d, e) if fragment_files(n))
+    path = fragment_files(holder)[0]
+    raw = bytearray(path.read_bytes())
+    raw[100] ^= 1
+    path.write_bytes(bytes(raw))
+    holder.wait_until(lambda: holder.status()["drive"]["counters"].get("corrupt_found", 0) >= 1, timeout=30, what="the verifier finding the rot")
+    holder.wait_until(lambda: path.exists() and path.read_bytes() != bytes(raw), timeout=30, what="the fragment rebuilt")
+    assert all(r["health"] == "5/5" or r["health"] == "6/6" for r in a.call("drive.verify"))
+
+
+def test_a_putter_killed_mid_put_leaves_no_manifest_and_orphans_are_collected(nodes: NodeFactory, tmp_path: Path) -> None:
+    a, b, c = cluster(nodes, 3, orphan_grace=3)
+    src = tmp_path / "big.bin"
+    write_random(src, 300 * MB)
+    putter = subprocess.Popen(
+        [sys.executable, "-m", "lannode", "drive", "put", str(src), "--k", "2", "--m", "1", "--json", "--home", str(a.home.path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert putter.stdout is not None
+    for line in putter.stdout:
+        event = json.loads(line)
+        if event["event"] == "drive.progress" and event["data"]["bytes"] > 60 * MB:
+            a.process.send_signal(signal.SIGKILL)
+            break
+    a.process.wait()
+    putter.wait(timeout=30)
+    time.sleep(1)
+    for node in (b, c):
+        assert node.call("drive.ls") == [], "no manifest for a put that did not finish"
+        node.wait_until(lambda node=node: not list((node.home.path / "fragments").glob("*.part")), timeout=10, what="partial fragments dropped")
+
+    # a fragment stored for a put whose putter died before it wrote the manifest: an orphan
+    peer = next(p for p in b.call("peer.list") if p["name"] == "c")
+    size, k, m, segment = 5000, 2, 1, 1 << 20
+    file_id = "ab" * 16
+    lengths = block_lengths(size, k, segment)
+    fragment = os.urandom(sum(lengths))
+    with raw_link(SigningKey.generate(), peer) as (conn, sock):
+        reply = request(conn, sock, {"t": "put", "rid": "1", "id": file_id, "index": 0, "size": size, "k": k, "m": m, "segment": segment})
+        assert "token" in reply, reply
+        host, port = peer["addresses"]["link"].rsplit(":", 1)
+        bulk = socket.create_connection((host, int(port)))
+        bulk.sendall(bulk_hello(bytes.fromhex(reply["token"])))
+        wire = Wire(bulk, bytes.fromhex(reply["secret"]), bool(reply["aes"]), dialer=True)
+        wire.send_data(fragment)
+        wire.send_control({"root": fragment_root([hashlib.sha256(fragment).digest()]).hex()})
+        assert wire.receive()[1] == {"stored": True}
+        wire.close()
+        orphan = c.home.path / "fragments" / f"{file_id}.0"
+        assert orphan.exists()
+        # hostile requests: answered with an error, nothing written outside the store
+        for bad in (
+            {"t": "put", "rid": "2", "id": "../../../etc/x", "index": 0, "size": 10, "k": 1, "m": 1, "segment": 1024},
+            {"t": "put", "rid": "3", "id": file_id, "index": 300, "size": 10, "k": 1, "m": 1, "segment": 1024},
+            {"t": "put", "rid": "4", "id": file_id, "index": 1, "size": 10**15, "k": 1, "m": 1, "segment": 1024},
+            {"t": "put", "rid": "5", "id": file_id, "index": 1, "size": 10, "k": 0, "m": 1, "segment": 1024},
+            {"t": "get", "rid": "6", "id": "cd" * 16, "index": 0, "start": 0},
+            {"t": "get", "rid": "7", "id": file_id, "index": 0, "start": "x"},
+            {"t": "check", "rid": "8", "id": "nope", "index": 0},
+            {"t": "put", "rid": "9"},
+        ):
+            answer = request(conn, sock, bad)
+            assert answer.get("error"), (bad, answer)
+        for garbage in (b"not json", b"[1,2]", json.dumps({"t": "put"}).encode(), b"{" * 70000):
+            conn.send_message(CHANNEL_DRIVE, garbage)
+        sock.sendall(conn.data_to_send())
+    c.wait_until(lambda: not orphan.exists(), timeout=30, what="the orphan collected")
+    counters = c.status()["drive"]["counters"]
+    assert counters["dropped"] >= 1 and counters["malformed"] >= 3, counters
+    assert not list(c.home.path.parent.glob("x")) and not Path("/etc/x").exists()
+    assert c.call("drive.status"), "the node still answers"
+
+
+def request(conn: Any, sock: socket.socket, message: dict[str, Any]) -> dict[str, Any]:
+    conn.send_message(CHANNEL_DRIVE, json.dumps(message).encode())
+    sock.sendall(conn.data_to_send())
+    sock.settimeout(10)
+    while True:
+        for event in conn.events():
+            if isinstance(event, MessageReceived) and event.channel == CHANNEL_DRIVE:
+                reply = json.loads(event.data)
+                if reply.get("rid") == message.get("rid") or "rid" not in message:
+                    return dict(reply)
+        conn.receive_data(sock.recv(65536))
+        sock.sendall(conn.data_to_send())
+
+
+def test_the_drive_cli_lists_shares_and_removes(nodes: NodeFactory, tmp_path: Path) -> None:
+    a, b, c = cluster(nodes, 3)
+    home = ["--home", str(a.home.path)]
+    src = tmp_path / "notes.txt"
+    src.write_text("minutes of the meeting\n" * 1000)
+    few = run_cli("drive", "put", str(src), *home)
+    assert few.returncode == 1 and "6 fragments need 6 distinct nodes" in few.stderr and "3 nodes have room" in few.stderr, few.stderr
+    put = run_cli("drive", "put", str(src), "--k", "2", "--m", "1", *home)
+    assert put.returncode == 0 and "put notes.txt" in put.stdout, put.stderr
+    ls = run_cli("drive", "ls", *home)
+    assert "notes.txt" in ls.stdout and "2+1" in ls.stdout and "3/3" in ls.stdout, ls.stdout
+    file_id = a.call("drive.ls")[0]["id"]
+    b.wait_until(lambda: listing(b, file_id), what="the manifest on b")
+    assert listing(b, file_id)["name"] is None
+    shared = run_cli("drive", "share", "notes.txt", "b", *home)
+    assert shared.returncode == 0 and "shared notes.txt with b" in shared.stdout, shared.stderr
+    b.wait_until(lambda: (listing(b, file_id) or {}).get("name") == "notes.txt", what="the share reaching b")
+    got = run_cli("drive", "get", "notes.txt", str(tmp_path / "back.txt"), "--home", str(b.home.path))
+    assert got.returncode == 0 and (tmp_path / "back.txt").read_text() == src.read_text(), got.stderr
+    doubled = run_cli("drive", "put", str(src), "--name", "four.txt", "--k", "3", "--m", "1", "--allow-fewer", "--json", *home)
+    assert doubled.returncode == 0, doubled.stderr
+    status = json.loads(run_cli("drive", "status", "--json", *home).stdout)
+    assert sorted(s["name"] for s in status) == ["a", "b", "c"]
+    a.wait_until(lambda: sum(s["fragments"] for s in a.call("drive.status")) == 7, what="every node's count published")
+    info = run_cli("drive", "info", "notes.txt", *home)
+    assert "read cap:   lnd-r:" in info.stdout and "verify cap: lnd-v:" in info.stdout
+    removed = run_cli("drive", "rm", "notes.txt", *home)
+    assert removed.returncode == 0 and "removed notes.txt" in removed.stdout
+    for node in (a, b, c):
+        node.wait_until(lambda node=node: all(not p.name.startswith(file_id) for p in fragment_files(node)), timeout=15, what="fragments of the removed file dropped")
+        node.wait_until(lambda node=node: [r["name"] for r in node.call("drive.ls")] in (["four.txt"], [None]), timeout=10, what="the listing without it")
+    missing = run_cli("drive", "get", "notes.txt", str(tmp_path / "again.txt"), *home)
+    assert missing.returncode == 1 and "no file 'notes.txt'" in missing.stderr
