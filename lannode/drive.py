@@ -808,6 +808,9 @@ class DriveService:
         for manifest in list(self._manifests().values()):
             file_id = manifest.file_id
             mine = {i for (f, i) in self._needs_repair if f == file_id and manifest.holders[i] == self.me}
+            mine |= {  # named here but not on this disk (lost with a disk, or deleted by hand)
+                i for i, node in enumerate(manifest.holders) if node == self.me and not self.fragments.has(file_id, i) and not self.fragments.writing(file_id, i)
+            }
             gone = {i for i, node in enumerate(manifest.holders) if node != self.me and self._gone_for(node) > self.grace}
             if gone and self._repairer_of(file_id) != self.me:
                 gone = set()
@@ -855,8 +858,8 @@ class DriveService:
                 manifest = self._manifest_of(entry)
                 if manifest is not None and h.index < len(manifest.holders) and manifest.holders[h.index] == self.me:
                     continue
-                if now - h.mtime < self.orphan_grace or h.file_id in self._repairing:
-                    continue
+                if now - h.mtime < self.orphan_grace or h.file_id in self._repairing or not self.store.syncs:
+                    continue  # young, being rebuilt, or this node has not heard the store's news since it started
                 why = "no manifest names it here"
             await trio.to_thread.run_sync(self.fragments.delete, h.file_id, h.index)
             self.counters["dropped"] += 1

@@ -83,6 +83,7 @@ class FragmentStore:
         self.quota = quota
         self._lock = threading.Lock()
         self._reserved = 0  # bytes of fragments being written now
+        self._writing: set[tuple[str, int]] = set()
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob("*.part"):  # a write cut short by a crash: never acknowledged
             stale.unlink(missing_ok=True)
@@ -119,14 +120,21 @@ class FragmentStore:
         check_shape(size, k, m, segment)
         need = fragment_size(size, k, segment)
         with self._lock:
+            if (file_id, index) in self._writing:
+                raise FragmentError(f"fragment {file_id}.{index} is being written already")
             if self.usage() + self._reserved + need > self.quota:
                 raise FragmentError(f"no room: {need} bytes would pass this node's drive quota of {self.quota}")
             self._reserved += need
-        return FragmentWriter(self, path, (size, k, m, segment), block_lengths(size, k, segment))
+            self._writing.add((file_id, index))
+        return FragmentWriter(self, path, (size, k, m, segment), block_lengths(size, k, segment), (file_id, index))
 
-    def _release(self, size: int) -> None:
+    def writing(self, file_id: str, index: int) -> bool:
+        return (file_id, index) in self._writing
+
+    def _release(self, size: int, which: tuple[str, int]) -> None:
         with self._lock:
             self._reserved -= size
+            self._writing.discard(which)
 
     def info(self, file_id: str, index: int) -> FragmentInfo:
         path = self._path(file_id, index)
@@ -174,8 +182,9 @@ class FragmentWriter:
     """The fragment's bytes in order, in pieces of any size; ``commit(root)`` checks them
     and renames the whole fragment into place. Used from one thread."""
 
-    def __init__(self, store: FragmentStore, path: Path, shape: tuple[int, int, int, int], lengths: list[int]) -> None:
+    def __init__(self, store: FragmentStore, path: Path, shape: tuple[int, int, int, int], lengths: list[int], which: tuple[str, int]) -> None:
         self.store = store
+        self.which = which
         self.path = path
         self.shape = shape
         self.lengths = lengths
@@ -241,7 +250,7 @@ class FragmentWriter:
     def _done(self) -> None:
         if self._open:
             self._open = False
-            self.store._release(self.total)
+            self.store._release(self.total, self.which)
 
 
 class FragmentReader:

@@ -107,23 +107,33 @@ async def chat_phase(a: Any, b: Any, processes: list[Any], rate: float, messages
 
 def pair_homes(root: Path) -> list[Home]:
     """Homes for nodes "a" and "b" on a gossip port of their own."""
+    return node_homes(root, ["a", "b"])
+
+
+def node_homes(root: Path, names: list[str]) -> list[Home]:
+    """A home per name, all on a gossip port of their own."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    return [write_home(root / n, n, port) for n in ("a", "b")]
+    return [write_home(root / n, n, port) for n in names]
 
 
 async def start_pair(homes: list[Home], processes: list[Any]) -> None:
-    """Run a daemon on each home (appended to ``processes``, for the caller to stop) and
-    wait until a sees b alive."""
-    for home, name in zip(homes, ("a", "b")):
+    await start_nodes(homes, processes)
+
+
+async def start_nodes(homes: list[Home], processes: list[Any]) -> None:
+    """Run a daemon on each home (appended to ``processes``, for the caller to stop), named
+    after its folder, and wait until the first sees every other one alive."""
+    names = [home.path.name for home in homes]
+    for home, name in zip(homes, names):
         command = [sys.executable, "-m", "lannode", "up", "--home", str(home.path), "--interface", "127.0.0.1", "--name", name, "--log-level", "warning"]
         processes.append(await trio.lowlevel.open_process(command, stdin=subprocess.DEVNULL))
-    for home, process in zip(homes, processes):
+    for home, process in zip(homes, processes[-len(homes) :]):
         await wait_for_node(home, ui=False, process=process)
     async with connect(homes[0]) as a:
-        with trio.fail_after(20):
-            while not any(p["name"] == "b" and p["state"] == "alive" for p in await a.call("peer.list")):
+        with trio.fail_after(30):
+            while sum(p["state"] == "alive" and p["name"] in names for p in await a.call("peer.list")) < len(homes) - 1:
                 await trio.sleep(0.05)
 
 
