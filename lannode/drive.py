@@ -633,13 +633,14 @@ class DriveService:
         }
 
     def _holdings(self, manifest: Manifest, *, skip: set[int] = frozenset()) -> list[Holding]:  # type: ignore[assignment]
-        """Every fragment worth trying, best first: this node's own, then data fragments
-        (no decoding), then parity; holders known to be away go last."""
+        """Every fragment worth trying, best first: data fragments (k of them need no
+        decoding, which costs more CPU than a loopback or gigabit link saves), this node's
+        own before others; then parity; holders known to be away go last."""
         alive = self._alive()
         file_id = manifest.file_id
         order = sorted(
             (i for i in range(len(manifest.holders)) if i not in skip),
-            key=lambda i: (manifest.holders[i] not in alive, manifest.holders[i] != self.me, i >= manifest.layout.k, i),
+            key=lambda i: (manifest.holders[i] not in alive, i >= manifest.layout.k, manifest.holders[i] != self.me, i),
         )
         holdings = []
         for index in order:

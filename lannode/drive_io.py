@@ -4,10 +4,9 @@ serving one, and getting a file back from any k holders.
 
 Fragment bytes travel on bulk connections: a one-time token and secret go over
 the peer link (``lannode.drive``), the requester connects to the holder's link
-port with the token, and both ends seal records with keys derived from the
-secret (AES-256-GCM where both have it). On a connection a *data* record is one
-byte ``R_DATA`` and up to ``PIECE`` bytes of the fragment's stream; a *control*
-record is ``R_CONTROL`` and JSON.
+port with the token, and both ends seal control records with keys derived from the
+secret (AES-256-GCM where both have it). On a connection fragment bytes go as raw
+frames and control messages as sealed records (see ``Wire``).
 
 * **put**: the putter streams fragment bytes; then ``{"root"}``; the holder
   checks its own hashes give that root, fsyncs, renames, and answers
@@ -26,10 +25,13 @@ memory, so a file of any size streams through.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import queue
 import socket
+import struct
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,19 +41,34 @@ from typing import Any, BinaryIO, Callable
 
 from lannode.bulk import MAX_RECORD, BulkError, Meter, Records, ciphers, tune_allocator
 from lannode.core.drive import HASH_BYTES, Decoder, DriveError, Encoder, Layout, ReadCap, check_block, check_block_hashes
-from lannode.core.transfer import R_CONTROL, R_DATA, RECORD_DATA, bulk_hello
+from lannode.core.link import TAG_BYTES
+from lannode.core.transfer import R_CONTROL, R_DATA, bulk_hello
 from lannode.fragments import FragmentError, FragmentReader, FragmentWriter
 
 log = logging.getLogger("lannode.drive")
 
-PIECE = RECORD_DATA  # fragment bytes per data record
+RAW = 0x8000_0000  # the top bit of a frame's length: raw fragment bytes follow, not a sealed record
+MAX_RAW = 2 << 20  # fragment bytes per data frame (a whole block, for segments up to 8 MiB at k=4)
+_LENGTH = struct.Struct(">I")
 AHEAD = 8  # segments a reader's fetchers may run ahead of the writer
 SLOW = 4.0  # seconds a segment may wait on a fetcher before another holder joins in
 CODERS = 2  # threads sealing and coding segments during a put
 
 
 class Wire:
-    """One end of a drive bulk connection: data and control records over ``Records``."""
+    """One end of a drive bulk connection.
+
+    Two kinds of frame share it, told apart by the top bit of the 4-byte length:
+
+    * **raw data** (``RAW | n``, then n bytes): fragment bytes, which need no sealing.
+      They are ciphertext already (the file was encrypted before it was coded), and
+      every block is checked against hashes the capability commits to, by the holder
+      before it says "stored" and by the reader before it uses the block. Sealing
+      them again would be work done twice, on the path that decides the speed.
+    * **sealed control** (a ``Records`` record: AEAD with the connection's keys):
+      the root, "stored", errors. These decide what the manifest says, so a party
+      on the wire cannot forge or alter them; it can only break the connection.
+    """
 
     def __init__(self, sock: socket.socket, secret: bytes, aes: bool, *, dialer: bool) -> None:
         sock.settimeout(None)
@@ -59,21 +76,16 @@ class Wire:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self.records = Records(sock, *ciphers(secret, aes, sending=dialer))
-        self._plain = bytearray(PIECE + 1)
-        self._plain[0] = R_DATA
-        self._sealed = bytearray(MAX_RECORD)
-        self._scratch = bytearray(MAX_RECORD)
-        self._opened = bytearray(MAX_RECORD)
+        self.reader = self.records.reader
+        self._raw = bytearray(MAX_RAW)
 
     @classmethod
-    def dial(cls, address: tuple[str, int], token: bytes, secret: bytes, aes: bool, meter: Meter | None = None) -> "Wire":
+    def dial(cls, address: tuple[str, int], token: bytes, secret: bytes, aes: bool) -> "Wire":
         tune_allocator()
         try:
             sock = socket.create_connection(address, timeout=10)
         except OSError as exc:
             raise BulkError(f"cannot open a bulk connection to {address[0]}:{address[1]}: {exc.strerror or exc}") from None
-        if meter is not None:
-            meter._sock = sock
         try:
             sock.sendall(bulk_hello(token))
         except OSError as exc:
@@ -83,49 +95,64 @@ class Wire:
 
     def send_data(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        plain = memoryview(self._plain)
-        for start in range(0, len(view), PIECE):
-            piece = view[start : start + PIECE]
-            plain[1 : 1 + len(piece)] = piece
-            size = self.records.tx.seal_into(plain[: 1 + len(piece)], self._sealed)
-            self.sock.sendall(memoryview(self._sealed)[:size])
+        for start in range(0, len(view), MAX_RAW):
+            piece = view[start : start + MAX_RAW]
+            header = _LENGTH.pack(RAW | len(piece))
+            sent = self.sock.sendmsg([header, piece])
+            if sent < len(header) + len(piece):  # the kernel took part of it: the rest the slow way
+                rest = (header + bytes(piece))[sent:]
+                self.sock.sendall(rest)
 
     def send_control(self, message: dict[str, Any]) -> None:
         self.records.send(bytes([R_CONTROL]) + json.dumps(message, separators=(",", ":")).encode())
 
     def receive(self) -> tuple[int, Any]:
         """(R_DATA, a view valid until the next call) or (R_CONTROL, dict); BulkError at the end."""
-        plaintext = self.records.receive_into(self._scratch, self._opened)
-        if plaintext is None:
+        head = self.reader.read(4)
+        if len(head) < 4:
             raise BulkError("the other end closed the bulk connection")
-        if not plaintext:
-            raise BulkError("an empty bulk record")
-        kind = plaintext[0]
-        if kind == R_DATA:
-            return R_DATA, plaintext[1:]
-        if kind == R_CONTROL:
-            try:
-                message = json.loads(bytes(plaintext[1:]))
-            except ValueError:
-                raise BulkError("a control record that is not JSON") from None
-            if not isinstance(message, dict):
-                raise BulkError("a control record that is not an object")
-            return R_CONTROL, message
-        raise BulkError(f"a bulk record of unknown kind {kind}")
+        length = _LENGTH.unpack(head)[0]
+        if length & RAW:
+            n = length & ~RAW
+            if n > MAX_RAW:
+                raise BulkError(f"a data frame of {n} bytes")
+            view = memoryview(self._raw)[:n]
+            if self.reader.readinto(view) < n:
+                raise BulkError("the bulk connection ended inside a frame")
+            return R_DATA, view
+        if not TAG_BYTES <= length <= MAX_RECORD:
+            raise BulkError(f"a bulk record of {length} bytes")
+        body = self.reader.read(length)
+        if len(body) < length:
+            raise BulkError("the bulk connection ended inside a record")
+        try:
+            plaintext = self.records.rx.open(head, body)
+        except Exception:
+            raise BulkError("a control record failed to authenticate") from None
+        if not plaintext or plaintext[0] != R_CONTROL:
+            raise BulkError("a sealed record that is not a control record")
+        try:
+            message = json.loads(plaintext[1:])
+        except ValueError:
+            raise BulkError("a control record that is not JSON") from None
+        if not isinstance(message, dict):
+            raise BulkError("a control record that is not an object")
+        return R_CONTROL, message
 
-    def receive_exactly(self, size: int, out: bytearray | None = None) -> bytes:
-        """``size`` bytes of data records; BulkError with the other end's reason if it
-        sends an error instead."""
-        buffer = out if out is not None else bytearray()
-        buffer.clear()
-        while len(buffer) < size:
+    def receive_exactly(self, size: int) -> bytes:
+        """``size`` bytes of data frames; BulkError with the other end's reason if it sends
+        an error instead."""
+        parts = []
+        got = 0
+        while got < size:
             kind, data = self.receive()
             if kind == R_CONTROL:
                 raise BulkError(str(data.get("error") or f"unexpected {data}"))
-            if len(buffer) + len(data) > size:
+            if got + len(data) > size:
                 raise BulkError("more bytes than asked for")
-            buffer += data
-        return bytes(buffer)
+            parts.append(bytes(data))
+            got += len(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def close(self) -> None:
         """Hang up; also wakes a thread blocked reading this connection."""
@@ -399,9 +426,8 @@ class RemoteSource(BlockSource):
         raw = self.wire.receive_exactly(layout.segments * HASH_BYTES)
         hashes = [raw[i : i + HASH_BYTES] for i in range(0, len(raw), HASH_BYTES)]
         check_block_hashes(layout, self.index, hashes)
-        buffer = bytearray()
         for segment in range(self.start, layout.segments):
-            block = self.wire.receive_exactly(layout.block_length(segment), buffer)
+            block = self.wire.receive_exactly(layout.block_length(segment))
             check_block(hashes, self.index, segment, block)
             yield segment, block
 
@@ -453,7 +479,48 @@ def get_file(layout: Layout, cap: ReadCap, holdings: list[Holding], out: BinaryI
     """Write the file's plaintext to ``out``. DriveError if fewer than k fragments can be
     read, or a segment does not decrypt."""
     decoder = Decoder(layout, cap.key)
-    read_segments(layout, holdings, meter, report, lambda index, blocks: out.write(decoder.segment(index, blocks)))
+    try:
+        os.posix_fallocate(out.fileno(), 0, layout.size)  # the room up front: no half-written file on a full disk
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    with BackgroundWriter(out) as writer:
+        read_segments(layout, holdings, meter, report, lambda index, blocks: writer.write(decoder.segment(index, blocks)))
+
+
+class BackgroundWriter:
+    """Writes to a file in a thread of its own, a few buffers behind, so that the page
+    cache's cost overlaps the decoding instead of adding to it. A failed write is
+    raised by the next ``write`` or by leaving the ``with``."""
+
+    def __init__(self, out: BinaryIO, depth: int = 4) -> None:
+        self.out = out
+        self.queue: queue.Queue[bytes | None] = queue.Queue(depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="drive-write", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (data := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.out.write(data)
+                except BaseException as exc:
+                    self.error = exc
+
+    def write(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(data)
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, kind: object, *exc: object) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None and kind is None:
+            raise self.error
 
 
 def read_segments(layout: Layout, holdings: list[Holding], meter: Meter, report: GetReport, sink: Callable[[int, dict[int, bytes]], object]) -> None:

@@ -2,7 +2,7 @@
 
 Two files per fragment under ``HOME/fragments/``: ``ID.INDEX`` holds the blocks back
 to back, and ``ID.INDEX.meta`` the file's shape (size, k, m, segment size), the
-fragment's root and the SHA-256 of each block. A fragment arrives as a stream of
+fragment's root and the BLAKE3 hash of each block. A fragment arrives as a stream of
 bytes into a ``.part`` file; the holder cuts it into blocks by the shape, hashes
 each block as its last byte arrives, and at the end checks that its own hashes
 give the root the putter names (the root the manifest will carry). Only then is it
@@ -17,7 +17,7 @@ index a small integer, or ``FragmentError``.
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import os
 import re
 import struct
@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from lannode.core.drive import HASH_BYTES, MAX_SEGMENTS, block_lengths, fragment_root, fragment_size
+from blake3 import blake3
+
+from lannode.core.drive import HASH_BYTES, MAX_SEGMENTS, block_hash, block_lengths, fragment_root, fragment_size
 from lannode.core.erasure import MAX_FRAGMENTS
 
 _ID = re.compile(r"[0-9a-f]{32}")
@@ -191,8 +193,16 @@ class FragmentWriter:
         self.total = sum(lengths)
         self.part = path.with_name(path.name + ".part")
         self._file = open(self.part, "wb")
+        try:
+            os.posix_fallocate(self._file.fileno(), 0, self.total)  # the disk's room, taken now: ENOSPC here, not mid-put
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                self._file.close()
+                self.part.unlink(missing_ok=True)
+                store._release(self.total, which)
+                raise FragmentError(f"no room on this disk for {self.total} bytes: {exc.strerror}") from None
         self.hashes: list[bytes] = []
-        self._hash = hashlib.sha256()
+        self._hash = blake3()
         self._left = lengths[0]  # bytes still to come of the current block
         self.written = 0
         self._open = True
@@ -211,7 +221,7 @@ class FragmentWriter:
             self._left -= take
             if self._left == 0:
                 self.hashes.append(self._hash.digest())
-                self._hash = hashlib.sha256()
+                self._hash = blake3()
                 self._left = self.lengths[len(self.hashes)] if len(self.hashes) < len(self.lengths) else 0
 
     def commit(self, root: bytes) -> None:
@@ -272,7 +282,7 @@ class FragmentReader:
             raise FragmentError(f"no segment {segment} in fragment {self.file_id}.{self.index}")
         length = self.lengths[segment]
         data = os.pread(self._file.fileno(), length, self.offsets[segment])
-        if len(data) != length or hashlib.sha256(data).digest() != self.info.hashes[segment]:
+        if len(data) != length or block_hash(data) != self.info.hashes[segment]:
             raise FragmentError(f"fragment {self.file_id}.{self.index}, segment {segment}: corrupt on this disk")
         return data
 

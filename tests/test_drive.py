@@ -4,7 +4,6 @@ orphans, hostile requests, and the CLI."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 from nacl.signing import SigningKey
 
-from lannode.core.drive import block_lengths, fragment_root
+from lannode.core.drive import block_hash, block_lengths, fragment_root
 from lannode.core.link import MessageReceived
 from lannode.core.transfer import bulk_hello
 from lannode.drive_io import Wire
@@ -123,9 +122,9 @@ def test_six_nodes_put_get_two_killed_corruption_repaired_and_no_plaintext_on_di
 
     # every node lists it within seconds; the name only where it was shared
     for node in (a, b, c, d, e, f):
-        row = node.wait_until(lambda node=node: listing(node, file_id), timeout=10, what="the manifest replicated")
+        name = "report.bin" if node in (a, c) else None
+        row = node.wait_until(lambda node=node, name=name: (r := listing(node, file_id)) and r["name"] == name and r, timeout=10, what="the manifest and shares replicated")
         assert (row["size"], row["k"], row["m"], row["health"]) == (100 * MB, 4, 2, "6/6")
-        assert row["name"] == ("report.bin" if node in (a, c) else None)
     # a node that stores a fragment learns nothing of it
     fragments = [p for node in (a, b, c, d, e, f) for p in fragment_files(node)]
     assert len(fragments) == 6
@@ -235,7 +234,7 @@ def test_a_putter_killed_mid_put_leaves_no_manifest_and_orphans_are_collected(no
         bulk.sendall(bulk_hello(bytes.fromhex(reply["token"])))
         wire = Wire(bulk, bytes.fromhex(reply["secret"]), bool(reply["aes"]), dialer=True)
         wire.send_data(fragment)
-        wire.send_control({"root": fragment_root([hashlib.sha256(fragment).digest()]).hex()})
+        wire.send_control({"root": fragment_root([block_hash(fragment)]).hex()})
         assert wire.receive()[1] == {"stored": True}
         wire.close()
         orphan = c.home.path / "fragments" / f"{file_id}.0"
