@@ -293,8 +293,19 @@ def test_the_drive_cli_lists_shares_and_removes(nodes: NodeFactory, tmp_path: Pa
     shared = run_cli("drive", "share", "notes.txt", "b", *home)
     assert shared.returncode == 0 and "shared notes.txt with b" in shared.stdout, shared.stderr
     b.wait_until(lambda: (listing(b, file_id) or {}).get("name") == "notes.txt", what="the share reaching b")
+    # a data fragment rots: the get notices on the first bad block, reads a parity fragment instead, and says so
+    holder_name = a.call("drive.info", file=file_id)["holders"][0]["name"]
+    holder = {"a": a, "b": b, "c": c}[holder_name]
+    rotten = holder.home.path / "fragments" / f"{file_id}.0"
+    raw = bytearray(rotten.read_bytes())
+    raw[10] ^= 0x55
+    rotten.write_bytes(bytes(raw))
     got = run_cli("drive", "get", "notes.txt", str(tmp_path / "back.txt"), "--home", str(b.home.path))
     assert got.returncode == 0 and (tmp_path / "back.txt").read_text() == src.read_text(), got.stderr
+    assert f"fragment 0 on {holder_name} failed" in got.stderr and "corrupt" in got.stderr, got.stderr
+    holder.wait_until(lambda: holder.status()["drive"]["counters"].get("corrupt_found", 0) == 1, what="the holder told of its rot")
+    repaired = run_cli("drive", "repair", *home)
+    assert repaired.returncode == 0 and f"{file_id[:8]}  rebuilt 0 to {holder_name}" in repaired.stdout, repaired.stdout + repaired.stderr
     doubled = run_cli("drive", "put", str(src), "--name", "four.txt", "--k", "3", "--m", "1", "--allow-fewer", "--json", *home)
     assert doubled.returncode == 0, doubled.stderr
     status = json.loads(run_cli("drive", "status", "--json", *home).stdout)
