@@ -197,13 +197,7 @@ def put_file(path: Path, encoder: Encoder, outlets: list[Outlet], meter: Meter) 
         raise DriveError(f"cannot read {path}: {exc.strerror or exc}") from None
     pool = ThreadPoolExecutor(CODERS, thread_name_prefix="drive-code")
     try:
-        for outlet in outlets:
-            if outlet.writer is None:
-                assert outlet.address is not None
-                try:
-                    outlet.wire = Wire.dial(outlet.address, outlet.token, outlet.secret, outlet.aes)
-                except BulkError as exc:
-                    raise PutFailed(outlet.node, str(exc)) from None
+        _dial(outlets)
         if meter.stopped:
             raise BulkError("stopped")
         meter._sock = None
@@ -236,11 +230,26 @@ def put_file(path: Path, encoder: Encoder, outlets: list[Outlet], meter: Meter) 
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         f.close()
-        for outlet in outlets:
-            if outlet.writer is not None:
-                outlet.writer.abort()
-            if outlet.wire is not None:
-                outlet.wire.close()
+        _hang_up(outlets)
+
+
+def _dial(outlets: list[Outlet]) -> None:
+    for outlet in outlets:
+        if outlet.writer is None:
+            assert outlet.address is not None
+            try:
+                outlet.wire = Wire.dial(outlet.address, outlet.token, outlet.secret, outlet.aes)
+            except BulkError as exc:
+                raise PutFailed(outlet.node, str(exc)) from None
+
+
+def _hang_up(outlets: list[Outlet]) -> None:
+    """Whatever was not committed is dropped: a local ``.part``, a holder's connection."""
+    for outlet in outlets:
+        if outlet.writer is not None:
+            outlet.writer.abort()
+        if outlet.wire is not None:
+            outlet.wire.close()
 
 
 def _finish_put(layout: Layout, outlets: list[Outlet]) -> None:
@@ -351,13 +360,7 @@ def repair_file(layout: Layout, holdings: list[Holding], outlets: list[Outlet], 
     when every new holder has fsynced. Needs no key: the code works on ciphertext."""
     decoder = Decoder(layout)
     try:
-        for outlet in outlets:
-            if outlet.writer is None:
-                assert outlet.address is not None
-                try:
-                    outlet.wire = Wire.dial(outlet.address, outlet.token, outlet.secret, outlet.aes)
-                except BulkError as exc:
-                    raise PutFailed(outlet.node, str(exc)) from None
+        _dial(outlets)
 
         def sink(index: int, blocks: dict[int, bytes]) -> None:
             rebuilt = decoder.rebuild(index, blocks)
@@ -367,11 +370,7 @@ def repair_file(layout: Layout, holdings: list[Holding], outlets: list[Outlet], 
         read_segments(layout, holdings, meter, report, sink)
         _finish_put(layout, outlets)
     finally:
-        for outlet in outlets:
-            if outlet.writer is not None:
-                outlet.writer.abort()
-            if outlet.wire is not None:
-                outlet.wire.close()
+        _hang_up(outlets)
 
 
 # -- get: the reader -------------------------------------------------------------------------------
