@@ -327,6 +327,12 @@ def test_the_drive_cli_lists_shares_and_removes(nodes: NodeFactory, tmp_path: Pa
     assert a.call("drive.rm", file="crew.txt")["removed"]
     doubled = run_cli("drive", "put", str(src), "--name", "four.txt", "--k", "3", "--m", "1", "--allow-fewer", "--json", *home)
     assert doubled.returncode == 0, doubled.stderr
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    put_empty = a.call("drive.put", path=str(empty), k=2, m=1)
+    a.call("drive.get", file=put_empty["id"], out=str(tmp_path / "empty-back.txt"))
+    assert (tmp_path / "empty-back.txt").read_bytes() == b""
+    a.call("drive.rm", file=put_empty["id"])
     status = json.loads(run_cli("drive", "status", "--json", *home).stdout)
     assert sorted(s["name"] for s in status) == ["a", "b", "c"]
     a.wait_until(lambda: sum(s["fragments"] for s in a.call("drive.status")) == 7, what="every node's count published")
