@@ -144,7 +144,7 @@ def _combine(coefficients: Stripe, stripes: list[Stripe]) -> Stripe:
                 target ^= words[start:end]
             else:
                 part = scratch[: end - start]
-                np.take(table, words[start:end], out=part)
+                table.take(words[start:end], out=part, mode="clip")  # a uint16 index is always in range: no checks
                 target ^= part
     if n % 2:
         for c, stripe in zip(coefficients.tolist(), stripes):
