@@ -96,6 +96,7 @@ REQUEST_TIMEOUT = 15.0
 TOKEN_LIFETIME = 30.0  # seconds a holder waits for the bulk connection it handed a token for
 MAX_FRAME = 64 * 1024
 PROGRESS_EVERY = 0.25
+PUT_ATTEMPTS = 2  # a holder that fails mid-put: once more, without it
 HOUSEKEEPING = 2.0  # seconds between passes over the fragments held here (tombstones, orphans)
 
 
@@ -442,17 +443,26 @@ class DriveService:
             raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"{path} is not a file")
         name = name or path.name
         recipients = self._recipients(share or [])
-        key = new_key()
-        encoder = Encoder(key, st.st_size, k, m, SEGMENT)
         fragment_bytes = fragment_size(st.st_size, k, SEGMENT)
-        outlets = await self._outlets(list(range(k + m)), encoder.file_id, (st.st_size, k, m, SEGMENT), fragment_bytes, holding={}, allow_fewer=allow_fewer)
         operation = self._begin(op, "put", name, st.st_size)
+        avoid: set[str] = set()
         try:
-            layout, cap = await run_in_thread(lambda: put_file(path, encoder, outlets, operation.meter), operation.meter)
-        except PutFailed as exc:
-            raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"the put failed: {exc}") from None
-        except (DriveError, BulkError) as exc:
-            raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"the put failed: {exc}") from None
+            for attempt in range(PUT_ATTEMPTS):
+                encoder = Encoder(new_key(), st.st_size, k, m, SEGMENT)  # a fresh key (and id) per attempt
+                outlets = await self._outlets(list(range(k + m)), encoder.file_id, (st.st_size, k, m, SEGMENT), fragment_bytes, holding={}, allow_fewer=allow_fewer, avoid=avoid)
+                operation.meter = Meter()
+                try:
+                    layout, cap = await run_in_thread(lambda: put_file(path, encoder, outlets, operation.meter), operation.meter)
+                    break
+                except PutFailed as exc:
+                    if exc.node == self.me or attempt + 1 == PUT_ATTEMPTS:
+                        raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"the put failed: {exc}") from None
+                    # what the other holders stored is an orphan now, collected after drive.orphan_grace
+                    log.warning("drive: putting %s: %s; starting again without %s", name, exc, self._name_of(exc.node))
+                    avoid.add(exc.node)
+                    self.counters["put_retried"] += 1
+                except (DriveError, BulkError) as exc:
+                    raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"the put failed: {exc}") from None
         finally:
             self._end(operation)
         manifest = Manifest(layout, tuple(o.node for o in sorted(outlets, key=lambda o: o.index)), 1, self.me, round(time.time(), 3))
@@ -465,14 +475,16 @@ class DriveService:
         log.info("drive: put %s (%s, %d bytes, k=%d m=%d)", name, layout.file_id[:8], layout.size, k, m)
         return {**self._listing(manifest, {layout.file_id: record}), "read_cap": str(cap), "verify_cap": str(cap.verify_cap())}
 
-    async def _outlets(self, indexes: list[int], file_id: str, shape: tuple[int, int, int, int], fragment_bytes: int, *, holding: dict[str, int], allow_fewer: bool) -> list[Outlet]:
+    async def _outlets(
+        self, indexes: list[int], file_id: str, shape: tuple[int, int, int, int], fragment_bytes: int, *, holding: dict[str, int], allow_fewer: bool, avoid: set[str] = frozenset()  # type: ignore[assignment]
+    ) -> list[Outlet]:
         """A holder for each fragment index, each asked to make room: placement first, then
-        the next best node for any that refuses or cannot be reached."""
+        the next best node for any that refuses or cannot be reached; none in ``avoid``."""
         size, k, m, segment = shape
         alive = self._alive()
         free = {node: s["quota"] - s["used"] for node, s in self._node_status().items() if node in alive}
         free[self.me] = self.fragments.free()
-        refused: dict[str, str] = {}
+        refused: dict[str, str] = {node: f"{self._name_of(node)} failed during this put" for node in avoid}
         outlets: list[Outlet] = []
         held = dict(holding)
 

@@ -345,3 +345,33 @@ def test_the_drive_cli_lists_shares_and_removes(nodes: NodeFactory, tmp_path: Pa
         node.wait_until(lambda node=node: [r["name"] for r in node.call("drive.ls")] in (["four.txt"], [None]), timeout=10, what="the listing without it")
     missing = run_cli("drive", "get", "notes.txt", str(tmp_path / "again.txt"), *home)
     assert missing.returncode == 1 and "no file 'notes.txt'" in missing.stderr
+
+
+def test_a_holder_lost_mid_put_is_left_out_and_the_put_goes_through(nodes: NodeFactory, tmp_path: Path) -> None:
+    everyone = cluster(nodes, 7)
+    a = everyone[0]
+    ids = {node: node.api()["node_id"] for node in everyone}
+    # every node has the same room, so placement takes the six lowest node ids
+    chosen = sorted(everyone, key=lambda node: ids[node])[:6]
+    victim = next(node for node in chosen if node is not a)
+    src = tmp_path / "video.bin"
+    plaintext = write_random(src, 300 * MB)
+    putter = subprocess.Popen(
+        [sys.executable, "-m", "lannode", "drive", "put", str(src), "--json", "--home", str(a.home.path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert putter.stdout is not None
+    lines = []
+    for line in putter.stdout:
+        lines.append(json.loads(line))
+        if lines[-1]["event"] == "drive.progress" and lines[-1]["data"]["bytes"] > 60 * MB and victim.process.poll() is None:
+            victim.process.kill()
+    assert putter.wait(timeout=60) == 0, putter.stderr.read() if putter.stderr else ""
+    assert victim.process.poll() is not None, "the victim was killed during the put"
+    result = lines[-1]["data"]
+    assert ids[victim] not in {h["node"] for h in result["holders"]} and result["health"] == "6/6"
+    assert a.status()["drive"]["counters"]["put_retried"] == 1
+    a.call("drive.get", file=result["id"], out=str(tmp_path / "back.bin"))
+    assert (tmp_path / "back.bin").read_bytes() == plaintext
