@@ -3,6 +3,7 @@ hostile names, a full disk, cancel, the CLI."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from lannode.core.transfer import CHUNK_SIZE
+from lannode.core.transfer import CHUNK_SIZE, hash_chunk
 from lannode.net.api_client import RemoteError
 
 from lannode.home import Home
@@ -23,6 +24,7 @@ from lannode.home import Home
 from conftest import NodeFactory, RunningNode, raw_link, run_cli, write_config
 
 CHANNEL_TRANSFER = 5
+EMPTY_CHUNK = base64.b64encode(hash_chunk(b"")).decode()  # an empty file's one chunk hash, as an offer carries it
 
 
 def pair(nodes: NodeFactory, *, trusting: bool = False, downloads: Path | None = None, max_bytes: int | None = None) -> tuple[RunningNode, RunningNode]:
@@ -181,7 +183,7 @@ def test_hostile_names_are_refused_before_anything_is_written(nodes: NodeFactory
     hostile = ["../escape.txt", "/etc/passwd", "a/../../b", "nul\x00byte", "CON", "x" * 300]
     with raw_link(key, peer) as (conn, sock):
         for i, name in enumerate(hostile):
-            offer = {"id": f"{i:032x}", "chunk_size": CHUNK_SIZE, "files": [{"path": name, "size": 0, "mode": 420, "chunks": "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="}]}
+            offer = {"id": f"{i:032x}", "chunk_size": CHUNK_SIZE, "files": [{"path": name, "size": 0, "mode": 420, "chunks": EMPTY_CHUNK}]}
             conn.send_message(CHANNEL_TRANSFER, json.dumps({"t": "offer", "offer": offer}).encode())
         sock.sendall(conn.data_to_send())
         b.wait_until(lambda: len(b.call("transfer.list")) == len(hostile), what="every offer recorded")
