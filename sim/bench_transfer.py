@@ -196,6 +196,11 @@ async def bench(size: int, files: int, runs: int, root: Path) -> dict[str, Any]:
                         elapsed = await trio.to_thread.run_sync(raw_tcp, big, root / "tcp.bin")
                         assert digest(root / "tcp.bin") == expected, "raw TCP: the file differs"
                     results[method].append(elapsed)
+                print(
+                    f"  run {run + 1}: lannode {results['lannode'][-1]:.2f} s, scp {results['scp'][-1]:.2f} s, raw TCP {results['raw_tcp'][-1]:.2f} s:"
+                    f" {results['scp'][-1] / results['lannode'][-1]:.2f} x scp in this round",
+                    file=sys.stderr,
+                )
                 shutil.rmtree(b_downloads / "small", ignore_errors=True)
                 await trio.to_thread.run_sync(os.sync)
                 elapsed, _ = await lannode_send(a, [small])
