@@ -8,7 +8,8 @@ hash, and stream k + m fragments to six nodes, A among them, each fsynced before
 manifest is written) and gets it back (``drive.get``: k fragments read at once,
 checked, decoded, decrypted, written), checked byte for byte. In the same run scp
 (chacha20-poly1305) copies the file to an sshd this benchmark starts on 127.0.0.1.
-The page cache is synced before each measurement (not timed).
+The page cache is synced before each measurement (not timed), and scp takes
+turns going first, between put and get, and last.
 
 Goal (issue 6): put and get each >= 1.0 x scp. Needs ``sshd`` (Debian: ``apt-get
 install openssh-server``). Nothing leaves 127.0.0.1.
@@ -52,18 +53,26 @@ async def bench(size: int, k: int, m: int, runs: int, root: Path) -> dict[str, l
                 while len(await a.call("drive.status")) < len(NAMES):
                     await trio.sleep(0.1)
             for run in range(runs):
-                await trio.to_thread.run_sync(os.sync)
-                elapsed = await trio.to_thread.run_sync(sshd.scp, src, root / "scp.bin")
-                assert digest(root / "scp.bin") == expected, "scp: the file differs"
-                (root / "scp.bin").unlink()
-                results["scp"].append(elapsed)
 
+                async def scp() -> None:
+                    await trio.to_thread.run_sync(os.sync)
+                    elapsed = await trio.to_thread.run_sync(sshd.scp, src, root / "scp.bin")
+                    assert digest(root / "scp.bin") == expected, "scp: the file differs"
+                    (root / "scp.bin").unlink()
+                    results["scp"].append(elapsed)
+
+                # scp goes first, between put and get, or last: whatever runs last in a
+                # round here is often slow (the machine's fresh memory), so all take turns
+                if run % 3 == 0:
+                    await scp()
                 await trio.to_thread.run_sync(os.sync)
                 cpu = [cpu_seconds(pid) for pid in pids]
                 start = time.perf_counter()
                 put = await a.call("drive.put", path=str(src), k=k, m=m)
                 results["put"].append(time.perf_counter() - start)
                 put_cpu = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu)]
+                if run % 3 == 1:
+                    await scp()
 
                 await trio.to_thread.run_sync(os.sync)
                 out = root / "got.bin"
@@ -74,6 +83,8 @@ async def bench(size: int, k: int, m: int, runs: int, root: Path) -> dict[str, l
                 get_cpu = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu)]
                 assert digest(out) == expected, "drive: the file differs"
                 out.unlink()
+                if run % 3 == 2:
+                    await scp()
                 sources = ", ".join(f"{x['index']}@{x['name']}" for x in got["from"])
                 print(
                     f"  run {run + 1}: scp {results['scp'][-1]:.2f} s, put {results['put'][-1]:.2f} s, get {results['get'][-1]:.2f} s"
