@@ -36,7 +36,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import AbstractSet, Any, Callable
 
 import trio
 
@@ -176,10 +176,9 @@ class DriveService:
             await trio.sleep_forever()
 
     def statistics(self) -> dict[str, Any]:
-        held = self.fragments.held()
         return {
-            "fragments": len(held),
-            "bytes": sum(h.size for h in held),
+            "fragments": self.fragments.count(),
+            "bytes": self.fragments.usage(),
             "quota": self.fragments.quota,
             "files": len(self._manifests()),
             "counters": dict(self.counters),
@@ -264,7 +263,7 @@ class DriveService:
         return status["public_key"] if status else None
 
     async def _publish_status(self) -> None:
-        held = await trio.to_thread.run_sync(self.fragments.held)
+        held = await trio.to_thread.run_sync(self.fragments.rescan)
         status = {"quota": self.fragments.quota, "used": sum(h.size for h in held), "fragments": len(held)}
         if status != self._published:
             await self.store.put(NODE_PREFIX + self.me, status)
@@ -476,7 +475,7 @@ class DriveService:
         return {**self._listing(manifest, {layout.file_id: record}), "read_cap": str(cap), "verify_cap": str(cap.verify_cap())}
 
     async def _outlets(
-        self, indexes: list[int], file_id: str, shape: tuple[int, int, int, int], fragment_bytes: int, *, holding: dict[str, int], allow_fewer: bool, avoid: set[str] = frozenset()  # type: ignore[assignment]
+        self, indexes: list[int], file_id: str, shape: tuple[int, int, int, int], fragment_bytes: int, *, holding: dict[str, int], allow_fewer: bool, avoid: AbstractSet[str] = frozenset()
     ) -> list[Outlet]:
         """A holder for each fragment index, each asked to make room: placement first, then
         the next best node for any that refuses or cannot be reached; none in ``avoid``."""
@@ -644,7 +643,7 @@ class DriveService:
             "failed": [{"index": i, "node": n, "name": self._name_of(n), "why": why} for i, n, why in report.failed],
         }
 
-    def _holdings(self, manifest: Manifest, *, skip: set[int] = frozenset()) -> list[Holding]:  # type: ignore[assignment]
+    def _holdings(self, manifest: Manifest, *, skip: AbstractSet[int] = frozenset()) -> list[Holding]:
         """Every fragment worth trying, best first: data fragments (k of them need no
         decoding, which costs more CPU than a loopback or gigabit link saves), this node's
         own before others; then parity; holders known to be away go last."""

@@ -37,7 +37,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 from lannode.bulk import MAX_RECORD, BulkError, Meter, Records, ciphers, tune_allocator
 from lannode.core.drive import HASH_BYTES, Decoder, DriveError, Encoder, Layout, ReadCap, check_block, check_block_hashes
@@ -200,7 +200,6 @@ def put_file(path: Path, encoder: Encoder, outlets: list[Outlet], meter: Meter) 
         _dial(outlets)
         if meter.stopped:
             raise BulkError("stopped")
-        meter._sock = None
 
         def code(index: int) -> tuple[list[bytes], list[bytes]]:
             length = shape.sealed_length(index) - 16
@@ -389,7 +388,7 @@ class Holding:
 class BlockSource:
     """Blocks of one fragment from a segment on, each checked against the layout."""
 
-    def blocks(self) -> Any:  # Iterator[tuple[int, bytes]]
+    def blocks(self) -> Iterator[tuple[int, bytes]]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -405,7 +404,7 @@ class LocalSource(BlockSource):
             reader.close()
             raise DriveError(f"fragment {reader.index} on this disk is not the one the manifest names")
 
-    def blocks(self) -> Any:
+    def blocks(self) -> Iterator[tuple[int, bytes]]:
         for segment in range(self.start, self.layout.segments):
             yield segment, self.reader.block(segment)
 
@@ -420,7 +419,7 @@ class RemoteSource(BlockSource):
         self.start = start
         self.wire = Wire.dial(address, token, secret, aes)
 
-    def blocks(self) -> Any:
+    def blocks(self) -> Iterator[tuple[int, bytes]]:
         layout = self.layout
         raw = self.wire.receive_exactly(layout.segments * HASH_BYTES)
         hashes = [raw[i : i + HASH_BYTES] for i in range(0, len(raw), HASH_BYTES)]

@@ -83,19 +83,39 @@ class FragmentStore:
     def __init__(self, root: Path, quota: int) -> None:
         self.root = root
         self.quota = quota
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # writer() asks usage() while it holds it
         self._reserved = 0  # bytes of fragments being written now
         self._writing: set[tuple[str, int]] = set()
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob("*.part"):  # a write cut short by a crash: never acknowledged
             stale.unlink(missing_ok=True)
+        self._sizes: dict[tuple[str, int], int] = {}  # what is held, kept up to date so that no check lists the folder
+        self.rescan()
 
     def _path(self, file_id: str, index: int) -> Path:
         check_id(file_id, index)
         return self.root / f"{file_id}.{index}"
 
     def usage(self) -> int:
-        return sum(h.size for h in self.held())
+        with self._lock:  # a worker thread may be committing meanwhile
+            return sum(self._sizes.values())
+
+    def count(self) -> int:
+        return len(self._sizes)
+
+    def rescan(self) -> list[Held]:
+        """What the folder holds, read from disk (a fragment deleted by hand is noticed here)."""
+        held = self.held()
+        with self._lock:
+            self._sizes = {(h.file_id, h.index): h.size for h in held}
+        return held
+
+    def _stored(self, which: tuple[str, int], size: int | None) -> None:
+        with self._lock:
+            if size is None:
+                self._sizes.pop(which, None)
+            else:
+                self._sizes[which] = size
 
     def free(self) -> int:
         return max(0, self.quota - self.usage() - self._reserved)
@@ -177,6 +197,7 @@ class FragmentStore:
         existed = path.exists()
         path.with_name(path.name + ".meta").unlink(missing_ok=True)
         path.unlink(missing_ok=True)
+        self._stored((file_id, index), None)
         return existed
 
 
@@ -241,6 +262,7 @@ class FragmentWriter:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(self.part, self.path)
+            self.store._stored(self.which, self.total)
             dir_fd = os.open(self.path.parent, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
