@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import itertools
 import json
-from contextlib import asynccontextmanager, contextmanager
-from typing import Any, AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
 
 import trio
-from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, WebSocketConnection, open_websocket_url
 
 from lannode.core import api
 from lannode.home import Home, resolve
+from lannode.net.websocket import ConnectionClosed, HandshakeError, Rejected, WebSocket, open_websocket, running
+from lannode.net.websocket import collapse_single_group as collapse_single_group  # the CLI's, too
+
+MAX_REPLY_BYTES = 64 << 20  # the largest reply or event the client takes (a long chat.log, a big drive.ls)
+CONNECT_TIMEOUT = 5.0
 
 
 class NodeNotRunning(Exception):
@@ -51,27 +55,33 @@ class ApiRejected(Exception):
         self.reason = reason
 
 
+class _Waiter:
+    __slots__ = ("done", "message")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.message: dict[str, Any] | None = None
+
+
 class ApiClient:
-    def __init__(self, ws: WebSocketConnection, hello: dict[str, Any]) -> None:
+    def __init__(self, ws: WebSocket, hello: dict[str, Any]) -> None:
         self.ws = ws
         self.hello = hello
         self._ids = itertools.count(1)
-        self._waiting: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self._waiting: dict[int, _Waiter] = {}
         self._events_send, self._events_recv = trio.open_memory_channel[tuple[str, Any]](1024)
 
     async def call(self, method: str, **params: Any) -> Any:
         request_id = next(self._ids)
-        send, recv = trio.open_memory_channel[dict[str, Any]](1)
-        self._waiting[request_id] = send
+        waiter = self._waiting[request_id] = _Waiter()
         try:
-            await self.ws.send_message(json.dumps({"id": request_id, "method": method, "params": params}))
-            with recv:
-                try:
-                    message = await recv.receive()
-                except trio.EndOfChannel:
-                    raise ConnectionClosed(self.ws.closed) from None
+            await self.ws.send(json.dumps({"id": request_id, "method": method, "params": params}))
+            await waiter.done.wait()
         finally:
             self._waiting.pop(request_id, None)
+        message = waiter.message
+        if message is None:
+            raise self.ws.closed or ConnectionClosed(1006, "the connection dropped")
         if "error" in message:
             raise RemoteError(message["error"].get("code", "?"), message["error"].get("message", ""))
         return message.get("result")
@@ -86,31 +96,21 @@ class ApiClient:
     async def _read(self) -> None:
         try:
             while True:
-                message = json.loads(await self.ws.get_message())
+                message = json.loads(await self.ws.receive())
                 if "event" in message:
                     try:
                         self._events_send.send_nowait((message["event"], message.get("data")))
                     except trio.WouldBlock:
                         pass  # a client that does not read its events loses the newest ones, not its replies
                 elif (waiter := self._waiting.get(message.get("id"))) is not None:
-                    waiter.send_nowait(message)
+                    waiter.message = message
+                    waiter.done.set()
         except ConnectionClosed:
             pass
         finally:
             self._events_send.close()
             for waiter in self._waiting.values():
-                waiter.close()
-
-
-@contextmanager
-def collapse_single_group() -> Iterator[None]:
-    """Re-raise a lone exception out of a nursery's ExceptionGroup, so callers can catch it."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
-            raise group.exceptions[0] from None
-        raise
+                waiter.done.set()
 
 
 @asynccontextmanager
@@ -127,8 +127,17 @@ async def open_client(
     if origin is not None:
         headers.append((b"origin", origin.encode()))
     try:
-        async with open_websocket_url(url, subprotocols=subprotocols, extra_headers=headers, connect_timeout=5, disconnect_timeout=1) as ws:
-            hello = json.loads(await ws.get_message())
+        ws: WebSocket | None = None
+        with trio.move_on_after(CONNECT_TIMEOUT):
+            ws = await open_websocket(url, subprotocols=subprotocols, headers=headers, max_message=MAX_REPLY_BYTES)
+        if ws is None:
+            raise HandshakeError(f"no WebSocket answer within {CONNECT_TIMEOUT:g} s")
+        async with running(ws):
+            hello: Any = None
+            with trio.move_on_after(CONNECT_TIMEOUT):
+                hello = json.loads(await ws.receive())
+            if not isinstance(hello, dict):
+                raise HandshakeError(f"no hello from the node within {CONNECT_TIMEOUT:g} s")
             client = ApiClient(ws, hello.get("data", {}))
             with collapse_single_group():
                 async with trio.open_nursery() as nursery:
@@ -137,9 +146,8 @@ async def open_client(
                         yield client
                     finally:
                         nursery.cancel_scope.cancel()
-    except ConnectionRejected as exc:
-        body = (exc.body or b"").decode(errors="replace")
-        raise ApiRejected(exc.status_code, body) from None
+    except Rejected as exc:
+        raise ApiRejected(exc.status, exc.body.decode(errors="replace")) from None
 
 
 @asynccontextmanager

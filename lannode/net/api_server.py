@@ -1,4 +1,4 @@
-"""The local API server: trio-websocket on 127.0.0.1, speaking ``lannode.core.api``.
+"""The local API server: WebSockets (``lannode.net.websocket``) on 127.0.0.1, speaking ``lannode.core.api``.
 
 Services register methods here (``ApiServer.method``) and publish events on the
 ``EventBus``; every front (CLI, plugins, browser) reaches the daemon only through
@@ -18,15 +18,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
-
-from lannode.core import api
+from lannode.core import api, wsframes
+from lannode.net.websocket import ConnectionClosed, HandshakeError, WebSocket, accept_upgrade, running
 
 log = logging.getLogger("lannode.api")
 
 Handler = Callable[[dict[str, Any], api.Principal], Awaitable[Any]]
 
-EVENT_QUEUE = 512  # events buffered per connection before they are dropped (and counted)
+EVENT_QUEUE_BYTES = 4 << 20  # events queued per connection before they are dropped (and counted)
+HANDSHAKE_TIMEOUT = 10.0
 MAX_IN_FLIGHT = 64  # concurrent requests per connection; more wait their turn
 
 
@@ -64,12 +64,13 @@ class EventBus:
 
     def _deliver(self, sub: "_Subscriber", frame: str) -> None:
         try:
-            sub.send.send_nowait(frame)
-        except trio.WouldBlock:
+            sent = sub.ws.send_nowait(frame, limit=EVENT_QUEUE_BYTES)
+        except ConnectionClosed:
+            self._subscribers.discard(sub)
+            return
+        if not sent:
             self.dropped += 1
             sub.dropped += 1
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._subscribers.discard(sub)
 
     def _add(self, sub: "_Subscriber") -> None:
         self._subscribers.add(sub)
@@ -83,7 +84,7 @@ class EventBus:
 
 @dataclass(eq=False, slots=True)
 class _Subscriber:
-    send: trio.MemorySendChannel[str]
+    ws: WebSocket
     patterns: set[str] = field(default_factory=set)
     dropped: int = 0
     connection: int = 0
@@ -138,84 +139,93 @@ class ApiServer:
 
     # -- serving ------------------------------------------------------------
     async def serve(self, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                lambda task_status: serve_websocket(
-                    self._handle,
-                    "127.0.0.1",
-                    port,
-                    None,
-                    max_message_size=self.max_message_bytes,
-                    connect_timeout=10,
-                    disconnect_timeout=1,
-                    task_status=task_status,
-                )
-            )
-            self.port = server.port
-            log.info("local API on ws://127.0.0.1:%d%s", self.port, api.API_PATH)
-            task_status.started(self.port)
+        listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        log.info("local API on ws://127.0.0.1:%d%s", self.port, api.API_PATH)
+        task_status.started(self.port)
+        await trio.serve_listeners(self._handle, listeners)
 
-    async def _handle(self, request: WebSocketRequest) -> None:
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        try:
+            await self._serve_connection(stream)
+        except Exception:  # one connection's trouble never takes the server down
+            log.exception("API connection failed")
+            self.bad_messages[api.ErrorCode.INTERNAL] += 1
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        with trio.move_on_after(HANDSHAKE_TIMEOUT) as handshake:
+            try:
+                request = await accept_upgrade(stream)
+            except HandshakeError as exc:
+                self.rejected["handshake"] += 1
+                log.info("API connection refused: %s", exc)
+                return
+        if handshake.cancelled_caught:
+            self.rejected["timeout"] += 1
+            await stream.aclose()
+            return
         decision = api.authorize(
             path=request.path,
             headers=request.headers,
-            subprotocols=request.proposed_subprotocols,
+            subprotocols=request.subprotocols,
             token=self.token,
             ui_origins=self.ui_origins,
         )
         if isinstance(decision, api.Rejection):
             self.rejected[str(decision.status)] += 1
             log.warning("API connection refused (%d): %s", decision.status, decision.reason)
-            try:
-                await request.reject(decision.status, body=decision.reason.encode())
-            except (ConnectionClosed, trio.BrokenResourceError):
-                pass
+            await request.reject(decision.status, decision.reason)
             return
-        subprotocol = api.SUBPROTOCOL if api.SUBPROTOCOL in request.proposed_subprotocols else None
-        ws = await request.accept(subprotocol=subprotocol)
+        subprotocol = api.SUBPROTOCOL if api.SUBPROTOCOL in request.subprotocols else None
+        try:
+            ws = await request.accept(subprotocol, max_message=self.max_message_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.aclose()
+            return
         self.connections += 1
         self._connection_ids += 1
         principal = replace(decision, connection=self._connection_ids)
         try:
-            await _Connection(self, ws, principal).run()
+            async with running(ws):
+                await _Connection(self, ws, principal).run()
         finally:
             self.connections -= 1
             for hook in self.on_disconnect:
                 hook(principal.connection)
-            if ws.closed and ws.closed.code == 1009:
+            if ws.closed and ws.closed.code == wsframes.MESSAGE_TOO_BIG:
                 self.bad_messages["oversized"] += 1
 
 
 class _Connection:
-    def __init__(self, server: ApiServer, ws: WebSocketConnection, principal: api.Principal) -> None:
+    """One API connection: requests read in order, each handled in a task of its own
+    (at most MAX_IN_FLIGHT at once); replies and events share the socket's writer."""
+
+    def __init__(self, server: ApiServer, ws: WebSocket, principal: api.Principal) -> None:
         self.server = server
         self.ws = ws
         self.principal = principal
-        self.replies_send, self.replies_recv = trio.open_memory_channel[str](MAX_IN_FLIGHT)
-        self.events_send, self.events_recv = trio.open_memory_channel[str](EVENT_QUEUE)
-        self.subscriber = _Subscriber(self.events_send, connection=principal.connection)
+        self.subscriber = _Subscriber(ws, connection=principal.connection)
         self.in_flight = trio.Semaphore(MAX_IN_FLIGHT)
 
     async def run(self) -> None:
         server = self.server
-        try:
-            await self.ws.send_message(api.hello(server.node_id, server.node_name, server.version))
-        except ConnectionClosed:
-            return
+        ws = self.ws
+        ws.send_nowait(api.hello(server.node_id, server.node_name, server.version))
         server.bus._add(self.subscriber)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write)
                 while True:
                     try:
-                        frame = await self.ws.get_message()
+                        frame = await ws.receive()
                     except ConnectionClosed:
                         break
                     try:
                         request = api.parse_request(frame)
                     except api.ApiError as exc:
                         server.bad_messages[exc.code] += 1
-                        await self.replies_send.send(api.error(exc.request_id, exc.code, exc.message))
+                        await self._answer(api.error(exc.request_id, exc.code, exc.message))
                         continue
                     await self.in_flight.acquire()
                     nursery.start_soon(self._dispatch, request)
@@ -223,18 +233,11 @@ class _Connection:
         finally:
             server.bus._remove(self.subscriber)
 
-    async def _write(self) -> None:
-        # Replies first, events as they come; both merged onto the one socket.
-        async def pump(channel: trio.MemoryReceiveChannel[str]) -> None:
-            async for frame in channel:
-                try:
-                    await self.ws.send_message(frame)
-                except ConnectionClosed:
-                    return
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump, self.replies_recv)
-            nursery.start_soon(pump, self.events_recv)
+    async def _answer(self, frame: str) -> None:
+        try:
+            await self.ws.send(frame)
+        except ConnectionClosed:
+            pass
 
     async def _dispatch(self, request: api.Request) -> None:
         try:
@@ -249,7 +252,7 @@ class _Connection:
             frame = api.error(request.id, api.ErrorCode.INTERNAL, f"{request.method} failed inside the node; see its log")
         finally:
             self.in_flight.release()
-        await self.replies_send.send(frame)
+        await self._answer(frame)
 
     async def _call(self, request: api.Request) -> Any:
         method = self.server.methods.get(request.method)
