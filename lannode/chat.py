@@ -100,6 +100,7 @@ SYNC_RETRY = 5.0  # seconds before the same catch-up may be asked of the same me
 
 
 ACK_DELAY = 0.005  # seconds a delivery receipt waits for more messages to acknowledge with it
+DIRECT_GRACE = 2.0  # seconds the link holds a message back while a front's data channel carries it
 
 
 def now_ms() -> int:
@@ -352,12 +353,15 @@ class ChatService:
         return await trio.to_thread.run_sync(lambda: db.read(sql, params))
 
     # -- sending ---------------------------------------------------------------------------------
-    async def send(self, peer: str, texts: list[str]) -> list[dict[str, Any]]:
+    async def send(self, peer: str, texts: list[str], *, direct: bool = False) -> list[dict[str, Any]]:
+        """Store and send 1:1 messages. ``direct``: the calling front also carries them over
+        its data channel (each record then has the signed ``body`` to send), so the link
+        holds its copy back for DIRECT_GRACE and drops it once the peer acknowledges."""
         for text in texts:
             check_text(text)
         if peer == self.me:
             raise ChatError("that is this node; pick a peer")
-        return await self._author(dm_conversation(self.me, peer), "text", texts, [peer])
+        return await self._author(dm_conversation(self.me, peer), "text", texts, [peer], direct=direct)
 
     async def send_group(self, group_id: str, texts: list[str]) -> list[dict[str, Any]]:
         for text in texts:
@@ -365,7 +369,9 @@ class ChatService:
         state = self._member_of(group_id)
         return await self._author(group_conversation(group_id), "text", texts, sorted(state.members - {self.me}))
 
-    async def _author(self, conversation: str, kind: str, texts: list[str], recipients: list[str], *, message_id: str | None = None) -> list[dict[str, Any]]:
+    async def _author(
+        self, conversation: str, kind: str, texts: list[str], recipients: list[str], *, message_id: str | None = None, direct: bool = False
+    ) -> list[dict[str, Any]]:
         """Write messages, their outbox and receipt rows in one transaction, then hand them
         to each recipient's delivery task. Sends running at the same time share a commit."""
         assert self._commit is not None
@@ -404,9 +410,10 @@ class ChatService:
             record = _record(message, outgoing=True, received_at=message.sent_at)
             self.bus.publish("chat.message", record)
             frame = _message_frame(body)
+            hold = trio.current_time() + DIRECT_GRACE if direct else -math.inf
             for recipient in recipients:
-                self._enqueue(recipient, _Pending(message.id, "msg", frame))
-            records.append(record)
+                self._enqueue(recipient, _Pending(message.id, "msg", frame, not_before=hold))
+            records.append({**record, "body": body} if direct else record)
         return records
 
     def _clock(self, conversation: str) -> tuple[int, int]:
@@ -474,6 +481,8 @@ class ChatService:
                     reads = []
                     while queue.due:
                         item = queue.due[0]
+                        if item.not_before > trio.current_time():
+                            break  # its direct copy may be acknowledged yet; what follows keeps its order
                         if item.kind == "read":
                             reads.append(item.id)
                         else:
@@ -494,7 +503,11 @@ class ChatService:
                     backoff = min(60.0, 2.0 ** (queue.failures - 1))
                     queue.backoff_until = trio.current_time() + backoff
                     log.debug("chat to %s: %s; retry in %.0f s", recipient, exc, backoff)
-            wake_at = min([i.deadline for i in queue.waiting.values()] + ([queue.backoff_until] if queue.due else []), default=math.inf)
+            wake_at = min(
+                [i.deadline for i in queue.waiting.values()]
+                + ([max(queue.backoff_until, queue.due[0].not_before)] if queue.due else []),
+                default=math.inf,
+            )
             with trio.move_on_at(wake_at):
                 await queue.wake.wait()
             queue.wake = trio.Event()
@@ -559,11 +572,33 @@ class ChatService:
                 counts: list[int] | None = await self._commit.commit(statements)
             except ChatError:
                 counts = None
-            self._stored(link, message, received_at, counts)
+            self._stored(link.node_id, message, received_at, counts)
         else:
-            self._commit.submit(statements, lambda counts: self._stored(link, message, received_at, counts))
+            self._commit.submit(statements, lambda counts: self._stored(link.node_id, message, received_at, counts))
 
-    def _stored(self, link: Link, message: ChatMessage, received_at: int, counts: list[int] | None) -> None:
+    async def deliver_direct(self, body: Any) -> dict[str, Any]:
+        """A message a front received over a data channel from its author's front: checked
+        as if the author's node had sent it over the link (its signature must hold, since
+        no link vouches for it), stored once, and acknowledged to the author's node."""
+        try:
+            message = ChatMessage.from_json(json.loads(body) if isinstance(body, str) else body, verify=True)
+        except (BadFrame, ValueError) as exc:
+            self.rejected += 1
+            raise ChatError(f"not a signed chat message: {exc}") from None
+        member = self.peers.membership.members.get(message.sender) if self.peers.membership else None
+        if member is None or member.presence.public_key != message.sender_key:
+            self.rejected += 1
+            raise ChatError("the message's author is not a peer this node knows")
+        if message.kind != "text" or self._admit(message.sender, message) != "accept":
+            self.rejected += 1
+            raise ChatError("this node does not take that message from its author")
+        assert self._commit is not None
+        received_at = now_ms()
+        counts = await self._commit.commit([(_INSERT_IGNORE, _row(message, message.body(), outgoing=False, received_at=received_at))])
+        self._stored(message.sender, message, received_at, counts, via="direct")
+        return {"id": message.id, "new": bool(counts[0])}
+
+    def _stored(self, relayer: str, message: ChatMessage, received_at: int, counts: list[int] | None, *, via: str = "link") -> None:
         """After the commit: announce a new message, and acknowledge it (new or not)."""
         if counts is None:
             return  # not stored, so not acknowledged: the sender tries again
@@ -575,28 +610,29 @@ class ChatService:
             was_member = before is not None and self.me in before.members
             state = self._refold(message.conversation) if message.kind == "group" else before
             if message.kind == "group" and names_me(message, self.me) and not was_member:
-                self._request_sync(link.node_id, message.conversation)  # invited: fetch the group
+                self._request_sync(relayer, message.conversation)  # invited: fetch the group
             if group_id is None or (state is not None and self.me in state.ever):
-                self.bus.publish("chat.message", _record(message, outgoing=False, received_at=received_at))
+                self.bus.publish("chat.message", {**_record(message, outgoing=False, received_at=received_at), "via": via})
         else:
             self.duplicates += 1
         # acknowledge in batches: every message stored while a batch is on its way joins the next
-        pending = self._pending_acks.setdefault(link.node_id, [])
+        pending = self._pending_acks.setdefault(relayer, [])
         pending.append(message.id)
         if len(pending) == 1 and self._nursery is not None:
-            self._nursery.start_soon(self._send_acks, link)
+            self._nursery.start_soon(self._send_acks, relayer)
 
-    async def _send_acks(self, link: Link) -> None:
+    async def _send_acks(self, relayer: str) -> None:
         # Delayed, as TCP delays its acks: at a thousand messages a second one receipt
         # then covers several, and the author's node commits one update, not one each.
         # The message is stored already; only its "delivered" tick waits.
         await trio.sleep(ACK_DELAY)
-        ids = self._pending_acks.pop(link.node_id, [])
-        for start in range(0, len(ids), 512):
-            try:
+        ids = self._pending_acks.pop(relayer, [])
+        try:
+            link = await self.peers.links.link_to(relayer)  # open already, unless the message came directly
+            for start in range(0, len(ids), 512):
                 await link.send(CHANNEL_CHAT, encode_frame(AckFrame(tuple(ids[start : start + 512]))))
-            except LinkError:
-                return  # the sender will send them again, and we will acknowledge again
+        except LinkError:
+            return  # the sender will send them again, and we will acknowledge again
 
     def _on_receipt(self, peer: str, ids: tuple[str, ...], column: str) -> None:
         """A recipient's receipts: its own rows only, then the message's once every recipient is there."""
@@ -619,6 +655,9 @@ class ChatService:
             if queue is not None:
                 for message_id in ids:
                     queue.waiting.pop(message_id, None)
+                acknowledged = set(ids)
+                if any(item.id in acknowledged and item.kind == "msg" for item in queue.due):  # came by a data channel
+                    queue.due = deque(item for item in queue.due if not (item.id in acknowledged and item.kind == "msg"))
         state = "delivered" if column == "delivered_at" else "read"
 
         def announce(counts: list[int] | None) -> None:
@@ -876,11 +915,15 @@ class ChatService:
             texts = require(params, "texts", list) if many else [require(params, "text", str)]
             if not texts or len(texts) > MAX_BATCH or not all(isinstance(t, str) for t in texts):
                 raise api.ApiError(api.ErrorCode.BAD_PARAMS, f'"texts" is a list of 1 to {MAX_BATCH} strings')
+            direct = require(params, "direct", bool, optional=True) or False
             if "group" in params:
                 records = await self.send_group(self.resolve_group(require(params, "group", str)).id, texts)
             else:
-                records = await self.send(self.peers.resolve(require(params, "peer", str)).node_id, texts)
+                records = await self.send(self.peers.resolve(require(params, "peer", str)).node_id, texts, direct=direct)
             return records if many else records[0]
+
+        async def chat_deliver(params: dict[str, Any]) -> Any:
+            return await self.deliver_direct(require(params, "body", (str, dict)))
 
         async def chat_log(params: dict[str, Any]) -> Any:
             limit = require(params, "limit", int, optional=True) or 50
@@ -924,7 +967,8 @@ class ChatService:
             return self.resolve_group(require(params, "group", str)).to_json(self.me)
 
         for name, handler, doc in (
-            ("chat.send", chat_send, '{"peer" or "group", "text" or "texts"}: send a message (or up to 100 in order); each is kept in the outbox until every recipient has it. Also the relay path of a browser whose data channel is down.'),
+            ("chat.send", chat_send, '{"peer" or "group", "text" or "texts"}: send a message (or up to 100 in order); each is kept in the outbox until every recipient has it. "direct": true when the front also sends it over a data channel (the link then waits 2 s for the receipt). Also the relay path of a browser whose data channel is down.'),
+            ("chat.deliver", chat_deliver, '{"body"}: a signed message this front received over a data channel from its author\'s front: stored once, acknowledged to the author.'),
             ("chat.log", chat_log, '{"peer", "group" or "conversation", "limit"?, "before"?, "search"?}: a page of history, oldest first.'),
             ("chat.read", chat_read, '{"ids"}: mark received messages as seen; their authors get a read receipt.'),
             ("chat.conversations", chat_conversations, "Conversations with message and unread counts, newest first."),
@@ -946,6 +990,7 @@ class _Pending:
     frame: bytes
     deadline: float = 0.0
     attempts: int = 0
+    not_before: float = -math.inf  # a message on its way over a front's data channel: the link waits till then
 
 
 @dataclass

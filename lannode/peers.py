@@ -159,7 +159,14 @@ class PeerService:
 
         server.method("peer.list", peer_list, "Every node this one knows: id, name, state, addresses, trust, link, last_seen.")
         server.method("peer.ping", peer_ping, '{"peer"}: round trip over the encrypted peer link (dialing it if need be).')
-        server.method("peer.trust", peer_trust, '{"peer", "code"?}: the safety code; marks the peer verified (refused if a given code differs).', local_only=True)
+        async def peer_safety_code(params: dict[str, Any], caller: api.Principal) -> Any:
+            member = self.resolve(require(params, "peer", str))
+            code = safety_code(self.identity.public_key, member.presence.public_key)
+            return {"node_id": member.node_id, "name": member.presence.name, "safety_code": code, "trust": self.trust.level(member.node_id)}
+
+        server.method("peer.safety_code", peer_safety_code, '{"peer"}: the safety code to compare with the other person, and the trust so far.')
+        # Open to the node's own web UI (its origin token), which is the person at this machine.
+        server.method("peer.trust", peer_trust, '{"peer", "code"?}: the safety code; marks the peer verified (refused if a given code differs).')
 
     # -- wiring --------------------------------------------------------------------------------
     def _membership_for(self, address: tuple[str, int]) -> Membership:

@@ -39,7 +39,7 @@ from lannode.store import StoreService
 log = logging.getLogger("lannode.rtc")
 
 CHANNEL_SIGNAL = 4
-KINDS = ("offer", "answer", "candidate", "hangup")
+KINDS = ("hello", "offer", "answer", "candidate", "hangup")  # hello: a front looks for the peer's fronts, to offer to each
 MAX_SIGNAL_BYTES = 64 * 1024
 REPLY_TIMEOUT = 5.0
 MAX_ROOM_BYTES = 64
@@ -190,7 +190,7 @@ class RtcService:
             return await self.members(require(params, "room", str))
 
         server.method("rtc.register", rtc_register, "Make this connection a front that can receive rtc.signal events; returns its front id.")
-        server.method("rtc.signal", rtc_signal, '{"peer", "kind": offer|answer|candidate|hangup, "data", "to_front"?}: deliver to the peer\'s front(s).')
+        server.method("rtc.signal", rtc_signal, '{"peer", "kind": hello|offer|answer|candidate|hangup, "data", "to_front"?}: deliver to the peer\'s front(s).')
         server.method("rtc.fronts", rtc_fronts, "The fronts open on this node.")
         server.method("room.join", room_join, '{"room"}: this node joins a meeting room; returns the members.')
         server.method("room.leave", room_leave, '{"room"}: this node leaves the room.')

@@ -169,3 +169,31 @@ def test_chat_watch_streams_new_messages(nodes: NodeFactory) -> None:
 
     trio.run(watch)
     assert seen[0]["text"] == "live" and seen[0]["direction"] == "in"
+
+
+def test_a_message_carried_by_a_data_channel_is_stored_once_and_the_link_never_sends_it(nodes: NodeFactory) -> None:
+    """What two browser fronts do: A's front asks for a direct send, carries the signed body over
+    its data channel, and B's front hands it to B's node with chat.deliver."""
+    a, b, c = network(nodes, "ann", "ben", "cat")
+    sent = a.call("chat.send", peer="ben", text="over the data channel", direct=True)
+    assert sent["body"] and json.loads(sent["body"])["id"] == sent["id"]
+    assert b.call("chat.deliver", body=sent["body"]) == {"id": sent["id"], "new": True}
+    assert b.call("chat.deliver", body=sent["body"]) == {"id": sent["id"], "new": False}  # a second tab: no duplicate
+    a.wait_until(lambda: log(a, "ben")[0]["delivered_at"], what="the receipt, from ben's node over the link")
+    time.sleep(2.5)  # past the link's grace: had the receipt not cancelled it, the link copy would have gone
+    assert b.status()["chat"]["duplicates"] == 1 and b.status()["chat"]["received"] == 1
+    assert [m["text"] for m in log(b, "ann")] == ["over the data channel"] and a.status()["chat"]["outbox"] == 0
+    # a direct send whose data channel never carried it still arrives, by the link, after the grace
+    late = a.call("chat.send", peer="ben", text="the channel broke", direct=True)
+    b.wait_until(lambda: [m["text"] for m in log(b, "ann")][-1:] == ["the channel broke"], what="the link's copy")
+    assert log(b, "ann")[-1]["id"] == late["id"]
+    # forged, foreign or misdirected bodies are refused, and counted
+    forged = json.loads(sent["body"]) | {"text": "changed"}
+    for body, words in ((json.dumps(forged), "signed"), ("{", "signed"), (sent["body"], "does not take")):
+        target = c if words == "does not take" else b
+        with pytest.raises(RemoteError, match=words):
+            target.call("chat.deliver", body=body)
+    stranger = SigningKey.generate()
+    with pytest.raises(RemoteError, match="not a peer"):
+        b.call("chat.deliver", body=message(stranger, b.status()["node_id"]).body())
+    assert b.status()["chat"]["rejected"] >= 3 and c.status()["chat"]["rejected"] >= 1

@@ -10,29 +10,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
-from conftest import NodeFactory, RunningNode
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # the tests run as root
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",  # this machine has no network; don't try
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "chromium is installed by tests/system-deps.sh"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
+from conftest import NodeFactory, RunningNode, browser  # noqa: F401 - the fixture
 
 def ui_url(node: RunningNode) -> str:
     return node.wait_until(lambda: node.plugin("webui").get("url"), what="the web UI")  # type: ignore[no-any-return]

@@ -1,8 +1,14 @@
-// The node's first page: who this node is and how it is doing, live from the API.
+// The node's page: who is around, chat, and how this node is doing, live from the API.
 import { NodeApi } from "/api.js";
+import { Chat } from "/chat.js";
+import { $ } from "/dom.js";
+import { People } from "/people.js";
+import { Mesh } from "/rtc.js";
 
-const $ = (id) => document.getElementById(id);
 const api = new NodeApi();
+const people = new People(api);
+const mesh = new Mesh(api);
+const chat = new Chat(api, mesh, people);
 let status = null;
 let statusAt = 0;
 
@@ -47,16 +53,37 @@ async function refresh() {
   }
 }
 
+// #people, #chat, #chat/NODE_ID, #chat/group/GROUP_ID, #node
+function route() {
+  const [tab, ...rest] = (location.hash.slice(1) || "people").split("/");
+  const known = ["people", "chat", "node"].includes(tab) ? tab : "people";
+  for (const section of document.querySelectorAll("[data-section]")) section.hidden = section.dataset.section !== known;
+  for (const link of document.querySelectorAll("nav a")) link.toggleAttribute("aria-current", link.dataset.tab === known);
+  document.querySelector("nav a[aria-current]")?.setAttribute("aria-current", "page");
+  if (known === "chat" && rest.length && api.state === "up") {
+    chat.open(rest[0] === "group" ? { group: rest[1] } : { peer: rest[0] });
+  }
+}
+
 api.addEventListener("state", (e) => {
   const line = $("connection");
   line.dataset.state = e.detail.state;
   line.textContent = e.detail.state === "up" ? "connected to the node" : "the node does not answer; retrying…";
-  if (e.detail.state === "up") refresh();
+  if (e.detail.state === "up") {
+    refresh();
+    if (!chat.current) route();
+  }
 });
 api.addEventListener("plugin.state", refresh);
 api.subscribe("plugin.*", "node.*");
 api.addEventListener("node.stopping", () => { $("connection").textContent = "the node is stopping"; });
+window.addEventListener("hashchange", route);
 
+people.start();
+chat.start();
+mesh.start();
+route();
 setInterval(renderUptime, 1000);
 setInterval(refresh, 5000);
 api.start().catch((err) => { $("connection").textContent = `cannot reach this page's server: ${err.message}`; });
+window.lannode = { api, people, mesh, chat }; // for the browser's console, and the tests

@@ -1,0 +1,139 @@
+"""The web front end to end: real daemons on loopback, each with its web UI, driven in
+headless Chromium (Debian's, through Playwright). Screens are saved under
+test-artifacts/screens/."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from playwright.sync_api import Browser, Page
+
+from conftest import NodeFactory, RunningNode, browser, screenshot  # noqa: F401 - the fixture
+
+# A page whose data channels cannot open: ICE may use relay servers only, and there are none.
+NO_DATA_CHANNEL = """
+const Real = window.RTCPeerConnection;
+window.RTCPeerConnection = class extends Real {
+  constructor(config) { super({ ...(config || {}), iceTransportPolicy: "relay" }); }
+};
+"""
+
+
+def ui_url(node: RunningNode) -> str:
+    return node.wait_until(lambda: node.plugin("webui").get("url"), what="the web UI")  # type: ignore[no-any-return]
+
+
+def open_page(browser: Browser, node: RunningNode, *, init_script: str | None = None, hash: str = "") -> Page:
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    if init_script:
+        page.add_init_script(init_script)
+    page.goto(ui_url(node) + hash)
+    page.wait_for_selector("#connection[data-state=up]", timeout=15000)
+    page.wait_for_function("() => document.documentElement.dataset.front", timeout=10000)  # registered as a front
+    return page
+
+
+def pair(nodes: NodeFactory) -> tuple[RunningNode, RunningNode]:
+    a = nodes.start("ann", webui=True)
+    b = nodes.start("ben", webui=True)
+    for node in (a, b):
+        node.wait_until(lambda node=node: any(p["state"] == "alive" for p in node.call("peer.list")), what="the other node alive")
+    return a, b
+
+
+def type_message(page: Page, text: str) -> None:
+    page.fill("#composer-text", text)
+    page.keyboard.press("Enter")
+
+
+def message_in(page: Page, text: str, timeout: float = 15000) -> dict[str, Any]:
+    locator = page.locator("#messages .message", has_text=text)
+    locator.wait_for(timeout=timeout)
+    return {"path": locator.get_attribute("data-path"), "direction": locator.get_attribute("data-direction")}
+
+
+def test_two_pages_see_each_other_and_chat_over_a_data_channel_then_through_the_nodes(nodes: NodeFactory, browser: Browser) -> None:
+    a, b = pair(nodes)
+    ben_id = b.status()["node_id"]
+    ann_id = a.status()["node_id"]
+    page_a = open_page(browser, a)
+    page_b = open_page(browser, b)
+    # each page lists the other node, alive, with its trust
+    for page, other in ((page_a, ben_id), (page_b, ann_id)):
+        page.wait_for_selector(f'.peer[data-node="{other}"][data-state=alive]', timeout=15000)
+    screenshot(page_a, "people")
+
+    # ann opens the conversation from the people list; her page finds ben's and opens a data channel
+    page_b.goto(ui_url(b) + f"#chat/{ann_id}")
+    page_b.wait_for_selector("#connection[data-state=up]")
+    page_a.click(f'.peer[data-node="{ben_id}"] .chat-with')
+    page_a.wait_for_selector("#conversation-path[data-path=direct]", timeout=20000)
+    type_message(page_a, "hello over the data channel")
+    assert message_in(page_b, "hello over the data channel") == {"path": "direct", "direction": "in"}
+    assert message_in(page_a, "hello over the data channel") == {"path": "direct", "direction": "out"}
+    # ben's node stored it once, and ann's page gets the delivered tick from ben's node
+    page_a.wait_for_selector('#messages .message[data-direction=out] .tick[data-state="read"], #messages .message[data-direction=out] .tick[data-state="delivered"]', timeout=15000)
+    b.wait_until(lambda: [m["text"] for m in b.call("chat.log", peer="ann")] == ["hello over the data channel"], what="ben's history")
+    type_message(page_b, "and back")
+    assert message_in(page_a, "and back")["path"] == "direct"
+    screenshot(page_a, "chat-direct")
+    screenshot(page_b, "chat-direct-receiver")
+
+    # the data channel breaks: the next message goes through the nodes, and the page says so
+    page_a.evaluate("() => { for (const s of window.lannode.mesh.sessions.values()) s.channel.close(); }")
+    page_a.wait_for_selector("#conversation-path[data-path=relay]", timeout=10000)
+    type_message(page_a, "after the channel broke")
+    assert message_in(page_b, "after the channel broke")["path"] == "relay"
+    assert [m["text"] for m in b.call("chat.log", peer="ann")] == ["hello over the data channel", "and back", "after the channel broke"]
+    assert b.status()["chat"]["duplicates"] == 0 or b.status()["chat"]["received"] == 2
+    page_a.close()
+    page_b.close()
+
+
+def test_a_page_whose_data_channel_cannot_open_chats_through_the_nodes(nodes: NodeFactory, browser: Browser) -> None:
+    a, b = pair(nodes)
+    ann_id, ben_id = a.status()["node_id"], b.status()["node_id"]
+    page_b = open_page(browser, b, hash=f"#chat/{ann_id}")
+    page_a = open_page(browser, a, init_script=NO_DATA_CHANNEL, hash=f"#chat/{ben_id}")
+    page_a.wait_for_selector("#conversation")
+    page_a.wait_for_timeout(1500)  # the attempt is under way and cannot succeed
+    assert page_a.get_attribute("#conversation-path", "data-path") == "relay"
+    type_message(page_a, "no channel, still here")
+    assert message_in(page_b, "no channel, still here")["path"] == "relay"
+    type_message(page_b, "got it")
+    assert message_in(page_a, "got it")["path"] == "relay"
+    screenshot(page_a, "chat-relay")
+    # ben's page read it: ann's tick turns to read
+    page_a.wait_for_selector('#messages .message[data-direction=out] .tick[data-state="read"]', timeout=15000)
+    page_a.close()
+    page_b.close()
+
+
+def test_verifying_a_peer_in_the_page_and_the_layout_at_phone_width(nodes: NodeFactory, browser: Browser) -> None:
+    a, b = pair(nodes)
+    ben_id = b.status()["node_id"]
+    page = open_page(browser, a)
+    page.wait_for_selector(f'.peer[data-node="{ben_id}"] .verify', timeout=15000)
+    page.click(f'.peer[data-node="{ben_id}"] .verify')
+    page.wait_for_selector("#verify-dialog[open]")
+    code = page.text_content("#verify-code")
+    assert code == a.call("peer.safety_code", peer="ben")["safety_code"] == b.call("peer.safety_code", peer="ann")["safety_code"]
+    screenshot(page, "verify-dialog")
+    page.click("#verify-match")
+    page.wait_for_selector(f'.peer[data-node="{ben_id}"][data-trust=verified]', timeout=10000)
+    assert next(p for p in a.call("peer.list") if p["node_id"] == ben_id)["trust"] == "verified"
+    # someone else starts a node calling itself ben: the page raises the alarm
+    impostor = nodes.start("ben")
+    impostor_id = impostor.status()["node_id"]
+    page.wait_for_selector("#identity-warning:not([hidden])", timeout=20000)
+    assert impostor_id in page.text_content("#identity-warning") and ben_id in page.text_content("#identity-warning")  # type: ignore[operator]
+    page.wait_for_selector(f'.peer[data-node="{impostor_id}"][data-trust=new] .warning')
+    screenshot(page, "identity-warning")
+    # keyboard only: tab to the Chat tab and open it
+    page.set_viewport_size({"width": 380, "height": 800})
+    page.focus('nav a[data-tab="chat"]')
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#tab-chat:not([hidden])")
+    assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1"), "nothing overflows at phone width"
+    screenshot(page, "phone-width")
+    page.close()
