@@ -146,6 +146,7 @@ class Node:
                 await nursery.start(self.chat.run)
                 await nursery.start(self.transfers.run)
                 await nursery.start(self.drive.run)
+                self.rtc.attach(nursery)
                 port = await nursery.start(self.api.serve, s.config.get("api.port"))
                 url = f"ws://127.0.0.1:{port}{api.API_PATH}"
                 info = {"url": url, "token": self.token, "pid": os.getpid(), "node_id": s.identity.node_id, "api": api.API_VERSION}

@@ -57,15 +57,24 @@ class RtcService:
         self.delivered = 0
         self._request_ids = itertools.count(1)
         self._waiting: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self._rooms_of_fronts: dict[str, set[str]] = {}  # front ("" for the node itself) -> rooms it joined
+        self._nursery: trio.Nursery | None = None
         peers.links.handle(CHANNEL_SIGNAL, self._on_frame)
         server.on_disconnect.append(self._connection_closed)
         self.register_methods(server)
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Where rooms are left when a front's connection closes (a tab closed mid-call)."""
+        self._nursery = nursery
 
     # -- fronts ----------------------------------------------------------------------------------
     def _connection_closed(self, connection: int) -> None:
         for front, conn in list(self.fronts.items()):
             if conn == connection:
                 del self.fronts[front]
+                for room in self._rooms_of_fronts.pop(front, set()):  # a closed tab leaves its rooms
+                    if self._nursery is not None:
+                        self._nursery.start_soon(self.leave, room, front)
 
     def _front_of(self, caller: api.Principal) -> str | None:
         return next((front for front, conn in self.fronts.items() if conn == caller.connection), None)
@@ -130,15 +139,34 @@ class RtcService:
         await link.send(CHANNEL_SIGNAL, json.dumps(reply, separators=(",", ":")).encode())
 
     # -- rooms -----------------------------------------------------------------------------------
-    async def join(self, room: str) -> dict[str, Any]:
+    def _room_entry(self, room: str) -> dict[str, Any] | None:
+        entry = self.store.map.get(f"rooms/{room}/{self.me}")
+        if entry is None or entry.value is None:
+            return None
+        value: dict[str, Any] = json.loads(entry.value)
+        return value
+
+    async def join(self, room: str, front: str | None = None) -> dict[str, Any]:
+        """This node joins; a front that joins is listed, so the room's other pages call it (and
+        not this node's other tabs)."""
         _check_room(room)
-        fronts = sorted(self.fronts)
-        await self.store.put(f"rooms/{room}/{self.me}", {"name": self.name, "joined_at": int(time.time() * 1000), "fronts": fronts})
+        entry = self._room_entry(room) or {"name": self.name, "joined_at": int(time.time() * 1000), "fronts": []}
+        if front is not None and front not in entry["fronts"]:
+            entry["fronts"] = sorted([*entry["fronts"], front])
+        await self.store.put(f"rooms/{room}/{self.me}", entry)
+        self._rooms_of_fronts.setdefault(front or "", set()).add(room)
         return await self.members(room)
 
-    async def leave(self, room: str) -> None:
+    async def leave(self, room: str, front: str | None = None) -> None:
+        """The front leaves (the node, when it was the last one or no front is given)."""
         _check_room(room)
-        await self.store.delete(f"rooms/{room}/{self.me}")
+        entry = self._room_entry(room)
+        rest = [f for f in (entry or {}).get("fronts", []) if f != front] if front is not None else []
+        if entry is not None and rest:
+            await self.store.put(f"rooms/{room}/{self.me}", {**entry, "fronts": rest})
+        else:
+            await self.store.delete(f"rooms/{room}/{self.me}")
+        self._rooms_of_fronts.get(front or "", set()).discard(room)
 
     async def members(self, room: str) -> dict[str, Any]:
         _check_room(room)
@@ -180,10 +208,10 @@ class RtcService:
             return {"fronts": sorted(self.fronts)}
 
         async def room_join(params: dict[str, Any], caller: api.Principal) -> Any:
-            return await self.join(require(params, "room", str))
+            return await self.join(require(params, "room", str), self._front_of(caller))
 
         async def room_leave(params: dict[str, Any], caller: api.Principal) -> Any:
-            await self.leave(require(params, "room", str))
+            await self.leave(require(params, "room", str), self._front_of(caller))
             return {"left": True}
 
         async def room_members(params: dict[str, Any], caller: api.Principal) -> Any:

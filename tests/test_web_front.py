@@ -4,6 +4,7 @@ test-artifacts/screens/."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from playwright.sync_api import Browser, Page
@@ -137,3 +138,57 @@ def test_verifying_a_peer_in_the_page_and_the_layout_at_phone_width(nodes: NodeF
     assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1"), "nothing overflows at phone width"
     screenshot(page, "phone-width")
     page.close()
+
+
+def wait_decoding(page: Page, count: int, timeout: float = 45.0) -> dict[str, int]:
+    """Until the page decodes video frames from ``count`` other pages (getStats'
+    framesDecoded on each inbound video stream); their frame counts."""
+    deadline = time.monotonic() + timeout
+    stats: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        stats = page.evaluate("() => window.lannode.calls.stats()")
+        if len(stats) >= count and all(frames > 0 for frames in stats.values()):
+            return stats
+        page.wait_for_timeout(300)
+    raise AssertionError(f"frames decoded per page after {timeout:g} s: {stats}")
+
+
+def test_a_call_between_two_pages_carries_video_both_ways(nodes: NodeFactory, browser: Browser) -> None:
+    a, b = pair(nodes)
+    ben_id = b.status()["node_id"]
+    page_a, page_b = open_page(browser, a), open_page(browser, b)
+    page_a.wait_for_selector(f'.peer[data-node="{ben_id}"][data-state=alive] .call', timeout=15000)
+    page_a.click(f'.peer[data-node="{ben_id}"] .call')
+    page_b.wait_for_selector("#incoming:not([hidden]) #accept-call", timeout=20000)
+    assert "ann is calling" in page_b.text_content("#incoming")  # type: ignore[operator]
+    page_b.click("#accept-call")
+    assert len(wait_decoding(page_a, 1)) == 1 and len(wait_decoding(page_b, 1)) == 1
+    page_a.click("#call-mute")
+    assert page_a.get_attribute("#call-mute", "aria-pressed") == "true"
+    screenshot(page_a, "call-caller")
+    screenshot(page_b, "call-callee")
+    page_a.click("#call-leave")
+    page_b.wait_for_selector("#call", state="hidden", timeout=10000)
+    assert "hung up" in page_b.text_content("#call-status")  # type: ignore[operator]
+    page_a.close()
+    page_b.close()
+
+
+def test_three_pages_in_a_meeting_room_each_decode_both_others(nodes: NodeFactory, browser: Browser) -> None:
+    started = [nodes.start(name, webui=True) for name in ("ann", "ben", "cat")]
+    for node in started:
+        node.wait_until(lambda node=node: sum(p["state"] == "alive" for p in node.call("peer.list")) == 2, what="everyone alive")
+    pages = [open_page(browser, node, hash="#calls") for node in started]
+    for page in pages:
+        page.fill("#room-name", "standup")
+        page.click("#room-form button[type=submit]")
+    for page in pages:
+        assert len(wait_decoding(page, 2)) == 2
+    assert sorted(m["name"] for m in started[0].call("room.members", room="standup")["members"]) == ["ann", "ben", "cat"]
+    screenshot(pages[0], "room")
+    # cat closes the tab: the room forgets cat's page and the others drop its tile
+    pages[2].close()
+    started[0].wait_until(lambda: sorted(m["name"] for m in started[0].call("room.members", room="standup")["members"]) == ["ann", "ben"], what="cat gone")
+    pages[0].wait_for_function("() => document.querySelectorAll('#tiles .tile').length === 2", timeout=15000)
+    for page in pages[:2]:
+        page.close()

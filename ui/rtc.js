@@ -151,6 +151,11 @@ export class Mesh extends EventTarget {
     return this.sessionsWith(node).filter((s) => s.open);
   }
 
+  // The session with one front of a peer node, opened if need be (meeting rooms know the fronts).
+  sessionTo(node, front) {
+    return this.#session(node, front);
+  }
+
   #session(node, front) {
     let session = this.sessions.get(front);
     if (!session || session.pc.connectionState === "closed") {
