@@ -31,6 +31,7 @@ from lannode.peers import PeerService
 from lannode.chat import ChatService
 from lannode.drive import DriveService
 from lannode.rtc import RtcService
+from lannode.uploads import UploadService
 from lannode.store import StoreService
 from lannode.transfer import TransferService
 from lannode.plugins.supervisor import PluginSupervisor, check_origin
@@ -70,7 +71,9 @@ class Node:
         self.store.register_methods(self.api)
         self.chat = ChatService(settings.home.path, settings.identity, self.peers, self.bus)
         self.chat.register_methods(self.api)
-        self.transfers = TransferService(settings.home.path, settings.config, settings.identity, self.peers, self.bus)
+        self.uploads = UploadService(settings.home.path, self.bus)
+        self.uploads.register_methods(self.api)
+        self.transfers = TransferService(settings.home.path, settings.config, settings.identity, self.peers, self.bus, self.uploads)
         self.transfers.register_methods(self.api)
         self.drive = DriveService(settings.home.path, settings.config, settings.identity, self.peers, self.store, self.bus, groups=lambda text: set(self.chat.resolve_group(text).members))
         self.drive.register_methods(self.api)
@@ -101,6 +104,7 @@ class Node:
             "chat": self.chat.statistics(),
             "rtc": self.rtc.statistics(),
             "transfers": self.transfers.statistics(),
+            "uploads": self.uploads.statistics(),
             "drive": self.drive.statistics(),
             "zeroconf": self.peers.dnssd.statistics() if self.peers.dnssd else {"enabled": False},
         }
@@ -144,6 +148,7 @@ class Node:
                 await nursery.start(self.peers.run)
                 await nursery.start(self.store.run)
                 await nursery.start(self.chat.run)
+                await nursery.start(self.uploads.run)
                 await nursery.start(self.transfers.run)
                 await nursery.start(self.drive.run)
                 self.rtc.attach(nursery)

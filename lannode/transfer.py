@@ -46,6 +46,7 @@ from lannode.core.transfer import (
 from lannode.files import write_private
 from lannode.config import Config
 from lannode.identity import Identity
+from lannode.uploads import UploadService
 from lannode.net.api_server import ApiServer, EventBus, require
 from lannode.peers import PeerService
 from lannode.net.links import Link, LinkError
@@ -347,7 +348,8 @@ class Transfer:
 class TransferService:
     """File drop: offers, decisions, the bulk workers, resume and progress."""
 
-    def __init__(self, home_path: Path, config: Config, identity: Identity, peers: PeerService, bus: EventBus) -> None:
+    def __init__(self, home_path: Path, config: Config, identity: Identity, peers: PeerService, bus: EventBus, uploads: "UploadService | None" = None) -> None:
+        self.uploads = uploads
         self.home_path = home_path
         self.dir = home_path / "transfers"
         configured = config.get("transfer.downloads")
@@ -851,9 +853,17 @@ class TransferService:
     def register_methods(self, server: ApiServer) -> None:
         async def transfer_send(params: dict[str, Any], caller: api.Principal) -> Any:
             peer = require(params, "peer", str)
-            paths = require(params, "paths", list)
-            if not paths or not all(isinstance(p, str) for p in paths):
-                raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"paths" is a list of files and folders on this machine')
+            if "uploads" in params:  # files a page handed to this node (lannode.uploads)
+                ids = require(params, "uploads", list)
+                if not ids or not all(isinstance(i, str) for i in ids) or self.uploads is None:
+                    raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"uploads" is a list of upload ids')
+                paths = [str(self.uploads.complete_path(i)) for i in ids]
+            else:
+                if not caller.is_local:
+                    raise api.ApiError(api.ErrorCode.FORBIDDEN, "a web page sends files it uploaded (\"uploads\"), not paths on this machine")
+                paths = require(params, "paths", list)
+                if not paths or not all(isinstance(p, str) for p in paths):
+                    raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"paths" is a list of files and folders on this machine')
             t, skipped = await self.send(peer, paths)
             return {**t.record(), "skipped": skipped}
 
@@ -878,7 +888,11 @@ class TransferService:
             await self.cancel(t)
             return t.record()
 
-        server.method("transfer.send", transfer_send, 'Offer {"paths": [...]} (files and folders here) to {"peer"}; progress comes as transfer.* events.', local_only=True)
+        server.method(
+            "transfer.send",
+            transfer_send,
+            'Offer {"paths": [...]} (files and folders here; local programs only) or {"uploads": [...]} (from upload.begin) to {"peer"}; progress comes as transfer.* events.',
+        )
         server.method("transfer.list", transfer_list, "Every transfer, in and out, with state, bytes, rate and ETA.")
         server.method("transfer.get", transfer_get, 'One transfer by {"id"} (or a unique prefix).')
         server.method("transfer.accept", transfer_accept, 'Accept an offered transfer {"id"}; files land in the downloads folder.')

@@ -4,7 +4,9 @@ test-artifacts/screens/."""
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import Browser, Page
@@ -192,3 +194,28 @@ def test_three_pages_in_a_meeting_room_each_decode_both_others(nodes: NodeFactor
     pages[0].wait_for_function("() => document.querySelectorAll('#tiles .tile').length === 2", timeout=15000)
     for page in pages[:2]:
         page.close()
+
+
+def test_a_file_dropped_on_a_peer_in_the_page_arrives_byte_identical(nodes: NodeFactory, browser: Browser, tmp_path: Path) -> None:
+    a, b = pair(nodes)
+    ben_id = b.status()["node_id"]
+    source = tmp_path / "holiday film.bin"
+    source.write_bytes(os.urandom(50 * 1024 * 1024))
+    page_a, page_b = open_page(browser, a), open_page(browser, b, hash="#files")
+    page_a.wait_for_selector(f'.peer[data-node="{ben_id}"] .send-files', timeout=15000)
+    page_a.click(f'.peer[data-node="{ben_id}"] .send-files')
+    page_a.wait_for_selector("#tab-files:not([hidden])")
+    page_a.set_input_files("#file-input", str(source))
+    # ben's page is asked, and accepts
+    page_b.wait_for_selector(".transfer[data-direction=in][data-state=pending] .accept", timeout=60000)
+    assert "holiday film.bin" in page_b.text_content(".transfer[data-direction=in]")  # type: ignore[operator]
+    screenshot(page_b, "file-offered")
+    page_b.click(".transfer[data-direction=in] .accept")
+    page_b.wait_for_selector(".transfer[data-direction=in][data-state=done]", timeout=60000)
+    page_a.wait_for_selector(".transfer[data-direction=out][data-state=done]", timeout=30000)
+    screenshot(page_a, "file-sent")
+    received = b.home.path / "downloads" / "holiday film.bin"
+    assert received.read_bytes() == source.read_bytes()
+    assert a.status()["uploads"]["bytes"] == source.stat().st_size  # each byte handed over once
+    page_a.close()
+    page_b.close()

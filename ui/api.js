@@ -61,6 +61,16 @@ export class NodeApi extends EventTarget {
     });
   }
 
+  // A binary message (an upload's piece); bufferedAmount is the page's backpressure.
+  sendBinary(data) {
+    if (!this.#ws || this.#ws.readyState !== WebSocket.OPEN) throw new Error("not connected to the node");
+    this.#ws.send(data);
+  }
+
+  get bufferedAmount() {
+    return this.#ws ? this.#ws.bufferedAmount : 0;
+  }
+
   // Subscribe to topics now and after every reconnect.
   subscribe(...topics) {
     topics.forEach((t) => this.#topics.add(t));

@@ -3,6 +3,7 @@ import { NodeApi } from "/api.js";
 import { Calls } from "/calls.js";
 import { Chat } from "/chat.js";
 import { $ } from "/dom.js";
+import { Files } from "/files.js";
 import { People } from "/people.js";
 import { Mesh } from "/rtc.js";
 
@@ -11,6 +12,7 @@ const people = new People(api);
 const mesh = new Mesh(api);
 const chat = new Chat(api, mesh, people);
 const calls = new Calls(api, mesh, people);
+const files = new Files(api, people);
 let status = null;
 let statusAt = 0;
 
@@ -55,10 +57,10 @@ async function refresh() {
   }
 }
 
-// #people, #chat, #chat/NODE_ID, #chat/group/GROUP_ID, #calls, #node
+// #people, #chat, #chat/NODE_ID, #chat/group/GROUP_ID, #calls, #files, #node
 function route() {
   const [tab, ...rest] = (location.hash.slice(1) || "people").split("/");
-  const known = ["people", "chat", "calls", "node"].includes(tab) ? tab : "people";
+  const known = ["people", "chat", "calls", "files", "node"].includes(tab) ? tab : "people";
   for (const section of document.querySelectorAll("[data-section]")) section.hidden = section.dataset.section !== known;
   for (const link of document.querySelectorAll("nav a")) link.toggleAttribute("aria-current", link.dataset.tab === known);
   document.querySelector("nav a[aria-current]")?.setAttribute("aria-current", "page");
@@ -84,10 +86,11 @@ window.addEventListener("hashchange", route);
 people.start();
 chat.start();
 calls.start();
+files.start();
 mesh.start();
 people.addEventListener("call", (e) => { location.hash = "#calls"; calls.callPeer(e.detail); });
 route();
 setInterval(renderUptime, 1000);
 setInterval(refresh, 5000);
 api.start().catch((err) => { $("connection").textContent = `cannot reach this page's server: ${err.message}`; });
-window.lannode = { api, people, mesh, chat, calls }; // for the browser's console, and the tests
+window.lannode = { api, people, mesh, chat, calls, files }; // for the browser's console, and the tests

@@ -54,6 +54,7 @@ export class People extends EventTarget {
         el("span", { class: "state", dataset: { state: p.state }, text: p.state }),
         el("span", { class: "trust", dataset: { trust: p.trust }, text: p.trust, title: "new: never dealt with; pinned: known key; verified: safety codes compared" }),
         el("button", { type: "button", class: "chat-with", "aria-label": `Chat with ${p.name}`, onclick: () => this.dispatchEvent(new CustomEvent("chat", { detail: p.node_id })), text: "Chat" }),
+        p.state === "alive" ? el("button", { type: "button", class: "send-files", "aria-label": `Send files to ${p.name}`, onclick: () => this.dispatchEvent(new CustomEvent("drop", { detail: p.node_id })), text: "Send files" }) : null,
         p.state === "alive" ? el("button", { type: "button", class: "call", "aria-label": `Call ${p.name}`, onclick: () => this.dispatchEvent(new CustomEvent("call", { detail: p.node_id })), text: "Call" }) : null,
         p.trust === "verified" ? null : el("button", { type: "button", class: "verify", "aria-label": `Verify ${p.name}`, onclick: () => this.verify(p.node_id), text: "Verify…" }),
         this.warnings.has(p.node_id) ? el("p", { class: "warning", text: this.warnings.get(p.node_id) }) : null,

@@ -86,6 +86,10 @@ class ApiClient:
             raise RemoteError(message["error"].get("code", "?"), message["error"].get("message", ""))
         return message.get("result")
 
+    async def send_binary(self, data: bytes) -> None:
+        """A binary message: a piece of an upload (lannode.uploads)."""
+        await self.ws.send(data)
+
     async def subscribe(self, *topics: str) -> None:
         await self.call("events.subscribe", topics=list(topics))
 

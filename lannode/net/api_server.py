@@ -102,6 +102,8 @@ class ApiServer:
         self.on_disconnect: list[Callable[[int], None]] = []  # hooks told a connection's number when it closes
         self._connection_ids = 0
         self.methods: dict[str, Method] = {}
+        # binary messages (uploads): handled in order on the reading task, which is their backpressure
+        self.binary_handler: Callable[[api.Principal, bytes], Awaitable[None]] | None = None
         self.port = 0
         self.rejected: Counter[str] = Counter()
         self.bad_messages: Counter[str] = Counter()
@@ -221,6 +223,9 @@ class _Connection:
                         frame = await ws.receive()
                     except ConnectionClosed:
                         break
+                    if isinstance(frame, bytes) and server.binary_handler is not None:
+                        await server.binary_handler(self.principal, frame)
+                        continue
                     try:
                         request = api.parse_request(frame)
                     except api.ApiError as exc:

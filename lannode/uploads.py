@@ -1,0 +1,191 @@
+"""Files a front hands to its own node: what a browser page drops for a peer or puts on the drive.
+
+A page cannot name a path on this machine (and must not: ``transfer.send`` with
+paths and ``drive.put`` stay local-only), so it streams the file's bytes over its
+API connection instead, and then names the upload. ``upload.begin {name, size}``
+makes ``HOME/uploads/ID/NAME`` (the name cleaned as file drop cleans a peer's
+names) and answers the id and how much is there already, so a page that reloads
+mid-upload resumes where the node's copy ends. The bytes come as binary
+WebSocket messages, ``ID (16 bytes) | offset (8, big-endian) | data``, written in
+order; an ``upload.progress`` event tells the sending connection what is on disk
+every few MiB and when the file is whole.
+
+It never writes outside ``HOME/uploads``, never past the size declared at begin,
+and only for the connection that began the upload (or resumed it). Uploads untouched
+for a day are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from lannode.core import api
+from lannode.core.transfer import UnsafeName, safe_relative_path
+from lannode.net.api_server import ApiServer, EventBus, require
+
+log = logging.getLogger("lannode.uploads")
+
+HEADER = struct.Struct("!16sQ")
+PROGRESS_EVERY = 4 << 20
+MAX_UPLOAD = 1 << 40
+STALE_AFTER = 24 * 3600.0
+HOUSEKEEPING = 600.0
+
+
+class UploadError(Exception):
+    pass
+
+
+@dataclass
+class Upload:
+    id: str
+    name: str
+    size: int
+    path: Path
+    written: int
+    connection: int
+    reported: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.written == self.size
+
+    def record(self) -> dict[str, Any]:
+        return {"upload": self.id, "name": self.name, "size": self.size, "offset": self.written, "complete": self.complete}
+
+
+class UploadService:
+    def __init__(self, home_path: Path, bus: EventBus) -> None:
+        self.root = home_path / "uploads"
+        self.bus = bus
+        self.uploads: dict[str, Upload] = {}
+        self.refused = 0
+        self.bytes = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await trio.to_thread.run_sync(lambda: self.root.mkdir(mode=0o700, exist_ok=True))
+        await trio.to_thread.run_sync(self._load)
+        task_status.started()
+        while True:
+            await trio.to_thread.run_sync(self._remove_stale)
+            await trio.sleep(HOUSEKEEPING)
+
+    def _load(self) -> None:
+        for meta in self.root.glob("*/upload.json"):
+            try:
+                info = json.loads(meta.read_text())
+                path = meta.parent / "data" / info["name"]
+                self.uploads[info["id"]] = Upload(info["id"], info["name"], int(info["size"]), path, path.stat().st_size if path.exists() else 0, 0)
+            except (OSError, ValueError, KeyError, TypeError):
+                log.warning("ignoring a broken upload in %s", meta.parent)
+
+    def _remove_stale(self) -> None:
+        now = time.time()
+        for upload in list(self.uploads.values()):
+            try:
+                age = now - upload.path.stat().st_mtime
+            except OSError:
+                age = STALE_AFTER
+            if age >= STALE_AFTER:
+                shutil.rmtree(upload.path.parent.parent, ignore_errors=True)
+                self.uploads.pop(upload.id, None)
+
+    # -- the API ---------------------------------------------------------------------------------
+    async def begin(self, name: str, size: int, connection: int, resume: str | None) -> Upload:
+        try:
+            clean = safe_relative_path(name)
+        except UnsafeName as exc:
+            raise UploadError(f"not a file name this node will write: {exc}") from None
+        if "/" in clean:
+            clean = clean.rsplit("/", 1)[1]
+        if not 0 <= size <= MAX_UPLOAD:
+            raise UploadError(f"a size from 0 to {MAX_UPLOAD} bytes")
+        old = self.uploads.get(resume or "")
+        if old is not None and old.name == clean and old.size == size:
+            old.connection = connection
+            return old
+        upload_id = secrets.token_hex(16)
+        folder = self.root / upload_id
+        path = folder / "data" / clean
+
+        def create() -> None:
+            (folder / "data").mkdir(parents=True, mode=0o700)
+            path.touch(mode=0o600)
+            (folder / "upload.json").write_text(json.dumps({"id": upload_id, "name": clean, "size": size}))
+
+        await trio.to_thread.run_sync(create)
+        upload = self.uploads[upload_id] = Upload(upload_id, clean, size, path, 0, connection)
+        return upload
+
+    def complete_path(self, upload_id: str) -> Path:
+        upload = self.uploads.get(upload_id)
+        if upload is None:
+            raise api.ApiError(api.ErrorCode.NOT_FOUND, f"no upload {upload_id}")
+        if not upload.complete:
+            raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"upload {upload.name} has {upload.written} of {upload.size} bytes; send the rest first")
+        return upload.path
+
+    async def on_binary(self, caller: api.Principal, data: bytes) -> None:
+        """One binary message from an API connection: a piece of an upload."""
+        if len(data) < HEADER.size:
+            return self._refuse(caller, None, "a binary message shorter than its header")
+        raw_id, offset = HEADER.unpack_from(data)
+        upload = self.uploads.get(raw_id.hex())
+        if upload is None:
+            return self._refuse(caller, raw_id.hex(), "no such upload (begin it with upload.begin)")
+        if upload.connection != caller.connection:
+            return self._refuse(caller, upload.id, "this upload belongs to another connection (resume it with upload.begin)")
+        piece = memoryview(data)[HEADER.size :]
+        if offset != upload.written or offset + len(piece) > upload.size:
+            return self._refuse(caller, upload.id, f"bytes at {offset}, but the node has {upload.written} of {upload.size}")
+
+        def write() -> None:
+            with open(upload.path, "r+b") as f:
+                f.seek(offset)
+                f.write(piece)
+                if offset + len(piece) == upload.size:
+                    f.flush()
+                    os.fsync(f.fileno())
+
+        await trio.to_thread.run_sync(write)
+        upload.written += len(piece)
+        self.bytes += len(piece)
+        if upload.complete or upload.written - upload.reported >= PROGRESS_EVERY:
+            upload.reported = upload.written
+            self.bus.publish_to(caller.connection, "upload.progress", upload.record())
+
+    def _refuse(self, caller: api.Principal, upload_id: str | None, reason: str) -> None:
+        self.refused += 1
+        self.bus.publish_to(caller.connection, "upload.error", {"upload": upload_id, "error": reason})
+
+    def statistics(self) -> dict[str, Any]:
+        return {"uploads": len(self.uploads), "bytes": self.bytes, "refused": self.refused}
+
+    def register_methods(self, server: ApiServer) -> None:
+        async def upload_begin(params: dict[str, Any], caller: api.Principal) -> Any:
+            try:
+                upload = await self.begin(require(params, "name", str), require(params, "size", int), caller.connection, require(params, "resume", str, optional=True))
+            except UploadError as exc:
+                raise api.ApiError(api.ErrorCode.BAD_PARAMS, str(exc)) from None
+            return upload.record()
+
+        async def upload_status(params: dict[str, Any], caller: api.Principal) -> Any:
+            upload = self.uploads.get(require(params, "upload", str))
+            if upload is None:
+                raise api.ApiError(api.ErrorCode.NOT_FOUND, "no such upload")
+            return upload.record()
+
+        server.binary_handler = self.on_binary
+        server.method("upload.begin", upload_begin, '{"name", "size", "resume"?}: start (or resume) handing a file to this node; then binary messages ID|offset|data.')
+        server.method("upload.status", upload_status, '{"upload"}: how much of an upload the node has.')

@@ -1,0 +1,149 @@
+// File drop: pick or drag files onto a peer. The page hands each file to its own node
+// (upload.begin, then binary messages over the API connection, resumable after a
+// reload), and the node sends them over its encrypted link to the peer's node, which
+// asks the person there to accept. Progress and rate come from the nodes' events.
+import { $, el } from "/dom.js";
+
+const CHUNK = 512 * 1024; // under the API's 1 MiB message limit
+const HIGH_WATER = 8 * 1024 * 1024; // bytes the page lets the WebSocket buffer
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function bytes(n) {
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
+  return `${n.toFixed(i && n < 10 ? 1 : 0)} ${units[i]}`;
+}
+
+export class Files {
+  constructor(api, people) {
+    this.api = api;
+    this.people = people;
+    this.rows = new Map(); // transfer id -> <li>
+    this.waiters = new Map(); // upload id -> resolve (when the node has the whole file)
+  }
+
+  start() {
+    this.api.subscribe("transfer.*", "upload.*");
+    for (const topic of ["transfer.offered", "transfer.state", "transfer.progress"]) {
+      this.api.addEventListener(topic, (e) => this.#render(e.detail));
+    }
+    this.api.addEventListener("upload.progress", (e) => {
+      if (e.detail.complete) this.waiters.get(e.detail.upload)?.(e.detail);
+    });
+    this.api.addEventListener("upload.error", (e) => this.#status(`upload refused: ${e.detail.error}`));
+    this.api.addEventListener("state", (e) => { if (e.detail.state === "up") this.refresh(); });
+    this.people.addEventListener("change", () => this.#renderPeers());
+    this.people.addEventListener("drop", (e) => { location.hash = "#files"; $("drop-peer").value = e.detail; });
+    $("file-input").addEventListener("change", (e) => this.send([...e.target.files]).finally(() => { e.target.value = ""; }));
+    $("folder-input").addEventListener("change", (e) => this.send([...e.target.files]).finally(() => { e.target.value = ""; }));
+    const zone = $("drop-zone");
+    zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.dataset.over = "1"; });
+    zone.addEventListener("dragleave", () => { delete zone.dataset.over; });
+    zone.addEventListener("drop", (e) => {
+      e.preventDefault();
+      delete zone.dataset.over;
+      this.send([...e.dataTransfer.files]);
+    });
+  }
+
+  async refresh() {
+    try {
+      for (const t of await this.api.call("transfer.list")) this.#render(t);
+    } catch { /* shown by the connection line */ }
+  }
+
+  async send(files) {
+    const peer = $("drop-peer").value;
+    if (!files.length) return;
+    if (!peer) return this.#status("pick whom to send to first");
+    const label = files.length === 1 ? files[0].name : `${files.length} files`;
+    try {
+      const uploads = [];
+      const total = files.reduce((n, f) => n + f.size, 0);
+      let before = 0;
+      const started = performance.now();
+      for (const file of files) {
+        uploads.push(await this.upload(file, (done) => {
+          const seconds = (performance.now() - started) / 1000;
+          this.#status(`handing ${label} to this node: ${bytes(before + done)} of ${bytes(total)} (${bytes((before + done) / Math.max(seconds, 0.001))}/s)`, before + done, total);
+        }));
+        before += file.size;
+      }
+      const t = await this.api.call("transfer.send", { peer, uploads });
+      this.#render(t);
+      this.#status(`offered ${label} to ${this.people.name(peer)}; waiting for them to accept`);
+    } catch (err) {
+      this.#status(`could not send ${label}: ${err.message}`);
+    }
+  }
+
+  // Hand one file to this node; resumes where the node's copy ends. The upload id.
+  async upload(file, progress) {
+    const key = `lannode.upload:${file.name}:${file.size}:${file.lastModified}`;
+    const record = await this.api.call("upload.begin", { name: file.name, size: file.size, resume: localStorage.getItem(key) || undefined });
+    localStorage.setItem(key, record.upload);
+    const done = record.complete ? Promise.resolve(record) : new Promise((resolve) => this.waiters.set(record.upload, resolve));
+    const id = Uint8Array.from(record.upload.match(/../g), (h) => parseInt(h, 16));
+    let offset = record.offset;
+    progress(offset);
+    while (offset < file.size) {
+      while (this.api.bufferedAmount > HIGH_WATER) await sleep(4);
+      const piece = new Uint8Array(await file.slice(offset, offset + CHUNK).arrayBuffer());
+      const message = new Uint8Array(24 + piece.length);
+      message.set(id, 0);
+      new DataView(message.buffer).setBigUint64(16, BigInt(offset));
+      message.set(piece, 24);
+      this.api.sendBinary(message);
+      offset += piece.length;
+      progress(offset - this.api.bufferedAmount);
+    }
+    await done;
+    this.waiters.delete(record.upload);
+    localStorage.removeItem(key);
+    progress(file.size);
+    return record.upload;
+  }
+
+  #render(t) {
+    let row = this.rows.get(t.id);
+    if (!row) {
+      row = el("li", { class: "transfer", dataset: { id: t.id, direction: t.direction } });
+      this.rows.set(t.id, row);
+      $("transfers").prepend(row);
+    }
+    row.dataset.state = t.state;
+    const who = t.peer_name || this.people.name(t.peer);
+    const what = t.names.length === 1 ? t.names[0] : `${t.files} files`;
+    const pct = t.total ? Math.floor((100 * t.bytes) / t.total) : 100;
+    const children = [
+      el("strong", { text: t.direction === "out" ? `${what} → ${who}` : `${what} from ${who}` }),
+      el("progress", { max: "100", value: String(pct), "aria-label": `${what}: ${pct}%` }),
+      el("span", { class: "detail", text: `${t.state}${t.reason ? ` (${t.reason})` : ""} · ${bytes(t.bytes)} of ${bytes(t.total)}${t.rate && t.state === "active" ? ` · ${bytes(t.rate)}/s` : ""}${t.eta ? ` · ${Math.ceil(t.eta)} s left` : ""}` }),
+    ];
+    if (t.direction === "in" && t.state === "pending") {
+      children.push(
+        el("button", { type: "button", class: "primary accept", onclick: () => this.api.call("transfer.accept", { id: t.id }).then((r) => this.#render(r)).catch((err) => this.#status(err.message)), text: "Accept" }),
+        el("button", { type: "button", class: "decline", onclick: () => this.api.call("transfer.decline", { id: t.id }).then((r) => this.#render(r)).catch((err) => this.#status(err.message)), text: "Decline" }),
+      );
+    } else if (["offered", "pending", "active", "waiting"].includes(t.state)) {
+      children.push(el("button", { type: "button", class: "cancel", onclick: () => this.api.call("transfer.cancel", { id: t.id }).catch((err) => this.#status(err.message)), text: "Cancel" }));
+    }
+    row.replaceChildren(...children);
+    if (t.direction === "out" && ["done", "declined", "failed", "cancelled"].includes(t.state)) this.#status(`${what} → ${who}: ${t.state}${t.reason ? ` (${t.reason})` : ""}`);
+  }
+
+  #renderPeers() {
+    const select = $("drop-peer");
+    const chosen = select.value;
+    select.replaceChildren(el("option", { value: "", text: "choose a person…" }), ...this.people.alive().map((p) => el("option", { value: p.node_id, text: p.name })));
+    select.value = [...select.options].some((o) => o.value === chosen) ? chosen : "";
+  }
+
+  #status(text, done, total) {
+    $("drop-status").textContent = text;
+    const bar = $("upload-progress");
+    bar.hidden = total === undefined || done >= total;
+    if (total) { bar.max = total; bar.value = done; }
+  }
+}
