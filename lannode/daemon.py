@@ -75,7 +75,7 @@ class Node:
         self.uploads.register_methods(self.api)
         self.transfers = TransferService(settings.home.path, settings.config, settings.identity, self.peers, self.bus, self.uploads)
         self.transfers.register_methods(self.api)
-        self.drive = DriveService(settings.home.path, settings.config, settings.identity, self.peers, self.store, self.bus, groups=lambda text: set(self.chat.resolve_group(text).members))
+        self.drive = DriveService(settings.home.path, settings.config, settings.identity, self.peers, self.store, self.bus, groups=lambda text: set(self.chat.resolve_group(text).members), uploads=self.uploads, downloads=self.transfers.downloads)
         self.drive.register_methods(self.api)
         self.rtc = RtcService(settings.identity, settings.name, self.peers, self.store, self.bus, self.api)
         self.started_wall = time.time()

@@ -82,11 +82,13 @@ from lannode.drive_io import (
     serve_fragment,
     store_fragment,
 )
+from lannode.files import free_name
 from lannode.fragments import FragmentError, FragmentStore, check_id, check_shape
 from lannode.identity import Identity
 from lannode.net.api_server import ApiServer, EventBus, require
 from lannode.net.links import Link, LinkError
 from lannode.peers import PeerService
+from lannode.uploads import UploadService
 from lannode.store import StoreService
 
 log = logging.getLogger("lannode.drive")
@@ -136,7 +138,20 @@ def _json_frame(message: dict[str, Any]) -> bytes:
 
 
 class DriveService:
-    def __init__(self, home_path: Path, config: Config, identity: Identity, peers: PeerService, store: StoreService, bus: EventBus, groups: Callable[[str], set[str]] | None = None) -> None:
+    def __init__(
+        self,
+        home_path: Path,
+        config: Config,
+        identity: Identity,
+        peers: PeerService,
+        store: StoreService,
+        bus: EventBus,
+        groups: Callable[[str], set[str]] | None = None,
+        uploads: UploadService | None = None,
+        downloads: Path | None = None,
+    ) -> None:
+        self.uploads = uploads  # files a page handed to this node, for drive.put {"upload"}
+        self.downloads = downloads or home_path / "downloads"  # where drive.get {"to": "downloads"} saves
         self.me = identity.node_id
         self.identity = identity
         self.peers = peers
@@ -887,7 +902,14 @@ class DriveService:
 
     def register_methods(self, server: ApiServer) -> None:
         async def drive_put(params: dict[str, Any], caller: api.Principal) -> Any:
-            path = Path(require(params, "path", str)).expanduser()
+            if "upload" in params:  # a file a page handed to this node (lannode.uploads)
+                if self.uploads is None:
+                    raise api.ApiError(api.ErrorCode.UNAVAILABLE, "this node takes no uploads")
+                path = self.uploads.complete_path(require(params, "upload", str))
+            else:
+                if not caller.is_local:
+                    raise api.ApiError(api.ErrorCode.FORBIDDEN, 'a web page puts a file it uploaded ("upload"), not a path on this machine')
+                path = Path(require(params, "path", str)).expanduser()
             k = require(params, "k", int, optional=True) or DEFAULT_K
             m = require(params, "m", int, optional=True)
             share = require(params, "share", list, optional=True) or []
@@ -904,7 +926,18 @@ class DriveService:
             )
 
         async def drive_get(params: dict[str, Any], caller: api.Principal) -> Any:
-            return await self.get(require(params, "file", str), Path(require(params, "out", str)).expanduser(), op=require(params, "op", str, optional=True) or "")
+            op = require(params, "op", str, optional=True) or ""
+            if "out" in params:
+                if not caller.is_local:
+                    raise api.ApiError(api.ErrorCode.FORBIDDEN, 'a web page saves to this node\'s downloads folder ({"to": "downloads"}), not to a path it names')
+                return await self.get(require(params, "file", str), Path(require(params, "out", str)).expanduser(), op=op)
+            if require(params, "to", str) != "downloads":
+                raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"to" is "downloads" (or give "out", from a local program)')
+            manifest, record = self.resolve(require(params, "file", str))
+            if record is None:
+                raise api.ApiError(api.ErrorCode.FORBIDDEN, f"this node has no read capability for {manifest.file_id}: ask its owner ({self._name_of(manifest.owner)}) to share it")
+            out = await trio.to_thread.run_sync(free_name, self.downloads, str(record["name"] or manifest.file_id))
+            return await self.get(manifest.file_id, out, op=op)
 
         async def drive_ls(params: dict[str, Any], caller: api.Principal) -> Any:
             return self.ls()
@@ -933,11 +966,13 @@ class DriveService:
             cap = parse_cap(record["cap"]) if record else None
             return {**listing, "read_cap": record["cap"] if record else None, "verify_cap": str(cap.verify_cap()) if isinstance(cap, ReadCap) else None}
 
-        server.method("drive.put", drive_put, '{"path", "k"?, "m"?, "name"?, "share"?: [peer|#group], "allow_fewer"?, "op"?}: encrypt, code and place a file; progress as drive.progress events.', local_only=True)
-        server.method("drive.get", drive_get, '{"file": id|name|cap, "out", "op"?}: fetch from the k best holders and decrypt to "out".', local_only=True)
+        # A page (the person at this machine) may put what it uploaded, get into the downloads
+        # folder, share and remove; only local programs name paths.
+        server.method("drive.put", drive_put, '{"path" (local programs) or "upload", "k"?, "m"?, "name"?, "share"?: [peer|#group], "allow_fewer"?, "op"?}: encrypt, code and place a file; progress as drive.progress events.')
+        server.method("drive.get", drive_get, '{"file": id|name|cap, "out" (local programs) or "to": "downloads", "op"?}: fetch from the k best holders and decrypt.')
         server.method("drive.ls", drive_ls, "Every file in the drive: id, size, k, m, health and holders; the name where it was shared with this node.")
-        server.method("drive.rm", drive_rm, '{"file"}: remove a file shared with this node; its holders drop their fragments.', local_only=True)
-        server.method("drive.share", drive_share, '{"file", "with": [peer|#group]}: give nodes the name and read capability.', local_only=True)
+        server.method("drive.rm", drive_rm, '{"file"}: remove a file shared with this node; its holders drop their fragments.')
+        server.method("drive.share", drive_share, '{"file", "with": [peer|#group]}: give nodes the name and read capability.')
         server.method("drive.info", drive_info, '{"file"}: one file, with its read and verify capabilities where this node has them.', local_only=True)
         server.method("drive.verify", drive_verify, '{"file"?}: every holder checks its fragments now; per fragment ok, missing, corrupt or unreachable.')
         server.method("drive.repair", drive_repair, '{"file"?}: verify, then rebuild every fragment that is not ok (no grace period).', local_only=True)

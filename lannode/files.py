@@ -20,3 +20,20 @@ def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def free_name(folder: Path, name: str) -> Path:
+    """A path in ``folder`` for a file called ``name`` (whatever a peer chose: only its last
+    part, never a dot name) that nothing is using yet: "name", then "name (1).ext", ..."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1].strip().lstrip(".") or "file"
+    base = "".join(c for c in base if c.isprintable())[:200] or "file"
+    stem, dot, suffix = base.rpartition(".")
+    if not stem:
+        stem, dot, suffix = base, "", ""
+    folder.mkdir(parents=True, exist_ok=True)
+    candidate = folder / base
+    n = 0
+    while candidate.exists() or candidate.with_name(f".{candidate.name}.lannode-part").exists():
+        n += 1
+        candidate = folder / f"{stem} ({n}){dot}{suffix}"
+    return candidate

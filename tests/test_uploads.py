@@ -86,6 +86,10 @@ def test_a_page_cannot_name_paths_or_write_outside_the_uploads_folder(nodes: Nod
         with pytest.raises(RemoteError) as refused:
             await client.call("transfer.send", peer="ann", paths=[str(tmp_path)])
         assert refused.value.code == "forbidden"
+        for method, params in (("drive.put", {"path": str(tmp_path)}), ("drive.get", {"file": "x", "out": str(tmp_path / "y")})):
+            with pytest.raises(RemoteError) as refused:
+                await client.call(method, **params)
+            assert refused.value.code == "forbidden", method
         await client.send_binary(b"short")
         assert "shorter than its header" in (await next_event(client, "upload.error"))["error"]
         await client.send_binary(piece("00" * 16, 0, b"abcd"))

@@ -219,3 +219,34 @@ def test_a_file_dropped_on_a_peer_in_the_page_arrives_byte_identical(nodes: Node
     assert a.status()["uploads"]["bytes"] == source.stat().st_size  # each byte handed over once
     page_a.close()
     page_b.close()
+
+
+def test_a_file_put_on_the_drive_in_one_page_downloads_byte_identical_in_another(nodes: NodeFactory, browser: Browser, tmp_path: Path) -> None:
+    started = [nodes.start(name, webui=True) for name in ("ann", "ben", "cat")]
+    for node in started:
+        node.wait_until(lambda node=node: sum(p["state"] == "alive" for p in node.call("peer.list")) == 2, what="everyone alive")
+    a, b, c = started
+    source = tmp_path / "minutes.pdf"
+    source.write_bytes(os.urandom(6 * 1024 * 1024 + 12345))
+    page_a = open_page(browser, a, hash="#drive")
+    page_a.fill("#drive-share", "cat")
+    page_a.check("#drive-fewer")  # 6 fragments on 3 nodes: two each
+    page_a.set_input_files("#drive-input", str(source))
+    page_a.wait_for_function("() => document.getElementById('drive-status').textContent.includes('is on the drive')", timeout=60000)
+    row = page_a.locator(".drive-file", has_text="minutes.pdf")
+    row.wait_for(timeout=10000)
+    assert row.get_attribute("data-health") == "full" and row.locator(".fragment[data-alive='1']").count() == 6
+    screenshot(page_a, "drive")
+    # cat was given the file: its page downloads it into cat's downloads folder
+    page_c = open_page(browser, c, hash="#drive")
+    page_c.locator(".drive-file[data-readable='1']", has_text="minutes.pdf").wait_for(timeout=20000)
+    page_c.click(".drive-file[data-readable='1'] .download")
+    page_c.wait_for_selector("#drive-status[data-saved]", timeout=60000)
+    saved = Path(page_c.get_attribute("#drive-status", "data-saved") or "")
+    assert saved.parent == c.home.path / "downloads" and saved.read_bytes() == source.read_bytes()
+    # ben was not: his page lists the file without a name and cannot download it
+    page_b = open_page(browser, b, hash="#drive")
+    page_b.locator(".drive-file").first.wait_for(timeout=20000)
+    assert page_b.locator(".drive-file[data-readable='1']").count() == 0 and page_b.locator(".drive-file .download").count() == 0
+    for page in (page_a, page_b, page_c):
+        page.close()

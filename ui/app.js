@@ -3,16 +3,20 @@ import { NodeApi } from "/api.js";
 import { Calls } from "/calls.js";
 import { Chat } from "/chat.js";
 import { $ } from "/dom.js";
+import { Drive } from "/drive.js";
 import { Files } from "/files.js";
 import { People } from "/people.js";
 import { Mesh } from "/rtc.js";
+import { Uploader } from "/upload.js";
 
 const api = new NodeApi();
 const people = new People(api);
 const mesh = new Mesh(api);
 const chat = new Chat(api, mesh, people);
 const calls = new Calls(api, mesh, people);
-const files = new Files(api, people);
+const uploader = new Uploader(api);
+const files = new Files(api, people, uploader);
+const drive = new Drive(api, people, uploader);
 let status = null;
 let statusAt = 0;
 
@@ -57,13 +61,14 @@ async function refresh() {
   }
 }
 
-// #people, #chat, #chat/NODE_ID, #chat/group/GROUP_ID, #calls, #files, #node
+// #people, #chat, #chat/NODE_ID, #chat/group/GROUP_ID, #calls, #files, #drive, #node
 function route() {
   const [tab, ...rest] = (location.hash.slice(1) || "people").split("/");
-  const known = ["people", "chat", "calls", "files", "node"].includes(tab) ? tab : "people";
+  const known = ["people", "chat", "calls", "files", "drive", "node"].includes(tab) ? tab : "people";
   for (const section of document.querySelectorAll("[data-section]")) section.hidden = section.dataset.section !== known;
   for (const link of document.querySelectorAll("nav a")) link.toggleAttribute("aria-current", link.dataset.tab === known);
   document.querySelector("nav a[aria-current]")?.setAttribute("aria-current", "page");
+  if (known === "drive") drive.refresh();
   if (known === "chat" && rest.length && api.state === "up") {
     chat.open(rest[0] === "group" ? { group: rest[1] } : { peer: rest[0] });
   }
@@ -86,11 +91,13 @@ window.addEventListener("hashchange", route);
 people.start();
 chat.start();
 calls.start();
+uploader.start();
 files.start();
+drive.start();
 mesh.start();
 people.addEventListener("call", (e) => { location.hash = "#calls"; calls.callPeer(e.detail); });
 route();
 setInterval(renderUptime, 1000);
 setInterval(refresh, 5000);
 api.start().catch((err) => { $("connection").textContent = `cannot reach this page's server: ${err.message}`; });
-window.lannode = { api, people, mesh, chat, calls, files }; // for the browser's console, and the tests
+window.lannode = { api, people, mesh, chat, calls, files, drive }; // for the browser's console, and the tests

@@ -2,36 +2,23 @@
 // (upload.begin, then binary messages over the API connection, resumable after a
 // reload), and the node sends them over its encrypted link to the peer's node, which
 // asks the person there to accept. Progress and rate come from the nodes' events.
-import { $, el } from "/dom.js";
+import { $, bytes, el } from "/dom.js";
 
-const CHUNK = 512 * 1024; // under the API's 1 MiB message limit
-const HIGH_WATER = 8 * 1024 * 1024; // bytes the page lets the WebSocket buffer
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function bytes(n) {
-  const units = ["B", "KB", "MB", "GB", "TB"];
-  let i = 0;
-  while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
-  return `${n.toFixed(i && n < 10 ? 1 : 0)} ${units[i]}`;
-}
 
 export class Files {
-  constructor(api, people) {
+  constructor(api, people, uploader) {
     this.api = api;
     this.people = people;
+    this.uploader = uploader;
     this.rows = new Map(); // transfer id -> <li>
-    this.waiters = new Map(); // upload id -> resolve (when the node has the whole file)
   }
 
   start() {
-    this.api.subscribe("transfer.*", "upload.*");
+    this.api.subscribe("transfer.*");
     for (const topic of ["transfer.offered", "transfer.state", "transfer.progress"]) {
       this.api.addEventListener(topic, (e) => this.#render(e.detail));
     }
-    this.api.addEventListener("upload.progress", (e) => {
-      if (e.detail.complete) this.waiters.get(e.detail.upload)?.(e.detail);
-    });
-    this.api.addEventListener("upload.error", (e) => this.#status(`upload refused: ${e.detail.error}`));
+    this.uploader.addEventListener("error", (e) => this.#status(`upload refused: ${e.detail}`));
     this.api.addEventListener("state", (e) => { if (e.detail.state === "up") this.refresh(); });
     this.people.addEventListener("change", () => this.#renderPeers());
     this.people.addEventListener("drop", (e) => { location.hash = "#files"; $("drop-peer").value = e.detail; });
@@ -64,7 +51,7 @@ export class Files {
       let before = 0;
       const started = performance.now();
       for (const file of files) {
-        uploads.push(await this.upload(file, (done) => {
+        uploads.push(await this.uploader.upload(file, (done) => {
           const seconds = (performance.now() - started) / 1000;
           this.#status(`handing ${label} to this node: ${bytes(before + done)} of ${bytes(total)} (${bytes((before + done) / Math.max(seconds, 0.001))}/s)`, before + done, total);
         }));
@@ -76,33 +63,6 @@ export class Files {
     } catch (err) {
       this.#status(`could not send ${label}: ${err.message}`);
     }
-  }
-
-  // Hand one file to this node; resumes where the node's copy ends. The upload id.
-  async upload(file, progress) {
-    const key = `lannode.upload:${file.name}:${file.size}:${file.lastModified}`;
-    const record = await this.api.call("upload.begin", { name: file.name, size: file.size, resume: localStorage.getItem(key) || undefined });
-    localStorage.setItem(key, record.upload);
-    const done = record.complete ? Promise.resolve(record) : new Promise((resolve) => this.waiters.set(record.upload, resolve));
-    const id = Uint8Array.from(record.upload.match(/../g), (h) => parseInt(h, 16));
-    let offset = record.offset;
-    progress(offset);
-    while (offset < file.size) {
-      while (this.api.bufferedAmount > HIGH_WATER) await sleep(4);
-      const piece = new Uint8Array(await file.slice(offset, offset + CHUNK).arrayBuffer());
-      const message = new Uint8Array(24 + piece.length);
-      message.set(id, 0);
-      new DataView(message.buffer).setBigUint64(16, BigInt(offset));
-      message.set(piece, 24);
-      this.api.sendBinary(message);
-      offset += piece.length;
-      progress(offset - this.api.bufferedAmount);
-    }
-    await done;
-    this.waiters.delete(record.upload);
-    localStorage.removeItem(key);
-    progress(file.size);
-    return record.upload;
   }
 
   #render(t) {
