@@ -50,9 +50,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def write_home(path: Path, name: str, port: int) -> Home:
+def write_home(path: Path, name: str, port: int, *, webui: bool = False) -> Home:
     path.mkdir(parents=True)
-    text = render_default(name).replace("[plugins.webui]\nenabled = true", "[plugins.webui]\nenabled = false")
+    text = render_default(name)
+    if not webui:
+        text = text.replace("[plugins.webui]\nenabled = true", "[plugins.webui]\nenabled = false")
     text = text.replace(f"port = {OPTIONS_BY_KEY['gossip.port'].default}", f"port = {port}")
     (path / "config.toml").write_text(text)
     return Home(path)

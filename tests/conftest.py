@@ -248,40 +248,14 @@ def raw_link(key: Any, peer: dict[str, Any]) -> Iterator[tuple[Any, socket.socke
 
 
 # -- browsers ---------------------------------------------------------------------------------
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screens"
-
-
-def playwright_disabled_features() -> list[str]:
-    """The features Playwright disables itself: Chromium honours only the last
-    --disable-features switch, so ours must carry Playwright's list too."""
-    import playwright
-    import re
-
-    bundle = Path(playwright.__file__).parent / "driver" / "package" / "lib" / "coreBundle.js"
-    text = bundle.read_text(errors="replace") if bundle.exists() else ""
-    block = re.search(r"disabledFeatures = \[(.*?)\]", text, re.S)
-    return re.findall(r'"([A-Za-z0-9]+)"', block.group(1)) if block else []
-
-
-def chromium_args() -> list[str]:
-    return [
-        "--no-sandbox",  # the tests run as root
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",  # this machine has no network; don't try
-        "--disable-component-update",
-        "--disable-sync",
-        "--use-fake-device-for-media-stream",  # a test pattern and a beep for camera and microphone
-        "--use-fake-ui-for-media-stream",
-        "--allow-loopback-in-peer-connection",  # ICE candidates on 127.0.0.1: this host has only lo
-        "--disable-features=" + ",".join(["WebRtcHideLocalIpsWithMdns", *playwright_disabled_features()]),
-    ]
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
+
+    from sim.browser import CHROMIUM, chromium_args
 
     assert Path(CHROMIUM).exists(), "chromium is installed by tests/system-deps.sh"
     with sync_playwright() as p:

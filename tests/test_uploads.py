@@ -3,7 +3,10 @@ a page sends can write outside the node's uploads folder or name a path on the m
 
 from __future__ import annotations
 
+import json
 import struct
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ import pytest
 import trio
 
 from lannode.core.api import origin_token
-from lannode.net.api_client import ApiClient, RemoteError, open_client
+from lannode.net.api_client import ApiClient, RemoteError, connect, open_client
 
 from conftest import NodeFactory, RunningNode
 
@@ -98,15 +101,59 @@ def test_a_page_cannot_name_paths_or_write_outside_the_uploads_folder(nodes: Nod
 
     trio.run(as_page, page, hostile)
 
-    async def other_connection(client: ApiClient) -> None:
+    async def someone_else(client: ApiClient) -> None:
         upload = (await client.call("upload.begin", name="mine.txt", size=4))["upload"]
 
-        async def thief(other: ApiClient) -> None:
-            await other.send_binary(piece(upload, 0, b"evil"))
-            assert "another connection" in (await next_event(other, "upload.error"))["error"]
+        async with connect(node.home) as local:  # a local program: not the page that began it
+            await local.subscribe("upload.*")
+            await local.send_binary(piece(upload, 0, b"evil"))
+            assert "someone else" in (await next_event(local, "upload.error"))["error"]
 
-        await as_page(page, thief)
-
-    trio.run(as_page, page, other_connection)
+    trio.run(as_page, page, someone_else)
     assert not (node.home.path.parent / "escape.txt").exists()
     assert node.status()["uploads"]["refused"] >= 3 and node.status()["node_id"]
+
+
+def http(method: str, url: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, dict[str, str], Any]:
+    request = urllib.request.Request(url, data=body if method == "PUT" else None, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            return response.status, dict(response.headers), json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, dict(exc.headers), json.loads(raw) if raw else None
+
+
+def test_a_page_puts_an_upload_over_http_with_its_origin_token_only(nodes: NodeFactory) -> None:
+    node = nodes.start("ann", webui=True)
+    page = page_of(node)
+    url, token, origin = page
+    data = b"x" * 3_000_000
+
+    async def begin(client: ApiClient) -> str:
+        upload: str = (await client.call("upload.begin", name="film.bin", size=len(data)))["upload"]
+        return upload
+
+    upload = trio.run(as_page, page, begin)
+    target = url.replace("ws://", "http://") + f"/uploads/{upload}"
+    # the browser's preflight: answered for the UI's origin only
+    status, headers, _ = http("OPTIONS", target, {"Origin": origin, "Access-Control-Request-Method": "PUT"})
+    assert status == 204 and headers["Access-Control-Allow-Origin"] == origin and "x-lannode-offset" in headers["Access-Control-Allow-Headers"]
+    assert http("OPTIONS", target, {"Origin": "http://evil.example"})[0] == 403
+    # no token, a wrong one, another origin's: refused
+    assert http("PUT", target, {"Origin": origin}, data[:10])[0] == 401
+    assert http("PUT", target, {"Origin": origin, "Authorization": "Bearer nope"}, data[:10])[0] == 401
+    assert http("PUT", target, {"Origin": "http://evil.example", "Authorization": f"Bearer {token}"}, data[:10])[0] == 403
+    # half, then the rest from where the node says it is; a wrong offset or too much is refused
+    auth = {"Origin": origin, "Authorization": f"Bearer {token}"}
+    status, headers, record = http("PUT", target, {**auth, "X-Lannode-Offset": "0"}, data[:1_000_000])
+    assert status == 200 and record["offset"] == 1_000_000 and headers["Access-Control-Allow-Origin"] == origin
+    status, _, refused = http("PUT", target, {**auth, "X-Lannode-Offset": "5"}, data[5:10])
+    assert status == 400 and "1000000" in refused["error"]
+    assert http("PUT", target, {**auth, "X-Lannode-Offset": "1000000"}, data[1_000_000:] + b"extra")[0] == 400
+    status, _, record = http("PUT", target, {**auth, "X-Lannode-Offset": str(record["offset"])}, data[record["offset"]:])
+    assert status == 200 and record["complete"] is True
+    assert http("PUT", url.replace("ws://", "http://") + "/uploads/" + "0" * 32, auth, b"x")[0] == 404
+    assert list((node.home.path / "uploads").glob("*/data/film.bin"))[0].read_bytes() == data
+    assert node.status()["node_id"]

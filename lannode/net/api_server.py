@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import trio
 from lannode.core import api, wsframes
-from lannode.net.websocket import ConnectionClosed, HandshakeError, WebSocket, accept_upgrade, running
+from lannode.net.websocket import ConnectionClosed, HandshakeError, HttpRequest, WebSocket, read_request, running
 
 log = logging.getLogger("lannode.api")
 
@@ -104,6 +104,8 @@ class ApiServer:
         self.methods: dict[str, Method] = {}
         # binary messages (uploads): handled in order on the reading task, which is their backpressure
         self.binary_handler: Callable[[api.Principal, bytes], Awaitable[None]] | None = None
+        # PUT API_PATH/uploads/ID: (caller, upload id, offset, body chunks) -> the upload's record
+        self.http_upload: Callable[[api.Principal, str, int, AsyncIterator[bytes]], Awaitable[Any]] | None = None
         self.port = 0
         self.rejected: Counter[str] = Counter()
         self.bad_messages: Counter[str] = Counter()
@@ -159,7 +161,7 @@ class ApiServer:
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         with trio.move_on_after(HANDSHAKE_TIMEOUT) as handshake:
             try:
-                request = await accept_upgrade(stream)
+                request = await read_request(stream)
             except HandshakeError as exc:
                 self.rejected["handshake"] += 1
                 log.info("API connection refused: %s", exc)
@@ -167,6 +169,9 @@ class ApiServer:
         if handshake.cancelled_caught:
             self.rejected["timeout"] += 1
             await stream.aclose()
+            return
+        if isinstance(request, HttpRequest):
+            await self._plain_http(request)
             return
         decision = api.authorize(
             path=request.path,
@@ -198,6 +203,44 @@ class ApiServer:
                 hook(principal.connection)
             if ws.closed and ws.closed.code == wsframes.MESSAGE_TOO_BIG:
                 self.bad_messages["oversized"] += 1
+
+
+    # -- plain HTTP: uploads from pages (a fetch or XHR body streams much faster than WebSocket messages)
+    async def _plain_http(self, request: HttpRequest) -> None:
+        origin = request.header(b"origin")
+        cors = [(b"Access-Control-Allow-Origin", origin.encode()), (b"Vary", b"Origin")] if origin and origin in self.ui_origins else []
+        route = request.path.split("?", 1)[0]
+        prefix = api.API_PATH + "/uploads/"
+        if not route.startswith(prefix) or self.http_upload is None:
+            self.rejected["404"] += 1
+            await request.respond(404, b'{"error": "not found: this port speaks the lannode API over WebSocket, and takes uploads"}', cors)
+            return
+        if request.method == "OPTIONS":  # the page's CORS preflight
+            if not cors:
+                self.rejected["403"] += 1
+                await request.respond(403, b'{"error": "not this node\'s web UI"}')
+                return
+            allow = [(b"Access-Control-Allow-Methods", b"PUT"), (b"Access-Control-Allow-Headers", b"authorization, content-type, x-lannode-offset"), (b"Access-Control-Max-Age", b"600")]
+            await request.respond(204, b"", cors + allow)
+            return
+        if request.method != "PUT":
+            await request.respond(405, b'{"error": "PUT an upload\'s bytes"}', cors + [(b"Allow", b"PUT, OPTIONS")])
+            return
+        decision = api.authorize(path=api.API_PATH, headers=request.headers, subprotocols=[], token=self.token, ui_origins=self.ui_origins)
+        if isinstance(decision, api.Rejection):
+            self.rejected[str(decision.status)] += 1
+            await request.respond(decision.status, api.encode({"error": decision.reason}).encode(), cors)
+            return
+        try:
+            offset = int(request.header(b"x-lannode-offset") or "0")
+            result = await self.http_upload(decision, route[len(prefix) :], offset, request.body())
+            status, body = 200, api.encode(result)
+        except api.ApiError as exc:
+            self.bad_messages[exc.code] += 1
+            status, body = {api.ErrorCode.NOT_FOUND: 404, api.ErrorCode.FORBIDDEN: 403}.get(exc.code, 400), api.encode({"error": exc.message, "code": exc.code})
+        except (ValueError, HandshakeError) as exc:
+            status, body = 400, api.encode({"error": str(exc)})
+        await request.respond(status, body.encode(), cors)
 
 
 class _Connection:

@@ -36,6 +36,7 @@ from lannode.core.wsframes import FrameCodec, ProtocolError
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 READ_SIZE = 65536
+BODY_READ_SIZE = 1 << 20  # an upload's body: big reads, few wake-ups
 HIGH_WATER = 1 << 20  # queued bytes beyond which ``send`` waits for the writer
 MAX_HEAD = 16384  # bytes of an upgrade request or response head
 CLOSE_TIMEOUT = 1.0  # how long a closing end waits to flush its close frame
@@ -266,9 +267,60 @@ class UpgradeRequest:
         await _http_answer(self._http, self.stream, status, body)
 
 
+@dataclass
+class HttpRequest:
+    """A plain HTTP request on a WebSocket endpoint (the API's uploads and their CORS preflight)."""
+
+    stream: trio.abc.Stream
+    method: str
+    path: str
+    headers: list[tuple[bytes, bytes]]
+    _http: h11.Connection
+
+    def header(self, name: bytes) -> str | None:
+        return next((v.decode("latin-1") for k, v in self.headers if k == name), None)
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The request body as it arrives (h11 enforces its Content-Length)."""
+        while True:
+            event = self._http.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    data = bytes(await self.stream.receive_some(BODY_READ_SIZE))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                self._http.receive_data(data)
+                continue
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return
+            else:
+                raise HandshakeError("the request body ended early")
+
+    async def respond(self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None, content_type: bytes = b"application/json") -> None:
+        out = [(b"Content-Type", content_type), (b"Content-Length", str(len(body)).encode()), (b"Connection", b"close"), *(headers or [])]
+        try:
+            data = (self._http.send(h11.Response(status_code=status, headers=out)) or b"") + (self._http.send(h11.Data(data=body)) or b"") + (self._http.send(h11.EndOfMessage()) or b"")
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            pass
+        finally:
+            await self.stream.aclose()
+
+
 async def accept_upgrade(stream: trio.abc.Stream) -> UpgradeRequest:
     """Read an HTTP request from ``stream``; a valid WebSocket upgrade is returned for the
     caller to accept or reject, anything else is answered (400, 426) and raises HandshakeError."""
+    request = await read_request(stream, plain=False)
+    assert isinstance(request, UpgradeRequest)
+    return request
+
+
+async def read_request(stream: trio.abc.Stream, *, plain: bool = True) -> UpgradeRequest | HttpRequest:
+    """Read an HTTP request: a valid WebSocket upgrade, or (with ``plain``) a request that
+    asks for no upgrade at all, for the caller to answer. Anything else is answered with
+    400 or 426 and raises HandshakeError."""
     http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
     try:
         request = await _next_of(http, stream, h11.Request)
@@ -284,6 +336,8 @@ async def accept_upgrade(stream: trio.abc.Stream) -> UpgradeRequest:
     def tokens(name: bytes) -> list[str]:
         return [t.strip().lower() for v in fields.get(name, []) for t in v.decode("latin-1").split(",") if t.strip()]
 
+    if plain and b"upgrade" not in fields:
+        return HttpRequest(stream, request.method.decode("latin-1"), request.target.decode("latin-1"), headers, http)
     problem = None
     if request.method != b"GET":
         problem = "a WebSocket upgrade must be a GET"

@@ -45,7 +45,7 @@ def create_app(ctx: PluginContext, root: Path | None = None) -> Flask:
     api = urlsplit(ctx.api_url)
     csp = (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-        f"media-src 'self' blob:; connect-src 'self' ws://{api.netloc}; frame-ancestors 'none'; base-uri 'none'"
+        f"media-src 'self' blob:; connect-src 'self' ws://{api.netloc} http://{api.netloc}; frame-ancestors 'none'; base-uri 'none'"
     )
 
     @app.before_request
