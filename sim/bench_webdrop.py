@@ -7,10 +7,10 @@
   to node A over its API connection, node A offers it to node B over the encrypted
   link, page B accepts (a click), node B stores it. Timed from the pick to page B
   showing the transfer done; then checked byte for byte on B's disk.
-* **reference**: two RTCPeerConnections in one page of the same Chromium, one ordered
-  data channel, the same number of bytes in 256 KiB messages with bufferedAmount
-  backpressure (the fallback path's own recipe); timed from the first send to the
-  last byte received.
+* **reference**: two pages of the same Chromium, an RTCPeerConnection each, one
+  ordered data channel between them, the same number of bytes in 256 KiB messages
+  with bufferedAmount backpressure (the fallback path's own recipe); timed from the
+  first send to the last byte received (wall clock in both pages).
 
 Each round runs both, taking turns going first. Goal (issue 7): lannode >= 4 x the
 data channel. Nothing leaves 127.0.0.1.
@@ -37,33 +37,55 @@ from sim.browser import CHROMIUM, chromium_args
 
 GOAL = 4.0
 
-DATA_CHANNEL = """async (total) => {
-  const a = new RTCPeerConnection(), b = new RTCPeerConnection();
-  a.onicecandidate = (e) => e.candidate && b.addIceCandidate(e.candidate);
-  b.onicecandidate = (e) => e.candidate && a.addIceCandidate(e.candidate);
-  const send = a.createDataChannel("bench", { ordered: true });
-  const received = new Promise((resolve) => {
-    b.ondatachannel = (e) => {
-      let got = 0;
-      e.channel.binaryType = "arraybuffer";
-      e.channel.onmessage = (m) => { got += m.data.byteLength; if (got >= total) resolve(performance.now()); };
-    };
-  });
-  await a.setLocalDescription(); await b.setRemoteDescription(a.localDescription);
-  await b.setLocalDescription(); await a.setRemoteDescription(b.localDescription);
-  await new Promise((resolve) => { send.onopen = resolve; });
+OFFER = """async () => {
+  window.pc = new RTCPeerConnection();
+  window.channel = pc.createDataChannel("bench", { ordered: true });
+  channel.binaryType = "arraybuffer";
+  await pc.setLocalDescription();
+  await new Promise((r) => { if (pc.iceGatheringState === "complete") r(); else pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && r(); });
+  return pc.localDescription.toJSON();
+}"""
+
+ANSWER = """async ([offer, total]) => {
+  window.pc = new RTCPeerConnection();
+  window.doneAt = null;
+  pc.ondatachannel = (e) => {
+    let got = 0;
+    e.channel.binaryType = "arraybuffer";
+    e.channel.onmessage = (m) => { got += m.data.byteLength; if (got >= total) window.doneAt = Date.now(); };
+  };
+  await pc.setRemoteDescription(offer);
+  await pc.setLocalDescription();
+  await new Promise((r) => { if (pc.iceGatheringState === "complete") r(); else pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && r(); });
+  return pc.localDescription.toJSON();
+}"""
+
+SEND = """async ([answer, total]) => {
+  await pc.setRemoteDescription(answer);
+  if (channel.readyState !== "open") await new Promise((r) => { channel.onopen = r; });
   const chunk = new Uint8Array(256 * 1024);
   crypto.getRandomValues(chunk.subarray(0, 65536));
-  send.bufferedAmountLowThreshold = 2 * 1024 * 1024;
-  const start = performance.now();
+  channel.bufferedAmountLowThreshold = 2 * 1024 * 1024;
+  const start = Date.now();
   for (let sent = 0; sent < total; sent += chunk.length) {
-    if (send.bufferedAmount > 8 * 1024 * 1024) await new Promise((r) => { send.onbufferedamountlow = r; });
-    send.send(chunk.subarray(0, Math.min(chunk.length, total - sent)));
+    if (channel.bufferedAmount > 8 * 1024 * 1024) await new Promise((r) => { channel.onbufferedamountlow = r; });
+    channel.send(chunk.subarray(0, Math.min(chunk.length, total - sent)));
   }
-  const end = await received;
-  a.close(); b.close();
-  return (end - start) / 1000;
+  return start;
 }"""
+
+
+def data_channel_round(sender: Any, receiver: Any, total: int) -> float:
+    """Chromium's own data channel between two pages (two renderer processes), the
+    offer and answer handed over by this script: seconds for ``total`` bytes."""
+    offer = sender.evaluate(OFFER)
+    answer = receiver.evaluate(ANSWER, [offer, total])
+    started = float(sender.evaluate(SEND, [answer, total]))
+    receiver.wait_for_function("() => window.doneAt !== null", timeout=600000, polling=50)
+    done = float(receiver.evaluate("() => window.doneAt"))
+    sender.evaluate("() => pc.close()")
+    receiver.evaluate("() => pc.close()")
+    return (done - started) / 1000
 
 
 def start_node(root: Path, name: str, port: int) -> tuple[Home, subprocess.Popen[bytes]]:
@@ -96,8 +118,10 @@ def lannode_round(page_a: Any, page_b: Any, source: Path, received: Path, n: int
     start = time.perf_counter()
     page_a.set_input_files("#file-input", str(source))
     page_b.click(".transfer[data-direction=in][data-state=pending] .accept", timeout=120000)
+    accepted = time.perf_counter() - start
     page_b.wait_for_selector(".transfer[data-direction=in][data-state=done]", timeout=600000)
     seconds = time.perf_counter() - start
+    print(f"    (offered and accepted after {accepted:.2f} s: the page's upload and the offer's hashing; then {seconds - accepted:.2f} s on the link)", flush=True)
     if received.stat().st_size != source.stat().st_size or not same(received, source):
         raise RuntimeError(f"round {n}: the received file differs from the source")
     return seconds
@@ -147,7 +171,7 @@ def main() -> int:
                 page.wait_for_selector("#connection[data-state=up]", timeout=15000)
             page_a.wait_for_function(f"() => [...document.querySelectorAll('#drop-peer option')].some(o => o.value === '{b_id}')", timeout=15000)
             page_a.select_option("#drop-peer", b_id)
-            reference = browser.new_page()
+            reference = browser.new_page(), browser.new_page()
             for n in range(args.rounds):
                 order = ["lannode", "data channel"] if n % 2 == 0 else ["data channel", "lannode"]
                 for method in order:
@@ -155,7 +179,7 @@ def main() -> int:
                     if method == "lannode":
                         seconds = lannode_round(page_a, page_b, source, received, n)
                     else:
-                        seconds = float(reference.evaluate(DATA_CHANNEL, size))
+                        seconds = data_channel_round(reference[0], reference[1], size)
                     results[method].append(seconds)
                     print(f"round {n + 1}: {method:12s} {size / seconds / 1e6:7.1f} MB/s  ({seconds:.2f} s)", flush=True)
             browser.close()

@@ -250,3 +250,29 @@ def test_a_file_put_on_the_drive_in_one_page_downloads_byte_identical_in_another
     assert page_b.locator(".drive-file[data-readable='1']").count() == 0 and page_b.locator(".drive-file .download").count() == 0
     for page in (page_a, page_b, page_c):
         page.close()
+
+
+def test_a_file_sent_page_to_page_over_a_data_channel_saves_byte_identical(nodes: NodeFactory, browser: Browser, tmp_path: Path) -> None:
+    a, b = pair(nodes)
+    ben_id = b.status()["node_id"]
+    source = tmp_path / "sketch.png"
+    source.write_bytes(os.urandom(3 * 1024 * 1024 + 999))  # not a multiple of the chunk
+    page_a, page_b = open_page(browser, a, hash="#files"), open_page(browser, b, hash="#files")
+    page_a.wait_for_function(f"() => [...document.querySelectorAll('#drop-peer option')].some(o => o.value === '{ben_id}')", timeout=15000)
+    page_a.select_option("#drop-peer", ben_id)
+    page_a.select_option("#drop-path", "direct")
+    page_a.set_input_files("#file-input", str(source))
+    page_b.wait_for_selector(".transfer[data-path=direct][data-state=pending] .accept", timeout=30000)
+    assert "page to page" in page_b.text_content(".transfer[data-path=direct]")  # type: ignore[operator]
+    page_b.click(".transfer[data-path=direct] .accept")
+    page_b.wait_for_selector(".transfer[data-path=direct][data-state=done] a.save", timeout=60000)
+    with page_b.expect_download() as download:
+        page_b.click(".transfer[data-path=direct] a.save")
+    saved = tmp_path / "saved.png"
+    download.value.save_as(saved)
+    assert download.value.suggested_filename == "sketch.png" and saved.read_bytes() == source.read_bytes()
+    page_a.wait_for_function("() => document.getElementById('drop-status').textContent.includes('sent page to page')", timeout=10000)
+    screenshot(page_b, "file-page-to-page")
+    assert b.status()["uploads"]["bytes"] == 0 and a.status()["uploads"]["bytes"] == 0  # the nodes never saw it
+    page_a.close()
+    page_b.close()

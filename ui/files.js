@@ -1,15 +1,18 @@
 // File drop: pick or drag files onto a peer. The page hands each file to its own node
-// (upload.begin, then binary messages over the API connection, resumable after a
-// reload), and the node sends them over its encrypted link to the peer's node, which
-// asks the person there to accept. Progress and rate come from the nodes' events.
+// (upload.js: resumable, also after a reload), and the node sends them over its
+// encrypted link to the peer's node, which asks the person there to accept. Progress
+// and rate come from the nodes' events. When the nodes cannot carry it, or the person
+// picks "page to page", the file goes over a data channel instead (directdrop.js).
+import { directRow } from "/directdrop.js";
 import { $, bytes, el } from "/dom.js";
 
 
 export class Files {
-  constructor(api, people, uploader) {
+  constructor(api, people, uploader, direct) {
     this.api = api;
     this.people = people;
     this.uploader = uploader;
+    this.direct = direct;
     this.rows = new Map(); // transfer id -> <li>
   }
 
@@ -24,6 +27,27 @@ export class Files {
     this.people.addEventListener("drop", (e) => { location.hash = "#files"; $("drop-peer").value = e.detail; });
     $("file-input").addEventListener("change", (e) => this.send([...e.target.files]).finally(() => { e.target.value = ""; }));
     $("folder-input").addEventListener("change", (e) => this.send([...e.target.files]).finally(() => { e.target.value = ""; }));
+    this.direct.addEventListener("offer", (e) => {
+      const row = directRow(e.detail, this.direct, (node) => this.people.name(node));
+      this.rows.set(e.detail.id, row);
+      $("transfers").prepend(row);
+    });
+    this.direct.addEventListener("progress", (e) => {
+      const row = this.rows.get(e.detail.id);
+      if (!row) return;
+      row.dataset.state = "active";
+      const pct = Math.floor((100 * e.detail.got) / Math.max(e.detail.size, 1));
+      row.replaceChildren(row.querySelector("strong"), el("progress", { max: "100", value: String(pct) }),
+        el("span", { class: "detail", text: `active · ${bytes(e.detail.got)} of ${bytes(e.detail.size)} · ${bytes(e.detail.rate)}/s` }));
+    });
+    this.direct.addEventListener("done", (e) => {
+      const row = this.rows.get(e.detail.id);
+      if (!row) return;
+      row.dataset.state = "done";
+      row.replaceChildren(row.querySelector("strong"), el("span", { class: "detail", text: `done · ${bytes(e.detail.size)} · ` }),
+        el("a", { href: e.detail.url, download: e.detail.name, class: "button save", text: `Save ${e.detail.name}` }));
+    });
+    this.direct.addEventListener("failed", (e) => this.#status(`a page-to-page file failed: ${e.detail.why}`));
     const zone = $("drop-zone");
     zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.dataset.over = "1"; });
     zone.addEventListener("dragleave", () => { delete zone.dataset.over; });
@@ -45,6 +69,7 @@ export class Files {
     if (!files.length) return;
     if (!peer) return this.#status("pick whom to send to first");
     const label = files.length === 1 ? files[0].name : `${files.length} files`;
+    if ($("drop-path").value === "direct") return this.#sendDirect(peer, files, label, "");
     try {
       const uploads = [];
       const total = files.reduce((n, f) => n + f.size, 0);
@@ -60,6 +85,20 @@ export class Files {
       const t = await this.api.call("transfer.send", { peer, uploads });
       this.#render(t);
       this.#status(`offered ${label} to ${this.people.name(peer)}; waiting for them to accept`);
+    } catch (err) {
+      // the nodes cannot carry it: try page to page
+      await this.#sendDirect(peer, files, label, `the nodes could not take it (${err.message}); `);
+    }
+  }
+
+  async #sendDirect(peer, files, label, why) {
+    try {
+      for (const file of files) {
+        this.#status(`${why}offering ${file.name} to ${this.people.name(peer)}'s page…`);
+        await this.direct.send(peer, file, (done, total, rate) =>
+          this.#status(`${file.name} page to page: ${bytes(done)} of ${bytes(total)} (${bytes(rate)}/s)`, done, total));
+      }
+      this.#status(`${label} sent page to page`);
     } catch (err) {
       this.#status(`could not send ${label}: ${err.message}`);
     }
