@@ -4,6 +4,7 @@ test-artifacts/screens/."""
 
 from __future__ import annotations
 
+import filecmp
 import os
 import time
 from pathlib import Path
@@ -274,5 +275,62 @@ def test_a_file_sent_page_to_page_over_a_data_channel_saves_byte_identical(nodes
     page_a.wait_for_function("() => document.getElementById('drop-status').textContent.includes('sent page to page')", timeout=10000)
     screenshot(page_b, "file-page-to-page")
     assert b.status()["uploads"]["bytes"] == 0 and a.status()["uploads"]["bytes"] == 0  # the nodes never saw it
+    page_a.close()
+    page_b.close()
+
+
+def test_a_group_made_in_one_page_chats_with_the_other_and_unread_counts_show(nodes: NodeFactory, browser: Browser) -> None:
+    a, b = pair(nodes)
+    ben_id = b.status()["node_id"]
+    page_a, page_b = open_page(browser, a, hash="#chat"), open_page(browser, b, hash="#people")
+    page_a.wait_for_selector(f'#group-members input[value="{ben_id}"]', state="attached", timeout=15000)
+    page_a.click(".new-group summary")
+    page_a.fill("#group-name", "garden")
+    page_a.check(f'#group-members input[value="{ben_id}"]')
+    page_a.click("#group-form button[type=submit]")
+    page_a.wait_for_selector("#conversation-name:has-text('# garden')", timeout=15000)
+    assert page_a.get_attribute("#conversation-path", "data-path") == "relay" and "group" in page_a.text_content("#conversation-path")  # type: ignore[operator]
+    for i in range(3):
+        type_message(page_a, f"tomatoes {i}")
+    # ben, on another tab of his page, sees the group with 3 unread
+    page_b.wait_for_selector("#unread-total:not([hidden])", timeout=20000)
+    page_b.wait_for_function("() => document.getElementById('unread-total').textContent === '3'", timeout=20000)
+    page_b.click('nav a[data-tab="chat"]')
+    page_b.click("#conversations button:has-text('garden')")
+    for i in range(3):
+        message_in(page_b, f"tomatoes {i}")
+    page_b.wait_for_selector("#unread-total[hidden]", state="attached", timeout=10000)  # read now
+    type_message(page_b, "and basil")
+    message_in(page_a, "and basil")
+    screenshot(page_a, "chat-group")
+    page_a.click('nav a[data-tab="node"]')
+    page_a.wait_for_selector("#plugins tr")
+    screenshot(page_a, "node")
+    page_a.close()
+    page_b.close()
+
+
+def test_a_page_reloaded_mid_upload_resumes_where_its_node_stopped(nodes: NodeFactory, browser: Browser, tmp_path: Path) -> None:
+    a, b = pair(nodes)
+    ben_id = b.status()["node_id"]
+    source = tmp_path / "backup.tar"
+    with open(source, "wb") as f:
+        for _ in range(300):
+            f.write(os.urandom(1 << 20))
+    size = source.stat().st_size
+    page_a, page_b = open_page(browser, a, hash="#files"), open_page(browser, b, hash="#files")
+    for _ in range(2):  # the second time, after the reload
+        page_a.wait_for_function(f"() => [...document.querySelectorAll('#drop-peer option')].some(o => o.value === '{ben_id}')", timeout=15000)
+        page_a.select_option("#drop-peer", ben_id)
+        page_a.set_input_files("#file-input", str(source))
+        if _ == 0:
+            had = a.wait_until(lambda: a.status()["uploads"]["bytes"] >= 20 << 20 and a.status()["uploads"]["bytes"], what="part of the upload", timeout=60)
+            page_a.reload()
+            page_a.wait_for_selector("#connection[data-state=up]", timeout=15000)
+            assert had < size, "the upload finished before the reload; nothing to resume"
+    page_b.click(".transfer[data-direction=in][data-state=pending] .accept", timeout=120000)
+    page_b.wait_for_selector(".transfer[data-direction=in][data-state=done]", timeout=120000)
+    assert filecmp.cmp(b.home.path / "downloads" / "backup.tar", source, shallow=False)
+    assert a.status()["uploads"]["bytes"] == size, "every byte was handed to the node once, not twice"
     page_a.close()
     page_b.close()

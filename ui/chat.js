@@ -86,8 +86,8 @@ export class Chat {
       this.#markRead();
     }
     this.refresh();
+    this.#showPath();
     if (this.current.peer) {
-      this.#showPath();
       if (!this.mesh.openSessionsWith(this.current.peer).length) this.mesh.connect(this.current.peer).then(() => this.#showPath());
     }
   }
