@@ -17,7 +17,7 @@ import trio
 
 from lannode.core import api
 from lannode.home import Home, resolve
-from lannode.net.websocket import ConnectionClosed, HandshakeError, Rejected, WebSocket, open_websocket, running
+from lannode.net.websocket import ConnectionClosed, HandshakeError, Rejected, WebSocket, background, open_websocket, running
 from lannode.net.websocket import collapse_single_group as collapse_single_group  # the CLI's, too
 
 MAX_REPLY_BYTES = 64 << 20  # the largest reply or event the client takes (a long chat.log, a big drive.ls)
@@ -143,13 +143,8 @@ async def open_client(
             if not isinstance(hello, dict):
                 raise HandshakeError(f"no hello from the node within {CONNECT_TIMEOUT:g} s")
             client = ApiClient(ws, hello.get("data", {}))
-            with collapse_single_group():
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(client._read)
-                    try:
-                        yield client
-                    finally:
-                        nursery.cancel_scope.cancel()
+            async with background(client._read):
+                yield client
     except Rejected as exc:
         raise ApiRejected(exc.status, exc.body.decode(errors="replace")) from None
 

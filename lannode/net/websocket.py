@@ -25,7 +25,7 @@ import os
 from collections import deque
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 from urllib.parse import urlsplit
 
 import h11
@@ -218,22 +218,31 @@ def collapse_single_group() -> Iterator[None]:
 
 
 @asynccontextmanager
+async def background(task: Callable[[], Awaitable[object]]) -> AsyncIterator[None]:
+    """Run ``task`` for the duration of the block, cancelled after it. What the block
+    raises comes out as itself, not wrapped in an ExceptionGroup."""
+    with collapse_single_group():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(task)
+            try:
+                yield
+            finally:
+                nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
 async def running(ws: WebSocket) -> AsyncIterator[WebSocket]:
     """Run ``ws``'s writer for the block; on the way out, close it (1000 unless it is
-    closed already), flush for at most CLOSE_TIMEOUT, and close the stream. What the
-    block raises comes out as itself, not wrapped in an ExceptionGroup."""
+    closed already), flush for at most CLOSE_TIMEOUT, and close the stream."""
     try:
-        with collapse_single_group():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(ws.write_loop)
-                try:
-                    yield ws
-                finally:
-                    ws.close()
-                    with trio.CancelScope(shield=True) as scope:
-                        scope.deadline = trio.current_time() + CLOSE_TIMEOUT
-                        await ws._writer_done.wait()
-                    nursery.cancel_scope.cancel()
+        async with background(ws.write_loop):
+            try:
+                yield ws
+            finally:
+                ws.close()
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+                    await ws._writer_done.wait()
     finally:
         with trio.CancelScope(shield=True):
             await ws.stream.aclose()
