@@ -5,6 +5,7 @@ test-artifacts/screens/."""
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import time
 from pathlib import Path
@@ -166,6 +167,15 @@ def test_a_call_between_two_pages_carries_video_both_ways(nodes: NodeFactory, br
     assert "ann is calling" in page_b.text_content("#incoming")  # type: ignore[operator]
     page_b.click("#accept-call")
     assert len(wait_decoding(page_a, 1)) == 1 and len(wait_decoding(page_b, 1)) == 1
+    # an ICE restart (what a page does when its connection fails) renegotiates and the video goes on
+    ufrag = "() => [...window.lannode.mesh.sessions.values()].map((s) => s.pc.localDescription.sdp.match(/a=ice-ufrag:(\\S+)/)[1])"
+    before_ufrags, before = page_a.evaluate(ufrag), wait_decoding(page_b, 1)
+    page_a.evaluate("() => { for (const s of window.lannode.mesh.sessions.values()) s.pc.restartIce(); }")
+    old_ufrags = json.dumps(",".join(before_ufrags))
+    page_a.wait_for_function(f"() => ({ufrag})().join() !== {old_ufrags}", timeout=15000)
+    page_b.wait_for_timeout(1500)
+    after = page_b.evaluate("() => window.lannode.calls.stats()")
+    assert all(after[front] > frames for front, frames in before.items()), (before, after)
     page_a.click("#call-mute")
     assert page_a.get_attribute("#call-mute", "aria-pressed") == "true"
     screenshot(page_a, "call-caller")
