@@ -71,6 +71,7 @@ def test_two_pages_see_each_other_and_chat_over_a_data_channel_then_through_the_
     # ann opens the conversation from the people list; her page finds ben's and opens a data channel
     page_b.goto(ui_url(b) + f"#chat/{ann_id}")
     page_b.wait_for_selector("#connection[data-state=up]")
+    page_b.wait_for_function("() => document.documentElement.dataset.front", timeout=10000)
     page_a.click(f'.peer[data-node="{ben_id}"] .chat-with')
     page_a.wait_for_selector("#conversation-path[data-path=direct]", timeout=20000)
     type_message(page_a, "hello over the data channel")

@@ -5,6 +5,7 @@
 import { $, el, time } from "/dom.js";
 
 const PAGE = 50;
+const RETRY_DIRECT_MS = 5000;
 
 export class Chat {
   constructor(api, mesh, people) {
@@ -40,6 +41,14 @@ export class Chat {
       if (names) this.#groupOp("group.invite", { members: names.split(",").map((s) => s.trim()).filter(Boolean) });
     });
     document.addEventListener("visibilitychange", () => this.#markRead());
+    // While a 1:1 conversation is open without a data channel, look for the peer's page
+    // now and then: they may open it after us.
+    setInterval(() => {
+      const peer = this.current?.peer;
+      if (peer && this.people.peers.get(peer)?.state === "alive" && !this.mesh.sessionsWith(peer).some((s) => s.state === "open" || s.state === "connecting")) {
+        this.mesh.connect(peer).then(() => this.#showPath());
+      }
+    }, RETRY_DIRECT_MS);
   }
 
   async refresh() {
