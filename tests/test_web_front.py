@@ -177,6 +177,15 @@ def test_a_call_between_two_pages_carries_video_both_ways(nodes: NodeFactory, br
     page_b.wait_for_timeout(1500)
     after = page_b.evaluate("() => window.lannode.calls.stats()")
     assert all(after[front] > frames for front, frames in before.items()), (before, after)
+    # screen share: ann's 16:9 screen replaces her 4:3 camera in ben's tile, and back
+    aspect = "(ratio) => { const v = document.querySelector('#tiles .tile:not(.local) video'); return v && v.videoHeight && Math.abs(v.videoWidth / v.videoHeight - ratio) < 0.05; }"
+    page_b.wait_for_function(aspect, arg=4 / 3, timeout=15000)
+    page_a.click("#call-screen")
+    page_b.wait_for_function(aspect, arg=16 / 9, timeout=20000)
+    assert page_a.text_content("#call-screen") == "Stop sharing"
+    screenshot(page_b, "call-screen-share")
+    page_a.click("#call-screen")
+    page_b.wait_for_function(aspect, arg=4 / 3, timeout=20000)
     page_a.click("#call-mute")
     assert page_a.get_attribute("#call-mute", "aria-pressed") == "true"
     screenshot(page_a, "call-caller")
@@ -345,3 +354,21 @@ def test_a_page_reloaded_mid_upload_resumes_where_its_node_stopped(nodes: NodeFa
     assert a.status()["uploads"]["bytes"] == size, "every byte was handed to the node once, not twice"
     page_a.close()
     page_b.close()
+
+
+def test_a_seventh_person_is_told_the_room_is_full(nodes: NodeFactory, browser: Browser) -> None:
+    names = ["ann", "ben", "cat", "dan", "eve", "fay", "gus"]
+    started = [nodes.start(name, webui=name == "gus") for name in names]
+    gus = started[-1]
+    gus.wait_until(lambda: sum(p["state"] == "alive" for p in gus.call("peer.list")) == 6, what="everyone alive at gus", timeout=40)
+    for node in started[:6]:  # six people are in the room already (their pages need not be open)
+        node.call("room.join", room="all-hands")
+    gus.wait_until(lambda: len(gus.call("room.members", room="all-hands")["members"]) == 6, what="the room's members at gus")
+    page = open_page(browser, gus, hash="#calls")
+    page.fill("#room-name", "all-hands")
+    page.click("#room-form button[type=submit]")
+    page.wait_for_function("() => document.getElementById('call-status').textContent.includes('full')", timeout=10000)
+    assert "at most 6" in page.text_content("#call-status") and page.is_hidden("#call")  # type: ignore[operator]
+    assert len(gus.call("room.members", room="all-hands")["members"]) == 6
+    screenshot(page, "room-full")
+    page.close()

@@ -71,6 +71,7 @@ export class Calls {
       return false;
     }
     this.call = { ...call, stream, fronts: new Set() };
+    if (location.hash !== "#calls") location.hash = "#calls"; // the call's tiles and controls
     const local = $("local-video");
     local.srcObject = stream;
     $("call").hidden = false;
