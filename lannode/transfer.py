@@ -89,6 +89,17 @@ def scan(paths: list[Path]) -> tuple[list[SourceFile], list[str]]:
     return files, skipped
 
 
+def _named_sources(named: list[tuple[Path, str]]) -> list[SourceFile]:
+    files = []
+    for path, name in named:
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise TransferError(f"cannot read {path}: {exc.strerror}") from None
+        files.append(SourceFile(path, name, st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode)))
+    return files
+
+
 def _walk(directory: str, name: str, files: list[SourceFile], skipped: list[str]) -> None:
     """A folder's regular files in name order, depth first; one lstat per file (scandir)."""
     try:
@@ -454,12 +465,18 @@ class TransferService:
             return False
 
     # -- sending -----------------------------------------------------------------------------------
-    async def send(self, peer_text: str, paths: list[str]) -> tuple[Transfer, list[str]]:
+    async def send(self, peer_text: str, paths: list[str], *, named: list[tuple[Path, str]] | None = None) -> tuple[Transfer, list[str]]:
+        """Offer files and folders at ``paths``, or files at paths under the names to offer
+        them by (``named``: uploads, whose folder structure the page gave)."""
         member = self.peers.resolve(peer_text)
         if member.node_id == self.me:
             raise api.ApiError(api.ErrorCode.BAD_PARAMS, "that is this node; send to a peer")
         try:
-            files, skipped = await trio.to_thread.run_sync(scan, [Path(p) for p in paths])
+            skipped: list[str] = []
+            if named is not None:
+                files = await trio.to_thread.run_sync(_named_sources, named)
+            else:
+                files, skipped = await trio.to_thread.run_sync(scan, [Path(p) for p in paths])
             offer = await trio.to_thread.run_sync(make_offer, new_transfer_id(), files)
         except TransferError as exc:
             raise api.ApiError(api.ErrorCode.BAD_PARAMS, str(exc)) from None
@@ -857,7 +874,11 @@ class TransferService:
                 ids = require(params, "uploads", list)
                 if not ids or not all(isinstance(i, str) for i in ids) or self.uploads is None:
                     raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"uploads" is a list of upload ids')
-                paths = [str(self.uploads.complete_path(i)) for i in ids]
+                named = [(self.uploads.complete_path(i), self.uploads.uploads[i].name) for i in ids]
+                if len({name for _, name in named}) < len(named):
+                    raise api.ApiError(api.ErrorCode.BAD_PARAMS, "two uploads have the same name; a transfer offers each name once")
+                t, skipped = await self.send(peer, [], named=named)
+                return {**t.record(), "skipped": skipped}
             else:
                 if not caller.is_local:
                     raise api.ApiError(api.ErrorCode.FORBIDDEN, "a web page sends files it uploaded (\"uploads\"), not paths on this machine")

@@ -92,7 +92,7 @@ class UploadService:
         for meta in self.root.glob("*/upload.json"):
             try:
                 info = json.loads(meta.read_text())
-                path = meta.parent / "data" / info["name"]
+                path = meta.parent / "data" / str(info["name"]).rsplit("/", 1)[-1]
                 self.uploads[info["id"]] = Upload(info["id"], info["name"], int(info["size"]), path, path.stat().st_size if path.exists() else 0, str(info.get("owner", "")))
             except (OSError, ValueError, KeyError, TypeError):
                 log.warning("ignoring a broken upload in %s", meta.parent)
@@ -111,11 +111,9 @@ class UploadService:
     # -- the API ---------------------------------------------------------------------------------
     async def begin(self, name: str, size: int, owner: str, resume: str | None) -> Upload:
         try:
-            clean = safe_relative_path(name)
+            clean = safe_relative_path(name)  # "folder/sub/file.txt" keeps its folders, for file drop
         except UnsafeName as exc:
             raise UploadError(f"not a file name this node will write: {exc}") from None
-        if "/" in clean:
-            clean = clean.rsplit("/", 1)[1]
         if not 0 <= size <= MAX_UPLOAD:
             raise UploadError(f"a size from 0 to {MAX_UPLOAD} bytes")
         old = self.uploads.get(resume or "")
@@ -123,7 +121,7 @@ class UploadService:
             return old
         upload_id = secrets.token_hex(16)
         folder = self.root / upload_id
-        path = folder / "data" / clean
+        path = folder / "data" / clean.rsplit("/", 1)[-1]  # on disk by its own name; offered by the whole one
 
         def create() -> None:
             (folder / "data").mkdir(parents=True, mode=0o700)

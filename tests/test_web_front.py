@@ -372,3 +372,23 @@ def test_a_seventh_person_is_told_the_room_is_full(nodes: NodeFactory, browser: 
     assert len(gus.call("room.members", room="all-hands")["members"]) == 6
     screenshot(page, "room-full")
     page.close()
+
+
+def test_a_folder_picked_in_the_page_arrives_with_its_structure(nodes: NodeFactory, browser: Browser, tmp_path: Path) -> None:
+    a, b = pair(nodes)
+    ben_id = b.status()["node_id"]
+    trip = tmp_path / "trip"
+    files = {"notes.txt": b"day one", "photos/a.jpg": os.urandom(200_000), "maps/a.jpg": os.urandom(100_000)}  # two a.jpg
+    for name, data in files.items():
+        (trip / name).parent.mkdir(parents=True, exist_ok=True)
+        (trip / name).write_bytes(data)
+    page_a, page_b = open_page(browser, a, hash="#files"), open_page(browser, b, hash="#files")
+    page_a.wait_for_function(f"() => [...document.querySelectorAll('#drop-peer option')].some(o => o.value === '{ben_id}')", timeout=15000)
+    page_a.select_option("#drop-peer", ben_id)
+    page_a.set_input_files("#folder-input", str(trip))
+    page_b.click(".transfer[data-direction=in][data-state=pending] .accept", timeout=30000)
+    page_b.wait_for_selector(".transfer[data-direction=in][data-state=done]", timeout=30000)
+    for name, data in files.items():
+        assert (b.home.path / "downloads" / "trip" / name).read_bytes() == data, name
+    page_a.close()
+    page_b.close()

@@ -16,8 +16,9 @@ export class Uploader extends EventTarget {
 
   // The upload id, once the node has all of ``file``; progress(bytes the node has or will have).
   async upload(file, progress = () => {}) {
-    const key = `lannode.upload:${file.name}:${file.size}:${file.lastModified}`;
-    const record = await this.api.call("upload.begin", { name: file.name, size: file.size, resume: localStorage.getItem(key) || undefined });
+    const name = file.webkitRelativePath || file.name; // a picked folder's files keep their place in it
+    const key = `lannode.upload:${name}:${file.size}:${file.lastModified}`;
+    const record = await this.api.call("upload.begin", { name, size: file.size, resume: localStorage.getItem(key) || undefined });
     localStorage.setItem(key, record.upload);
     let offset = record.offset;
     progress(offset);
