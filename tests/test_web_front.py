@@ -392,3 +392,44 @@ def test_a_folder_picked_in_the_page_arrives_with_its_structure(nodes: NodeFacto
         assert (b.home.path / "downloads" / "trip" / name).read_bytes() == data, name
     page_a.close()
     page_b.close()
+
+
+def test_the_smaller_actions_paging_decline_drag_and_drop_share_and_delete(nodes: NodeFactory, browser: Browser, tmp_path: Path) -> None:
+    a, b = pair(nodes)
+    ben_id = b.status()["node_id"]
+    page_a, page_b = open_page(browser, a), open_page(browser, b, hash="#files")
+    for page in (page_a, page_b):
+        page.on("dialog", lambda dialog: dialog.accept("ben") if dialog.type == "prompt" else dialog.accept())
+    # history pages: 60 messages, 50 shown, the rest on asking
+    b.call("chat.send", peer="ann", texts=[f"line {i}" for i in range(60)])
+    a.wait_until(lambda: len(a.call("chat.log", peer="ben", limit=100)) == 60, what="60 messages at ann")
+    page_a.goto(ui_url(a) + f"#chat/{ben_id}")
+    page_a.wait_for_selector("#messages .message >> text=line 59", timeout=15000)
+    assert page_a.locator("#messages .message").count() == 50
+    page_a.click("#older")
+    page_a.wait_for_function("() => document.querySelectorAll('#messages .message').length === 60", timeout=10000)
+    assert page_a.locator("#messages .message .text").first.text_content() == "line 0"
+    # a file dragged onto the drop zone; ben declines it
+    page_a.goto(ui_url(a) + "#files")
+    page_a.wait_for_function(f"() => [...document.querySelectorAll('#drop-peer option')].some(o => o.value === '{ben_id}')", timeout=15000)
+    page_a.select_option("#drop-peer", ben_id)
+    drag = page_a.evaluate_handle("() => { const d = new DataTransfer(); d.items.add(new File(['not wanted'], 'spam.txt')); return d; }")
+    page_a.dispatch_event("#drop-zone", "drop", {"dataTransfer": drag})
+    page_b.click(".transfer[data-direction=in][data-state=pending] .decline", timeout=30000)
+    page_a.wait_for_selector(".transfer[data-direction=out][data-state=declined]", timeout=15000)
+    assert not (b.home.path / "downloads" / "spam.txt").exists()
+    # the drive: put without sharing, share with ben (a prompt), then delete (a confirm)
+    source = tmp_path / "plan.txt"
+    source.write_bytes(b"the plan" * 1000)
+    page_a.goto(ui_url(a) + "#drive")
+    page_a.check("#drive-fewer")
+    page_a.set_input_files("#drive-input", str(source))
+    page_a.locator(".drive-file[data-readable='1']", has_text="plan.txt").wait_for(timeout=30000)
+    file_id = page_a.get_attribute(".drive-file[data-readable='1']", "data-id")
+    assert not next(f for f in b.call("drive.ls") if f["id"] == file_id)["readable"]
+    page_a.click(".drive-file[data-readable='1'] .share")
+    b.wait_until(lambda: next(f for f in b.call("drive.ls") if f["id"] == file_id)["readable"], what="the share at ben")
+    page_a.click(".drive-file[data-readable='1'] .remove")
+    b.wait_until(lambda: all(f["id"] != file_id for f in b.call("drive.ls")), what="the file gone at ben")
+    page_a.close()
+    page_b.close()
