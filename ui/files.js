@@ -119,6 +119,7 @@ export class Files {
       el("strong", { text: t.direction === "out" ? `${what} → ${who}` : `${what} from ${who}` }),
       el("progress", { max: "100", value: String(pct), "aria-label": `${what}: ${pct}%` }),
       el("span", { class: "detail", text: `${t.state}${t.reason ? ` (${t.reason})` : ""} · ${bytes(t.bytes)} of ${bytes(t.total)}${t.rate && t.state === "active" ? ` · ${bytes(t.rate)}/s` : ""}${t.eta ? ` · ${Math.ceil(t.eta)} s left` : ""}` }),
+      t.current && t.files > 1 ? el("span", { class: "detail current", text: `file ${t.current.index + 1} of ${t.files}: ${t.current.name}, ${bytes(t.current.bytes)} of ${bytes(t.current.size)}` }) : null,
     ];
     if (t.direction === "in" && t.state === "pending") {
       children.push(
@@ -128,7 +129,7 @@ export class Files {
     } else if (["offered", "pending", "active", "waiting"].includes(t.state)) {
       children.push(el("button", { type: "button", class: "cancel", onclick: () => this.api.call("transfer.cancel", { id: t.id }).catch((err) => this.#status(err.message)), text: "Cancel" }));
     }
-    row.replaceChildren(...children);
+    row.replaceChildren(...children.filter(Boolean));
     if (t.direction === "out" && ["done", "declined", "failed", "cancelled"].includes(t.state)) this.#status(`${what} → ${who}: ${t.state}${t.reason ? ` (${t.reason})` : ""}`);
   }
 
