@@ -433,6 +433,11 @@ class TransferService:
         log.info("transfer %s (%s %s): %s%s", t.id[:8], "to" if t.direction == "out" else "from", t.peer_name or t.peer, state, f": {reason}" if reason else "")
         self.bus.publish("transfer.state", t.record())
 
+    def sending(self, path: Path) -> bool:
+        """Whether a transfer still to finish sends the file at ``path`` (an upload's, say)."""
+        name = str(path.absolute())
+        return any(t.direction == "out" and t.state not in TERMINAL and any(source[0] == name for source in t.sources) for t in self.transfers.values())
+
     def statistics(self) -> dict[str, Any]:
         states: dict[str, int] = {}
         for t in self.transfers.values():

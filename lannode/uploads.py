@@ -17,7 +17,7 @@ mid-upload resumes where the node's copy ends. The bytes come either
 
 Bytes are written in order. It never writes outside ``HOME/uploads``, never past the
 size declared at begin, only for the owner that began it (the page's origin, or
-local programs), and one writer at a time. Uploads untouched for a day are removed.
+local programs), and one writer at a time. Uploads untouched for a day are removed, unless a transfer still sends them.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import trio
 
@@ -76,6 +76,7 @@ class UploadService:
     def __init__(self, home_path: Path, bus: EventBus) -> None:
         self.root = home_path / "uploads"
         self.bus = bus
+        self.in_use: Callable[[Path], bool] = lambda path: False  # a transfer still sends it: keep it however old
         self.uploads: dict[str, Upload] = {}
         self.refused = 0
         self.bytes = 0
@@ -97,9 +98,11 @@ class UploadService:
             except (OSError, ValueError, KeyError, TypeError):
                 log.warning("ignoring a broken upload in %s", meta.parent)
 
-    def _remove_stale(self) -> None:
-        now = time.time()
+    def _remove_stale(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
         for upload in list(self.uploads.values()):
+            if self.in_use(upload.path):
+                continue
             try:
                 age = now - upload.path.stat().st_mtime
             except OSError:

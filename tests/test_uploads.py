@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,6 +16,8 @@ import trio
 
 from lannode.core.api import origin_token
 from lannode.net.api_client import ApiClient, RemoteError, connect, open_client
+from lannode.net.api_server import EventBus
+from lannode.uploads import Upload, UploadService
 
 from conftest import NodeFactory, RunningNode
 
@@ -157,3 +160,17 @@ def test_a_page_puts_an_upload_over_http_with_its_origin_token_only(nodes: NodeF
     assert http("PUT", url.replace("ws://", "http://") + "/uploads/" + "0" * 32, auth, b"x")[0] == 404
     assert list((node.home.path / "uploads").glob("*/data/film.bin"))[0].read_bytes() == data
     assert node.status()["node_id"]
+
+
+def test_a_stale_upload_is_removed_unless_a_transfer_still_sends_it(tmp_path: Path) -> None:
+    service = UploadService(tmp_path, EventBus())
+    service.root.mkdir()
+
+    async def begin_two() -> tuple[Upload, Upload]:
+        return await service.begin("kept.txt", 1, "", None), await service.begin("old.txt", 1, "", None)
+
+    kept, old = trio.run(begin_two)
+    service.in_use = lambda path: path == kept.path
+    service._remove_stale(now=time.time() + 2 * 86400)
+    assert kept.id in service.uploads and kept.path.exists()
+    assert old.id not in service.uploads and not (service.root / old.id).exists()
