@@ -21,6 +21,7 @@ data channel. Nothing leaves 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import filecmp
 import os
 import shutil
 import signal
@@ -129,19 +130,9 @@ def lannode_round(page_a: Any, page_b: Any, source: Path, received: Path, n: int
     page_b.wait_for_selector(".transfer[data-direction=in][data-state=done]", timeout=600000)
     seconds = time.perf_counter() - start
     print(f"    (page B saw the offer after {accepted:.2f} s: the page's upload and the offer's hashing; then {seconds - accepted:.2f} s to done)", flush=True)
-    if received.stat().st_size != source.stat().st_size or not same(received, source):
+    if not filecmp.cmp(received, source, shallow=False):
         raise RuntimeError(f"round {n}: the received file differs from the source")
     return seconds
-
-
-def same(a: Path, b: Path) -> bool:
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            x, y = fa.read(1 << 22), fb.read(1 << 22)
-            if x != y:
-                return False
-            if not x:
-                return True
 
 
 def main() -> int:

@@ -93,7 +93,6 @@ window.addEventListener("hashchange", route);
 people.start();
 chat.start();
 calls.start();
-uploader.start();
 direct.start();
 files.start();
 drive.start();

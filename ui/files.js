@@ -21,7 +21,6 @@ export class Files {
     for (const topic of ["transfer.offered", "transfer.state", "transfer.progress"]) {
       this.api.addEventListener(topic, (e) => this.#render(e.detail));
     }
-    this.uploader.addEventListener("error", (e) => this.#status(`upload refused: ${e.detail}`));
     this.api.addEventListener("state", (e) => { if (e.detail.state === "up") this.refresh(); });
     this.people.addEventListener("change", () => this.#renderPeers());
     this.people.addEventListener("drop", (e) => { location.hash = "#files"; $("drop-peer").value = e.detail; });

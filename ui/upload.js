@@ -6,13 +6,10 @@
 const ATTEMPTS = 5;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-export class Uploader extends EventTarget {
+export class Uploader {
   constructor(api) {
-    super();
     this.api = api;
   }
-
-  start() {}
 
   // The upload id, once the node has all of ``file``; progress(bytes the node has or will have).
   async upload(file, progress = () => {}) {
