@@ -277,6 +277,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if args.action == "send":
         if not args.peer or args.text is None:
             return fail("chat send takes PEER|#GROUP TEXT", EXIT_USAGE)
+        if args.direct:
+            if args.peer.startswith("#"):
+                return fail("--direct is for a 1:1 message; a group's messages go through the nodes", EXIT_USAGE)
+            return _chat_direct(home, args)
         message = call(home, "chat.send", **_target(args.peer), text=args.text)
         if args.json:
             print(json.dumps(message, indent=2, ensure_ascii=False))
@@ -297,6 +301,32 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 _print_message(m, False)
         return EXIT_OK
     return _chat_watch(home, args.json)
+
+
+def _chat_direct(home: Any, args: argparse.Namespace) -> int:
+    """chat send --direct: over a WebRTC data channel to the peer's page, and the link as ever."""
+    import trio
+
+    from lannode.calls.participant import open_participant, send_direct
+    from lannode.net.api_client import collapse_single_group, connect
+
+    result: dict[str, Any] = {}
+
+    async def run() -> None:
+        async with connect(home) as client:
+            async with open_participant(client, source=None, on_status=lambda topic, data: None) as participant:
+                result.update(await send_direct(participant, args.peer, args.text))
+
+    with collapse_single_group():
+        trio.run(run)
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    elif result["path"] == "direct":
+        delivered = "; the peer's node has it" if result.get("delivered_at") else ""
+        print(f"sent {result['id']} over a data channel to the peer's page{delivered}")
+    else:
+        print(f"sent {result['id']} through the link ({result.get('why_not_direct', 'no page open')}); it stays in the outbox until the peer has it")
+    return EXIT_OK
 
 
 def _chat_watch(home: Any, as_json: bool) -> int:
@@ -371,6 +401,93 @@ def cmd_group(args: argparse.Namespace) -> int:
 
 
 # -- lab ----------------------------------------------------------------------
+# -- call ---------------------------------------------------------------------
+def cmd_call(args: argparse.Namespace) -> int:
+    import signal
+    from pathlib import Path
+
+    import trio
+
+    from lannode.calls.participant import CallError, CallSummary, call_peer, check_record_path, join_room, open_participant
+    from lannode.net.api_client import collapse_single_group, connect
+
+    room = args.room or (args.target[1:] if args.target and args.target.startswith("#") else None)
+    if room is None and not args.target:
+        return fail("call takes PEER, #ROOM or --room ROOM", EXIT_USAGE)
+    if args.room and args.target:
+        return fail("call takes PEER or --room ROOM, not both", EXIT_USAGE)
+    if args.duration is not None and args.duration <= 0:
+        return fail("--duration is a number of seconds above 0", EXIT_USAGE)
+    source = f"play:{os.path.abspath(args.play)}" if args.play else f"camera:{args.camera}" if args.camera else "test-pattern"
+    record = Path(os.path.abspath(args.record)) if args.record else None
+    try:
+        if record is not None:
+            check_record_path(record)
+        if args.play and not os.path.isfile(args.play):
+            raise CallError(f"{args.play}: no such file to play")
+    except CallError as exc:
+        return fail(str(exc), EXIT_USAGE)
+    home = _home(args)
+    summary: list[CallSummary] = []
+    failure: list[str] = []
+
+    def show(topic: str, data: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps({"event": topic, "data": data}), flush=True)
+        elif topic == "call.ringing":
+            print(f"ringing {data['name']} ({data['pages']} page{'s' if data['pages'] != 1 else ''})…", flush=True)
+        elif topic == "call.accepted":
+            print(f"{data['name']} answered; Ctrl-C hangs up", flush=True)
+        elif topic == "room.joined":
+            print(f"in room {data['room']} ({data['members']} with you); Ctrl-C leaves", flush=True)
+        elif topic == "room.member":
+            print(f"{data['name']} {data['state']}", flush=True)
+        elif topic == "call.progress" and sys.stdout.isatty():
+            received = sum(c.get("video", 0) for c in data["frames_received"].values())
+            print(f"\r{_duration(data['seconds'])}: {data['frames_sent'].get('video', 0)} video frames sent, {received} received", end="", flush=True)
+
+    async def run() -> None:
+        async with connect(home) as client:
+            async with open_participant(client, source=source, on_status=show) as participant:
+                async def hang_up_on_interrupt() -> None:
+                    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                        async for _ in signals:
+                            participant.hang_up()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(hang_up_on_interrupt)
+                    try:
+                        if room is not None:
+                            summary.append(await join_room(participant, room, duration=args.duration, record=record))
+                        else:
+                            summary.append(await call_peer(participant, args.target, duration=args.duration, record=record, ring_timeout=args.ring))
+                    except CallError as exc:
+                        failure.append(str(exc))
+                    nursery.cancel_scope.cancel()
+            if summary:
+                summary[0].recordings = participant.recorded
+
+    with collapse_single_group():
+        trio.run(run)
+    if failure:
+        return fail(failure[0])
+    result = summary[0]
+    if args.json:
+        print(json.dumps({"event": "call.summary", "data": result.json()}), flush=True)
+    else:
+        if sys.stdout.isatty():
+            print()
+        what = f"room {result.target}" if room is not None else f"call with {result.target}"
+        if result.outcome == "ended":
+            received = ", ".join(f"{name}: {result.frames_received.get(front, {}).get('video', 0)}" for front, name in result.participants.items()) or "none"
+            print(f"{what} ended after {_duration(result.seconds)} ({result.reason}); video frames sent {result.frames_sent.get('video', 0)}, received {received}")
+            for path in result.recordings:
+                print(f"recorded {path}")
+        else:
+            print(f"lannode: {what}: {result.outcome}{': ' + result.reason if result.reason else ''}", file=sys.stderr)
+    return EXIT_OK if result.outcome == "ended" else EXIT_FAIL
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     from lannode.lab import run_lab
 
@@ -790,12 +907,25 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("text", nargs="?", help="send: the message")
     chat.add_argument("--limit", type=int, default=50, help="log: how many of the latest messages (default 50, at most 500)")
     chat.add_argument("--search", help="log: only messages containing this text")
+    chat.add_argument("--direct", action="store_true", help="send: also carry it over a WebRTC data channel to the peer's open page (aiortc)")
     chat.set_defaults(func=cmd_chat)
 
     group = sub.add_parser("group", parents=[common], help="group conversations: create, invite, remove, rename, leave, ls, info")
     group.add_argument("action", choices=list(GROUP_USAGE), help="; ".join(u for _, _, u in GROUP_USAGE.values()))
     group.add_argument("words", nargs="*", metavar="ARG", help="GROUP is a group's name or id prefix; PEER a peer's name or id prefix")
     group.set_defaults(func=cmd_group)
+
+    call = sub.add_parser("call", parents=[common], help="join a call from this machine (aiortc): ring a peer's page, or join a meeting room")
+    call.add_argument("target", nargs="?", metavar="PEER|#ROOM", help="a peer's name or id prefix (its open pages ring), or #ROOM")
+    call.add_argument("--room", help="a meeting room's name (the same as #ROOM)")
+    source = call.add_mutually_exclusive_group()
+    source.add_argument("--test-pattern", action="store_true", help="send moving colour bars and a beep (the default)")
+    source.add_argument("--play", metavar="FILE", help="send a media file, looped")
+    source.add_argument("--camera", metavar="DEVICE", help="send a V4L2 camera such as /dev/video0")
+    call.add_argument("--record", metavar="OUT", help="record what arrives to OUT.webm (VP8 + Opus) or OUT.mp4 (H.264 + AAC); in a room one file per person, OUT-NAME-FRONT.webm")
+    call.add_argument("--duration", type=float, metavar="S", help="leave after S seconds (default: when the other side hangs up, or Ctrl-C)")
+    call.add_argument("--ring", type=float, default=45.0, metavar="S", help="how long to ring before giving up (default 45)")
+    call.set_defaults(func=cmd_call)
 
     send = sub.add_parser("send", parents=[common], help="send files and folders to a peer (it accepts, or trusts you)")
     send.add_argument("items", nargs="+", metavar="PATH... PEER", help="files and folders (a folder keeps its structure), then the peer")

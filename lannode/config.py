@@ -154,10 +154,27 @@ OPTIONS_BY_KEY: dict[str, Option] = {option.dotted: option for option in OPTIONS
 # Defaults of the plugins the package ships; a plugin's table may hold more keys.
 PLUGIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "webui": {"enabled": True, "port": 7480},
+    "answer": {"enabled": False, "peers": [], "source": "test-pattern", "record": ""},
 }
 PLUGIN_HELP: dict[str, str] = {
     "webui": "The web UI on 127.0.0.1:port (a free port if that one is taken).",
+    "answer": (
+        "Answer calls by itself (an intercom, a baby monitor): calls from these peers (names or node-id\n"
+        "# prefixes), once verified with `lannode trust`, are accepted with source: \"test-pattern\",\n"
+        "# \"play:FILE\" or \"camera:DEVICE\"; record: a folder for recordings (empty: none)."
+    ),
 }
+
+
+def check_answer_table(table: dict[str, Any]) -> str | None:
+    """What is wrong with an [plugins.answer] table (lannode/calls/answer.py), if anything."""
+    peers = table.get("peers", [])
+    if not isinstance(peers, list) or not all(isinstance(p, str) and p for p in peers):
+        return "peers is a list of names or node-id prefixes"
+    source = table.get("source", "test-pattern")
+    if not isinstance(source, str) or not (source == "test-pattern" or (source.startswith(("play:", "camera:")) and source.split(":", 1)[1])):
+        return 'source is "test-pattern", "play:FILE" or "camera:DEVICE"'
+    return None
 
 
 @dataclass(slots=True)
@@ -251,6 +268,9 @@ def parse(path: Path, text: str) -> Config:
                 _expect_type(path, f"{key}.{sub}", value, merged[sub])
         if name in PLUGIN_DEFAULTS and "port" in table and (problem := _port(table["port"])):
             raise ConfigError(path, f"{key}.port", f"{problem}, got {table['port']!r}")
+        if name == "answer":
+            if problem := check_answer_table(table):
+                raise ConfigError(path, key, problem)
         merged.update(table)
         config.plugins[name] = merged
     return config

@@ -98,9 +98,25 @@ class NetLab:
     def address(self, host: int) -> str:
         return f"{SUBNET}.{host}"
 
-    def start(self, host: int) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("start", host=host)
+    def start(self, host: int, *, webui: bool = False, config: str = "") -> dict[str, Any]:
+        """Start host's daemon; ``webui`` keeps its web UI plugin on, ``config`` is appended
+        to its config on first start."""
+        result: dict[str, Any] = self.request("start", host=host, webui=webui, config=config)
         return result
+
+    def enter(self, host: int) -> list[str]:
+        """A command prefix that runs a program inside a host (its network only: files,
+        processes and the caller's own pipes stay as they are): ``[*lab.enter(2), "chromium"]``.
+        It joins the namespaces of the host's running daemon."""
+        pid = self.request("pid", host=host)
+        return ["nsenter", f"--target={pid}", "--user", "--net"]
+
+    def wrapper(self, host: int, program: str, path: Path) -> Path:
+        """An executable file that runs ``program`` inside a host, for tools that take a path
+        (Playwright's ``executable_path``)."""
+        path.write_text("#!/bin/sh\nexec " + " ".join(self.enter(host)) + f" {program} \"$@\"\n")
+        path.chmod(0o755)
+        return path
 
     def start_all(self) -> None:
         for host in range(1, self.hosts + 1):
@@ -327,7 +343,13 @@ class Controller:
         for i in range(1, self.hosts + 1):
             sh("ip", "netns", "exec", f"h{i}", "nft", "flush", "chain", "inet", "lab", "partition")
 
-    def op_start(self, host: int) -> dict[str, Any]:
+    def op_pid(self, host: int) -> int:
+        process = self.processes.get(host)
+        if process is None or process.poll() is not None:
+            raise LabError(f"h{host} is not running")
+        return process.pid  # ip netns exec execs the daemon: this is the daemon itself
+
+    def op_start(self, host: int, webui: bool = False, config: str = "") -> dict[str, Any]:
         from lannode.config import render_default
 
         old = self.processes.get(host)
@@ -336,8 +358,10 @@ class Controller:
         home = self.home(host)
         home.path.mkdir(parents=True, exist_ok=True)
         if not home.config_path.exists():
-            text = render_default(f"h{host}").replace("[plugins.webui]\nenabled = true", "[plugins.webui]\nenabled = false")
-            home.config_path.write_text(text + self.config)
+            text = render_default(f"h{host}")
+            if not webui:
+                text = text.replace("[plugins.webui]\nenabled = true", "[plugins.webui]\nenabled = false")
+            home.config_path.write_text(text + self.config + config)
         notify_path = home.path / "notify.sock"
         notify_path.unlink(missing_ok=True)
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
