@@ -425,6 +425,8 @@ def cmd_call(args: argparse.Namespace) -> int:
             check_record_path(record)
         if args.play and not os.path.isfile(args.play):
             raise CallError(f"{args.play}: no such file to play")
+        if args.camera and not os.path.exists(args.camera):
+            raise CallError(f"{args.camera}: no such camera device")
     except CallError as exc:
         return fail(str(exc), EXIT_USAGE)
     home = _home(args)
@@ -448,22 +450,27 @@ def cmd_call(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         async with connect(home) as client:
-            async with open_participant(client, source=source, on_status=show) as participant:
-                async def hang_up_on_interrupt() -> None:
-                    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                        async for _ in signals:
-                            participant.hang_up()
+            try:
+                async with open_participant(client, source=source, on_status=show) as participant:
 
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(hang_up_on_interrupt)
-                    try:
-                        if room is not None:
-                            summary.append(await join_room(participant, room, duration=args.duration, record=record))
-                        else:
-                            summary.append(await call_peer(participant, args.target, duration=args.duration, record=record, ring_timeout=args.ring))
-                    except CallError as exc:
-                        failure.append(str(exc))
-                    nursery.cancel_scope.cancel()
+                    async def hang_up_on_interrupt() -> None:
+                        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                            async for _ in signals:
+                                participant.hang_up()
+
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(hang_up_on_interrupt)
+                        try:
+                            if room is not None:
+                                summary.append(await join_room(participant, room, duration=args.duration, record=record))
+                            else:
+                                summary.append(await call_peer(participant, args.target, duration=args.duration, record=record, ring_timeout=args.ring))
+                        except CallError as exc:
+                            failure.append(str(exc))
+                        nursery.cancel_scope.cancel()
+            except CallError as exc:  # the source would not open
+                failure.append(str(exc))
+                return
             if summary:
                 summary[0].recordings = participant.recorded
 

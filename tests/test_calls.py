@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
@@ -155,6 +157,92 @@ def test_a_page_takes_a_call_from_lannode_call_and_each_side_gets_the_others_vid
     page.close()
 
 
+REMOTE_COLOUR = """() => {
+  const video = document.querySelector('#tiles .tile:not(.local) video');
+  if (!video || !video.videoWidth) return null;
+  const canvas = document.createElement('canvas');
+  canvas.width = 64; canvas.height = 48;
+  const g = canvas.getContext('2d');
+  g.drawImage(video, 0, 0, 64, 48);
+  const d = g.getImageData(0, 0, 64, 48).data;
+  const sum = [0, 0, 0];
+  for (let i = 0; i < d.length; i += 4) { sum[0] += d[i]; sum[1] += d[i + 1]; sum[2] += d[i + 2]; }
+  return sum.map((v) => v / (d.length / 4));
+}"""
+
+
+def make_clip(path: Path, seconds: int = 3) -> None:
+    """A short blue clip with a tone, to play into a call."""
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libvpx", rate=30)
+        video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
+        audio = out.add_stream("libopus", rate=48000)
+        picture = np.zeros((240, 320, 3), dtype=np.uint8)
+        picture[:, :, 2] = 220  # blue
+        for i in range(seconds * 30):
+            picture[:, (i * 4) % 320, :] = 255  # a white line that moves
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts = i
+            for packet in video.encode(frame):
+                out.mux(packet)
+        for i in range(seconds * 50):
+            t = (np.arange(960) + i * 960) / 48000
+            tone = (np.sin(2 * np.pi * 330 * t) * 6000).astype(np.int16).reshape(1, -1)
+            sound = av.AudioFrame.from_ndarray(tone, format="s16", layout="mono")
+            sound.sample_rate, sound.pts = 48000, i * 960
+            for packet in audio.encode(sound):
+                out.mux(packet)
+        for stream in (video, audio):
+            for packet in stream.encode(None):
+                out.mux(packet)
+
+
+def ring_and_accept(world: World, page: Page, *args: str) -> subprocess.Popen[str]:
+    call = world.lannode(1, "call", "h2", *args, "--json")
+    page.wait_for_selector("#incoming:not([hidden]) #accept-call", timeout=30000)
+    page.click("#accept-call")
+    wait_decoding(page, 1)
+    return call
+
+
+def test_declining_hanging_up_and_ctrl_c_each_end_the_call_as_they_should(world: World) -> None:
+    page = world.page(2)
+    # declined on the page: the command says so and fails
+    call = world.lannode(1, "call", "h2", "--ring", "20")
+    page.wait_for_selector("#incoming:not([hidden]) #decline-call", timeout=30000)
+    page.click("#decline-call")
+    code, out, err = finish(call)
+    assert code == 1 and "declined" in err, (out, err)
+    # the page hangs up on a call that plays a file and records to MP4
+    clip, recording = world.directory / "clip.webm", world.directory / "answer.mp4"
+    make_clip(clip)
+    call = ring_and_accept(world, page, "--play", str(clip), "--record", str(recording))
+    page.wait_for_function(f"() => {{ const c = ({REMOTE_COLOUR})(); return c && c[2] > c[0] + 80 && c[2] > c[1] + 80; }}", timeout=15000)  # the page shows the blue clip
+    page.wait_for_timeout(2000)
+    page.click("#call-leave")
+    code, out, err = finish(call)
+    assert code == 0, err
+    summary = summary_of(out)
+    assert summary["reason"] == "h2 hung up"
+    held = probe(recording)
+    assert held["codec"] == "h264" and held["audio"] == 1 and held["frames"] > 0 and chromium_green(held["rgb"]), held
+    # Ctrl-C at the node: it leaves cleanly, the page hears it hang up, the recording is whole
+    call = ring_and_accept(world, page, "--record", str(world.directory / "interrupted.webm"))
+    page.wait_for_timeout(1500)
+    call.send_signal(signal.SIGINT)
+    code, out, err = finish(call)
+    assert code == 0, err
+    assert summary_of(out)["reason"] == "hung up here"
+    page.wait_for_selector("#call", state="hidden", timeout=10000)
+    assert "hung up" in page.text_content("#call-status")  # type: ignore[operator]
+    assert probe(world.directory / "interrupted.webm")["frames"] > 0
+    # bad input is refused before anything starts
+    for args, message in ((("--camera", "/dev/no-such-camera"), "no such camera"), (("--play", "/no/such.webm"), "no such file"), (("--record", str(world.directory / "x.avi")), "record to")):
+        code, out, err = finish(world.lannode(1, "call", "h2", *args))
+        assert code == 2 and message in err, (args, err)
+    page.close()
+
+
 def test_the_node_joins_a_room_with_two_pages_and_every_page_decodes_it(world: World) -> None:
     pages = [world.page(host, "#calls") for host in (2, 3)]
     for page in pages:
@@ -191,6 +279,17 @@ def call_from_page(world: World, page: Page, host: int) -> None:
 
 def test_answer_mode_picks_up_a_listed_verified_peer_and_declines_everyone_else(world: World) -> None:
     page2, page3 = world.page(2), world.page(3)
+    # hostile signaling from a page to the answering front: refused, and the plugin goes on
+    (front,) = [f for f in world.lab.call(1, "rtc.fronts")["fronts"]]
+    hostile = [
+        ("offer", {"type": "offer", "sdp": "v=0\r\nthis is not SDP"}),
+        ("offer", "not even an object"),
+        ("candidate", {"candidate": "candidate:garbage", "sdpMid": "0"}),
+        ("answer", {"type": "answer", "sdp": "v=0"}),
+        ("offer", {"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"}),
+    ]
+    for kind, data in hostile:
+        page2.evaluate("([peer, kind, data, front]) => window.lannode.api.call('rtc.signal', {peer, kind, data, to_front: front}).catch(() => null)", [world.ids[1], kind, data, front])
     # h2 is listed but not verified yet: declined with the reason
     call_from_page(world, page2, 1)
     page2.wait_for_function("() => document.querySelector('#call-status').textContent.includes('declined')", timeout=30000)

@@ -18,13 +18,16 @@ export class Calls {
     this.call = null; // {id, room?, peer?, stream, fronts: Set of remote fronts in the call, screen?}
     this.invites = new Map(); // call id -> {node, front}
     this.tiles = new Map(); // remote front -> <figure>
+    this.early = new Map(); // remote front -> a stream that arrived before its tile (a caller that offers media with the ring)
   }
 
   start() {
     this.mesh.addEventListener("message", (e) => this.#onMessage(e.detail));
     this.mesh.addEventListener("track", (e) => this.#onTrack(e.detail));
     this.mesh.addEventListener("session", (e) => {
-      if (e.detail.state === "closed" && this.call) this.#dropTile(e.detail.front);
+      if (e.detail.state !== "closed") return;
+      this.early.delete(e.detail.front);
+      if (this.call) this.#dropTile(e.detail.front);
     });
     $("room-form").addEventListener("submit", (e) => { e.preventDefault(); this.joinRoom($("room-name").value.trim()); });
     $("call-mute").addEventListener("click", () => this.#toggle("audio", "call-mute", "Unmute", "Mute"));
@@ -187,10 +190,13 @@ export class Calls {
   }
 
   #onTrack({ session, track, streams }) {
+    const stream = streams[0] || new MediaStream([track]);
     const tile = this.tiles.get(session.front) || (this.call ? this.#tile(session.front, session.node) : null);
-    if (!tile) return;
-    const video = tile.querySelector("video");
-    video.srcObject = streams[0] || new MediaStream([track]);
+    if (!tile) {
+      this.early.set(session.front, stream); // shown if the call is accepted
+      return;
+    }
+    tile.querySelector("video").srcObject = stream;
   }
 
   // -- during a call --------------------------------------------------------------------------
@@ -271,6 +277,8 @@ export class Calls {
         el("figcaption", { text: this.people.name(node) }));
       this.tiles.set(front, tile);
       $("tiles").append(tile);
+      const early = this.early.get(front);
+      if (early) tile.querySelector("video").srcObject = early;
     }
     return tile;
   }
@@ -278,6 +286,7 @@ export class Calls {
   #dropTile(front) {
     this.tiles.get(front)?.remove();
     this.tiles.delete(front);
+    this.early.delete(front);
   }
 
   #status(text) { $("call-status").textContent = text; }

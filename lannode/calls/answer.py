@@ -43,6 +43,11 @@ def main() -> int:
     if problem := check_answer_table(ctx.config):
         print(f"lannode-answer: [plugins.answer] {problem}", file=sys.stderr)
         return 2
+    source = ctx.config.get("source", "test-pattern")
+    kind, _, target = source.partition(":")
+    if (kind == "play" and not Path(target).is_file()) or (kind == "camera" and not Path(target).exists()):
+        print(f"lannode-answer: [plugins.answer] source: {target} does not exist", file=sys.stderr)
+        return 2
     record = Path(ctx.config["record"]) if ctx.config.get("record") else None
     if record is not None:
         record.mkdir(parents=True, exist_ok=True)

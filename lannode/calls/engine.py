@@ -36,6 +36,7 @@ from lannode.calls.events import ChannelMessage, ChannelOpen, SessionClosed, Sig
 log = logging.getLogger("lannode.calls")
 
 MAX_MESSAGE_BYTES = 256 * 1024
+MAX_SESSIONS = 32  # peer connections at once: each holds sockets and a DTLS context
 PREFERRED = {"video": ("video/VP8", "video/rtx"), "audio": ("audio/opus",)}  # what Chromium and aiortc share reliably
 
 
@@ -54,10 +55,11 @@ class Sink(Protocol):
 
 
 class Session:
-    def __init__(self, engine: "Engine", node: str, front: str) -> None:
+    def __init__(self, engine: "Engine", node: str, front: str, media_lines: bool = False) -> None:
         self.engine = engine
         self.node = node
         self.front = front
+        self.media_lines = media_lines  # offer audio and video from the start (this node calls)
         self.media = False  # send this node's tracks (in a call with this front)
         self.making_offer = False
         self.ignore_offer = False
@@ -99,12 +101,21 @@ class Session:
             if pc is self.pc and pc.connectionState in ("failed", "closed") and not self.closed:
                 await self.engine.close(self.front, tell=False, reason=pc.connectionState)
 
+        if self.media_lines:
+            # audio and video lines from the first offer, sending nothing until the call is
+            # accepted (then the tracks go in without another negotiation)
+            for kind in ("audio", "video"):
+                transceiver = pc.addTransceiver(kind, direction="sendrecv")
+                codecs = [c for c in RTCRtpSender.getCapabilities(kind).codecs if c.mimeType in PREFERRED[kind]]
+                transceiver.setCodecPreferences(codecs)
         if self.media:
             self._add_tracks(pc)
         return pc
 
     def _add_tracks(self, pc: RTCPeerConnection) -> None:
-        """Send this node's tracks: into the transceivers a page offered, or new ones."""
+        """Send this node's tracks: into this side's transceivers or those a page offered
+        (aiortc's addTrack fills a transceiver of the kind that has no track), else new ones
+        that the page's next offer takes up."""
         source = self.engine.source
         if source is None:
             return
@@ -114,10 +125,6 @@ class Session:
                 track.stop()
                 continue
             pc.addTrack(track)
-        for transceiver in pc.getTransceivers():
-            if transceiver.kind in PREFERRED and transceiver.currentDirection is None:
-                codecs = [c for c in RTCRtpSender.getCapabilities(transceiver.kind).codecs if c.mimeType in PREFERRED[transceiver.kind]]
-                transceiver.setCodecPreferences(codecs)
 
     # -- the work, one signal at a time ----------------------------------------------------------
     async def _work(self) -> None:
@@ -132,7 +139,11 @@ class Session:
                 raise
             except Exception as exc:  # a page's odd SDP must not end the node's other sessions
                 self.engine.rejected += 1
-                log.warning("session with front %s: %s %s", self.front, kind, exc)
+                log.warning("session with front %s: %s refused: %s", self.front, kind, exc)
+                if self.pc.remoteDescription is None and kind == "offer":
+                    # nothing was ever agreed: don't keep a connection (and its socket) for it
+                    asyncio.ensure_future(self.engine.close(self.front, True, "refused"))
+                    return
 
     async def _offer(self) -> None:
         self.making_offer = True
@@ -211,22 +222,17 @@ class Engine:
         self.sessions: dict[str, Session] = {}
         self.rejected = 0
 
-    def _session(self, node: str, front: str) -> Session:
+    def _session(self, node: str, front: str, media_lines: bool = False) -> Session:
         session = self.sessions.get(front)
         if session is None:
-            session = self.sessions[front] = Session(self, node, front)
+            session = self.sessions[front] = Session(self, node, front, media_lines)
         return session
 
     async def open(self, node: str, front: str, media: bool) -> None:
-        """A session with a peer's front, offered from here (unless one is open already)."""
-        existing = front in self.sessions
-        session = self._session(node, front)
-        if media and not session.media:
-            session.media = True
-            if not existing:
-                session._add_tracks(session.pc)
-        if not existing:
-            session.inbox.put_nowait(("offer-now", None))
+        """A session with a peer's front, offered from here (unless one is open already);
+        ``media``: with audio and video lines, for ``start_media`` to fill."""
+        if front not in self.sessions:
+            self._session(node, front, media).inbox.put_nowait(("offer-now", None))
 
     async def signal(self, node: str, front: str, kind: str, data: Any) -> None:
         """A signaling message from a peer's front; an offer from a front unknown here opens a session."""
@@ -236,15 +242,20 @@ class Engine:
         if session is None:
             if kind != "offer":
                 return  # a late candidate or hangup of a session closed here
+            if len(self.sessions) >= MAX_SESSIONS:
+                self.rejected += 1
+                self.emit(Signal(node, front, "hangup", {"reason": "too many sessions"}))
+                return
             session = self._session(node, front)
         session.inbox.put_nowait((kind, data))
 
     async def start_media(self, front: str) -> None:
-        """Send this node's tracks to this front from its next negotiation (a page that
-        accepted adds its own tracks and offers; the answer carries ours)."""
+        """Send this node's tracks to this front: at once where the lines are negotiated,
+        else from the page's next offer (a page that accepts adds its tracks and offers)."""
         session = self.sessions.get(front)
-        if session is not None:
+        if session is not None and not session.media:
             session.media = True
+            session._add_tracks(session.pc)
 
     async def send(self, front: str, message: dict[str, Any]) -> bool:
         session = self.sessions.get(front)

@@ -19,6 +19,7 @@ import asyncio
 import fractions
 import logging
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -102,10 +103,116 @@ class TestPatternAudio(AudioStreamTrack):
         return frame
 
 
+class _Clock:
+    """Paces a file's tracks against one wall clock, so audio and video stay together."""
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+
+    async def wait_until(self, seconds: float) -> None:
+        if self.start is None:
+            self.start = time.monotonic() - seconds
+        delay = self.start + seconds - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class _FileTrack(MediaStreamTrack):
+    def __init__(self, kind: str, clock: _Clock, player: "FilePlayer") -> None:
+        super().__init__()
+        self.kind = kind
+        self.clock = clock
+        self.player = player
+        self.queue: asyncio.Queue[tuple[float, Any] | None] = asyncio.Queue(maxsize=FPS if kind == "video" else 50)
+
+    async def recv(self) -> Any:
+        self.player.begin()
+        item = await self.queue.get()
+        if item is None:
+            self.stop()
+            raise MediaStreamError
+        seconds, frame = item
+        await self.clock.wait_until(seconds)
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self.player.quit.set()
+
+
+class FilePlayer:
+    """A media file played in a loop, decoded in a thread. aiortc's MediaPlayer(loop=True)
+    restarts the file's timestamps at zero on each pass, and the receiving side drops what
+    looks like the past; here time keeps going forward across passes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        with av.open(path) as probe:
+            kinds = {s.type for s in probe.streams if s.type in ("audio", "video")}
+        if not kinds:
+            raise SourceError(f"{path}: no audio or video in it")
+        clock = _Clock()
+        self.tracks = [_FileTrack(kind, clock, self) for kind in ("audio", "video") if kind in kinds]
+        self.quit = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def begin(self) -> None:
+        if self.thread is None:
+            loop = asyncio.get_running_loop()
+            self.thread = threading.Thread(target=self._decode, args=(loop,), name="lannode-play", daemon=True)
+            self.thread.start()
+
+    def _put(self, loop: asyncio.AbstractEventLoop, track: _FileTrack, item: tuple[float, Any] | None) -> None:
+        future = asyncio.run_coroutine_threadsafe(track.queue.put(item), loop)
+        while not self.quit.is_set():
+            try:
+                future.result(timeout=0.2)  # the queue's bound paces decoding to playback
+                return
+            except TimeoutError:
+                continue
+        future.cancel()
+
+    def _decode(self, loop: asyncio.AbstractEventLoop) -> None:
+        by_kind = {t.kind: t for t in self.tracks}
+        offset, samples = 0.0, 0
+        resampler = av.AudioResampler(format="s16", layout="stereo", rate=SAMPLE_RATE, frame_size=int(SAMPLE_RATE * AUDIO_PTIME))
+        try:
+            while not self.quit.is_set():
+                end = offset
+                with av.open(self.path) as container:
+                    streams = [s for s in container.streams if s.type in by_kind]
+                    first: dict[str, float] = {}
+                    for frame in container.decode(*streams):
+                        if self.quit.is_set():
+                            return
+                        if not isinstance(frame, (av.VideoFrame, av.AudioFrame)) or frame.time is None:
+                            continue
+                        kind = "video" if isinstance(frame, av.VideoFrame) else "audio"
+                        first.setdefault(kind, frame.time)
+                        at = offset + frame.time - first[kind]
+                        end = max(end, at)
+                        if isinstance(frame, av.VideoFrame):
+                            frame.pts, frame.time_base = int(at * 90000), VIDEO_TIME_BASE
+                            self._put(loop, by_kind["video"], (at, frame))
+                        else:
+                            for chunk in resampler.resample(frame):
+                                chunk.pts, chunk.time_base = samples, fractions.Fraction(1, SAMPLE_RATE)
+                                self._put(loop, by_kind["audio"], (samples / SAMPLE_RATE, chunk))
+                                samples += chunk.samples
+                offset = max(end + 1 / FPS, samples / SAMPLE_RATE)  # the next pass starts where this one ended
+        except (av.FFmpegError, OSError) as exc:
+            log.error("playing %s stopped: %s", self.path, exc)
+        for track in self.tracks:
+            self._put(loop, track, None)
+
+    def stop(self) -> None:
+        self.quit.set()
+
+
 class Source:
     """One source, fanned out to every session."""
 
-    def __init__(self, description: str, originals: list[MediaStreamTrack], player: MediaPlayer | None = None) -> None:
+    def __init__(self, description: str, originals: list[MediaStreamTrack], player: MediaPlayer | FilePlayer | None = None) -> None:
         self.description = description
         self.originals = originals
         self.player = player
@@ -118,6 +225,8 @@ class Source:
     def stop(self) -> None:
         for track in self.originals:
             track.stop()
+        if isinstance(self.player, FilePlayer):
+            self.player.stop()
 
 
 class _Counting(MediaStreamTrack):
@@ -148,10 +257,11 @@ def open_source(spec: str) -> Source:
         if not Path(target).is_file():
             raise SourceError(f"{target}: no such file to play")
         try:
-            player = MediaPlayer(target, loop=True)
+            played = FilePlayer(target)
         except (av.FFmpegError, OSError) as exc:
             raise SourceError(f"{target}: not a media file FFmpeg can read ({exc})") from None
-    elif kind == "camera" and target:
+        return Source(f"{target}, looped", list(played.tracks), played)
+    if kind == "camera" and target:
         if not Path(target).exists():
             raise SourceError(f"{target}: no such camera device")
         try:

@@ -122,7 +122,10 @@ class Participant:
         async def make() -> None:
             from lannode.calls import engine, media
 
-            self.source = media.open_source(source) if source else None
+            try:
+                self.source = media.open_source(source) if source else None
+            except media.SourceError as exc:
+                raise CallError(str(exc)) from None
             self.receiver = media.Receiver(self.recording_to.get)
             self.engine = engine.Engine(self.front, self._report, source=self.source, sink=self.receiver)
 
@@ -143,7 +146,11 @@ class Participant:
             if self.engine is None:
                 if data.get("kind") != "offer":
                     continue
-                await self.start_engine(self.default_source)
+                try:
+                    await self.start_engine(self.default_source)
+                except CallError as exc:
+                    log.error("cannot take calls: %s", exc)
+                    continue
             self.names.setdefault(data["from"], data.get("from_name") or data["from"][:8])
             await self.engine_call("signal", data["from"], data["from_front"], data["kind"], data.get("data"))
 
@@ -218,12 +225,12 @@ async def open_participant(client: ApiClient, *, source: str | None, on_status: 
         participant._report = report
         participant.default_source = source
         await client.subscribe("rtc.*")
+        if engine_now:
+            await participant.start_engine(source)  # a source that will not open fails here, plainly
         async with trio.open_nursery() as nursery:
             nursery.start_soon(participant._pump_api)
             nursery.start_soon(participant._pump_engine, reports)
             try:
-                if engine_now:
-                    await participant.start_engine(source)
                 yield participant
             finally:
                 with trio.CancelScope(shield=True):
@@ -283,6 +290,7 @@ async def call_peer(p: Participant, peer: str, *, duration: float | None, record
             summary.outcome, summary.reason = "unanswered", f"no answer within {ring_timeout:g} s"
         return summary
     summary.participants = {accepted: name}
+    await p.engine_call("start_media", accepted)
     p.on_status("call.accepted", {"peer": node, "name": name, "front": accepted})
     started = time.monotonic()
     summary.outcome, summary.reason = "ended", "the time was up"
@@ -344,6 +352,7 @@ async def join_room(p: Participant, room: str, *, duration: float | None, record
                             p.recording_to[front] = path
                         p.on_status("room.member", {"front": front, "name": name, "state": "joined"})
                         await p.engine_call("open", node, front, True)
+                        await p.engine_call("start_media", front)
                 for front in set(in_room) - set(fronts):
                     del in_room[front]
                     p.on_status("room.member", {"front": front, "name": summary.participants.get(front, ""), "state": "left"})
