@@ -92,9 +92,21 @@ class ApiEvent:
 
 
 class Participant:
-    def __init__(self, client: ApiClient, bridge: AsyncioThread, front: str, node: dict[str, Any], on_status: Callable[[str, dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        client: ApiClient,
+        bridge: AsyncioThread,
+        report: Callable[[Any], None],
+        front: str,
+        node: dict[str, Any],
+        on_status: Callable[[str, dict[str, Any]], None],
+        default_source: str | None,
+    ) -> None:
         self.client = client
         self.bridge = bridge
+        self._report = report  # handed to the engine: what it sees crosses back to trio
+        self.default_source = default_source  # the source an answering participant opens on its first offer
+        self.recorded: list[str] = []
         self.front = front
         self.node_id: str = node["node_id"]
         self.name: str = node["name"]
@@ -131,8 +143,6 @@ class Participant:
 
         await self.bridge.run(make)
 
-    _report: Callable[[Any], None]
-
     async def engine_call(self, method: str, *args: Any) -> Any:
         return await self.bridge.run(getattr(self.engine, method), *args)
 
@@ -153,8 +163,6 @@ class Participant:
                     continue
             self.names.setdefault(data["from"], data.get("from_name") or data["from"][:8])
             await self.engine_call("signal", data["from"], data["from_front"], data["kind"], data.get("data"))
-
-    default_source: str | None = None
 
     async def _pump_engine(self, reports: trio.MemoryReceiveChannel[Any]) -> None:
         from lannode.calls.events import SessionClosed, Signal
@@ -204,8 +212,6 @@ class Participant:
 
         self.recorded = await self.bridge.run(stop)
 
-    recorded: list[str] = []
-
     async def status_loop(self, summary: CallSummary, started: float) -> None:
         while True:
             await trio.sleep(STATUS_EVERY)
@@ -221,9 +227,7 @@ async def open_participant(client: ApiClient, *, source: str | None, on_status: 
     node = await client.call("node.status")
     async with open_bridge() as (bridge, reports, report):
         front = (await client.call("rtc.register"))["front"]
-        participant = Participant(client, bridge, front, node, on_status)
-        participant._report = report
-        participant.default_source = source
+        participant = Participant(client, bridge, report, front, node, on_status, source)
         await client.subscribe("rtc.*")
         if engine_now:
             await participant.start_engine(source)  # a source that will not open fails here, plainly
