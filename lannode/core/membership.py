@@ -12,7 +12,9 @@ How it works:
   a few times in its first second (``join_schedule``, so 10% loss still lets
   every node see it quickly); every node that hears it answers with its own
   presence by unicast. Each node multicasts its presence every
-  ``presence_interval`` too, which finds nodes again after a partition.
+  ``presence_interval`` too (longer in a big group: the group's presence multicast
+  stays within ``presence_budget``, as RTCP's reports do), which finds nodes again
+  after a partition.
 * **Failure detection (SWIM).** Every ``probe_interval`` a node pings one member
   (round robin over a shuffled list, suspects first). No ack within
   ``probe_timeout``: it asks ``indirect_checks`` others to ping the target for
@@ -63,6 +65,7 @@ from lannode.core.wire import MAX_PAYLOAD, DatagramCodec, Dropped, LocalProtocol
 
 Address = tuple[str, int]
 INCARNATION_BOOT_SHIFT = 32
+FORGET_CHECK_INTERVAL = 60.0  # how often dead and left members are looked over for forgetting
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +77,8 @@ class MembershipConfig:
     suspicion_max_mult: float = 4.0
     gossip_interval: float = 0.2
     retransmit_mult: int = 3
-    presence_interval: float = 2.0
+    presence_interval: float = 2.0  # the shortest; a big group spaces them out (presence_budget)
+    presence_budget: float = 20_000.0  # bits/s of presence multicast the whole group sends, at most
     join_schedule: tuple[float, ...] = (0.0, 0.1, 0.25, 0.45, 0.7, 1.0)
     leave_copies: int = 3
     max_health: int = 8
@@ -90,6 +94,8 @@ class State(enum.Enum):
     DEAD = "dead"
     LEFT = "left"
 
+
+_LIVE = {State.ALIVE: 1, State.SUSPECT: 1, State.DEAD: 0, State.LEFT: 0}
 
 Claim = Literal["alive", "suspect", "dead", "left"]
 
@@ -266,12 +272,17 @@ class Membership:
         self._next_presence = math.inf
         self._next_gossip = math.inf
         self._last_gossip = -math.inf
+        self._next_forget = -math.inf
+        self._presence_bytes = 300  # the size of our presence datagram, until we have sent one
+        # kept in step with members, so a tick costs the same with 10 members or 10,000
+        self._live = 0  # members alive or suspect
+        self._suspects: dict[str, Member] = {}  # members with a running suspicion
 
     # -- the public surface ------------------------------------------------------------------
     def start(self, now: float) -> None:
         self._started = now
         self._next_probe = now + self.config.probe_interval
-        self._next_presence = now + self._jittered(self.config.presence_interval)
+        self._next_presence = now + self._jittered(self._presence_interval())
         self._next_gossip = now
 
     def datagram_received(self, data: bytes, address: Address, now: float) -> None:
@@ -309,7 +320,8 @@ class Membership:
         self._send_joins(now)
         if now >= self._next_presence:
             self._multicast([m.encode_message(self.presence)])
-            self._next_presence = now + self._jittered(self.config.presence_interval)
+            self._presence_bytes = len(self._outgoing[-1].data)
+            self._next_presence = now + self._jittered(self._presence_interval())
         self._run_probe(now)
         self._run_relays(now)
         self._run_suspicions(now)
@@ -318,7 +330,9 @@ class Membership:
                 self._multicast([])
                 self._last_gossip = now
             self._next_gossip = now + self.config.gossip_interval
-        self._forget(now)
+        if now >= self._next_forget:
+            self._next_forget = now + FORGET_CHECK_INTERVAL
+            self._forget(now)
 
     def leave(self, now: float) -> None:
         """Say goodbye: the signed Left goes out ``leave_copies`` times; then stop."""
@@ -352,7 +366,7 @@ class Membership:
         if self._probe is not None:
             times.append(self._probe.end if self._probe.indirect_sent else self._probe.direct_deadline)
         times.extend(relay.deadline for relay in self._relays.values())
-        times.extend(s.deadline() for s in (x.suspicion for x in self.members.values()) if s is not None)
+        times.extend(x.suspicion.deadline() for x in self._suspects.values() if x.suspicion is not None)
         if any(b.multicast for b in self._broadcasts.values()):
             times.append(self._next_gossip)
         return min(times)
@@ -380,6 +394,10 @@ class Membership:
 
     def live_members(self) -> list[Member]:
         return [x for x in self.members.values() if x.state in (State.ALIVE, State.SUSPECT)]
+
+    def live_count(self) -> int:
+        """How many members are alive or suspect (kept as they change: no scan)."""
+        return self._live
 
     def statistics(self) -> dict[str, object]:
         states = {state.value: 0 for state in State}
@@ -466,6 +484,7 @@ class Membership:
             if presence is None:
                 return  # a claim about a node we never saw: nothing to hold it against
             self.members[node_id] = Member(presence, State.ALIVE, incarnation, since=now, last_seen=now)
+            self._live += 1
             self._probe_order.insert(self._rng.randrange(len(self._probe_order) + 1), node_id)
             self._events.append(MemberStateChanged(node_id, None, State.ALIVE))
             if relayed:
@@ -487,10 +506,13 @@ class Membership:
                     member.suspicion.accusers.add(accuser)
             else:
                 member.suspicion = self._new_suspicion(now, accuser or self.node_id)
+                self._suspects[node_id] = member
                 self._probe_soon.append(node_id)  # see for ourselves: a failure confirms it
         else:
             member.suspicion = None
+            self._suspects.pop(node_id, None)
         if new_state is not previous:
+            self._live += _LIVE[new_state] - _LIVE[previous]
             member.state = new_state
             member.since = now
             self._events.append(MemberStateChanged(node_id, previous, new_state))
@@ -506,7 +528,7 @@ class Membership:
             self._queue(node_id, m.encode_message(message), multicast=not relayed)
 
     def _new_suspicion(self, now: float, accuser: str) -> Suspicion:
-        live = len(self.live_members()) + 1
+        live = self._live + 1
         minimum = self.config.suspicion_mult * max(1.0, math.log10(live)) * self.config.probe_interval
         expected = max(0, min(self.config.indirect_checks, live - 2))
         return Suspicion(now, minimum, minimum * self.config.suspicion_max_mult, expected, {accuser})
@@ -620,7 +642,7 @@ class Membership:
                 self._send(relay.requester, [m.encode_message(m.Nack(relay.seq))])
 
     def _run_suspicions(self, now: float) -> None:
-        for member in list(self.members.values()):
+        for member in list(self._suspects.values()):
             if member.suspicion is not None and now >= member.suspicion.deadline():
                 self._on_claim(member.node_id, "dead", member.incarnation, now)
 
@@ -657,7 +679,7 @@ class Membership:
             self._next_gossip = min(self._next_gossip, self._last_gossip + self.config.gossip_interval / 4)
 
     def _retransmit_limit(self) -> int:
-        return self.config.retransmit_mult * max(1, math.ceil(math.log10(len(self.live_members()) + 2)))
+        return self.config.retransmit_mult * max(1, math.ceil(math.log10(self._live + 2)))
 
     def _piggyback(self, space: int, about: str | None, multicast_round: bool) -> list[bytes]:
         if not self._broadcasts:
@@ -677,6 +699,15 @@ class Membership:
         return chosen
 
     # -- small helpers -----------------------------------------------------------------------
+    def _presence_interval(self) -> float:
+        """RTCP's rule (RFC 3550, 6.2): every member multicasts its presence, so the interval
+        grows with the group and the group's total stays within ``presence_budget``; what a
+        node receives of it is then flat, 10 members or 10,000. The group still sends
+        ``presence_budget`` worth, so one from the other side of a healed partition
+        arrives as soon as with a small group."""
+        group = self._live + 1
+        return max(self.config.presence_interval, group * self._presence_bytes * 8 / self.config.presence_budget)
+
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         return self._seq

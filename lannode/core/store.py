@@ -36,9 +36,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from nacl.exceptions import BadSignatureError, CryptoError
-from nacl.signing import SigningKey, VerifyKey
+from nacl.signing import SigningKey
 
+from lannode.core import wire
 from lannode.identity import node_id_for
 
 MAX_KEY_BYTES = 255
@@ -86,15 +86,11 @@ class Entry:
         return _FIXED.pack(self.origin, self.version, self.timestamp, FLAG_DELETED if self.value is None else 0, len(key)) + key + _VALUE_LEN.pack(len(value)) + value
 
     def signed(self, signing_key: SigningKey) -> "Entry":
-        signature = signing_key.sign(ENTRY_DOMAIN + self._signed_part()).signature
+        signature = wire.sign(signing_key, ENTRY_DOMAIN + self._signed_part())
         return Entry(self.key, self.value, self.origin, self.version, self.timestamp, signature)
 
     def verify(self) -> bool:
-        try:
-            VerifyKey(self.origin).verify(ENTRY_DOMAIN + self._signed_part(), self.signature)
-        except (BadSignatureError, CryptoError, ValueError):
-            return False
-        return True
+        return wire.signature_ok(self.origin, ENTRY_DOMAIN + self._signed_part(), self.signature)
 
     def encode(self) -> bytes:
         return self._signed_part() + self.signature

@@ -75,6 +75,23 @@ DROP_REASONS = (
 )
 
 
+
+def sign(key: SigningKey, message: bytes) -> bytes:
+    """The Ed25519 signature of ``message``: what gossip datagrams, presence and left
+    records and store entries are signed with. With ``signature_ok``, the seam where sim/
+    puts its stand-in (``sim.virtualnet.simulated_signatures``)."""
+    return key.sign(message).signature
+
+
+def signature_ok(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """Whether ``public_key`` made this Ed25519 ``signature`` of ``message``: the one check
+    that gossip datagrams, presence and left records and store entries go through."""
+    try:
+        VerifyKey(public_key).verify(message, signature)
+    except (BadSignatureError, ValueError, CryptoError):
+        return False
+    return True
+
 class LocalProtocolError(Exception):
     """We were asked to do something the protocol does not allow (our bug)."""
 
@@ -168,7 +185,7 @@ class DatagramCodec:
         flags = FLAG_SEALED if self.network_key else 0
         header = _HEADER.pack(MAGIC, VERSION, flags)
         inner = _INNER.pack(self.public_key, self.epoch, self._counter, len(payload)) + payload
-        signature = self._signing_key.sign(header + inner).signature
+        signature = sign(self._signing_key, header + inner)
         inner += signature
         if self.network_key is None:
             return header + inner
@@ -224,9 +241,7 @@ class DatagramCodec:
             raise Dropped("own")
         self.replays.check(public_key, epoch, counter)
         signed_end = _INNER.size + length
-        try:
-            VerifyKey(public_key).verify(header + inner[:signed_end], inner[signed_end:])
-        except (BadSignatureError, ValueError, CryptoError):
-            raise Dropped("signature") from None
+        if not signature_ok(public_key, header + inner[:signed_end], inner[signed_end:]):
+            raise Dropped("signature")
         self.replays.accept(public_key, epoch, counter)
         return Datagram(public_key, epoch, counter, inner[_INNER.size : signed_end])
