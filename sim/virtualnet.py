@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from nacl.signing import SigningKey
 
+from lannode.core import messages as m
 from lannode.core import wire
 from lannode.core.membership import Event, Membership, MembershipConfig, State
 from lannode.core.wire import MAX_DATAGRAM
@@ -70,6 +71,33 @@ def simulated_signatures() -> SimulatedSignatures:
         wire.sign = _SIMULATED.sign
         wire.signature_ok = _SIMULATED.ok
     return _SIMULATED
+
+
+def share_decoded_payloads() -> None:
+    """Decode each distinct payload once for the whole simulation and hand every receiver
+    the same (immutable) messages: a multicast reaches 99 nodes as the same bytes, and
+    ``decode_payload`` is a pure function of them. What each node does with the messages,
+    replay windows and all, stays its own."""
+    decode = m.decode_payload
+    if getattr(decode, "shared", False):
+        return
+    memo: dict[bytes, tuple[m.Message, ...] | m.RemoteProtocolError] = {}
+
+    def shared(payload: bytes) -> list[m.Message]:
+        known = memo.get(payload)
+        if known is None:
+            if len(memo) >= MEMO_LIMIT:
+                memo.clear()
+            try:
+                known = memo[payload] = tuple(decode(payload))
+            except m.RemoteProtocolError as exc:
+                known = memo[payload] = exc
+        if isinstance(known, m.RemoteProtocolError):
+            raise known
+        return list(known)
+
+    shared.shared = True  # type: ignore[attr-defined]
+    m.decode_payload = shared
 
 
 def memoize_signatures() -> None:
@@ -126,6 +154,7 @@ class VirtualNetwork:
         real_crypto: bool = False,
     ) -> None:
         self.signatures = None if real_crypto else simulated_signatures()
+        share_decoded_payloads()
         if real_crypto:
             memoize_signatures()
         self.rng = random.Random(seed)

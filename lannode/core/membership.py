@@ -254,6 +254,7 @@ class Membership:
             capabilities=m.capability_bits(tuple(capabilities)),
         ).signed(signing_key)
         self.node_id = self.presence.node_id
+        self._presence_message = m.encode_message(self.presence)  # sent often; encoded once per change
         self.members: dict[str, Member] = {}
         self.health = 0
         self.leaving = False
@@ -319,7 +320,7 @@ class Membership:
             return
         self._send_joins(now)
         if now >= self._next_presence:
-            self._multicast([m.encode_message(self.presence)])
+            self._multicast([self._presence_message])
             self._presence_bytes = len(self._outgoing[-1].data)
             self._next_presence = now + self._jittered(self._presence_interval())
         self._run_probe(now)
@@ -354,7 +355,7 @@ class Membership:
 
     def contact(self, address: Address) -> None:
         """Introduce ourselves to a node found another way (zeroconf, a link, the user)."""
-        self._send(address, [m.encode_message(m.Hello()), m.encode_message(self.presence)], piggyback=False)
+        self._send(address, [m.encode_message(m.Hello()), self._presence_message], piggyback=False)
 
     def next_wakeup(self) -> float:
         """The time tick() next has something to do (it may be called earlier)."""
@@ -444,7 +445,7 @@ class Membership:
         elif isinstance(message, m.Hello):
             member = self.members.get(sender)
             reply_to = member.presence.gossip_address if member is not None else address
-            self._send(reply_to, [m.encode_message(self.presence)])
+            self._send(reply_to, [self._presence_message])
         elif isinstance(message, m.Ping):
             if message.target == self.node_id:
                 self._send(address, [m.encode_message(m.Ack(message.seq))], about=sender)
@@ -542,7 +543,8 @@ class Membership:
 
     def _announce_new_incarnation(self, incarnation: int, **changes: object) -> None:
         self.presence = replace(self.presence, incarnation=incarnation, **changes).signed(self._key)  # type: ignore[arg-type]
-        self._queue(self.node_id, m.encode_message(self.presence), multicast=True)
+        self._presence_message = m.encode_message(self.presence)
+        self._queue(self.node_id, self._presence_message, multicast=True)
 
     def _tell_about_itself(self, member: Member, now: float) -> None:
         """It talks to us while we hold it suspect or dead: tell it, so it can refute."""
@@ -660,7 +662,7 @@ class Membership:
             self._joins_sent += 1
             while self._joins_sent < len(schedule) and now >= self._started + schedule[self._joins_sent]:
                 self._joins_sent += 1  # a late tick: one datagram for all the missed slots
-            self._multicast([m.encode_message(m.Hello()), m.encode_message(self.presence)])
+            self._multicast([m.encode_message(m.Hello()), self._presence_message])
 
     def _multicast(self, messages: list[bytes]) -> None:
         self._send(None, messages, multicast_round=True)

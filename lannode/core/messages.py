@@ -85,8 +85,11 @@ def capability_names(bits: int) -> list[str]:
 
 
 def _pack_host(host: str) -> bytes:
-    addr = ipaddress.ip_address(host)
-    return bytes([addr.version]) + addr.packed
+    try:
+        return b"\x04" + socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        addr = ipaddress.ip_address(host)  # IPv6, or a mistake it names
+        return bytes([addr.version]) + addr.packed
 
 
 # -- records signed by their subject ----------------------------------------------------------
