@@ -1,11 +1,17 @@
-"""A virtual LAN in virtual time for the sans-IO membership (``lannode.core.membership``).
+"""A virtual LAN in virtual time for the sans-IO core: membership and the replicated store.
 
-Many ``Membership`` objects share one event queue: datagrams are delivered after
-a small random latency, multicast reaches every other attached node, loss is a
-per-delivery coin toss, and a partition drops everything between two groups.
-Nothing here sleeps or opens a socket, so minutes of protocol run in seconds and
-the same seed gives the same run. Tests and benchmarks drive the real protocol
-objects through it.
+Many nodes share one event queue, each a ``Membership`` (``lannode.core.membership``)
+and, when asked, a ``ReplicatedMap`` (``lannode.core.store``): the very objects the
+daemon runs. The segment carries datagrams with a ``LinkModel``: latency, loss,
+duplication and reordering, for every pair or one pair; multicast reaches every
+other node; a partition drops everything between two groups. Nodes crash
+(``kill``), stop cleanly, restart (same key and store, the next boot epoch) and
+pause (a stopped process: deaf and idle, then late). The store's anti-entropy runs
+as the daemon's does, with a random live peer every ``sync_interval``, over a
+reliable link (TCP) that a partition cuts.
+
+Nothing here sleeps or opens a socket, and every choice comes from one seeded
+``random.Random``, so the same seed replays the same run bit for bit.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from nacl.signing import SigningKey
 
 from lannode.core import messages as m
 from lannode.core import wire
-from lannode.core.membership import Event, Membership, MembershipConfig, State
+from lannode.core.membership import Event, Membership, MembershipConfig, State, StoreEntryReceived
+from lannode.core.store import BadEntry, ReplicatedMap, decode_entry
 from lannode.core.wire import MAX_DATAGRAM
 
 Address = tuple[str, int]
@@ -123,15 +130,29 @@ def memoize_signatures() -> None:
 
 
 @dataclass
+class LinkModel:
+    """What the segment does to each datagram between two nodes."""
+
+    loss: float = 0.0  # chance it is lost
+    latency: tuple[float, float] = (0.0002, 0.002)  # uniform, seconds
+    duplicate: float = 0.0  # chance it arrives twice
+    reorder: float = 0.0  # chance it is held back, so later ones overtake it
+    reorder_delay: float = 0.02  # how long a held-back datagram waits, at most
+
+
+@dataclass
 class SimNode:
     key: SigningKey
     name: str
     address: Address
     membership: Membership
+    store: ReplicatedMap | None = None
     events: list[tuple[float, Event]] = field(default_factory=list)
     attached: bool = True
+    paused: bool = False
     wake_token: int = 0  # only the newest scheduled wake-up runs
     wake_at: float = float("inf")
+    sync_token: int = 0
 
     @property
     def node_id(self) -> str:
@@ -152,25 +173,44 @@ class VirtualNetwork:
         network_key: bytes | None = None,
         config: MembershipConfig | None = None,
         real_crypto: bool = False,
+        link: LinkModel | None = None,
+        store: bool = False,
+        sync_interval: float = 2.0,
+        membership_class: type[Membership] = Membership,
     ) -> None:
         self.signatures = None if real_crypto else simulated_signatures()
         share_decoded_payloads()
         if real_crypto:
             memoize_signatures()
         self.rng = random.Random(seed)
-        self.loss = loss
-        self.latency = latency
+        self.link = link or LinkModel(loss=loss, latency=latency)
+        self.link_overrides: dict[frozenset[Address], LinkModel] = {}
         self.network_key = network_key
         self.config = config or MembershipConfig()
+        self.with_store = store
+        self.sync_interval = sync_interval
+        self.membership_class = membership_class
         self.now = 0.0
         self.nodes: dict[Address, SimNode] = {}
         self.blocked: set[frozenset[Address]] = set()
         self.largest_datagram = 0
+        self.dropped_while_paused = 0
         self.on_send: Callable[[SimNode, bytes, Address | None], None] | None = None
+        self.on_event: Callable[[SimNode, Event], None] | None = None
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
         self._ports = itertools.count(40000)
         self._epochs: dict[bytes, int] = {}
+        self._stores: dict[bytes, ReplicatedMap] = {}  # a node's store outlives its process, as its SQLite does
+
+    # the segment's loss everywhere; per pair: link_overrides
+    @property
+    def loss(self) -> float:
+        return self.link.loss
+
+    @loss.setter
+    def loss(self, value: float) -> None:
+        self.link.loss = value
 
     # -- building the network ----------------------------------------------------------------
     def add(self, name: str, *, key: SigningKey | None = None, address: Address | None = None) -> SimNode:
@@ -180,7 +220,7 @@ class VirtualNetwork:
         address = address or ("127.0.0.1", next(self._ports))  # in-memory only: never a socket
         epoch = self._epochs.get(bytes(key), 0) + 1  # one more boot of this key, as Home.next_epoch does
         self._epochs[bytes(key)] = epoch
-        membership = Membership(
+        membership = self.membership_class(
             key,
             epoch=epoch,
             name=name,
@@ -189,10 +229,17 @@ class VirtualNetwork:
             config=self.config,
             rng=random.Random(self.rng.random()),
         )
-        node = SimNode(key, name, address, membership)
+        store = None
+        if self.with_store:
+            store = self._stores.get(bytes(key))
+            if store is None:
+                store = self._stores[bytes(key)] = ReplicatedMap(key)
+        node = SimNode(key, name, address, membership, store)
         self.nodes[address] = node
         membership.start(self.now)
         self._wake(node)
+        if store is not None:
+            self._schedule_sync(node)
         return node
 
     def kill(self, node: SimNode) -> None:
@@ -211,6 +258,16 @@ class VirtualNetwork:
             self.kill(node)
         return self.add(node.name, key=node.key, address=node.address)
 
+    def pause(self, node: SimNode) -> None:
+        """SIGSTOP (a long GC pause, a laptop lid): deaf and idle; what arrives is lost."""
+        node.paused = True
+
+    def resume(self, node: SimNode) -> None:
+        """SIGCONT: its timers fire late, all at once."""
+        if node.paused:
+            node.paused = False
+            self._wake(node)
+
     def partition(self, group_a: Iterable[SimNode], group_b: Iterable[SimNode]) -> None:
         for a in group_a:
             for b in group_b:
@@ -218,6 +275,19 @@ class VirtualNetwork:
 
     def heal(self) -> None:
         self.blocked.clear()
+
+    def write(self, node: SimNode, key: str, value: bytes) -> None:
+        """A store write at ``node``, spread as the daemon spreads it: on gossip, and by anti-entropy."""
+        assert node.store is not None, "VirtualNetwork(store=True)"
+        entry = node.store.put(key, value, self.now_ms)
+        node.store.take_changes()
+        node.membership.broadcast(f"store:{key}", m.StoreEntry(entry.encode()))
+        self._flush(node)
+        self._schedule_wake(node)
+
+    @property
+    def now_ms(self) -> int:
+        return int(self.now * 1000)
 
     # -- running -----------------------------------------------------------------------------
     def run_for(self, seconds: float) -> None:
@@ -234,6 +304,10 @@ class VirtualNetwork:
         self.now = max(self.now, deadline)
         return until() if until is not None else False
 
+    def at(self, when: float, action: Callable[[], None]) -> None:
+        """Run ``action`` at simulated time ``when`` (a fault, a write, a check)."""
+        self._at(max(when, self.now), action)
+
     def live(self) -> list[SimNode]:
         return list(self.nodes.values())
 
@@ -246,7 +320,7 @@ class VirtualNetwork:
         heapq.heappush(self._queue, (when, next(self._order), action))
 
     def _wake(self, node: SimNode) -> None:
-        if not node.attached:
+        if not node.attached or node.paused:
             return
         node.membership.tick(self.now)
         self._flush(node)
@@ -267,6 +341,10 @@ class VirtualNetwork:
     def _flush(self, node: SimNode) -> None:
         for event in node.membership.take_events():
             node.events.append((self.now, event))
+            if isinstance(event, StoreEntryReceived) and node.store is not None:
+                self._merge(node, event.data)
+            if self.on_event is not None:
+                self.on_event(node, event)
         for out in node.membership.take_outgoing():
             self.largest_datagram = max(self.largest_datagram, len(out.data))
             assert len(out.data) <= MAX_DATAGRAM, f"{len(out.data)}-byte datagram"
@@ -278,19 +356,76 @@ class VirtualNetwork:
                 target = self.nodes.get(out.address)
                 targets = [target] if target is not None else []
             for target in targets:
-                if self.rng.random() < self.loss:
+                pair = frozenset((node.address, target.address))
+                if pair in self.blocked:
                     continue
-                if frozenset((node.address, target.address)) in self.blocked:
+                link = self.link_overrides.get(pair, self.link)
+                rng = self.rng
+                if rng.random() < link.loss:
                     continue
-                delay = self.rng.uniform(*self.latency)
-                self._at(self.now + delay, self._deliver_action(target, out.data, node.address))
+                copies = 2 if link.duplicate and rng.random() < link.duplicate else 1
+                for _ in range(copies):
+                    delay = rng.uniform(*link.latency)
+                    if link.reorder and rng.random() < link.reorder:
+                        delay += rng.uniform(0, link.reorder_delay)
+                    self._at(self.now + delay, self._deliver_action(target, out.data, node.address))
 
     def _deliver_action(self, target: SimNode, data: bytes, source: Address) -> Callable[[], None]:
         def deliver() -> None:
             if not target.attached:
+                return
+            if target.paused:
+                self.dropped_while_paused += 1
                 return
             target.membership.datagram_received(data, source, self.now)
             self._flush(target)  # its answers go now; its timers keep their own wake-up
             self._schedule_wake(target)
 
         return deliver
+
+    # -- the store's anti-entropy ------------------------------------------------------------
+    def _merge(self, node: SimNode, data: bytes) -> None:
+        assert node.store is not None
+        try:
+            entry, end = decode_entry(data)
+            if end != len(data):
+                raise BadEntry("trailing bytes")
+        except BadEntry:
+            node.store.rejected += 1
+            return
+        node.store.merge(entry)
+        node.store.take_changes()
+
+    def _schedule_sync(self, node: SimNode) -> None:
+        node.sync_token += 1
+        token = node.sync_token
+        self._at(self.now + self.sync_interval * self.rng.uniform(0.75, 1.25), lambda: self._sync(node) if node.sync_token == token else None)
+
+    def _sync(self, node: SimNode) -> None:
+        """One Scuttlebutt round with a random live peer, as lannode/store.py runs it: our
+        digest goes over, their delta comes back, and the same the other way."""
+        if not node.attached:
+            return
+        self._schedule_sync(node)
+        if node.paused:
+            return
+        candidates = [x for x in node.membership.members.values() if x.state is State.ALIVE]
+        if not candidates:
+            return
+        chosen = self.rng.choice(candidates)
+        peer = next((n for n in self.nodes.values() if n.node_id == chosen.node_id), None)
+        if peer is None or peer.store is None or frozenset((node.address, peer.address)) in self.blocked:
+            return  # no connection: the link cannot be made
+        assert node.store is not None
+        rtt = 2 * self.rng.uniform(*self.link.latency)
+        mine, theirs = node.store.digest(), peer.store.digest()
+
+        def exchange() -> None:
+            for a, b, digest in ((peer, node, mine), (node, peer, theirs)):
+                if not (a.attached and b.attached) or a.paused or b.paused or a.store is None or b.store is None:
+                    continue
+                entries = a.store.delta_for(digest)
+                b.store.apply_delta(a.store.digest() or {a.store.origin: 0}, entries)
+                b.store.take_changes()
+
+        self._at(self.now + rtt, exchange)

@@ -1,0 +1,143 @@
+"""The simulator's command: run a scenario, replay a seed, fuzz, sweep.
+
+    python -m sim run sim/scenarios/partition.toml [--seed N] [--json] [--trace]
+    python -m sim replay SEED [--scenario FILE] [--plant BUG]
+    python -m sim fuzz [--seconds 60] [--start SEED] [--plant BUG] [--json]
+    python -m sim sweep SCENARIO --nodes 10,100,1000 --loss 0,0.1,0.3 [--report DIR]
+
+Exit codes: 0 every invariant held, 1 a violation (its seed and trace are printed),
+2 bad usage or a scenario that does not parse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lannode.core.membership import Membership
+from sim.bugs import PLANTED
+from sim.run import Result, Runner
+from sim.scenario import Scenario, ScenarioError
+
+
+def _print_result(result: Result, *, as_json: bool, trace: bool) -> None:
+    if as_json:
+        print(json.dumps(result.summary(), indent=2))
+        return
+    s, m = result.scenario, result.metrics
+    print(f"{s.name} ({s.source or 'scenario'}): {s.nodes} nodes, {s.duration:g} s simulated in {result.wall_seconds:.1f} s, seed {s.seed}")
+    print(f"  membership converged {m['convergence_seconds']} s after the last fault; detection p50 {m['detection_p50']} s, p99 {m['detection_p99']} s over {m['detections']}; false deaths {m['false_dead']}")
+    if m["store_convergence_seconds"] is not None:
+        print(f"  store converged {m['store_convergence_seconds']} s after the last fault")
+    print(f"  gossip per node: {m['kbit_per_node_mean']} kbit/s mean, {m['kbit_per_node_max']} max; fingerprint {result.fingerprint[:16]}")
+    if trace:
+        print("\n".join(result.trace))
+    for v in result.violations:
+        print(f"VIOLATION {v.invariant} at {v.at:.3f} s: {v.detail}")
+        print(f"  replay: python -m sim replay {s.seed}" + (f" --scenario {s.source}" if s.source and not s.source.startswith("random:") else ""))
+        for line in result.minimal_trace(v):
+            print(f"    {line}")
+
+
+def _membership(plant: str | None) -> type[Membership]:
+    if plant is None:
+        return Membership
+    if plant not in PLANTED:
+        raise SystemExit(f"sim: no planted bug {plant!r}; there are: {', '.join(PLANTED)}")
+    return PLANTED[plant]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    scenario = Scenario.load(Path(args.scenario))
+    if args.seed is not None:
+        scenario.seed = args.seed
+    result = Runner(scenario, membership_class=_membership(args.plant)).run()
+    _print_result(result, as_json=args.json, trace=args.trace)
+    return 1 if result.violations else 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    if args.scenario:
+        scenario = Scenario.load(Path(args.scenario))
+        scenario.seed = args.seed
+    else:
+        scenario = Scenario.random(args.seed)
+    result = Runner(scenario, membership_class=_membership(args.plant)).run()
+    _print_result(result, as_json=args.json, trace=not args.json)
+    return 1 if result.violations else 0
+
+
+def fuzz(seconds: float, start: int, membership_class: type[Membership], *, max_runs: int | None = None) -> tuple[list[Result], int]:
+    """Random scenarios from consecutive seeds until the time (or ``max_runs``) is up:
+    the failing results and how many ran."""
+    failures: list[Result] = []
+    deadline = time.monotonic() + seconds
+    seed, runs = start, 0
+    while time.monotonic() < deadline and (max_runs is None or runs < max_runs):
+        result = Runner(Scenario.random(seed), membership_class=membership_class, keep_trace=True).run()
+        runs += 1
+        if result.violations:
+            failures.append(result)
+        seed += 1
+    return failures, runs
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    failures, runs = fuzz(args.seconds, args.start, _membership(args.plant))
+    if args.json:
+        print(json.dumps({"runs": runs, "failures": [r.summary() for r in failures]}, indent=2))
+    else:
+        print(f"{runs} random scenarios from seed {args.start}; {len(failures)} broke an invariant")
+        for result in failures:
+            _print_result(result, as_json=False, trace=False)
+    return 1 if failures else 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from sim.report import sweep
+
+    base = Scenario.load(Path(args.scenario))
+    nodes = [int(x) for x in args.nodes.split(",")] if args.nodes else [base.nodes]
+    losses = [float(x) for x in args.loss.split(",")] if args.loss else [base.loss]
+    rows = sweep(base, nodes, losses, Path(args.report) if args.report else None)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 1 if any(r["violations"] for r in rows) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sim", description="lannode's network simulator: the real protocol objects in virtual time")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a scenario file")
+    run.add_argument("scenario")
+    run.add_argument("--seed", type=int, help="instead of the file's")
+    run.add_argument("--trace", action="store_true", help="print the whole trace")
+    replay = sub.add_parser("replay", help="run a seed again: the fuzzer's scenario for it, or a file's with that seed")
+    replay.add_argument("seed", type=int)
+    replay.add_argument("--scenario", help="a scenario file (default: the fuzzer's scenario for SEED)")
+    fuzzer = sub.add_parser("fuzz", help="random scenarios with random faults, until the time is up")
+    fuzzer.add_argument("--seconds", type=float, default=60.0, help="wall-clock budget (default 60)")
+    fuzzer.add_argument("--start", type=int, default=1, help="the first seed (default 1)")
+    sweeper = sub.add_parser("sweep", help="one scenario at several sizes and losses; a report with plots")
+    sweeper.add_argument("scenario")
+    sweeper.add_argument("--nodes", help="comma-separated node counts")
+    sweeper.add_argument("--loss", help="comma-separated loss rates (0.1 is 10%%)")
+    sweeper.add_argument("--report", metavar="DIR", help="write report.md and its plots here")
+    for p in (run, replay, fuzzer, sweeper):
+        p.add_argument("--json", action="store_true")
+    for p in (run, replay, fuzzer):
+        p.add_argument("--plant", choices=sorted(PLANTED), help="run a test copy of the core with this bug planted")
+    args = parser.parse_args(argv)
+    try:
+        return {"run": cmd_run, "replay": cmd_replay, "fuzz": cmd_fuzz, "sweep": cmd_sweep}[args.command](args)
+    except ScenarioError as exc:
+        print(f"sim: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

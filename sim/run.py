@@ -1,0 +1,340 @@
+"""Run a scenario on the virtual network, check its invariants, measure it.
+
+``Runner(scenario).run()`` builds the nodes (``sim.virtualnet``), schedules the
+scenario's faults, churn and store writes from the scenario's seed, and checks as
+it goes:
+
+* **membership converges**: from ``converge_within`` seconds after the last fault
+  ends, every running node sees every other running node alive, and no node that
+  is down (crashed and not restarted) alive;
+* **no false deaths**: a node declared dead by another while it was running,
+  unpaused and reachable from it, with no fault touching either of them in the
+  previous ``FAULT_SHADOW`` seconds, counts against ``max_false_dead``;
+* **the store converges**: ``store_converge_within`` seconds after the last fault,
+  every running node's replicated map holds the same entries.
+
+A violation carries the seed and a trace cut down to the nodes it concerns: the
+faults and membership changes in time order. The whole trace's SHA-256 is the
+run's fingerprint: the same scenario and seed give the same fingerprint, in any
+process, on any machine (``tests/test_sim.py`` checks it across hash seeds).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from lannode.core.membership import Event, Membership, MemberStateChanged, State
+from sim.scenario import Fault, Scenario
+from sim.virtualnet import Address, LinkModel, SimNode, VirtualNetwork
+
+FAULT_SHADOW = 30.0  # seconds after a fault during which a death is not counted as false
+CHECK_EVERY = 0.5  # how often convergence is looked at, simulated seconds
+
+
+@dataclass
+class Violation:
+    invariant: str
+    at: float
+    detail: str
+    nodes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    violations: list[Violation]
+    metrics: dict[str, Any]
+    trace: list[str]
+    fingerprint: str
+    wall_seconds: float
+    detections: list[float] = field(default_factory=list)  # seconds from each crash to each observer's "dead"
+
+    def minimal_trace(self, violation: Violation, limit: int = 40) -> list[str]:
+        """The trace lines about the violation's nodes, the last ``limit`` before it."""
+        names = set(violation.nodes)
+        lines = [line for line in self.trace if float(line.split(" ", 1)[0]) <= violation.at and (not names or any(f" {n} " in f" {line} " for n in names))]
+        return lines[-limit:]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario.name,
+            "source": self.scenario.source,
+            "seed": self.scenario.seed,
+            "nodes": self.scenario.nodes,
+            "simulated_seconds": self.scenario.duration,
+            "wall_seconds": round(self.wall_seconds, 2),
+            "fingerprint": self.fingerprint,
+            "violations": [{"invariant": v.invariant, "at": round(v.at, 3), "detail": v.detail, "nodes": v.nodes} for v in self.violations],
+            "metrics": self.metrics,
+        }
+
+
+class Runner:
+    def __init__(self, scenario: Scenario, *, membership_class: type[Membership] = Membership, keep_trace: bool = True) -> None:
+        self.s = scenario
+        self.keep_trace = keep_trace
+        writes = scenario.store_writes_per_second > 0
+        self.net = VirtualNetwork(
+            seed=scenario.seed,
+            link=LinkModel(loss=scenario.loss, latency=scenario.latency, duplicate=scenario.duplicate, reorder=scenario.reorder),
+            store=writes,
+            membership_class=membership_class,
+        )
+        self.rng = random.Random(f"lannode-sim-{scenario.seed}-plan")  # faults and workload, apart from the network's draws
+        self.trace: list[str] = []
+        self.hash = hashlib.sha256()
+        self.violations: list[Violation] = []
+        self.nodes: list[SimNode] = []
+        self.names: dict[str, str] = {}  # node id -> n<index>
+        self.down: set[int] = set()
+        self.paused: set[int] = set()
+        self.touched: dict[int, float] = {}  # index -> when a fault last involved it
+        self.blocked = Counter[frozenset[Address]]()
+        self.false_dead = 0
+        self.detections: list[float] = []
+        self.crashed_at: dict[int, float] = {}
+        self.converged_at: float | None = None
+        self.store_converged_at: float | None = None
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    # -- the trace ---------------------------------------------------------------------------------
+    def note(self, text: str) -> None:
+        line = f"{self.net.now:.4f} {text}"
+        self.hash.update(line.encode() + b"\n")
+        if self.keep_trace:
+            self.trace.append(line)
+
+    def _on_event(self, node: SimNode, event: Event) -> None:
+        if not isinstance(event, MemberStateChanged):
+            return
+        observer, subject = node.name, self.names.get(event.node_id, event.node_id[:8])
+        before = event.previous.value if event.previous else "unknown"
+        self.note(f"{observer} sees {subject} {before}->{event.state.value}")
+        if event.state is State.DEAD and subject.startswith("n"):
+            index = int(subject[1:])
+            if index in self.crashed_at and index in self.down:
+                self.detections.append(self.net.now - self.crashed_at[index])
+            elif self._false_death(int(observer[1:]), index):
+                self.false_dead += 1
+                if self.false_dead > self.s.max_false_dead:
+                    self.violations.append(Violation("no false deaths", self.net.now, f"{observer} declared {subject} dead while it ran, reachable and untouched by faults ({self.false_dead} so far, at most {self.s.max_false_dead})", [observer, subject]))
+
+    def _false_death(self, observer: int, subject: int) -> bool:
+        now = self.net.now
+        if subject in self.down or subject in self.paused:
+            return False
+        if now - self.touched.get(subject, -1e9) < FAULT_SHADOW or now - self.touched.get(observer, -1e9) < FAULT_SHADOW:
+            return False
+        pair = frozenset((self.nodes[observer].address, self.nodes[subject].address))
+        return self.blocked[pair] == 0
+
+    # -- building and faults -----------------------------------------------------------------------
+    def _pick(self, fault: Fault) -> list[int]:
+        if fault.nodes:
+            return list(fault.nodes)
+        up = [i for i in range(len(self.nodes)) if i not in self.down]
+        return sorted(self.rng.sample(up, min(fault.count, len(up))))
+
+    def _apply(self, fault: Fault) -> None:
+        chosen = self._pick(fault)
+        for i in chosen:
+            self.touched[i] = self.net.now
+        self.note(f"fault {fault.kind} {' '.join(f'n{i}' for i in chosen)}" + (f" until {fault.until:.3f}" if fault.until is not None else ""))
+        if fault.kind == "partition":
+            inside = set(chosen)
+            pairs = [frozenset((self.nodes[a].address, self.nodes[b].address)) for a in inside for b in range(len(self.nodes)) if b not in inside]
+            for pair in pairs:
+                self.blocked[pair] += 1
+                self.net.blocked.add(pair)
+            for i in range(len(self.nodes)):
+                self.touched[i] = self.net.now
+
+            def heal() -> None:
+                for pair in pairs:
+                    self.blocked[pair] -= 1
+                    if self.blocked[pair] <= 0:
+                        self.net.blocked.discard(pair)
+                for i in range(len(self.nodes)):
+                    self.touched[i] = self.net.now
+                self.note(f"heal {' '.join(f'n{i}' for i in chosen)}")
+
+            self.net.at(fault.ends(), heal)
+        elif fault.kind in ("crash", "stop"):
+            for i in chosen:
+                if i in self.down:
+                    continue
+                (self.net.kill if fault.kind == "crash" else self.net.stop)(self.nodes[i])
+                self.down.add(i)
+                self.crashed_at[i] = self.net.now
+            if fault.until is not None:
+                for i in chosen:
+                    self.net.at(fault.until, functools.partial(self._restart, i))
+        elif fault.kind == "restart":
+            for i in chosen:
+                if i not in self.down:
+                    self.net.kill(self.nodes[i])
+                    self.down.add(i)
+                self._restart(i)
+        elif fault.kind == "pause":
+            for i in chosen:
+                if i in self.down:
+                    continue
+                self.net.pause(self.nodes[i])
+                self.paused.add(i)
+
+            def resume() -> None:
+                for i in chosen:
+                    if i in self.paused:
+                        self.paused.discard(i)
+                        self.touched[i] = self.net.now
+                        if i not in self.down:
+                            self.net.resume(self.nodes[i])
+                self.note(f"resume {' '.join(f'n{i}' for i in chosen)}")
+
+            self.net.at(fault.ends(), resume)
+        elif fault.kind == "loss":
+            self.net.link.loss = fault.loss
+            for i in range(len(self.nodes)):
+                self.touched[i] = self.net.now
+
+            def restore() -> None:
+                self.net.link.loss = self.s.loss
+                for i in range(len(self.nodes)):
+                    self.touched[i] = self.net.now
+                self.note(f"loss back to {self.s.loss:g}")
+
+            self.net.at(fault.ends(), restore)
+
+    def _restart(self, i: int) -> None:
+        if i not in self.down:
+            return
+        self.down.discard(i)
+        self.paused.discard(i)
+        self.touched[i] = self.net.now
+        self.nodes[i] = self.net.restart(self.nodes[i])
+        self.note(f"restart n{i}")
+
+    def _plan_churn(self) -> None:
+        rate = self.s.crashes_per_minute / 60.0
+        if rate <= 0:
+            return
+        t, end = 0.0, self.s.quiet_from()
+        while True:
+            t += self.rng.expovariate(rate)
+            if t >= end:
+                return
+            crash = Fault(at=t, kind="crash", count=1, until=min(t + self.rng.uniform(*self.s.down), end))
+            self.net.at(t, functools.partial(self._apply, crash))
+
+    def _plan_writes(self) -> None:
+        rate = self.s.store_writes_per_second
+        if rate <= 0:
+            return
+        t, end = 0.0, self.s.quiet_from()
+        count = 0
+        while True:
+            t += self.rng.expovariate(rate)
+            if t >= end:
+                return
+            count += 1
+
+            def write(n: int = count) -> None:
+                up = [i for i in range(len(self.nodes)) if i not in self.down and i not in self.paused]
+                if up:
+                    i = self.rng.choice(up)
+                    key = f"k{self.rng.randrange(64)}"
+                    self.net.write(self.nodes[i], key, f"v{n}".encode())
+                    self.note(f"n{i} writes {key}")
+
+            self.net.at(t, write)
+
+    # -- invariants ---------------------------------------------------------------------------------
+    def _membership_converged(self) -> bool:
+        up = [self.nodes[i] for i in range(len(self.nodes)) if i not in self.down]
+        gone = [self.nodes[i] for i in self.down]
+        return self.net.all_see(up, State.ALIVE) and all(a.state_of(b) is not State.ALIVE for a in up for b in gone)
+
+    def _store_fingerprints(self) -> set[bytes]:
+        prints = set()
+        for i in range(len(self.nodes)):
+            node = self.nodes[i]
+            if i in self.down or node.store is None:
+                continue
+            h = hashlib.sha256()
+            for key, entry in sorted(node.store.entries.items()):
+                h.update(key.encode() + entry.rank()[0].to_bytes(8, "big") + entry.origin + (entry.value or b"-"))
+            prints.add(h.digest())
+        return prints
+
+    def _check(self) -> None:
+        now, quiet = self.net.now, self.s.quiet_from()
+        if now >= quiet:
+            if self.converged_at is None and self._membership_converged():
+                self.converged_at = now
+                self.note("membership converged")
+            if self.net.with_store and self.store_converged_at is None and len(self._store_fingerprints()) <= 1:
+                self.store_converged_at = now
+                self.note("store converged")
+        if now < self.s.duration:
+            self.net.at(now + CHECK_EVERY, self._check)
+
+    def _deadline(self, name: str, bound: float, met: float | None, about: list[str]) -> None:
+        if met is None:
+            self.violations.append(Violation(name, self.s.quiet_from() + bound, f"not within {bound:g} s of the last fault", about))
+
+    # -- running ----------------------------------------------------------------------------------------
+    def run(self) -> Result:
+        started = time.perf_counter()
+        net = self.net
+        net.on_event = self._on_event
+
+        def count(node: SimNode, data: bytes, address: Address | None) -> None:
+            self.bytes_sent += len(data)
+
+        net.on_send = count
+        for i in range(self.s.nodes):
+            node = net.add(f"n{i}")
+            self.nodes.append(node)
+            self.names[node.node_id] = node.name
+        for fault in sorted(self.s.faults, key=lambda f: f.at):
+            net.at(fault.at, functools.partial(self._apply, fault))
+        self._plan_churn()
+        self._plan_writes()
+        net.at(0.0, self._check)
+        quiet = self.s.quiet_from()
+        net.run_until(min(self.s.duration, quiet + self.s.converge_within))
+        stragglers = [f"n{i}" for i in range(len(self.nodes)) if i not in self.down and any(self.nodes[i].state_of(self.nodes[j]) is not State.ALIVE for j in range(len(self.nodes)) if j != i and j not in self.down)]
+        self._deadline("membership converges", self.s.converge_within, self.converged_at, stragglers[:6])
+        net.run_until(self.s.duration)
+        if net.with_store:
+            self._deadline("the store converges", self.s.store_converge_within, self.store_converged_at, [])
+        received = sum(n.membership.counters.bytes_received for n in self.nodes)
+        sent = sum(n.membership.counters.bytes_sent for n in self.nodes)
+        per_node = [(n.membership.counters.bytes_sent + n.membership.counters.bytes_received) * 8 / 1000 / max(self.s.duration, 1e-9) for n in self.nodes]
+        metrics = {
+            "convergence_seconds": None if self.converged_at is None else round(self.converged_at - quiet, 3),
+            "store_convergence_seconds": None if self.store_converged_at is None else round(self.store_converged_at - quiet, 3),
+            "detections": len(self.detections),
+            "detection_p50": _percentile(self.detections, 50),
+            "detection_p99": _percentile(self.detections, 99),
+            "false_dead": self.false_dead,
+            "kbit_per_node_mean": round(sum(per_node) / len(per_node), 2) if per_node else 0.0,
+            "kbit_per_node_max": round(max(per_node), 2) if per_node else 0.0,
+            "bytes_sent": sent,
+            "bytes_received": received,
+        }
+        return Result(self.s, self.violations, metrics, self.trace, self.hash.hexdigest(), time.perf_counter() - started, sorted(self.detections))
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))], 3)
