@@ -33,7 +33,8 @@ def _print_result(result: Result, *, as_json: bool, trace: bool) -> None:
     print(f"  membership converged {m['convergence_seconds']} s after the last fault; detection p50 {m['detection_p50']} s, p99 {m['detection_p99']} s over {m['detections']}; false deaths {m['false_dead']}")
     if m["store_convergence_seconds"] is not None:
         print(f"  store converged {m['store_convergence_seconds']} s after the last fault")
-    print(f"  gossip per node: {m['kbit_per_node_mean']} kbit/s mean, {m['kbit_per_node_max']} max; fingerprint {result.fingerprint[:16]}")
+    print(f"  gossip per node, kbit/s: sent {m['kbit_sent_per_node_mean']} mean, {m['kbit_sent_per_node_max']} max; received {m['kbit_received_per_node_mean']} mean, {m['kbit_received_per_node_max']} max")
+    print(f"  fingerprint {result.fingerprint[:16]}")
     if trace:
         print("\n".join(result.trace))
     for v in result.violations:

@@ -34,7 +34,8 @@ def sweep(base: Scenario, nodes: list[int], losses: list[float], directory: Path
             rows.append(row)
             if echo:
                 print(f"{n:>6} nodes {loss:>5.0%} loss: converged {row['convergence_seconds']} s, detection p99 {row['detection_p99']} s, "
-                      f"false deaths {row['false_dead']}, {row['kbit_per_node_mean']} kbit/s per node, {row['wall_seconds']} s of wall time", flush=True)
+                      f"false deaths {row['false_dead']}, {row['kbit_sent_per_node_mean']} kbit/s sent and {row['kbit_received_per_node_mean']} received per node, "
+                  f"{row['wall_seconds']} s of wall time", flush=True)
     if directory is not None:
         write_report(base, rows, results, directory)
     return rows
@@ -68,7 +69,7 @@ def write_report(base: Scenario, rows: list[dict[str, Any]], results: list[Resul
         figures.append((title, name))
 
     plot("convergence.png", "Membership converged, after the last fault", "seconds", "convergence_seconds")
-    plot("bandwidth.png", "Gossip per node (sent + received)", "kbit/s", "kbit_per_node_mean")
+    plot("bandwidth.png", "Gossip received per node (mean)", "kbit/s", "kbit_received_per_node_mean")
     plot("false-dead.png", "Live nodes declared dead", "count", "false_dead")
     detections = [(r, res) for r, res in zip(rows, results) if res.metrics["detections"]]
     if detections:
@@ -90,13 +91,14 @@ def write_report(base: Scenario, rows: list[dict[str, Any]], results: list[Resul
         "",
         f"Scenario `{base.source}`, seed {base.seed}, {base.duration:g} s simulated per run.",
         "",
-        "| nodes | loss | converged (s) | detection p50 / p99 (s) | false deaths | kbit/s per node (mean / max) | violations | wall (s) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| nodes | loss | converged (s) | detection p50 / p99 (s) | false deaths | kbit/s sent per node (mean / max) | received (mean / max) | violations | wall (s) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
             f"| {r['nodes']} | {r['loss']:.0%} | {r['convergence_seconds']} | {r['detection_p50']} / {r['detection_p99']} | {r['false_dead']} | "
-            f"{r['kbit_per_node_mean']} / {r['kbit_per_node_max']} | {r['violations']} | {r['wall_seconds']} |"
+            f"{r['kbit_sent_per_node_mean']} / {r['kbit_sent_per_node_max']} | {r['kbit_received_per_node_mean']} / {r['kbit_received_per_node_max']} | "
+            f"{r['violations']} | {r['wall_seconds']} |"
         )
     lines.append("")
     for title, name in figures:

@@ -317,7 +317,9 @@ class Runner:
             self._deadline("the store converges", self.s.store_converge_within, self.store_converged_at, [])
         received = sum(n.membership.counters.bytes_received for n in self.nodes)
         sent = sum(n.membership.counters.bytes_sent for n in self.nodes)
-        per_node = [(n.membership.counters.bytes_sent + n.membership.counters.bytes_received) * 8 / 1000 / max(self.s.duration, 1e-9) for n in self.nodes]
+        seconds = max(self.s.duration, 1e-9)
+        sent_kbit = [n.membership.counters.bytes_sent * 8 / 1000 / seconds for n in self.nodes]
+        received_kbit = [n.membership.counters.bytes_received * 8 / 1000 / seconds for n in self.nodes]
         metrics = {
             "convergence_seconds": None if self.converged_at is None else round(self.converged_at - quiet, 3),
             "store_convergence_seconds": None if self.store_converged_at is None else round(self.store_converged_at - quiet, 3),
@@ -325,8 +327,10 @@ class Runner:
             "detection_p50": _percentile(self.detections, 50),
             "detection_p99": _percentile(self.detections, 99),
             "false_dead": self.false_dead,
-            "kbit_per_node_mean": round(sum(per_node) / len(per_node), 2) if per_node else 0.0,
-            "kbit_per_node_max": round(max(per_node), 2) if per_node else 0.0,
+            "kbit_sent_per_node_mean": round(sum(sent_kbit) / len(sent_kbit), 2),
+            "kbit_sent_per_node_max": round(max(sent_kbit), 2),
+            "kbit_received_per_node_mean": round(sum(received_kbit) / len(received_kbit), 2),
+            "kbit_received_per_node_max": round(max(received_kbit), 2),
             "bytes_sent": sent,
             "bytes_received": received,
         }

@@ -81,13 +81,31 @@ def simulated_signatures() -> SimulatedSignatures:
 
 
 def share_decoded_payloads() -> None:
-    """Decode each distinct payload once for the whole simulation and hand every receiver
-    the same (immutable) messages: a multicast reaches 99 nodes as the same bytes, and
-    ``decode_payload`` is a pure function of them. What each node does with the messages,
-    replay windows and all, stays its own."""
+    """Open each distinct datagram and decode each distinct payload once for the whole
+    simulation, handing every receiver the same (immutable) result: a multicast reaches
+    99 nodes as the same bytes, and ``wire.open_datagram`` and ``decode_payload`` are pure
+    functions of them. What each node does with them, replay windows and all, stays its own."""
     decode = m.decode_payload
     if getattr(decode, "shared", False):
         return
+    open_datagram = wire.open_datagram
+    opened: dict[tuple[bytes, bytes | None], wire.Opened | wire.Dropped] = {}
+
+    def open_shared(data: bytes, network_key: bytes | None) -> wire.Opened:
+        key = (data, network_key)
+        known = opened.get(key)
+        if known is None:
+            if len(opened) >= MEMO_LIMIT:
+                opened.clear()
+            try:
+                known = opened[key] = open_datagram(data, network_key)
+            except wire.Dropped as exc:
+                known = opened[key] = exc
+        if isinstance(known, wire.Dropped):
+            raise known
+        return known
+
+    wire.open_datagram = open_shared
     memo: dict[bytes, tuple[m.Message, ...] | m.RemoteProtocolError] = {}
 
     def shared(payload: bytes) -> list[m.Message]:
@@ -197,7 +215,7 @@ class VirtualNetwork:
         self.dropped_while_paused = 0
         self.on_send: Callable[[SimNode, bytes, Address | None], None] | None = None
         self.on_event: Callable[[SimNode, Event], None] | None = None
-        self._queue: list[tuple[float, int, Callable[[], None]]] = []
+        self._queue: list[tuple[float, int, Callable[..., None], tuple[object, ...]]] = []
         self._order = itertools.count()
         self._ports = itertools.count(40000)
         self._epochs: dict[bytes, int] = {}
@@ -295,10 +313,11 @@ class VirtualNetwork:
 
     def run_until(self, deadline: float, until: Callable[[], bool] | None = None) -> bool:
         """Run events up to ``deadline``; stop early (True) once ``until()`` holds."""
-        while self._queue and self._queue[0][0] <= deadline:
-            when, _, action = heapq.heappop(self._queue)
+        queue, pop = self._queue, heapq.heappop
+        while queue and queue[0][0] <= deadline:
+            when, _, action, args = pop(queue)
             self.now = when
-            action()
+            action(*args)
             if until is not None and until():
                 return True
         self.now = max(self.now, deadline)
@@ -316,8 +335,8 @@ class VirtualNetwork:
         return all(a.state_of(b) is state for a in nodes for b in targets if a is not b)
 
     # -- plumbing ----------------------------------------------------------------------------
-    def _at(self, when: float, action: Callable[[], None]) -> None:
-        heapq.heappush(self._queue, (when, next(self._order), action))
+    def _at(self, when: float, action: Callable[..., None], *args: object) -> None:
+        heapq.heappush(self._queue, (when, next(self._order), action, args))
 
     def _wake(self, node: SimNode) -> None:
         if not node.attached or node.paused:
@@ -335,8 +354,11 @@ class VirtualNetwork:
             return
         node.wake_token += 1
         node.wake_at = wakeup
-        token = node.wake_token
-        self._at(max(wakeup, self.now + 1e-4), lambda: self._wake(node) if node.wake_token == token else None)
+        self._at(max(wakeup, self.now + 1e-4), self._wake_if, node, node.wake_token)
+
+    def _wake_if(self, node: SimNode, token: int) -> None:
+        if node.wake_token == token:  # else a newer plan replaced this one
+            self._wake(node)
 
     def _flush(self, node: SimNode) -> None:
         for event in node.membership.take_events():
@@ -345,43 +367,48 @@ class VirtualNetwork:
                 self._merge(node, event.data)
             if self.on_event is not None:
                 self.on_event(node, event)
-        for out in node.membership.take_outgoing():
-            self.largest_datagram = max(self.largest_datagram, len(out.data))
-            assert len(out.data) <= MAX_DATAGRAM, f"{len(out.data)}-byte datagram"
+        outgoing = node.membership.take_outgoing()
+        if not outgoing:
+            return
+        rng, blocked, overrides, push, order = self.rng, self.blocked, self.link_overrides, heapq.heappush, self._order
+        for out in outgoing:
+            data = out.data
+            self.largest_datagram = max(self.largest_datagram, len(data))
+            assert len(data) <= MAX_DATAGRAM, f"{len(data)}-byte datagram"
             if self.on_send is not None:
-                self.on_send(node, out.data, out.address)
+                self.on_send(node, data, out.address)
             if out.address is None:
                 targets = [n for n in self.nodes.values() if n is not node]
             else:
                 target = self.nodes.get(out.address)
                 targets = [target] if target is not None else []
+            source = node.address
             for target in targets:
-                pair = frozenset((node.address, target.address))
-                if pair in self.blocked:
-                    continue
-                link = self.link_overrides.get(pair, self.link)
-                rng = self.rng
-                if rng.random() < link.loss:
+                link = self.link
+                if blocked or overrides:
+                    pair = frozenset((source, target.address))
+                    if pair in blocked:
+                        continue
+                    link = overrides.get(pair, link)
+                if link.loss and rng.random() < link.loss:
                     continue
                 copies = 2 if link.duplicate and rng.random() < link.duplicate else 1
+                low, high = link.latency
                 for _ in range(copies):
-                    delay = rng.uniform(*link.latency)
+                    delay = low + (high - low) * rng.random()
                     if link.reorder and rng.random() < link.reorder:
-                        delay += rng.uniform(0, link.reorder_delay)
-                    self._at(self.now + delay, self._deliver_action(target, out.data, node.address))
+                        delay += link.reorder_delay * rng.random()
+                    push(self._queue, (self.now + delay, next(order), self._deliver, (target, data, source)))
 
-    def _deliver_action(self, target: SimNode, data: bytes, source: Address) -> Callable[[], None]:
-        def deliver() -> None:
-            if not target.attached:
-                return
-            if target.paused:
-                self.dropped_while_paused += 1
-                return
-            target.membership.datagram_received(data, source, self.now)
-            self._flush(target)  # its answers go now; its timers keep their own wake-up
-            self._schedule_wake(target)
-
-        return deliver
+    def _deliver(self, target: SimNode, data: bytes, source: Address) -> None:
+        if not target.attached:
+            return
+        if target.paused:
+            self.dropped_while_paused += 1
+            return
+        target.membership.datagram_received(data, source, self.now)
+        self._flush(target)  # its answers go now; its timers keep their own wake-up
+        self._schedule_wake(target)
 
     # -- the store's anti-entropy ------------------------------------------------------------
     def _merge(self, node: SimNode, data: bytes) -> None:
@@ -398,8 +425,11 @@ class VirtualNetwork:
 
     def _schedule_sync(self, node: SimNode) -> None:
         node.sync_token += 1
-        token = node.sync_token
-        self._at(self.now + self.sync_interval * self.rng.uniform(0.75, 1.25), lambda: self._sync(node) if node.sync_token == token else None)
+        self._at(self.now + self.sync_interval * self.rng.uniform(0.75, 1.25), self._sync_if, node, node.sync_token)
+
+    def _sync_if(self, node: SimNode, token: int) -> None:
+        if node.sync_token == token:
+            self._sync(node)
 
     def _sync(self, node: SimNode) -> None:
         """One Scuttlebutt round with a random live peer, as lannode/store.py runs it: our

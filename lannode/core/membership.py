@@ -65,7 +65,8 @@ from lannode.core.wire import MAX_PAYLOAD, DatagramCodec, Dropped, LocalProtocol
 
 Address = tuple[str, int]
 INCARNATION_BOOT_SHIFT = 32
-FORGET_CHECK_INTERVAL = 60.0  # how often dead and left members are looked over for forgetting
+FORGET_CHECK_INTERVAL = 60.0
+CONFIRMERS = 2  # about this many times k nodes probe a new suspect to confirm it  # how often dead and left members are looked over for forgetting
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,7 @@ class MembershipConfig:
     gossip_interval: float = 0.2
     retransmit_mult: int = 3
     presence_interval: float = 2.0  # the shortest; a big group spaces them out (presence_budget)
-    presence_budget: float = 20_000.0  # bits/s of presence multicast the whole group sends, at most
+    presence_budget: float = 8_000.0  # bits/s of presence multicast the whole group sends, at most
     join_schedule: tuple[float, ...] = (0.0, 0.1, 0.25, 0.45, 0.7, 1.0)
     leave_copies: int = 3
     max_health: int = 8
@@ -361,16 +362,20 @@ class Membership:
         """The time tick() next has something to do (it may be called earlier)."""
         if self._started is None or self.leaving:
             return math.inf
-        times = [self._next_probe, self._next_presence]
+        soonest = min(self._next_probe, self._next_presence)
         if self._joins_sent < len(self.config.join_schedule):
-            times.append(self._started + self.config.join_schedule[self._joins_sent])
-        if self._probe is not None:
-            times.append(self._probe.end if self._probe.indirect_sent else self._probe.direct_deadline)
-        times.extend(relay.deadline for relay in self._relays.values())
-        times.extend(x.suspicion.deadline() for x in self._suspects.values() if x.suspicion is not None)
-        if any(b.multicast for b in self._broadcasts.values()):
-            times.append(self._next_gossip)
-        return min(times)
+            soonest = min(soonest, self._started + self.config.join_schedule[self._joins_sent])
+        probe = self._probe
+        if probe is not None:
+            soonest = min(soonest, probe.end if probe.indirect_sent else probe.direct_deadline)
+        for relay in self._relays.values():
+            soonest = min(soonest, relay.deadline)
+        for member in self._suspects.values():
+            if member.suspicion is not None:
+                soonest = min(soonest, member.suspicion.deadline())
+        if self._next_gossip < soonest and any(b.multicast for b in self._broadcasts.values()):
+            soonest = self._next_gossip
+        return soonest
 
     def take_outgoing(self) -> list[Outgoing]:
         out, self._outgoing = self._outgoing, []
@@ -508,7 +513,11 @@ class Membership:
             else:
                 member.suspicion = self._new_suspicion(now, accuser or self.node_id)
                 self._suspects[node_id] = member
-                self._probe_soon.append(node_id)  # see for ourselves: a failure confirms it
+                # see for ourselves: a failure confirms it. Only a few need to (Lifeguard's
+                # k confirmations bring the timeout to its minimum); were every node to probe
+                # and multicast its confirmation, one crash would cost n * n datagrams.
+                if accuser == self.node_id or self._rng.random() < CONFIRMERS * max(1, member.suspicion.expected) / max(1, self._live):
+                    self._probe_soon.append(node_id)
         else:
             member.suspicion = None
             self._suspects.pop(node_id, None)
@@ -526,7 +535,15 @@ class Membership:
             self._queue(node_id, m.encode_message(presence), multicast=False)
         elif claim in ("suspect", "dead") and (new_state is not previous or not relayed):
             message: m.Message = m.Suspect(node_id, incarnation) if claim == "suspect" else m.Dead(node_id, incarnation)
-            self._queue(node_id, m.encode_message(message), multicast=not relayed)
+            # Our own word is multicast while it counts: an accusation while it is one of the
+            # confirmations that matter, a death by a few of the many whose timers run out at
+            # about the same moment. Past that it rides on what we send anyway: otherwise one
+            # crash costs n * n datagrams.
+            if claim == "suspect":
+                spread = member.suspicion is None or len(member.suspicion.accusers) <= member.suspicion.expected + 1
+            else:
+                spread = self._rng.random() < CONFIRMERS * max(1, self.config.indirect_checks) / max(1, self._live)
+            self._queue(node_id, m.encode_message(message), multicast=not relayed and spread)
 
     def _new_suspicion(self, now: float, accuser: str) -> Suspicion:
         live = self._live + 1
@@ -705,8 +722,9 @@ class Membership:
         """RTCP's rule (RFC 3550, 6.2): every member multicasts its presence, so the interval
         grows with the group and the group's total stays within ``presence_budget``; what a
         node receives of it is then flat, 10 members or 10,000. The group still sends
-        ``presence_budget`` worth, so one from the other side of a healed partition
-        arrives as soon as with a small group."""
+        ``presence_budget`` worth (about three a second), so one from the other side of a
+        healed partition arrives as soon as with a small group. Presence is only the
+        background repair of membership: changes spread as claims, multicast at once."""
         group = self._live + 1
         return max(self.config.presence_interval, group * self._presence_bytes * 8 / self.config.presence_budget)
 

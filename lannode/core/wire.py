@@ -204,44 +204,64 @@ class DatagramCodec:
         return datagram
 
     def _decode(self, data: bytes) -> Datagram:
-        if len(data) > MAX_DATAGRAM:
-            raise Dropped("oversized", f"{len(data)} bytes")
-        if len(data) < _HEADER.size:
-            raise Dropped("truncated", "no header")
-        magic, version, flags = _HEADER.unpack_from(data)
-        if magic != MAGIC:
-            raise Dropped("magic")
-        if version != VERSION:
-            raise Dropped("version", f"version {version}")
-        if flags & ~KNOWN_FLAGS:
-            raise Dropped("flags", f"flags {flags:#x}")
-        header = data[: _HEADER.size]
-        sealed = bool(flags & FLAG_SEALED)
-        if self.network_key is not None and not sealed:
-            raise Dropped("unsealed")
-        if self.network_key is None and sealed:
-            raise Dropped("sealed")
-        if sealed:
-            assert self.network_key is not None
-            if len(data) < _HEADER.size + NONCE_BYTES + TAG_BYTES:
-                raise Dropped("truncated", "no nonce")
-            nonce = data[_HEADER.size : _HEADER.size + NONCE_BYTES]
-            try:
-                inner = crypto_aead_xchacha20poly1305_ietf_decrypt(data[_HEADER.size + NONCE_BYTES :], header, nonce, self.network_key)
-            except CryptoError:
-                raise Dropped("decrypt") from None
-        else:
-            inner = data[_HEADER.size :]
-        if len(inner) < _INNER.size + SIGNATURE_BYTES:
-            raise Dropped("truncated", "no sender")
-        public_key, epoch, counter, length = _INNER.unpack_from(inner)
-        if len(inner) != _INNER.size + length + SIGNATURE_BYTES:
-            raise Dropped("truncated", "length does not match")
-        if public_key == self.public_key:
+        opened = open_datagram(data, self.network_key)
+        if opened.public_key == self.public_key:
             raise Dropped("own")
-        self.replays.check(public_key, epoch, counter)
-        signed_end = _INNER.size + length
-        if not signature_ok(public_key, header + inner[:signed_end], inner[signed_end:]):
+        self.replays.check(opened.public_key, opened.epoch, opened.counter)  # before the costly check
+        if not signature_ok(opened.public_key, opened.signed, opened.signature):
             raise Dropped("signature")
-        self.replays.accept(public_key, epoch, counter)
-        return Datagram(public_key, epoch, counter, inner[_INNER.size : signed_end])
+        self.replays.accept(opened.public_key, opened.epoch, opened.counter)
+        return Datagram(opened.public_key, opened.epoch, opened.counter, opened.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A datagram's parts once its framing checks out (and its seal opened), before the
+    receiver's own checks: whether it is its own, a replay, and signed."""
+
+    public_key: bytes
+    epoch: int
+    counter: int
+    payload: bytes
+    signed: bytes
+    signature: bytes
+
+
+def open_datagram(data: bytes, network_key: bytes | None) -> Opened:
+    """Check a datagram's framing and open its seal: a pure function of the bytes and the
+    network key (sim/ decodes a multicast once for all its receivers); raises Dropped."""
+    if len(data) > MAX_DATAGRAM:
+        raise Dropped("oversized", f"{len(data)} bytes")
+    if len(data) < _HEADER.size:
+        raise Dropped("truncated", "no header")
+    magic, version, flags = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise Dropped("magic")
+    if version != VERSION:
+        raise Dropped("version", f"version {version}")
+    if flags & ~KNOWN_FLAGS:
+        raise Dropped("flags", f"flags {flags:#x}")
+    header = data[: _HEADER.size]
+    sealed = bool(flags & FLAG_SEALED)
+    if network_key is not None and not sealed:
+        raise Dropped("unsealed")
+    if network_key is None and sealed:
+        raise Dropped("sealed")
+    if sealed:
+        assert network_key is not None
+        if len(data) < _HEADER.size + NONCE_BYTES + TAG_BYTES:
+            raise Dropped("truncated", "no nonce")
+        nonce = data[_HEADER.size : _HEADER.size + NONCE_BYTES]
+        try:
+            inner = crypto_aead_xchacha20poly1305_ietf_decrypt(data[_HEADER.size + NONCE_BYTES :], header, nonce, network_key)
+        except CryptoError:
+            raise Dropped("decrypt") from None
+    else:
+        inner = data[_HEADER.size :]
+    if len(inner) < _INNER.size + SIGNATURE_BYTES:
+        raise Dropped("truncated", "no sender")
+    public_key, epoch, counter, length = _INNER.unpack_from(inner)
+    if len(inner) != _INNER.size + length + SIGNATURE_BYTES:
+        raise Dropped("truncated", "length does not match")
+    signed_end = _INNER.size + length
+    return Opened(public_key, epoch, counter, inner[_INNER.size : signed_end], header + inner[:signed_end], inner[signed_end:])
