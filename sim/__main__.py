@@ -4,6 +4,7 @@
     python -m sim replay SEED [--scenario FILE] [--plant BUG]
     python -m sim fuzz [--seconds 60] [--start SEED] [--plant BUG] [--json]
     python -m sim sweep SCENARIO --nodes 10,100,1000 --loss 0,0.1,0.3 [--report DIR]
+    python -m sim lab SCENARIO [--trials N] [--report DIR]   (real daemons in the network lab, and the simulation)
 
 Exit codes: 0 every invariant held, 1 a violation (its seed and trace are printed),
 2 bad usage or a scenario that does not parse.
@@ -110,6 +111,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if any(r["violations"] for r in rows) else 0
 
 
+def cmd_lab(args: argparse.Namespace) -> int:
+    from sim.labrun import side_by_side
+
+    scenario = Scenario.load(Path(args.scenario))
+    result = side_by_side(scenario, Path(args.report) if args.report else None, trials=args.trials, echo=(lambda text: None) if args.json else print)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0 if all(r["convergence_seconds"] is not None for r in result["lab"]) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim", description="lannode's network simulator: the real protocol objects in virtual time")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -128,13 +139,17 @@ def main(argv: list[str] | None = None) -> int:
     sweeper.add_argument("--nodes", help="comma-separated node counts")
     sweeper.add_argument("--loss", help="comma-separated loss rates (0.1 is 10%%)")
     sweeper.add_argument("--report", metavar="DIR", help="write report.md and its plots here")
-    for p in (run, replay, fuzzer, sweeper):
+    labber = sub.add_parser("lab", help="the scenario with real daemons in network namespaces, beside the simulation")
+    labber.add_argument("scenario")
+    labber.add_argument("--report", metavar="DIR", help="write lab-vs-simulation.md here")
+    labber.add_argument("--trials", type=int, default=1, help="run it this many times on each side and compare the means (default 1)")
+    for p in (run, replay, fuzzer, sweeper, labber):
         p.add_argument("--json", action="store_true")
     for p in (run, replay, fuzzer):
         p.add_argument("--plant", choices=sorted(PLANTED), help="run a test copy of the core with this bug planted")
     args = parser.parse_args(argv)
     try:
-        return {"run": cmd_run, "replay": cmd_replay, "fuzz": cmd_fuzz, "sweep": cmd_sweep}[args.command](args)
+        return {"run": cmd_run, "replay": cmd_replay, "fuzz": cmd_fuzz, "sweep": cmd_sweep, "lab": cmd_lab}[args.command](args)
     except ScenarioError as exc:
         print(f"sim: {exc}", file=sys.stderr)
         return 2

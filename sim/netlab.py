@@ -129,6 +129,9 @@ class NetLab:
     def reset(self, host: int) -> None:
         self.request("reset", host=host)
 
+    def signal(self, host: int, sig: int) -> None:
+        self.request("signal", host=host, signal=int(sig))
+
     def call(self, host: int, method: str, **params: Any) -> Any:
         return self.request("call", host=host, method=method, params=params)
 
@@ -394,6 +397,13 @@ class Controller:
         process.send_signal(signal)
         process.wait(timeout=15)
         return when
+
+    def op_signal(self, host: int, signal: int) -> None:
+        """Send a signal and return at once (SIGSTOP, SIGCONT: a paused node)."""
+        process = self.processes.get(host)
+        if process is None or process.poll() is not None:
+            raise LabError(f"h{host} is not running")
+        process.send_signal(signal)
 
     def op_reset(self, host: int) -> None:
         """Forget a stopped host's home: its next start is a brand-new node (a new key)."""

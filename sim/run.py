@@ -4,9 +4,9 @@
 scenario's faults, churn and store writes from the scenario's seed, and checks as
 it goes:
 
-* **membership converges**: from ``converge_within`` seconds after the last fault
-  ends, every running node sees every other running node alive, and no node that
-  is down (crashed and not restarted) alive;
+* **membership converges**: within ``converge_within`` seconds after the last fault
+  ends, every running node sees every other running node alive, and every node
+  that is down (crashed, or stopped, and not restarted) dead or left;
 * **no false deaths**: a node declared dead by another while it was running,
   unpaused and reachable from it, with no fault touching either of them in the
   previous ``FAULT_SHADOW`` seconds, counts against ``max_false_dead``;
@@ -34,7 +34,7 @@ from sim.scenario import Fault, Scenario
 from sim.virtualnet import Address, LinkModel, SimNode, VirtualNetwork
 
 FAULT_SHADOW = 30.0  # seconds after a fault during which a death is not counted as false
-CHECK_EVERY = 0.5  # how often convergence is looked at, simulated seconds
+CHECK_EVERY = 0.1  # how often convergence is looked at once the faults are over, simulated seconds
 
 
 @dataclass
@@ -259,7 +259,7 @@ class Runner:
     def _membership_converged(self) -> bool:
         up = [self.nodes[i] for i in range(len(self.nodes)) if i not in self.down]
         gone = [self.nodes[i] for i in self.down]
-        return self.net.all_see(up, State.ALIVE) and all(a.state_of(b) is not State.ALIVE for a in up for b in gone)
+        return self.net.all_see(up, State.ALIVE) and all(a.state_of(b) in (State.DEAD, State.LEFT, None) for a in up for b in gone)
 
     def _store_fingerprints(self) -> set[bytes]:
         prints = set()
@@ -283,7 +283,7 @@ class Runner:
                 self.store_converged_at = now
                 self.note("store converged")
         if now < self.s.duration:
-            self.net.at(now + CHECK_EVERY, self._check)
+            self.net.at(max(now + CHECK_EVERY, min(quiet, self.s.duration)), self._check)  # nothing to look at before the quiet
 
     def _deadline(self, name: str, bound: float, met: float | None, about: list[str]) -> None:
         if met is None:
@@ -324,8 +324,8 @@ class Runner:
             "convergence_seconds": None if self.converged_at is None else round(self.converged_at - quiet, 3),
             "store_convergence_seconds": None if self.store_converged_at is None else round(self.store_converged_at - quiet, 3),
             "detections": len(self.detections),
-            "detection_p50": _percentile(self.detections, 50),
-            "detection_p99": _percentile(self.detections, 99),
+            "detection_p50": percentile(self.detections, 50),
+            "detection_p99": percentile(self.detections, 99),
             "false_dead": self.false_dead,
             "kbit_sent_per_node_mean": round(sum(sent_kbit) / len(sent_kbit), 2),
             "kbit_sent_per_node_max": round(max(sent_kbit), 2),
@@ -337,7 +337,7 @@ class Runner:
         return Result(self.s, self.violations, metrics, self.trace, self.hash.hexdigest(), time.perf_counter() - started, sorted(self.detections))
 
 
-def _percentile(values: list[float], q: float) -> float | None:
+def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)

@@ -94,3 +94,20 @@ def test_a_broken_scenario_is_refused_with_what_is_wrong(tmp_path: Path, text: s
         Scenario.load(path)
     run = sim("run", str(path))
     assert run.returncode == 2 and message.split()[0] in run.stderr
+
+
+def test_the_network_lab_plays_the_same_scenario_file_with_real_daemons(tmp_path: Path) -> None:
+    scenario = tmp_path / "lab.toml"
+    scenario.write_text(
+        'name = "a crash and a partition, in the lab"\nnodes = 5\nduration = 40\n\n'
+        '[[fault]]\nat = 3\nkind = "partition"\nnodes = [0]\nuntil = 10\n\n'
+        '[[fault]]\nat = 12\nkind = "crash"\nnodes = [4]\n\n'
+        "[invariants]\nconverge_within = 25.0\n"
+    )
+    result = sim("lab", str(scenario), "--json", "--report", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    both = json.loads(result.stdout)
+    (lab,), (simulated,) = both["lab"], both["simulation"]
+    assert lab["convergence_seconds"] is not None and simulated["convergence_seconds"] is not None
+    assert lab["detections"] == 4  # the four others each saw the crashed daemon dead
+    assert "| convergence_seconds |" in (tmp_path / "report" / "lab-vs-simulation.md").read_text()
