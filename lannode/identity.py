@@ -30,18 +30,22 @@ class IdentityError(Exception):
 
 
 @functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1 << 16)
 def node_id_for(public_key: bytes) -> str:
     """The node id of a public key (cached: hot paths ask it for every message)."""
     return node_id_from_raw(hashlib.blake2b(public_key, digest_size=NODE_ID_BYTES).digest())
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def node_id_from_raw(raw: bytes) -> str:
     """The printed id for its 15 raw bytes (as carried on the wire)."""
     return base64.b32encode(raw).decode().lower()
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def raw_node_id(node_id: str) -> bytes:
-    """The 15 raw bytes of a printed node id; ValueError if it is not one."""
+    """The 15 raw bytes of a printed node id; ValueError if it is not one (cached, as
+    ``node_id_for``: every ping and claim names a node)."""
     raw = base64.b32decode(node_id.upper())
     if len(raw) != NODE_ID_BYTES:
         raise ValueError(f"not a node id: {node_id!r}")
