@@ -3,8 +3,9 @@
 Many nodes share one event queue, each a ``Membership`` (``lannode.core.membership``)
 and, when asked, a ``ReplicatedMap`` (``lannode.core.store``): the very objects the
 daemon runs. The segment carries datagrams with a ``LinkModel``: latency, loss,
-duplication and reordering, for every pair or one pair; multicast reaches every
-other node; a partition drops everything between two groups. Nodes crash
+duplication and reordering, for every pair or one pair; a multicast is one frame
+that reaches every other node at the same moment (each may lose it, or get a
+late or second copy); a partition drops everything between two groups. Nodes crash
 (``kill``), stop cleanly, restart (same key and store, the next boot epoch) and
 pause (a stopped process: deaf and idle, then late). The store's anti-entropy runs
 as the daemon's does, with a random live peer every ``sync_interval``, over a
@@ -370,7 +371,6 @@ class VirtualNetwork:
         outgoing = node.membership.take_outgoing()
         if not outgoing:
             return
-        rng, blocked, overrides, push, order = self.rng, self.blocked, self.link_overrides, heapq.heappush, self._order
         for out in outgoing:
             data = out.data
             self.largest_datagram = max(self.largest_datagram, len(data))
@@ -378,27 +378,62 @@ class VirtualNetwork:
             if self.on_send is not None:
                 self.on_send(node, data, out.address)
             if out.address is None:
-                targets = [n for n in self.nodes.values() if n is not node]
+                self._multicast(node, data)
             else:
                 target = self.nodes.get(out.address)
-                targets = [target] if target is not None else []
-            source = node.address
-            for target in targets:
-                link = self.link
-                if blocked or overrides:
-                    pair = frozenset((source, target.address))
-                    if pair in blocked:
-                        continue
-                    link = overrides.get(pair, link)
-                if link.loss and rng.random() < link.loss:
+                if target is not None:
+                    self._unicast(node, target, data)
+
+    def _unicast(self, node: SimNode, target: SimNode, data: bytes) -> None:
+        rng, link = self.rng, self.link
+        if self.blocked or self.link_overrides:
+            pair = frozenset((node.address, target.address))
+            if pair in self.blocked:
+                return
+            link = self.link_overrides.get(pair, link)
+        if link.loss and rng.random() < link.loss:
+            return
+        copies = 2 if link.duplicate and rng.random() < link.duplicate else 1
+        low, high = link.latency
+        for _ in range(copies):
+            delay = low + (high - low) * rng.random()
+            if link.reorder and rng.random() < link.reorder:
+                delay += link.reorder_delay * rng.random()
+            self._at(self.now + delay, self._deliver, target, data, node.address)
+
+    def _multicast(self, node: SimNode, data: bytes) -> None:
+        """One frame on the segment: every receiver that does not lose it gets it at the same
+        moment (one event, however many receivers); duplicated or held-back copies arrive later."""
+        rng, blocked, overrides, link = self.rng, self.blocked, self.link_overrides, self.link
+        source = node.address
+        low, high = link.latency
+        arrive = self.now + low + (high - low) * rng.random()
+        together: list[SimNode] = []
+        for target in self.nodes.values():
+            if target is node:
+                continue
+            own = link
+            if blocked or overrides:
+                pair = frozenset((source, target.address))
+                if pair in blocked:
                     continue
-                copies = 2 if link.duplicate and rng.random() < link.duplicate else 1
-                low, high = link.latency
-                for _ in range(copies):
-                    delay = low + (high - low) * rng.random()
-                    if link.reorder and rng.random() < link.reorder:
-                        delay += link.reorder_delay * rng.random()
-                    push(self._queue, (self.now + delay, next(order), self._deliver, (target, data, source)))
+                own = overrides.get(pair, link)
+            if own.loss and rng.random() < own.loss:
+                continue
+            late = own is not link or (own.reorder and rng.random() < own.reorder)
+            if late:
+                delay = own.latency[0] + (own.latency[1] - own.latency[0]) * rng.random() + own.reorder_delay * rng.random()
+                self._at(self.now + delay, self._deliver, target, data, source)
+            else:
+                together.append(target)
+            if own.duplicate and rng.random() < own.duplicate:
+                self._at(arrive + own.reorder_delay * rng.random(), self._deliver, target, data, source)
+        if together:
+            self._at(arrive, self._deliver_all, together, data, source)
+
+    def _deliver_all(self, targets: list[SimNode], data: bytes, source: Address) -> None:
+        for target in targets:
+            self._deliver(target, data, source)
 
     def _deliver(self, target: SimNode, data: bytes, source: Address) -> None:
         if not target.attached:
