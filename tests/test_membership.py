@@ -1,7 +1,8 @@
 """Membership (SWIM + Lifeguard) as a user relies on it, in virtual time.
 
 These drive the real sans-IO protocol objects through sim/'s virtual LAN: real
-signatures, real encoding, loss and partitions, minutes of protocol in seconds.
+encoding, loss and partitions, minutes of protocol in seconds. Signatures are the
+simulator's stand-in (a forgery still fails: tests/test_sim.py checks it).
 """
 
 from __future__ import annotations

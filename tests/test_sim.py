@@ -111,3 +111,35 @@ def test_the_network_lab_plays_the_same_scenario_file_with_real_daemons(tmp_path
     assert lab["convergence_seconds"] is not None and simulated["convergence_seconds"] is not None
     assert lab["detections"] == 4  # the four others each saw the crashed daemon dead
     assert "| convergence_seconds |" in (tmp_path / "report" / "lab-vs-simulation.md").read_text()
+
+
+def test_the_worlds_faults_do_what_they_say() -> None:
+    from lannode.core.membership import State
+    from sim.virtualnet import LinkModel, VirtualNetwork
+
+    # every datagram twice: the second copies are dropped as replays, and nothing else changes
+    net = VirtualNetwork(seed=11, link=LinkModel(duplicate=1.0))
+    nodes = [net.add(f"n{i}") for i in range(4)]
+    assert net.run_until(5, lambda: net.all_see(nodes, State.ALIVE))
+    net.run_for(5)
+    assert sum(n.membership.codec.dropped["replay"] for n in nodes) > 100
+    # a paused node hears nothing, is declared dead, and refutes once it runs again
+    sleeper, others = nodes[0], nodes[1:]
+    net.pause(sleeper)
+    assert net.run_until(net.now + 20, lambda: net.all_see(others, State.DEAD, [sleeper]))
+    assert net.dropped_while_paused > 0
+    net.resume(sleeper)
+    assert net.run_until(net.now + 20, lambda: net.all_see(nodes, State.ALIVE))
+    # the simulator's signature stand-in still refuses a forgery (and takes the genuine one)
+    from lannode.core import messages as m
+    from lannode.core.wire import Dropped
+
+    genuine = others[0].membership.codec.encode(m.encode_payload([m.encode_message(m.Hello())]))
+    forged = bytearray(others[0].membership.codec.encode(m.encode_payload([m.encode_message(m.Hello())])))
+    forged[-1] ^= 1
+    codec = others[1].membership.codec
+    before = codec.dropped["signature"]
+    codec.decode(genuine)
+    with pytest.raises(Dropped):
+        codec.decode(bytes(forged))
+    assert codec.dropped["signature"] == before + 1
