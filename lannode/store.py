@@ -213,14 +213,7 @@ class StoreService:
 
     # -- receiving -------------------------------------------------------------------------------
     def _on_gossip_entry(self, data: bytes, sender: str) -> None:
-        try:
-            entry, end = decode_entry(data)
-            if end != len(data):
-                raise BadEntry("trailing bytes")
-        except BadEntry:
-            self.map.rejected += 1
-            return
-        if self.map.merge(entry):
+        if self.map.merge_gossiped(data):
             self._dirty.set()
 
     async def _on_sync_message(self, link: Link, data: bytes) -> None:

@@ -30,7 +30,7 @@ from nacl.signing import SigningKey
 from lannode.core import messages as m
 from lannode.core import wire
 from lannode.core.membership import Event, Membership, MembershipConfig, State, StoreEntryReceived
-from lannode.core.store import BadEntry, ReplicatedMap, decode_entry
+from lannode.core.store import ReplicatedMap
 from lannode.core.wire import MAX_DATAGRAM
 
 Address = tuple[str, int]
@@ -448,14 +448,7 @@ class VirtualNetwork:
     # -- the store's anti-entropy ------------------------------------------------------------
     def _merge(self, node: SimNode, data: bytes) -> None:
         assert node.store is not None
-        try:
-            entry, end = decode_entry(data)
-            if end != len(data):
-                raise BadEntry("trailing bytes")
-        except BadEntry:
-            node.store.rejected += 1
-            return
-        node.store.merge(entry)
+        node.store.merge_gossiped(data)
         node.store.take_changes()
 
     def _schedule_sync(self, node: SimNode) -> None:

@@ -264,6 +264,19 @@ def browser() -> Iterator[Any]:
         launched.close()
 
 
+def wait_decoding(page: Any, count: int, timeout: float = 45.0) -> dict[str, int]:
+    """Until the page decodes video frames from ``count`` other pages (getStats'
+    framesDecoded on each inbound video stream); their frame counts."""
+    deadline = time.monotonic() + timeout
+    stats: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        stats = page.evaluate("() => window.lannode.calls.stats()")
+        if len(stats) >= count and all(frames > 0 for frames in stats.values()):
+            return stats
+        page.wait_for_timeout(300)
+    raise AssertionError(f"frames decoded per page after {timeout:g} s: {stats}")
+
+
 def screenshot(page: Any, name: str) -> Path:
     """Save what the page shows (full page) under test-artifacts/screens/."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

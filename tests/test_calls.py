@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from conftest import NodeFactory, run_cli, write_config
+from conftest import NodeFactory, run_cli, wait_decoding, write_config
 from lannode.config import render_default
 from lannode.home import Home
 from sim.browser import chromium_args
@@ -91,17 +91,6 @@ def summary_of(out: str) -> dict[str, Any]:
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     summary: dict[str, Any] = next(e["data"] for e in events if e["event"] == "call.summary")
     return summary
-
-
-def wait_decoding(page: Page, count: int, timeout: float = 45.0) -> dict[str, int]:
-    deadline = time.monotonic() + timeout
-    stats: dict[str, int] = {}
-    while time.monotonic() < deadline:
-        stats = page.evaluate("() => window.lannode.calls.stats()")
-        if len(stats) >= count and all(frames > 0 for frames in stats.values()):
-            return stats
-        page.wait_for_timeout(300)
-    raise AssertionError(f"frames decoded per page after {timeout:g} s: {stats}")
 
 
 def probe(path: Path) -> dict[str, Any]:

@@ -7,13 +7,12 @@ from __future__ import annotations
 import filecmp
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import Browser, Page
 
-from conftest import NodeFactory, RunningNode, browser, screenshot  # noqa: F401 - the fixture
+from conftest import NodeFactory, RunningNode, browser, screenshot, wait_decoding  # noqa: F401 - the fixture
 
 # A page whose data channels cannot open: ICE may use relay servers only, and there are none.
 NO_DATA_CHANNEL = """
@@ -143,19 +142,6 @@ def test_verifying_a_peer_in_the_page_and_the_layout_at_phone_width(nodes: NodeF
     assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1"), "nothing overflows at phone width"
     screenshot(page, "phone-width")
     page.close()
-
-
-def wait_decoding(page: Page, count: int, timeout: float = 45.0) -> dict[str, int]:
-    """Until the page decodes video frames from ``count`` other pages (getStats'
-    framesDecoded on each inbound video stream); their frame counts."""
-    deadline = time.monotonic() + timeout
-    stats: dict[str, int] = {}
-    while time.monotonic() < deadline:
-        stats = page.evaluate("() => window.lannode.calls.stats()")
-        if len(stats) >= count and all(frames > 0 for frames in stats.values()):
-            return stats
-        page.wait_for_timeout(300)
-    raise AssertionError(f"frames decoded per page after {timeout:g} s: {stats}")
 
 
 def test_a_call_between_two_pages_carries_video_both_ways(nodes: NodeFactory, browser: Browser) -> None:

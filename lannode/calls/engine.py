@@ -15,7 +15,7 @@ thing ``ui/rtc.js`` calls a Session, and it behaves the same way on the wire:
 The engine never decides who may call or what a call is: the trio side
 (``participant``) does, and tells the engine to open, close, send or start sending
 media. What the engine sees it reports through ``emit``: ``Signal`` to send, and
-``ChannelOpen``, ``ChannelMessage``, ``TracksArrived`` and ``SessionClosed``.
+``ChannelOpen``, ``ChannelMessage`` and ``SessionClosed``.
 Media stays on this side: incoming tracks go to a sink, never across the bridge.
 """
 
@@ -31,7 +31,7 @@ from aiortc import RTCConfiguration, RTCIceCandidate, RTCPeerConnection, RTCRtpS
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
-from lannode.calls.events import ChannelMessage, ChannelOpen, SessionClosed, Signal, TracksArrived
+from lannode.calls.events import ChannelMessage, ChannelOpen, SessionClosed, Signal
 
 log = logging.getLogger("lannode.calls")
 
@@ -201,7 +201,6 @@ class Session:
             self.received.update(tracks)
             if self.engine.sink is not None:
                 self.engine.sink.add(self.front, tracks)
-            self.engine.emit(TracksArrived(self.front, tuple(sorted(t.kind for t in tracks))))
 
     def _say(self, kind: str, data: Any) -> None:
         self.engine.emit(Signal(self.node, self.front, kind, data))
@@ -282,10 +281,6 @@ class Engine:
             self.sink.remove(front)
         self.emit(SessionClosed(front, reason))
         await session.close()
-
-    async def frames_received(self) -> dict[str, dict[str, int]]:
-        counter = getattr(self.sink, "counts", None)
-        return counter() if callable(counter) else {}
 
     async def shutdown(self) -> None:
         for front in list(self.sessions):

@@ -32,12 +32,6 @@ class ChannelMessage:
 
 
 @dataclass(frozen=True, slots=True)
-class TracksArrived:
-    front: str
-    kinds: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class SessionClosed:
     front: str
     reason: str

@@ -290,7 +290,6 @@ class Recording:
         self.started = time.monotonic()
         self.first: dict[MediaStreamTrack, tuple[int, int]] = {}  # track -> (its first pts, our pts then)
         self.last: dict[MediaStreamTrack, int] = {}
-        self.frames: dict[str, int] = {}
         self.errors = 0
         for track in tracks:
             stream: Any
@@ -346,7 +345,6 @@ class Recording:
         frame.pts = pts
         for packet in stream.encode(frame):
             self.container.mux(packet)
-        self.frames[track.kind] = self.frames.get(track.kind, 0) + 1
 
     def finish(self) -> None:
         if self.held:

@@ -248,6 +248,18 @@ class ReplicatedMap:
         self._changes.append(entry)
         return True
 
+    def merge_gossiped(self, data: bytes) -> bool:
+        """An entry as it rides on gossip (one encoded entry, nothing after it); a malformed
+        one is counted and dropped. True if it changed the map."""
+        try:
+            entry, end = decode_entry(data)
+            if end != len(data):
+                raise BadEntry("trailing bytes")
+        except BadEntry:
+            self.rejected += 1
+            return False
+        return self.merge(entry)
+
     def digest(self) -> dict[bytes, int]:
         return dict(self.watermarks)
 
