@@ -99,7 +99,7 @@ class Node:
             "home": str(self.home.path),
             "plugins": self.plugins.statistics() if self.plugins else [],
             "api": self.api.statistics(),
-            "gossip": self.peers.gossip.statistics(),
+            "gossip": self.peers.gossip.statistics() | {"view_exchanges": self.peers.view_exchanges, "view_exchange_failures": self.peers.view_exchange_failures},
             "links": self.peers.links.statistics(),
             "store": self.store.statistics(),
             "chat": self.chat.statistics(),

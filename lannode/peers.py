@@ -17,7 +17,7 @@ import trio
 from lannode.config import Config
 from lannode.core import api
 from lannode.core.membership import Event as MembershipEvent
-from lannode.core.membership import Member, Membership, MemberStateChanged, State, StoreEntryReceived
+from lannode.core.membership import Member, Membership, MemberStateChanged, State, StateSyncWanted, StoreEntryReceived
 from lannode.core.messages import capability_names
 from lannode.home import Home
 from lannode.identity import Identity
@@ -32,6 +32,8 @@ log = logging.getLogger("lannode.peers")
 
 CAPABILITIES = ("links", "store")
 MIN_ID_PREFIX = 4
+CHANNEL_MEMBERS = 7  # membership view exchanges (push-pull): a flags byte, then Membership.state()
+REPLY_WANTED = 1
 
 
 class PeerService:
@@ -53,6 +55,10 @@ class PeerService:
             GossipSettings(interface, config.get("gossip.group"), config.get("gossip.port"), config.get("gossip.unicast_port")),
             self._on_membership_event,
         )
+        self.links.handle(CHANNEL_MEMBERS, self._on_view)
+        self._nursery: trio.Nursery | None = None
+        self.view_exchanges = 0  # views we sent asking for theirs
+        self.view_exchange_failures = 0
         self.dnssd: DnsSdService | None = None
         if config.get("zeroconf.enabled"):
             self.dnssd = DnsSdService(
@@ -65,6 +71,7 @@ class PeerService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             link_port = await nursery.start(self.links.serve, self.interface or "0.0.0.0", self.config.get("links.port"))
             self._link_port = link_port
             host, port = await nursery.start(self.gossip.run)
@@ -203,6 +210,10 @@ class PeerService:
             if self.on_store_entry is not None:
                 self.on_store_entry(event.data, event.sender)
             return
+        if isinstance(event, StateSyncWanted):
+            if self._nursery is not None:
+                self._nursery.start_soon(self._exchange_views, event.node_id)
+            return
         topic, data = describe(event, membership)
         if topic == "peer.state":
             log.info("peer %s (%s): %s -> %s", data.get("name"), event.node_id, data["previous"], data["state"])
@@ -216,6 +227,35 @@ class PeerService:
             if pinned is not None and self.trust.level(event.node_id) == "new":
                 log.warning("a new identity uses the name %r of pinned peer %s: %s", name, pinned, event.node_id)
                 self.bus.publish("peer.identity_warning", {"node_id": event.node_id, "name": name, "pinned_node_id": pinned})
+
+    # -- membership view exchange (push-pull) ---------------------------------------------------
+    async def _exchange_views(self, node_id: str) -> None:
+        """Send our whole view to ``node_id`` over its link; its own comes back (``_on_view``).
+        A failure costs nothing but the exchange: the membership asks again later."""
+        membership = self.membership
+        if membership is None:
+            return
+        try:
+            link = await self.links.link_to(node_id)
+            await link.send(CHANNEL_MEMBERS, bytes([REPLY_WANTED]) + membership.state())
+            self.view_exchanges += 1
+        except LinkError as exc:
+            self.view_exchange_failures += 1
+            log.debug("membership view exchange with %s: %s", node_id, exc)
+
+    async def _on_view(self, link: Link, data: bytes) -> None:
+        membership = self.membership
+        if membership is None or not data:
+            return
+        taken = membership.merge_state(data[1:], link.node_id, trio.current_time())
+        self.gossip.pump()
+        if not taken:
+            log.debug("refused a membership view from %s", link.node_id)
+        elif data[0] & REPLY_WANTED:
+            try:
+                await link.send(CHANNEL_MEMBERS, bytes([0]) + membership.state())
+            except LinkError as exc:
+                log.debug("membership view back to %s: %s", link.node_id, exc)
 
     def pin(self, link: Link) -> None:
         """This node's person dealt with the peer (pinged, messaged, sent a file): pin it on first use.

@@ -5,6 +5,7 @@
     python -m sim fuzz [--seconds 60] [--start SEED] [--plant BUG] [--json]
     python -m sim sweep SCENARIO --nodes 10,100,1000 --loss 0,0.1,0.3 [--report DIR]
     python -m sim lab SCENARIO [--trials N] [--report DIR]   (real daemons in the network lab, and the simulation)
+    python -m sim scale --nodes 10000 --loss 0.1 [--seconds 60] [--report DIR]   (how fast a change spreads, and its cost)
 
 Exit codes: 0 every invariant held, 1 a violation (its seed and trace are printed),
 2 bad usage or a scenario that does not parse.
@@ -121,6 +122,25 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0 if all(r["convergence_seconds"] is not None for r in result["lab"]) else 1
 
 
+def cmd_scale(args: argparse.Namespace) -> int:
+    from sim.scale import describe, measure, report
+
+    results = []
+    for nodes in [int(x) for x in args.nodes.split(",")]:
+        for loss in [float(x) for x in args.loss.split(",")]:
+            result = measure(nodes=nodes, loss=loss, seconds=args.seconds, every=args.every, seed=args.seed, echo=(lambda text: None) if args.json else print)
+            results.append(result)
+            if not args.json:
+                print(describe(result), flush=True)
+    if args.report:
+        path = report(results, Path(args.report))
+        if not args.json:
+            print(f"report: {path}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0 if all(r["all_within_1s"] for r in results) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim", description="lannode's network simulator: the real protocol objects in virtual time")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,13 +163,20 @@ def main(argv: list[str] | None = None) -> int:
     labber.add_argument("scenario")
     labber.add_argument("--report", metavar="DIR", help="write lab-vs-simulation.md here")
     labber.add_argument("--trials", type=int, default=1, help="run it this many times on each side and compare the means (default 1)")
-    for p in (run, replay, fuzzer, sweeper, labber):
+    scaler = sub.add_parser("scale", help="a converged group of N: how fast joins, crashes, leaves and returns reach 99.9%% of it, and each node's traffic")
+    scaler.add_argument("--nodes", default="10000", help="comma-separated node counts (default 10000)")
+    scaler.add_argument("--loss", default="0.1", help="comma-separated loss rates (default 0.1)")
+    scaler.add_argument("--seconds", type=float, default=60.0, help="simulated seconds of changes (default 60)")
+    scaler.add_argument("--every", type=float, default=5.0, help="one change every this many seconds (default 5)")
+    scaler.add_argument("--seed", type=int, default=1)
+    scaler.add_argument("--report", metavar="DIR", help="write scale.md and spread.png here")
+    for p in (run, replay, fuzzer, sweeper, labber, scaler):
         p.add_argument("--json", action="store_true")
     for p in (run, replay, fuzzer):
         p.add_argument("--plant", choices=sorted(PLANTED), help="run a test copy of the core with this bug planted")
     args = parser.parse_args(argv)
     try:
-        return {"run": cmd_run, "replay": cmd_replay, "fuzz": cmd_fuzz, "sweep": cmd_sweep, "lab": cmd_lab}[args.command](args)
+        return {"run": cmd_run, "replay": cmd_replay, "fuzz": cmd_fuzz, "sweep": cmd_sweep, "lab": cmd_lab, "scale": cmd_scale}[args.command](args)
     except ScenarioError as exc:
         print(f"sim: {exc}", file=sys.stderr)
         return 2

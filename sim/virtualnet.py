@@ -29,7 +29,7 @@ from nacl.signing import SigningKey
 
 from lannode.core import messages as m
 from lannode.core import wire
-from lannode.core.membership import Event, Membership, MembershipConfig, State, StoreEntryReceived
+from lannode.core.membership import Event, GroupView, Membership, MembershipConfig, State, StateSyncWanted, StoreEntryReceived
 from lannode.core.store import ReplicatedMap
 from lannode.core.wire import MAX_DATAGRAM
 
@@ -220,6 +220,7 @@ class VirtualNetwork:
         self._order = itertools.count()
         self._ports = itertools.count(40000)
         self._epochs: dict[bytes, int] = {}
+        self._by_id: dict[str, SimNode] = {}
         self._stores: dict[bytes, ReplicatedMap] = {}  # a node's store outlives its process, as its SQLite does
 
     # the segment's loss everywhere; per pair: link_overrides
@@ -232,7 +233,7 @@ class VirtualNetwork:
         self.link.loss = value
 
     # -- building the network ----------------------------------------------------------------
-    def add(self, name: str, *, key: SigningKey | None = None, address: Address | None = None) -> SimNode:
+    def add(self, name: str, *, key: SigningKey | None = None, address: Address | None = None, start: bool = True) -> SimNode:
         key = key or SigningKey(self.rng.randbytes(32))
         if self.signatures is not None:
             self.signatures.register(key)
@@ -255,16 +256,35 @@ class VirtualNetwork:
                 store = self._stores[bytes(key)] = ReplicatedMap(key)
         node = SimNode(key, name, address, membership, store)
         self.nodes[address] = node
-        membership.start(self.now)
-        self._wake(node)
-        if store is not None:
-            self._schedule_sync(node)
+        self._by_id[node.node_id] = node
+        if start:
+            self._start(node, self.now)
         return node
+
+    def add_warm(self, names: Iterable[str]) -> list[SimNode]:
+        """Many nodes that already know each other (``Membership.warm_start``), as if the
+        group had been running a while: a 10,000-node run starts converged rather than
+        spend its first minutes joining, and the nodes share one view of the group (each
+        copies a member before changing it). Each node's timers start at a random phase."""
+        nodes = [self.add(name, start=False) for name in names]
+        view = GroupView.of((n.membership.presence for n in nodes), self.now, self.rng)
+        for node in nodes:
+            node.membership.warm_start(view)
+            self._start(node, self.now - self.config.probe_interval * self.rng.random())
+        return nodes
+
+    def _start(self, node: SimNode, at: float) -> None:
+        node.membership.start(at)
+        self._wake(node)
+        if node.store is not None:
+            self._schedule_sync(node)
 
     def kill(self, node: SimNode) -> None:
         """kill -9: it stops answering and sends nothing more."""
         node.attached = False
         self.nodes.pop(node.address, None)
+        if self._by_id.get(node.node_id) is node:
+            del self._by_id[node.node_id]
 
     def stop(self, node: SimNode) -> None:
         """A clean stop: it says goodbye, then goes."""
@@ -366,6 +386,8 @@ class VirtualNetwork:
             node.events.append((self.now, event))
             if isinstance(event, StoreEntryReceived) and node.store is not None:
                 self._merge(node, event.data)
+            elif isinstance(event, StateSyncWanted):
+                self._push_pull(node, event.node_id)
             if self.on_event is not None:
                 self.on_event(node, event)
         outgoing = node.membership.take_outgoing()
@@ -445,6 +467,32 @@ class VirtualNetwork:
         self._flush(target)  # its answers go now; its timers keep their own wake-up
         self._schedule_wake(target)
 
+    # -- over links --------------------------------------------------------------------------
+    def _peer(self, node_id: str) -> SimNode | None:
+        peer = self._by_id.get(node_id)
+        return peer if peer is not None and peer.attached else None
+
+    def _push_pull(self, node: SimNode, node_id: str) -> None:
+        """A membership view exchange over the link (TCP), as lannode/peers.py runs it: our
+        view goes over, theirs comes back, each a round trip later; a partition, a crash or
+        a pause on either side loses it (the protocol retries on its own)."""
+        peer = self._peer(node_id)
+        if peer is None or peer is node or frozenset((node.address, peer.address)) in self.blocked:
+            return
+        low, high = self.link.latency
+
+        def deliver(source: SimNode, target: SimNode, data: bytes, reply: bool) -> None:
+            if not (source.attached and target.attached) or target.paused or frozenset((source.address, target.address)) in self.blocked:
+                return
+            taken = target.membership.merge_state(data, source.node_id, self.now)
+            if taken and reply:
+                back = target.membership.state()
+                self._at(self.now + self.rng.uniform(low, high), deliver, target, source, back, False)
+            self._flush(target)
+            self._schedule_wake(target)
+
+        self._at(self.now + self.rng.uniform(low, high), deliver, node, peer, node.membership.state(), True)
+
     # -- the store's anti-entropy ------------------------------------------------------------
     def _merge(self, node: SimNode, data: bytes) -> None:
         assert node.store is not None
@@ -471,7 +519,7 @@ class VirtualNetwork:
         if not candidates:
             return
         chosen = self.rng.choice(candidates)
-        peer = next((n for n in self.nodes.values() if n.node_id == chosen.node_id), None)
+        peer = self._peer(chosen.node_id)
         if peer is None or peer.store is None or frozenset((node.address, peer.address)) in self.blocked:
             return  # no connection: the link cannot be made
         assert node.store is not None

@@ -17,8 +17,9 @@ from nacl.signing import SigningKey
 from lannode.core import messages as m
 from lannode.core.wire import DatagramCodec
 from lannode.home import Home
+from lannode.peers import CHANNEL_MEMBERS
 
-from conftest import NodeFactory, RunningNode, run_cli, write_config
+from conftest import NodeFactory, RunningNode, raw_link, run_cli, write_config
 
 
 def peer_states(node: RunningNode) -> dict[str, str]:
@@ -183,3 +184,30 @@ def test_an_idle_node_sleeps_between_protocol_rounds(nodes: NodeFactory) -> None
     time.sleep(3)
     per_second = (a.status()["gossip"]["wakeups"] - before) / 3
     assert per_second < 100, f"{per_second:.0f} timer rounds a second"
+
+
+def test_a_joiner_fetches_the_view_over_a_link_and_a_bad_view_harms_nothing(nodes: NodeFactory) -> None:
+    a, b = nodes.start("alpha"), nodes.start("beta")
+    a_id, b_id = a.status()["node_id"], b.status()["node_id"]
+    wait_for_states(a, {b_id: "alive"}, "beta alive")
+    c = nodes.start("gamma")
+    c_id = c.status()["node_id"]
+    wait_for_states(c, {a_id: "alive", b_id: "alive"}, "gamma sees both")
+    # gamma's first answer made it ask that node for its whole view, over the link
+    c.wait_until(lambda: c.status()["gossip"]["syncs"] >= 1, what="gamma merged a view")
+    gossip = c.status()["gossip"]
+    assert gossip["sync_bytes_received"] > 100 and gossip["view_exchanges"] >= 1
+    assert all(n.status()["gossip"]["view_exchange_failures"] == 0 for n in (a, b, c))
+
+    # hostile views on the same channel: refused whole, counted, and nothing else changes
+    beta = next(p for p in a.call("peer.list") if p["node_id"] == b_id)
+    stranger = SigningKey.generate()
+    forged = m.Presence(bytes(stranger.verify_key), 1 << 32, "mallory", "127.0.0.1", 9, 0, 0, signature=bytes(64))
+    with raw_link(SigningKey.generate(), beta) as (conn, sock):
+        conn.send_message(CHANNEL_MEMBERS, b"\x01\xff\x00")  # a payload version that does not exist
+        conn.send_message(CHANNEL_MEMBERS, b"\x01" + m.encode_payload([m.encode_message(forged)]))
+        conn.send_message(CHANNEL_MEMBERS, b"")
+        sock.sendall(conn.data_to_send())
+        b.wait_until(lambda: b.status()["gossip"]["dropped"].get("forged", 0) >= 1 and b.status()["gossip"]["dropped"].get("malformed", 0) >= 1, what="both views refused and counted")
+    states = peer_states(b)
+    assert forged.node_id not in states and states[a_id] == "alive" and states[c_id] == "alive"

@@ -201,7 +201,12 @@ class Left:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """I have just joined: send me your presence (by unicast)."""
+    """I have just joined: send me your presence (by unicast). A multicast Hello is answered
+    by a sample of the group (the joiner then fetches the whole view over a link); ``direct``
+    (a unicast introduction, ``Membership.contact``) is always answered. The body is one
+    flags byte, or none (no flags); later flags are ignored by this version."""
+
+    direct: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +270,7 @@ def encode_message(message: Message) -> bytes:
     elif isinstance(message, Left):
         kind, body = T_LEFT, message.encode()
     elif isinstance(message, Hello):
-        kind, body = T_HELLO, b""
+        kind, body = T_HELLO, b"\x01" if message.direct else b""
     elif isinstance(message, Ping):
         kind, body = T_PING, _SEQ.pack(message.seq) + raw_node_id(message.target)
     elif isinstance(message, Ack):
@@ -319,7 +324,7 @@ def _decode_message(kind: int, body: bytes) -> Message | None:
     reader = _Reader(body)
     message: Message
     if kind == T_HELLO:
-        message = Hello()
+        return Hello(direct=bool(body[0] & 1)) if body else Hello()
     elif kind in (T_ACK, T_NACK):
         (seq,) = reader.unpack(_SEQ)
         message = Ack(seq) if kind == T_ACK else Nack(seq)
