@@ -26,7 +26,6 @@ from the alive nodes by a hash, so that every node agrees on it without talking.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -55,13 +54,16 @@ from lannode.core.drive import (
     Manifest,
     PlacementError,
     ReadCap,
+    Unrepairable,
     fragment_size,
     check_layout,
     new_key,
     open_share,
     parse_cap,
     place,
+    plan_repair,
     seal_share,
+    why_drop,
 )
 from lannode.core.erasure import Codec, ErasureError
 from lannode.core.link import AES_GCM
@@ -822,10 +824,6 @@ class DriveService:
         finally:
             self._repairing.discard(file_id)
 
-    def _repairer_of(self, file_id: str) -> str:
-        """The alive node that repairs this file: every node computes the same one."""
-        return min(self._alive(), key=lambda node: hashlib.blake2b(f"{file_id}/{node}".encode(), digest_size=8).digest())
-
     async def _repairer(self) -> None:
         while True:
             await trio.sleep(min(self.repair_interval, self.grace))
@@ -838,16 +836,17 @@ class DriveService:
             mine |= {  # named here but not on this disk (lost with a disk, or deleted by hand)
                 i for i, node in enumerate(manifest.holders) if node == self.me and not self.fragments.has(file_id, i) and not self.fragments.writing(file_id, i)
             }
-            gone = {i for i, node in enumerate(manifest.holders) if node != self.me and self._gone_for(node) > self.grace}
-            if gone and self._repairer_of(file_id) != self.me:
-                gone = set()
-            if not (mine or gone) or file_id in self._repairing:
-                continue
-            if len(manifest.holders) - len(gone | mine) < manifest.layout.k:
-                self.counters["unrepairable"] += 1
+            if file_id in self._repairing:
                 continue
             try:
-                await self._rebuild(manifest, bad=sorted(mine | gone), same_holder=mine)
+                bad = plan_repair(manifest, me=self.me, alive=self._alive(), gone_for=self._gone_for, grace=self.grace, mine=mine)
+            except Unrepairable:
+                self.counters["unrepairable"] += 1
+                continue
+            if not bad:
+                continue
+            try:
+                await self._rebuild(manifest, bad=bad, same_holder=mine)
             except api.ApiError as exc:
                 log.warning("drive: %s", exc.message)
 
@@ -879,15 +878,12 @@ class DriveService:
         now = time.time()
         for h in held:
             entry = self.store.map.entries.get(MANIFEST_PREFIX + h.file_id)
-            if entry is not None and entry.deleted:
-                why = "its file was removed"
-            else:
-                manifest = self._manifest_of(entry)
-                if manifest is not None and h.index < len(manifest.holders) and manifest.holders[h.index] == self.me:
-                    continue
-                if now - h.mtime < self.orphan_grace or h.file_id in self._repairing or not self.store.syncs:
-                    continue  # young, being rebuilt, or this node has not heard the store's news since it started
-                why = "no manifest names it here"
+            removed = entry is not None and entry.deleted
+            manifest = None if removed else self._manifest_of(entry)
+            busy = h.file_id in self._repairing or not self.store.syncs
+            why = why_drop(manifest, removed=removed, me=self.me, index=h.index, age=now - h.mtime, orphan_grace=self.orphan_grace, busy=busy)
+            if why is None:
+                continue
             await trio.to_thread.run_sync(self.fragments.delete, h.file_id, h.index)
             self.counters["dropped"] += 1
             log.info("drive: dropped fragment %s.%d: %s", h.file_id[:8], h.index, why)

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from lannode.core.membership import Membership
-from sim.bugs import PLANTED
+from sim.bugs import PLANTED, PLANTED_DRIVE
+from sim.drivesim import DriveWorld
 from sim.run import Result, Runner
 from sim.scenario import Scenario, ScenarioError
 
 
-def _print_result(result: Result, *, as_json: bool, trace: bool) -> None:
+def _print_result(result: Result, *, as_json: bool, trace: bool, plant: str | None = None) -> None:
     if as_json:
         print(json.dumps(result.summary(), indent=2))
         return
@@ -35,31 +36,33 @@ def _print_result(result: Result, *, as_json: bool, trace: bool) -> None:
     print(f"  membership converged {m['convergence_seconds']} s after the last fault; detection p50 {m['detection_p50']} s, p99 {m['detection_p99']} s over {m['detections']}; false deaths {m['false_dead']}")
     if m["store_convergence_seconds"] is not None:
         print(f"  store converged {m['store_convergence_seconds']} s after the last fault")
+    if m.get("drive_files"):
+        print(f"  drive: {m['drive_files']} files readable in {m['drive_availability']:.2%} of samples; {m['drive_repaired_fragments']} fragments rebuilt, {m['drive_dropped_fragments']} orphans dropped; every file back at k + m {m['drive_repair_seconds']} s after the last fault")
     print(f"  gossip per node, kbit/s: sent {m['kbit_sent_per_node_mean']} mean, {m['kbit_sent_per_node_max']} max; received {m['kbit_received_per_node_mean']} mean, {m['kbit_received_per_node_max']} max")
     print(f"  fingerprint {result.fingerprint[:16]}")
     if trace:
         print("\n".join(result.trace))
     for v in result.violations:
         print(f"VIOLATION {v.invariant} at {v.at:.3f} s: {v.detail}")
-        print(f"  replay: python -m sim replay {s.seed}" + (f" --scenario {s.source}" if s.source and not s.source.startswith("random:") else ""))
+        print(f"  replay: python -m sim replay {s.seed}" + (f" --scenario {s.source}" if s.source and not s.source.startswith("random:") else "") + (f" --plant {plant}" if plant else ""))
         for line in result.minimal_trace(v):
             print(f"    {line}")
 
 
 def _membership(plant: str | None) -> type[Membership]:
-    if plant is None:
-        return Membership
-    if plant not in PLANTED:
-        raise SystemExit(f"sim: no planted bug {plant!r}; there are: {', '.join(PLANTED)}")
-    return PLANTED[plant]
+    return PLANTED.get(plant or "", Membership)
+
+
+def _drive(plant: str | None) -> type[DriveWorld]:
+    return PLANTED_DRIVE.get(plant or "", DriveWorld)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     scenario = Scenario.load(Path(args.scenario))
     if args.seed is not None:
         scenario.seed = args.seed
-    result = Runner(scenario, membership_class=_membership(args.plant)).run()
-    _print_result(result, as_json=args.json, trace=args.trace)
+    result = Runner(scenario, membership_class=_membership(args.plant), drive_class=_drive(args.plant)).run()
+    _print_result(result, as_json=args.json, trace=args.trace, plant=args.plant)
     return 1 if result.violations else 0
 
 
@@ -69,19 +72,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
         scenario.seed = args.seed
     else:
         scenario = Scenario.random(args.seed)
-    result = Runner(scenario, membership_class=_membership(args.plant)).run()
-    _print_result(result, as_json=args.json, trace=not args.json)
+    result = Runner(scenario, membership_class=_membership(args.plant), drive_class=_drive(args.plant)).run()
+    _print_result(result, as_json=args.json, trace=not args.json, plant=args.plant)
     return 1 if result.violations else 0
 
 
-def fuzz(seconds: float, start: int, membership_class: type[Membership], *, max_runs: int | None = None) -> tuple[list[Result], int]:
+def fuzz(seconds: float, start: int, membership_class: type[Membership], *, drive_class: type[DriveWorld] = DriveWorld, max_runs: int | None = None) -> tuple[list[Result], int]:
     """Random scenarios from consecutive seeds until the time (or ``max_runs``) is up:
     the failing results and how many ran."""
     failures: list[Result] = []
     deadline = time.monotonic() + seconds
     seed, runs = start, 0
     while time.monotonic() < deadline and (max_runs is None or runs < max_runs):
-        result = Runner(Scenario.random(seed), membership_class=membership_class, keep_trace=True).run()
+        result = Runner(Scenario.random(seed), membership_class=membership_class, drive_class=drive_class, keep_trace=True).run()
         runs += 1
         if result.violations:
             failures.append(result)
@@ -90,13 +93,13 @@ def fuzz(seconds: float, start: int, membership_class: type[Membership], *, max_
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
-    failures, runs = fuzz(args.seconds, args.start, _membership(args.plant))
+    failures, runs = fuzz(args.seconds, args.start, _membership(args.plant), drive_class=_drive(args.plant))
     if args.json:
         print(json.dumps({"runs": runs, "failures": [r.summary() for r in failures]}, indent=2))
     else:
         print(f"{runs} random scenarios from seed {args.start}; {len(failures)} broke an invariant")
         for result in failures:
-            _print_result(result, as_json=False, trace=False)
+            _print_result(result, as_json=False, trace=False, plant=args.plant)
     return 1 if failures else 0
 
 
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in (run, replay, fuzzer, sweeper, labber, scaler):
         p.add_argument("--json", action="store_true")
     for p in (run, replay, fuzzer):
-        p.add_argument("--plant", choices=sorted(PLANTED), help="run a test copy of the core with this bug planted")
+        p.add_argument("--plant", choices=sorted(PLANTED) + sorted(PLANTED_DRIVE), help="run a test copy of the core with this bug planted")
     args = parser.parse_args(argv)
     try:
         return {"run": cmd_run, "replay": cmd_replay, "fuzz": cmd_fuzz, "sweep": cmd_sweep, "lab": cmd_lab, "scale": cmd_scale}[args.command](args)

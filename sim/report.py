@@ -54,7 +54,7 @@ def write_report(base: Scenario, rows: list[dict[str, Any]], results: list[Resul
     def plot(name: str, title: str, ylabel: str, key: str) -> None:
         fig, ax = plt.subplots(figsize=(6, 4))
         for loss in losses:
-            points = [(r["nodes"], r[key]) for r in rows if r["loss"] == loss and r[key] is not None]
+            points = [(r["nodes"], r[key]) for r in rows if r["loss"] == loss and r.get(key) is not None]
             if points:
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{loss:.0%} loss")
         ax.set_xscale("log")
@@ -71,6 +71,8 @@ def write_report(base: Scenario, rows: list[dict[str, Any]], results: list[Resul
     plot("convergence.png", "Membership converged, after the last fault", "seconds", "convergence_seconds")
     plot("bandwidth.png", "Gossip received per node (mean)", "kbit/s", "kbit_received_per_node_mean")
     plot("false-dead.png", "Live nodes declared dead", "count", "false_dead")
+    if any(r.get("drive_availability") is not None for r in rows):
+        plot("drive.png", "Drive files readable (share of samples)", "availability", "drive_availability")
     detections = [(r, res) for r, res in zip(rows, results) if res.metrics["detections"]]
     if detections:
         fig, ax = plt.subplots(figsize=(6, 4))

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lannode.core.membership import Event, Membership, MemberStateChanged, State
+from sim.drivesim import DriveWorld
 from sim.scenario import Fault, Scenario
 from sim.virtualnet import Address, LinkModel, SimNode, VirtualNetwork
 
@@ -76,10 +77,10 @@ class Result:
 
 
 class Runner:
-    def __init__(self, scenario: Scenario, *, membership_class: type[Membership] = Membership, keep_trace: bool = True) -> None:
+    def __init__(self, scenario: Scenario, *, membership_class: type[Membership] = Membership, drive_class: type[DriveWorld] = DriveWorld, keep_trace: bool = True) -> None:
         self.s = scenario
         self.keep_trace = keep_trace
-        writes = scenario.store_writes_per_second > 0
+        writes = scenario.store_writes_per_second > 0 or scenario.drive is not None
         self.net = VirtualNetwork(
             seed=scenario.seed,
             link=LinkModel(loss=scenario.loss, latency=scenario.latency, duplicate=scenario.duplicate, reorder=scenario.reorder),
@@ -103,6 +104,9 @@ class Runner:
         self.store_converged_at: float | None = None
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.drive = drive_class(self.net, scenario.drive, note=self.note, names=self.names) if scenario.drive is not None else None
+        self.drive_unreadable: set[str] = set()
+        self.drive_healed_at: float | None = None
 
     # -- the trace ---------------------------------------------------------------------------------
     def note(self, text: str) -> None:
@@ -112,6 +116,8 @@ class Runner:
             self.trace.append(line)
 
     def _on_event(self, node: SimNode, event: Event) -> None:
+        if self.drive is not None:
+            self.drive.on_event(node, event)
         if not isinstance(event, MemberStateChanged):
             return
         observer, subject = node.name, self.names.get(event.node_id, event.node_id[:8])
@@ -219,6 +225,8 @@ class Runner:
         self.paused.discard(i)
         self.touched[i] = self.net.now
         self.nodes[i] = self.net.restart(self.nodes[i])
+        if self.drive is not None:
+            self.drive.attach(self.nodes[i])
         self.note(f"restart n{i}")
 
     def _plan_churn(self) -> None:
@@ -285,6 +293,40 @@ class Runner:
         if now < self.s.duration:
             self.net.at(max(now + CHECK_EVERY, min(quiet, self.s.duration)), self._check)  # nothing to look at before the quiet
 
+    def _running(self) -> list[SimNode]:
+        return [self.nodes[i] for i in range(len(self.nodes)) if i not in self.down]
+
+    def _plan_drive(self) -> None:
+        assert self.drive is not None and self.s.drive is not None
+        for node in self.nodes:
+            self.drive.attach(node)
+        for f in range(self.s.drive.files):
+
+            def put() -> None:
+                up = [i for i in range(len(self.nodes)) if i not in self.down and i not in self.paused]
+                if up:
+                    assert self.drive is not None
+                    self.drive.put(self.nodes[self.rng.choice(up)])
+
+            self.net.at(2.0 + f * 0.05, put)
+        self.net.at(2.0 + self.s.drive.files * 0.05 + 1.0, self._check_drive)
+
+    def _check_drive(self) -> None:
+        """Every second: no file unreadable while k of its holders are up; once the faults are
+        over, when every file is back at k + m."""
+        assert self.drive is not None
+        running = self._running()
+        for problem in self.drive.check(running):
+            file_id = problem.split(" ", 1)[0]
+            if file_id not in self.drive_unreadable:
+                self.drive_unreadable.add(file_id)
+                self.violations.append(Violation("no drive file unreadable while k of its holders are up", self.net.now, problem))
+        if self.net.now >= self.s.quiet_from() and self.drive_healed_at is None and not self.drive.unhealthy(running):
+            self.drive_healed_at = self.net.now
+            self.note("drive repaired: every file at k + m")
+        if self.net.now < self.s.duration:
+            self.net.at(self.net.now + 1.0, self._check_drive)
+
     def _deadline(self, name: str, bound: float, met: float | None, about: list[str]) -> None:
         if met is None:
             self.violations.append(Violation(name, self.s.quiet_from() + bound, f"not within {bound:g} s of the last fault", about))
@@ -307,6 +349,8 @@ class Runner:
             net.at(fault.at, functools.partial(self._apply, fault))
         self._plan_churn()
         self._plan_writes()
+        if self.drive is not None:
+            self._plan_drive()
         net.at(0.0, self._check)
         quiet = self.s.quiet_from()
         net.run_until(min(self.s.duration, quiet + self.s.converge_within))
@@ -315,6 +359,20 @@ class Runner:
         net.run_until(self.s.duration)
         if net.with_store:
             self._deadline("the store converges", self.s.store_converge_within, self.store_converged_at, [])
+        drive_metrics: dict[str, Any] = {}
+        if self.drive is not None and self.s.drive is not None:
+            met = self.drive_healed_at if self.drive_healed_at is not None and self.drive_healed_at <= self.s.quiet_from() + self.s.drive.repair_within else None
+            if met is None:
+                self.violations.append(Violation("drive repair restores k + m", self.s.quiet_from() + self.s.drive.repair_within, f"not within {self.s.drive.repair_within:g} s of the last fault: " + "; ".join(self.drive.unhealthy(self._running())[:5])))
+            c = self.drive.counters
+            drive_metrics = {
+                "drive_files": c["puts"],
+                "drive_availability": round(self.drive.readable_samples / self.drive.samples, 5) if self.drive.samples else None,
+                "drive_repair_seconds": None if self.drive_healed_at is None else round(self.drive_healed_at - self.s.quiet_from(), 3),
+                "drive_repaired_fragments": c["repaired_fragments"],
+                "drive_dropped_fragments": c["dropped"],
+                "drive_unrepairable": c["unrepairable"],
+            }
         received = sum(n.membership.counters.bytes_received for n in self.nodes)
         sent = sum(n.membership.counters.bytes_sent for n in self.nodes)
         seconds = max(self.s.duration, 1e-9)
@@ -333,6 +391,7 @@ class Runner:
             "kbit_received_per_node_max": round(max(received_kbit), 2),
             "bytes_sent": sent,
             "bytes_received": received,
+            **drive_metrics,
         }
         return Result(self.s, self.violations, metrics, self.trace, self.hash.hexdigest(), time.perf_counter() - started, sorted(self.detections))
 

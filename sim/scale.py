@@ -148,7 +148,7 @@ def _measure(nodes: int, loss: float, seconds: float, every: float, seed: int, s
     for node in running.values():
         before = base.get(node.node_id)
         now = _traffic(node)
-        if before is None:  # joined or returned during the window: its first view came over a link
+        if before is None or since[node.node_id] >= SETTLE:  # joined or returned during the window: its first view came over a link
             joiners.append(now[1] * 8 / 1000 / window)
             continue
         rate = [(a - b) * 8 / 1000 / window for a, b in zip(now, before)]

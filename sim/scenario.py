@@ -27,10 +27,22 @@ long it runs and which invariants must hold. Example (``sim/scenarios/``)::
     [workload]
     store_writes_per_second = 2.0
 
+    [drive]               # drive files on the nodes' disks (sim/drivesim.py)
+    files = 20            # put at the start, k + m fragments each
+    k = 4
+    m = 2
+    grace = 60            # a holder gone this long has its fragments rebuilt elsewhere
+    repair_interval = 10
+    orphan_grace = 120
+    fragment_mb = 16
+    quota_mb = 1024
+    rate_mb = 50          # MB/s a rebuild moves
+
     [invariants]
     converge_within = 30.0   # after the last fault ends, every live node sees every other alive
     max_false_dead = 0       # live, reachable nodes declared dead
     store_converge_within = 30.0
+    drive_repair_within = 180.0  # every file back at k + m fragments on distinct running nodes
 
 ``Scenario.random(seed)`` draws one for the fuzzer: the same seed, the same scenario.
 """
@@ -42,6 +54,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sim.drivesim import DriveSettings
 
 FAULT_KINDS = ("partition", "crash", "restart", "stop", "pause", "loss")
 
@@ -80,6 +94,7 @@ class Scenario:
     converge_within: float = 30.0
     max_false_dead: int = 0
     store_converge_within: float = 30.0
+    drive: DriveSettings | None = None
     source: str = ""  # the file it came from, or "random:SEED"
 
     def quiet_from(self) -> float:
@@ -101,7 +116,7 @@ class Scenario:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "scenario") -> "Scenario":
-        known = {"name", "nodes", "duration", "seed", "network", "fault", "churn", "workload", "invariants"}
+        known = {"name", "nodes", "duration", "seed", "network", "fault", "churn", "workload", "drive", "invariants"}
         unknown = set(data) - known
         if unknown:
             raise ScenarioError(f"{where}: unknown keys {sorted(unknown)}")
@@ -131,6 +146,9 @@ class Scenario:
         s.converge_within = _number(inv, "converge_within", float, 0.1, 100_000, 30.0, where)
         s.max_false_dead = _number(inv, "max_false_dead", int, 0, 10**9, 0, where)
         s.store_converge_within = _number(inv, "store_converge_within", float, 0.1, 100_000, 30.0, where)
+        if "drive" in data:
+            s.drive = _drive(data["drive"], s, where)
+            s.drive.repair_within = _number(inv, "drive_repair_within", float, 0.1, 100_000, s.drive.repair_within, where)
         return s
 
     @classmethod
@@ -154,8 +172,32 @@ class Scenario:
             s.faults.append(Fault(at=at, kind=kind, count=count, until=until, loss=rng.choice([0.2, 0.4]) if kind == "loss" else 0.0))
         s.converge_within = 40.0
         s.store_converge_within = 40.0
+        if n >= 6 and rng.random() < 0.5:  # drive files on the nodes' disks, repaired as holders go
+            s.drive = DriveSettings(files=rng.randint(1, 8), k=rng.randint(2, 3), m=rng.randint(1, 2), grace=rng.choice([5.0, 10.0, 20.0]), repair_interval=2.0, orphan_grace=rng.choice([5.0, 20.0]), repair_within=40.0)
         s.duration = s.quiet_from() + s.converge_within + 5
         return s
+
+
+def _drive(raw: Any, s: Scenario, where: str) -> DriveSettings:
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{where}: [drive] is a table")
+    known = {"files", "k", "m", "grace", "repair_interval", "orphan_grace", "fragment_mb", "quota_mb", "rate_mb"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ScenarioError(f"{where}: unknown keys in [drive]: {sorted(unknown)}")
+    d = DriveSettings()
+    d.files = _number(raw, "files", int, 0, 100_000, d.files, where)
+    d.k = _number(raw, "k", int, 1, 254, d.k, where)
+    d.m = _number(raw, "m", int, 0, 254, d.m, where)
+    if d.k + d.m > min(255, s.nodes):
+        raise ScenarioError(f"{where}: drive k + m is at most the number of nodes ({s.nodes}) and 255")
+    d.grace = _number(raw, "grace", float, 0, 1e6, d.grace, where)
+    d.repair_interval = _number(raw, "repair_interval", float, 0.1, 1e6, d.repair_interval, where)
+    d.orphan_grace = _number(raw, "orphan_grace", float, 0, 1e6, d.orphan_grace, where)
+    d.fragment_bytes = int(_number(raw, "fragment_mb", float, 0.001, 1e6, d.fragment_bytes / 1e6, where) * 1e6)
+    d.quota_bytes = int(_number(raw, "quota_mb", float, 0.001, 1e9, d.quota_bytes / 1e6, where) * 1e6)
+    d.rate = _number(raw, "rate_mb", float, 0.001, 1e6, d.rate / 1e6, where) * 1e6
+    return d
 
 
 def _fault(raw: Any, s: Scenario, where: str) -> Fault:

@@ -172,6 +172,7 @@ class SimNode:
     wake_token: int = 0  # only the newest scheduled wake-up runs
     wake_at: float = float("inf")
     sync_token: int = 0
+    syncs: int = 0  # anti-entropy rounds its store completed since it started
 
     @property
     def node_id(self) -> str:
@@ -533,5 +534,6 @@ class VirtualNetwork:
                 entries = a.store.delta_for(digest)
                 b.store.apply_delta(a.store.digest() or {a.store.origin: 0}, entries)
                 b.store.take_changes()
+                b.syncs += 1
 
         self._at(self.now + rtt, exchange)

@@ -238,3 +238,44 @@ def test_manifests_round_trip_and_shares_open_only_for_their_node() -> None:
         open_share(other, sealed)
     with pytest.raises(DriveError):
         open_share(me, "not base64 at all!")
+
+
+from lannode.core.drive import HASH_BYTES, Layout, Unrepairable, plan_repair, repairer_of, why_drop  # noqa: E402
+
+
+def _manifest(holders: list[str], k: int = 4) -> Manifest:
+    layout = Layout("f" * 26, 1000, k, len(holders) - k, 1 << 20, tuple(bytes(HASH_BYTES) for _ in holders))
+    return Manifest(layout, tuple(holders), 1, holders[0], 0.0)
+
+
+def test_repair_plans_what_the_node_itself_should_rebuild() -> None:
+    nodes = [c * 24 for c in "abcdefgh"]
+    manifest = _manifest(nodes[:6])
+    alive = set(nodes[:5]) | {nodes[6]}  # f gone, g a node without a fragment
+    repairer = repairer_of(manifest.file_id, alive)
+    other = next(n for n in alive if n != repairer)
+    gone_for = lambda node: 0.0 if node in alive else 100.0  # noqa: E731
+    assert plan_repair(manifest, me=repairer, alive=alive, gone_for=gone_for, grace=60) == [5]
+    assert plan_repair(manifest, me=repairer, alive=alive, gone_for=gone_for, grace=600) == [], "within the grace"
+    assert plan_repair(manifest, me=other, alive=alive, gone_for=gone_for, grace=60) == [], "someone else's to repair"
+    assert plan_repair(manifest, me=nodes[1], alive=alive, gone_for=gone_for, grace=600, mine={1}) == [1], "its own lost fragment"
+    # two fragments on one node, placed so when few nodes were up: one moves once a node is free
+    doubled = _manifest([nodes[0], nodes[1], nodes[2], nodes[3], nodes[4], nodes[0]])
+    alive = set(nodes[:5]) | {nodes[6]}
+    me = repairer_of(doubled.file_id, alive)
+    assert plan_repair(doubled, me=me, alive=alive, gone_for=gone_for, grace=60) == [5]
+    assert plan_repair(doubled, me=me, alive=set(nodes[:5]), gone_for=gone_for, grace=60) == [], "nowhere better to go"
+    with pytest.raises(Unrepairable):
+        dead = set(nodes[:3])
+        plan_repair(manifest, me=repairer_of(manifest.file_id, dead), alive=dead, gone_for=lambda n: 0.0 if n in dead else 100.0, grace=60)
+
+
+def test_a_fragment_is_dropped_only_when_its_file_is_gone_or_it_is_an_old_orphan() -> None:
+    a, b = "a" * 24, "b" * 24
+    manifest = _manifest([a, b, a, b, a, b], k=2)
+    facts = dict(me=a, age=1000.0, orphan_grace=60.0, busy=False)
+    assert why_drop(manifest, removed=False, index=0, **facts) is None  # type: ignore[arg-type]
+    assert why_drop(manifest, removed=False, index=1, **facts) == "no manifest names it here"  # type: ignore[arg-type]
+    assert why_drop(None, removed=True, index=0, **facts) == "its file was removed"  # type: ignore[arg-type]
+    assert why_drop(manifest, removed=False, index=1, me=a, age=10.0, orphan_grace=60.0, busy=False) is None, "young"
+    assert why_drop(None, removed=False, index=1, me=a, age=1000.0, orphan_grace=60.0, busy=True) is None, "busy, or no store news yet"

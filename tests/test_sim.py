@@ -159,3 +159,29 @@ def test_the_scale_command_measures_how_fast_each_kind_of_change_spreads(tmp_pat
     assert crash["detection_s"] > 0.5, "a crash is found by probing, not at once"
     assert run["kbit_received_max"] < 50 and run["kbit_sent_mean"] < 50
     assert (tmp_path / "spread.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "| 400 | 10% |" in (tmp_path / "scale.md").read_text()
+
+
+DRIVE_CHURN = REPO / "sim" / "scenarios" / "drive-churn.toml"
+
+
+def test_drive_files_stay_readable_under_churn_and_repair_restores_k_plus_m() -> None:
+    # the service's own placement, repair and orphan decisions (lannode.core.drive), each
+    # node deciding from its own view; the truth checked from outside
+    result = Runner(Scenario.load(DRIVE_CHURN)).run()
+    assert result.violations == [], [v.detail for v in result.violations]
+    m = result.metrics
+    assert m["drive_files"] == 10
+    assert m["drive_repaired_fragments"] > 0 and m["drive_dropped_fragments"] > 0, "holders went, so fragments moved and orphans were collected"
+    assert m["drive_repair_seconds"] is not None
+
+
+def test_a_planted_drive_bug_is_found_and_replays_while_the_real_drive_holds() -> None:
+    from sim.bugs import DropsWhatItHolds
+
+    planted = Runner(Scenario.load(DRIVE_CHURN), drive_class=DropsWhatItHolds).run()
+    assert any(v.invariant == "no drive file unreadable while k of its holders are up" for v in planted.violations)
+    replayed = sim("run", str(DRIVE_CHURN), "--plant", "orphans", "--json")
+    assert replayed.returncode == 1 and json.loads(replayed.stdout)["fingerprint"] == planted.fingerprint
+    assert "--plant orphans" in sim("run", str(DRIVE_CHURN), "--plant", "orphans").stdout
+    failures, runs = fuzz(60, 1, IgnoresRefutation.__mro__[1], drive_class=DropsWhatItHolds, max_runs=12)
+    assert failures, "the fuzzer's random scenarios put drive files too"

@@ -32,7 +32,8 @@ import json
 import secrets
 import struct
 from dataclasses import dataclass
-from typing import Any, Mapping
+from collections.abc import Callable, Iterable
+from typing import AbstractSet, Any, Mapping
 
 import numpy as np
 from blake3 import blake3
@@ -397,6 +398,62 @@ def place(count: int, free: Mapping[str, int], fragment_bytes: int, *, holding: 
         held[node] = held.get(node, 0) + 1
         room[node] -= fragment_bytes
     return chosen
+
+
+# -- repair and orphans: what a node decides from its own view ------------------------------------
+# The trio service (lannode/drive.py) and the simulator (sim/drivesim.py) both ask these.
+
+
+class Unrepairable(DriveError):
+    """Fewer than k of a file's fragments are left: nothing can rebuild it."""
+
+
+def repairer_of(file_id: str, alive: Iterable[str]) -> str:
+    """The alive node that repairs a file whose holder is gone: every node that sees the
+    same alive nodes picks the same one, without talking (a hash of file and node)."""
+    return min(alive, key=lambda node: hashlib.blake2b(f"{file_id}/{node}".encode(), digest_size=8).digest())
+
+
+def plan_repair(manifest: Manifest, *, me: str, alive: AbstractSet[str], gone_for: Callable[[str], float], grace: float, mine: AbstractSet[int] = frozenset()) -> list[int]:
+    """The fragments of ``manifest`` this node should rebuild now: ``mine`` (named here but
+    lost or spoiled: they go back onto this node), and, if this node is the file's repairer,
+    those whose holder has been gone longer than ``grace`` and second fragments on one node
+    when a node holding none is alive (they go elsewhere). Empty when there is nothing for it
+    to do; Unrepairable when fewer than k fragments would be left."""
+    gone = {i for i, node in enumerate(manifest.holders) if node != me and gone_for(node) > grace}
+    # A repair made while few nodes were up may have put two fragments on one node (it had
+    # to); once a node without any is up, one of them moves there, or the file stays one
+    # loss weaker than its k + m promise.
+    seen: set[str] = set()
+    doubled = []
+    for i, node in enumerate(manifest.holders):
+        if node in seen and i not in gone:
+            doubled.append(i)
+        seen.add(node)
+    spare = len(set(alive) - seen)
+    moves = set(doubled[:spare]) if spare else set()
+    if (gone or moves) and repairer_of(manifest.file_id, alive) != me:
+        gone, moves = set(), set()
+    bad = gone | set(mine)
+    if moves and len(manifest.holders) - len(bad | moves) >= manifest.layout.k:
+        bad |= moves
+    if bad and len(manifest.holders) - len(bad) < manifest.layout.k:
+        raise Unrepairable(f"{manifest.file_id[:8]} has {len(manifest.holders) - len(bad)} of the {manifest.layout.k} fragments it needs")
+    return sorted(bad)
+
+
+def why_drop(manifest: Manifest | None, *, removed: bool, me: str, index: int, age: float, orphan_grace: float, busy: bool) -> str | None:
+    """Why a node should delete the fragment ``index`` of a file it holds, or None to keep it:
+    at once if the file was removed; after ``orphan_grace`` if no manifest names it here (a
+    put that died, or a fragment repair moved elsewhere), unless the node is still busy with
+    the file (a repair) or has not heard the store's news since it started (``busy``)."""
+    if removed:
+        return "its file was removed"
+    if manifest is not None and index < len(manifest.holders) and manifest.holders[index] == me:
+        return None
+    if age < orphan_grace or busy:
+        return None
+    return "no manifest names it here"
 
 
 # -- shares: names and read caps, readable only by the nodes they are for ------------------------------
