@@ -66,7 +66,9 @@ from lannode.core.wire import MAX_PAYLOAD, DatagramCodec, Dropped, LocalProtocol
 Address = tuple[str, int]
 INCARNATION_BOOT_SHIFT = 32
 FORGET_CHECK_INTERVAL = 60.0
-FAILURE_RATE_WEIGHT = 1 / 256  # of each probe's outcome in the moving failure rate
+FAILURE_RATE_WEIGHT = 1 / 256  # how fast old probe outcomes fade from the failure rate
+PRIOR_ROUNDS = 32  # the failure rate starts as 0 of this many rounds, so one early failure does not count for much
+MAX_ROUNDS = 4  # failed probe rounds in a row that always make an accusation
 CONFIRMERS = 2  # about this many times k nodes probe a new suspect to confirm it  # how often dead and left members are looked over for forgetting
 
 
@@ -213,7 +215,7 @@ class _Probe:
     indirect_sent: bool = False
     expected_nacks: int = 0
     nacks: int = 0
-    recheck: bool = False  # a second round after a failed one: this one accuses
+    attempt: int = 1  # the how-manieth round in a row at this target (the earlier ones failed)
 
 
 @dataclass(slots=True)
@@ -305,8 +307,9 @@ class Membership:
         self._probe: _Probe | None = None
         self._probe_order: list[str] = []
         self._probe_soon: list[str] = []
-        self._recheck: str | None = None  # probed again before it is accused
-        self._failure_rate = 0.0  # of our probe rounds, a moving average
+        self._recheck: tuple[str, int] | None = None  # (target, rounds it failed): probed again before it is accused
+        self._rounds = 0.0  # our probe rounds and how many failed, both fading (FAILURE_RATE_WEIGHT)
+        self._failed_rounds = 0.0
         self._relays: dict[int, _Relay] = {}
         self._started: float | None = None
         self._joins_sent = 0
@@ -767,16 +770,17 @@ class Membership:
         if now >= self._next_probe:
             self._next_probe = now + self.config.probe_interval * scale
             if self._probe is None:
-                again = self.members.get(self._recheck) if self._recheck is not None else None
+                again = self.members.get(self._recheck[0]) if self._recheck is not None else None
+                failed = self._recheck[1] if self._recheck is not None else 0
                 self._recheck = None
                 if again is not None and again.state in (State.ALIVE, State.SUSPECT):
-                    self._start_probe(again.node_id, now, scale, recheck=True)
+                    self._start_probe(again.node_id, now, scale, attempt=failed + 1)
                 else:
                     next_target = self._next_target()
                     if next_target is not None:
                         self._start_probe(next_target, now, scale)
 
-    def _start_probe(self, target: str, now: float, scale: int, recheck: bool = False) -> None:
+    def _start_probe(self, target: str, now: float, scale: int, attempt: int = 1) -> None:
         member = self.members[target]
         seq = self._next_seq()
         self.counters.probes += 1
@@ -786,7 +790,7 @@ class Membership:
             started=now,
             direct_deadline=now + self.config.probe_timeout * scale,
             end=now + self.config.probe_interval * scale,
-            recheck=recheck,
+            attempt=attempt,
         )
         self._send(member.presence.gossip_address, [m.encode_message(m.Ping(seq, target))], about=target)
 
@@ -795,7 +799,7 @@ class Membership:
         if probe is not None and probe.seq == seq:
             self._probe = None
             self.health = max(0, self.health - 1)
-            self._failure_rate -= self._failure_rate * FAILURE_RATE_WEIGHT
+            self._count_round(failed=False)
             return
         relay = self._relays.pop(seq, None)
         if relay is not None:
@@ -808,12 +812,12 @@ class Membership:
         else:
             missed = 1
         self.health = min(self.config.max_health, self.health + missed)
-        self._failure_rate += (1 - self._failure_rate) * FAILURE_RATE_WEIGHT
+        self._count_round(failed=True)
         member = self.members.get(probe.target)
         if member is None or member.state not in (State.ALIVE, State.SUSPECT):
             return
-        if member.state is State.ALIVE and not probe.recheck and self._double_check():
-            self._recheck = probe.target  # one more round before we accuse it
+        if member.state is State.ALIVE and probe.attempt < self._rounds_to_accuse():
+            self._recheck = (probe.target, probe.attempt)  # one more round before we accuse it
             self.counters.rechecks += 1
             return
         # our own accusation (a confirmation when others already suspect it) is always spread
@@ -910,14 +914,26 @@ class Membership:
         view_bits = (self._live + 1) * 140 * 8
         return max(self.config.sync_interval, 4 * view_bits / self.config.sync_budget)
 
-    def _double_check(self) -> bool:
-        """Whether a failed probe round earns a second before we accuse. Each false accusation
-        costs the whole group two multicast rounds (the suspicion, the refutation), and the
-        group makes them at about live / probe_interval * our failure rate: at 10% loss that
-        is 0.8% of rounds, under one a second at 20 nodes but 150 at 10,000, which would
-        drown every node. Past ``accusation_budget`` a target must fail two rounds in a row:
-        the false rate squares, and a real failure is found one probe interval later."""
-        return self._live * self._failure_rate / self.config.probe_interval > self.config.accusation_budget
+    def _count_round(self, *, failed: bool) -> None:
+        keep = 1 - FAILURE_RATE_WEIGHT
+        self._rounds = self._rounds * keep + 1
+        self._failed_rounds = self._failed_rounds * keep + failed
+
+    def _rounds_to_accuse(self) -> int:
+        """How many probe rounds in a row a target must fail before we accuse it. Each false
+        accusation costs the whole group two multicast rounds (the suspicion, the refutation),
+        and the group makes them at about live / probe_interval * f^r, where f is the share of
+        our rounds that fail and r this number. At 10% loss f is about 0.15%: one round keeps
+        20 nodes well within ``accusation_budget`` but would cost 10,000 nodes 30 accusations
+        a second; two rounds bring that to 0.05. So r is the fewest rounds that keep the
+        group within budget (at most MAX_ROUNDS); each extra round finds a real failure one
+        probe interval later, and only where the group is big or the network bad."""
+        rate = self._live / self.config.probe_interval
+        failing = self._failed_rounds / (self._rounds + PRIOR_ROUNDS)
+        rounds = 1
+        while rounds < MAX_ROUNDS and rate * failing**rounds > self.config.accusation_budget:
+            rounds += 1
+        return rounds
 
     def _pick_alive(self, count: int, *, exclude: str) -> list[Member]:
         """Up to ``count`` distinct alive members other than ``exclude``, at random, without
