@@ -81,49 +81,58 @@ def simulated_signatures() -> SimulatedSignatures:
     return _SIMULATED
 
 
-def share_decoded_payloads() -> None:
-    """Open each distinct datagram and decode each distinct payload once for the whole
-    simulation, handing every receiver the same (immutable) result: a multicast reaches
-    99 nodes as the same bytes, and ``wire.open_datagram`` and ``decode_payload`` are pure
-    functions of them. What each node does with them, replay windows and all, stays its own."""
+def share_decoded_payloads() -> Callable[[bytes, bytes | None], None]:
+    """Open each multicast datagram and decode its payload once for the whole simulation,
+    handing every receiver the same (immutable) result: a multicast reaches 99 nodes as the
+    same bytes, and ``wire.open_datagram`` and ``decode_payload`` are pure functions of them.
+    What each node does with them, replay windows and all, stays its own. Returns the
+    function the network calls on each multicast before delivering it (a unicast is
+    opened by its one receiver, as it would be anyway)."""
     decode = m.decode_payload
-    if getattr(decode, "shared", False):
-        return
+    prime = getattr(decode, "prime", None)
+    if prime is not None:
+        return prime  # type: ignore[no-any-return]
     open_datagram = wire.open_datagram
     opened: dict[tuple[bytes, bytes | None], wire.Opened | wire.Dropped] = {}
+    memo: dict[bytes, tuple[m.Message, ...] | m.RemoteProtocolError] = {}
 
     def open_shared(data: bytes, network_key: bytes | None) -> wire.Opened:
-        key = (data, network_key)
-        known = opened.get(key)
+        known = opened.get((data, network_key))
         if known is None:
-            if len(opened) >= MEMO_LIMIT:
-                opened.clear()
-            try:
-                known = opened[key] = open_datagram(data, network_key)
-            except wire.Dropped as exc:
-                known = opened[key] = exc
+            return open_datagram(data, network_key)
         if isinstance(known, wire.Dropped):
             raise known
         return known
 
-    wire.open_datagram = open_shared
-    memo: dict[bytes, tuple[m.Message, ...] | m.RemoteProtocolError] = {}
-
     def shared(payload: bytes) -> list[m.Message]:
         known = memo.get(payload)
         if known is None:
-            if len(memo) >= MEMO_LIMIT:
-                memo.clear()
-            try:
-                known = memo[payload] = tuple(decode(payload))
-            except m.RemoteProtocolError as exc:
-                known = memo[payload] = exc
+            return decode(payload)
         if isinstance(known, m.RemoteProtocolError):
             raise known
         return list(known)
 
-    shared.shared = True  # type: ignore[attr-defined]
+    def prime_one(data: bytes, network_key: bytes | None) -> None:
+        key = (data, network_key)
+        if key in opened:
+            return
+        if len(opened) >= MEMO_LIMIT:
+            opened.clear()
+            memo.clear()
+        try:
+            result = opened[key] = open_datagram(data, network_key)
+        except wire.Dropped as exc:
+            opened[key] = exc
+            return
+        try:
+            memo[result.payload] = tuple(decode(result.payload))
+        except m.RemoteProtocolError as exc:
+            memo[result.payload] = exc
+
+    shared.prime = prime_one  # type: ignore[attr-defined]
+    wire.open_datagram = open_shared
     m.decode_payload = shared
+    return prime_one
 
 
 def memoize_signatures() -> None:
@@ -199,7 +208,7 @@ class VirtualNetwork:
         membership_class: type[Membership] = Membership,
     ) -> None:
         self.signatures = None if real_crypto else simulated_signatures()
-        share_decoded_payloads()
+        self._prime = share_decoded_payloads()
         if real_crypto:
             memoize_signatures()
         self.rng = random.Random(seed)
@@ -429,6 +438,7 @@ class VirtualNetwork:
         moment (one event, however many receivers); duplicated or held-back copies arrive later."""
         rng, blocked, overrides, link = self.rng, self.blocked, self.link_overrides, self.link
         source = node.address
+        self._prime(data, self.network_key)
         low, high = link.latency
         arrive = self.now + low + (high - low) * rng.random()
         together: list[SimNode] = []

@@ -197,19 +197,15 @@ class DatagramCodec:
     def decode(self, data: bytes) -> Datagram:
         """Check a received datagram; count and raise Dropped if it is not good."""
         try:
-            datagram = self._decode(data)
+            opened = open_datagram(data, self.network_key)
+            if opened.public_key == self.public_key:
+                raise Dropped("own")
+            self.replays.check(opened.public_key, opened.epoch, opened.counter)  # before the costly check
+            if not signature_ok(opened.public_key, opened.signed, opened.signature):
+                raise Dropped("signature")
         except Dropped as exc:
             self.dropped[exc.reason] += 1
             raise
-        return datagram
-
-    def _decode(self, data: bytes) -> Datagram:
-        opened = open_datagram(data, self.network_key)
-        if opened.public_key == self.public_key:
-            raise Dropped("own")
-        self.replays.check(opened.public_key, opened.epoch, opened.counter)  # before the costly check
-        if not signature_ok(opened.public_key, opened.signed, opened.signature):
-            raise Dropped("signature")
         self.replays.accept(opened.public_key, opened.epoch, opened.counter)
         return Datagram(opened.public_key, opened.epoch, opened.counter, opened.payload)
 
