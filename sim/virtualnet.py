@@ -474,9 +474,12 @@ class VirtualNetwork:
         if target.paused:
             self.dropped_while_paused += 1
             return
-        target.membership.datagram_received(data, source, self.now)
-        self._flush(target)  # its answers go now; its timers keep their own wake-up
-        self._schedule_wake(target)
+        membership = target.membership
+        membership.datagram_received(data, source, self.now)
+        if membership.has_output():
+            self._flush(target)  # its answers go now; its timers keep their own wake-up
+        if membership.next_wakeup() < target.wake_at:
+            self._schedule_wake(target)
 
     # -- over links --------------------------------------------------------------------------
     def _peer(self, node_id: str) -> SimNode | None:

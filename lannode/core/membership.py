@@ -307,6 +307,7 @@ class Membership:
         self._outgoing: list[Outgoing] = []
         self._events: list[Event] = []
         self._broadcasts: dict[str, _Broadcast] = {}
+        self._multicasts = 0  # of the broadcasts, those of ours that also go out in gossip rounds
         self._seq = self._rng.randrange(1 << 32)
         self._probe: _Probe | None = None
         self._probe_order: list[str] = []
@@ -412,7 +413,7 @@ class Membership:
         self._run_relays(now)
         self._run_suspicions(now)
         if now >= self._next_gossip:
-            if any(b.multicast for b in self._broadcasts.values()):
+            if self._multicasts:
                 self._multicast([])
                 self._last_gossip = now
             self._next_gossip = now + self.config.gossip_interval
@@ -519,9 +520,13 @@ class Membership:
         for member in self._suspects.values():
             if member.suspicion is not None:
                 soonest = min(soonest, member.suspicion.deadline())
-        if self._next_gossip < soonest and any(b.multicast for b in self._broadcasts.values()):
+        if self._next_gossip < soonest and self._multicasts:
             soonest = self._next_gossip
         return soonest
+
+    def has_output(self) -> bool:
+        """Whether take_outgoing() or take_events() would hand anything back."""
+        return bool(self._outgoing or self._events)
 
     def take_outgoing(self) -> list[Outgoing]:
         out, self._outgoing = self._outgoing, []
@@ -858,7 +863,8 @@ class Membership:
             if now - member.since > self.config.forget_after:
                 del self.members[node_id]
                 self._gone.discard(node_id)
-                self._broadcasts.pop(node_id, None)
+                gone = self._broadcasts.pop(node_id, None)
+                self._multicasts -= gone is not None and gone.multicast
 
     # -- sending -----------------------------------------------------------------------------
     def _send_joins(self, now: float) -> None:
@@ -882,6 +888,8 @@ class Membership:
         self._outgoing.append(Outgoing(data, address))
 
     def _queue(self, about: str, data: bytes, *, multicast: bool) -> None:
+        old = self._broadcasts.get(about)
+        self._multicasts += multicast - (old is not None and old.multicast)
         self._broadcasts[about] = _Broadcast(about, data, multicast)
         if multicast:  # soon, but never more than four multicast rounds per gossip interval
             self._next_gossip = min(self._next_gossip, self._last_gossip + self.config.gossip_interval / 4)
@@ -904,6 +912,7 @@ class Membership:
             broadcast.transmits += 1
             if broadcast.transmits >= limit:
                 del self._broadcasts[broadcast.about]
+                self._multicasts -= broadcast.multicast
         return chosen
 
     # -- small helpers -----------------------------------------------------------------------
