@@ -3,7 +3,8 @@
 ``sweep(base, nodes, losses, directory)`` runs the scenario for every (N, loss),
 then writes ``report.md`` and PNG plots (matplotlib, imported only here):
 convergence time after the last fault against N for each loss, the detection
-time distribution, false deaths, and gossip bandwidth per node against N.
+time distribution, false deaths, gossip bandwidth per node against N, and, when
+the scenario has drive files, their availability under its churn.
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ def write_report(base: Scenario, rows: list[dict[str, Any]], results: list[Resul
             f"{r['kbit_sent_per_node_mean']} / {r['kbit_sent_per_node_max']} | {r['kbit_received_per_node_mean']} / {r['kbit_received_per_node_max']} | "
             f"{r['violations']} | {r['wall_seconds']} |"
         )
+    if any(r.get("drive_files") for r in rows):
+        lines += ["", "Drive files under the scenario's churn:", "", "| nodes | loss | files | readable (share of samples) | fragments rebuilt | orphans dropped | back at k + m after the last fault (s) |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in rows:
+            lines.append(f"| {r['nodes']} | {r['loss']:.0%} | {r.get('drive_files')} | {r.get('drive_availability')} | {r.get('drive_repaired_fragments')} | {r.get('drive_dropped_fragments')} | {r.get('drive_repair_seconds')} |")
     lines.append("")
     for title, name in figures:
         lines += [f"## {title}", "", f"![{title}]({name})", ""]

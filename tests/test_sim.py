@@ -185,3 +185,11 @@ def test_a_planted_drive_bug_is_found_and_replays_while_the_real_drive_holds() -
     assert "--plant orphans" in sim("run", str(DRIVE_CHURN), "--plant", "orphans").stdout
     failures, runs = fuzz(60, 1, IgnoresRefutation.__mro__[1], drive_class=DropsWhatItHolds, max_runs=12)
     assert failures, "the fuzzer's random scenarios put drive files too"
+
+
+def test_a_drive_sweep_reports_availability_under_churn(tmp_path: Path) -> None:
+    result = sim("sweep", str(DRIVE_CHURN), "--nodes", "12", "--loss", "0,0.1", "--report", str(tmp_path))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    report = (tmp_path / "report.md").read_text()
+    assert "Drive files under the scenario's churn" in report and "| 12 | 10% | 10 | 1.0 |" in report
+    assert (tmp_path / "drive.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
