@@ -827,10 +827,13 @@ class Membership:
         else:
             missed = 1
         self.health = min(self.config.max_health, self.health + missed)
-        self._count_round(failed=True)
         member = self.members.get(probe.target)
         if member is None or member.state not in (State.ALIVE, State.SUSPECT):
             return
+        if member.state is State.ALIVE:
+            # the rate of false failures is what we estimate: a target others already suspect
+            # (probed to confirm it) says more about itself than about the network
+            self._count_round(failed=True)
         if member.state is State.ALIVE and probe.attempt < self._rounds_to_accuse():
             self._recheck = (probe.target, probe.attempt)  # one more round before we accuse it
             self.counters.rechecks += 1
