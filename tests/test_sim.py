@@ -193,3 +193,21 @@ def test_a_drive_sweep_reports_availability_under_churn(tmp_path: Path) -> None:
     report = (tmp_path / "report.md").read_text()
     assert "Drive files under the scenario's churn" in report and "| 12 | 10% | 10 | 1.0 |" in report
     assert (tmp_path / "drive.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_healed_partition_of_a_hundred_nodes_is_mended_by_view_exchanges() -> None:
+    # While apart, the big side declared the crashed n10 dead; the small side never heard
+    # (a death multicast into a partition is lost and nobody repeats it). Those who see a
+    # dead member come back exchange views with it: the small side learns of n10 within
+    # seconds of the heal, not when its own round robin reaches n10 half a minute later.
+    scenario = Scenario.load(PARTITION)
+    scenario.nodes, scenario.loss = 100, 0.0
+    runner = Runner(scenario)
+    result = runner.run()
+    assert result.violations == []
+    assert result.metrics["convergence_seconds"] < 10
+    small_side = [runner.nodes[i] for i in range(5)]
+    assert all(n.membership.counters.syncs >= 1 for n in small_side)
+    healed_at = 50.0
+    learned = [float(line.split()[0]) for line in result.trace if " sees n10 " in line and line.endswith("->dead") and line.split()[1] in {"n0", "n1", "n2", "n3", "n4"}]
+    assert len(learned) == 5 and max(learned) < healed_at + 10, learned

@@ -324,6 +324,7 @@ class Membership:
         self._last_gossip = -math.inf
         self._next_forget = -math.inf
         self._next_sync = math.inf
+        self._next_mend = -math.inf  # a view exchange to mend a healed partition, at most one per sync_timeout
         self._join_sync: float | None = None  # from then on, the first member to talk to us gets a view exchange
         self._presence_bytes = 300  # the size of our presence datagram, until we have sent one
         # kept in step with members, so a tick costs the same with 10 members or 10,000
@@ -685,6 +686,8 @@ class Membership:
             member.suspicion = None
             self._suspects.pop(node_id, None)
         if new_state is not previous:
+            if previous is State.DEAD and new_state is State.ALIVE:
+                self._mend(node_id, now)
             self._live += _LIVE[new_state] - _LIVE[previous]
             if _LIVE[new_state]:
                 self._gone.discard(node_id)
@@ -712,6 +715,16 @@ class Membership:
             else:
                 spread = self._rng.random() < CONFIRMERS * max(1, self.config.indirect_checks) / max(1, self._live)
             self._queue(node_id, m.encode_message(message), multicast=not relayed and spread)
+
+    def _mend(self, node_id: str, now: float) -> None:
+        """A member we held dead is back: a partition healed, or it restarted. What each
+        side declared while apart did not reach the other (a death multicast into a
+        partition is lost, and nobody repeats it), so a few of those who see it come back
+        exchange views with it; deaths in them become suspicions on the other side."""
+        if now < self._next_mend or self._rng.random() >= CONFIRMERS * self.config.indirect_checks / max(1, self._live):
+            return
+        self._next_mend = now + self.config.sync_timeout
+        self._events.append(StateSyncWanted(node_id))
 
     def _own(self, member: Member) -> Member:
         """Our own copy of a member shared with other nodes (``warm_start``), before a change."""
