@@ -669,6 +669,7 @@ class Membership:
         previous = member.state
         if presence is not None:
             member.presence = presence
+        same_boot = member.incarnation >> INCARNATION_BOOT_SHIFT == incarnation >> INCARNATION_BOOT_SHIFT
         member.incarnation = incarnation
         if new_state is State.SUSPECT:
             if previous is State.SUSPECT and member.suspicion is not None:
@@ -686,8 +687,8 @@ class Membership:
             member.suspicion = None
             self._suspects.pop(node_id, None)
         if new_state is not previous:
-            if previous is State.DEAD and new_state is State.ALIVE:
-                self._mend(node_id, now)
+            if previous is State.DEAD and new_state is State.ALIVE and same_boot:
+                self._mend(node_id, now)  # it lived through our verdict: cut off, or paused
             self._live += _LIVE[new_state] - _LIVE[previous]
             if _LIVE[new_state]:
                 self._gone.discard(node_id)
@@ -717,7 +718,7 @@ class Membership:
             self._queue(node_id, m.encode_message(message), multicast=not relayed and spread)
 
     def _mend(self, node_id: str, now: float) -> None:
-        """A member we held dead is back: a partition healed, or it restarted. What each
+        """A member we held dead is back in the same boot: a partition healed. What each
         side declared while apart did not reach the other (a death multicast into a
         partition is lost, and nobody repeats it), so a few of those who see it come back
         exchange views with it; deaths in them become suspicions on the other side."""
