@@ -211,3 +211,15 @@ def test_a_healed_partition_of_a_hundred_nodes_is_mended_by_view_exchanges() -> 
     healed_at = 50.0
     learned = [float(line.split()[0]) for line in result.trace if " sees n10 " in line and line.endswith("->dead") and line.split()[1] in {"n0", "n1", "n2", "n3", "n4"}]
     assert len(learned) == 5 and max(learned) < healed_at + 10, learned
+
+
+def test_at_thirty_percent_loss_a_node_that_missed_a_refutation_is_answered_directly() -> None:
+    # Seed 7 at 10 nodes and 30% loss: n6 missed every copy of n7's refutation and, telling
+    # n7 it was suspect, got nothing back (n7 had refuted that incarnation already), so it
+    # declared n7 dead. A node told of a claim it already refuted now sends the teller its
+    # presence.
+    scenario = Scenario.load(PARTITION)
+    scenario.nodes, scenario.loss = 10, 0.3
+    scenario.faults = [f for f in scenario.faults if f.kind == "partition"]
+    result = Runner(scenario).run()
+    assert result.violations == [] and result.metrics["false_dead"] == 0

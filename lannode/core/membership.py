@@ -324,6 +324,7 @@ class Membership:
         self._last_gossip = -math.inf
         self._next_forget = -math.inf
         self._next_sync = math.inf
+        self._answered: dict[str, float] = {}  # node -> when we last answered its stale claim about us
         self._next_mend = -math.inf  # a view exchange to mend a healed partition, at most one per sync_timeout
         self._join_sync: float | None = None  # from then on, the first member to talk to us gets a view exchange
         self._presence_bytes = 300  # the size of our presence datagram, until we have sent one
@@ -625,7 +626,10 @@ class Membership:
         elif isinstance(message, (m.Suspect, m.Dead)):
             claim: Claim = "suspect" if isinstance(message, m.Suspect) else "dead"
             if message.node_id == self.node_id:
-                self._refute(message.incarnation)
+                if message.incarnation < self.presence.incarnation:
+                    self._answer_stale_claim(sender, address, now)
+                else:
+                    self._refute(message.incarnation)
             else:
                 self._on_claim(message.node_id, claim, message.incarnation, now, accuser=sender, relayed=True)
         elif isinstance(message, m.Left):
@@ -740,6 +744,16 @@ class Membership:
         minimum = self.config.suspicion_mult * max(1.0, math.log10(live)) * self.config.probe_interval
         expected = max(0, min(self.config.indirect_checks, live - 2))
         return Suspicion(now, minimum, minimum * self.config.suspicion_max_mult, expected, {accuser})
+
+    def _answer_stale_claim(self, sender: str, address: Address, now: float) -> None:
+        """Someone still holds us suspect or dead at an incarnation we refuted already: our
+        refutation never reached it (at 30% loss every copy can miss one node). Send it our
+        presence directly, at most once per ``evidence_interval`` per node."""
+        if self.leaving or now - self._answered.get(sender, -math.inf) < self.config.evidence_interval:
+            return
+        self._answered[sender] = now
+        member = self.members.get(sender)
+        self._send(member.presence.gossip_address if member is not None else address, [self._presence_message], piggyback=False)
 
     def _refute(self, incarnation: int) -> None:
         if self.leaving or incarnation < self.presence.incarnation:
@@ -875,6 +889,7 @@ class Membership:
                 self._on_claim(member.node_id, "dead", member.incarnation, now)
 
     def _forget(self, now: float) -> None:
+        self._answered = {node: at for node, at in self._answered.items() if now - at < self.config.evidence_interval}
         for node_id in list(self._gone):
             member = self.members[node_id]
             if now - member.since > self.config.forget_after:
