@@ -24,6 +24,7 @@ fragments its newest manifest names sit on running holders' disks. The invariant
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -77,9 +78,18 @@ class DriveWorld:
         """A node (re)started: its timers begin; what it noticed before is forgotten."""
         state = self.state[node.node_id] = _NodeDrive(token=self.state.get(node.node_id, _NodeDrive()).token + 1)
         self.disks.setdefault(node.node_id, {})
-        token = state.token
-        self.net.at(self.net.now + self.s.repair_interval * self.net.rng.uniform(0.5, 1.0), lambda: self._repair_pass(node, token))
-        self.net.at(self.net.now + HOUSEKEEPING * self.net.rng.uniform(0.5, 1.0), lambda: self._housekeeping(node, token))
+        for period, work in ((self.s.repair_interval, self._repair_pass), (HOUSEKEEPING, self._housekeeping)):
+            self.net.at(self.net.now + period * self.net.rng.uniform(0.5, 1.0), functools.partial(self._every, node, state.token, period, work))
+
+    def _every(self, node: SimNode, token: int, period: float, work: Callable[[SimNode, _NodeDrive], None]) -> None:
+        """A timer of one process of ``node``: it stops with that process (its successor runs
+        its own), and a paused process skips its turns."""
+        state = self.state.get(node.node_id)
+        if not node.attached or state is None or state.token != token:
+            return
+        self.net.at(self.net.now + period, functools.partial(self._every, node, token, period, work))
+        if not node.paused:
+            work(node, state)
 
     def on_event(self, node: SimNode, event: Event) -> None:
         if isinstance(event, MemberStateChanged):
@@ -120,13 +130,7 @@ class DriveWorld:
         self.note(f"{node.name} puts {file_id[:8]} on {' '.join(self._name(h) for h in holders)}")
         return file_id
 
-    def _repair_pass(self, node: SimNode, token: int) -> None:
-        state = self.state.get(node.node_id)
-        if not node.attached or state is None or state.token != token:
-            return  # that process is gone; its successor runs its own timers
-        self.net.at(self.net.now + self.s.repair_interval, lambda: self._repair_pass(node, token))
-        if node.paused:
-            return
+    def _repair_pass(self, node: SimNode, state: _NodeDrive) -> None:
         me = node.node_id
         alive = self._alive(node)
 
@@ -147,9 +151,9 @@ class DriveWorld:
                 self.counters["unrepairable"] += 1
                 continue
             if bad:
-                self._rebuild(node, token, manifest, bad, mine)
+                self._rebuild(node, state, manifest, bad, mine)
 
-    def _rebuild(self, node: SimNode, token: int, manifest: Manifest, bad: list[int], mine: set[int]) -> None:
+    def _rebuild(self, node: SimNode, state: _NodeDrive, manifest: Manifest, bad: list[int], mine: set[int]) -> None:
         me, file_id = node.node_id, manifest.file_id
         sources = [i for i, holder in enumerate(manifest.holders) if i not in bad and self._reachable(node, holder) and (file_id, i) in self.disks[holder]]
         if len(sources) < manifest.layout.k:
@@ -170,13 +174,12 @@ class DriveWorld:
             targets[index] = chosen
             holding[chosen] += 1
             free[chosen] -= self.s.fragment_bytes
-        state = self.state[me]
         state.repairing.add(file_id)
         seconds = self.s.fragment_bytes * (manifest.layout.k + len(bad)) / self.s.rate
 
         def done() -> None:
             state.repairing.discard(file_id)
-            if not node.attached or state.token != token or node.paused:
+            if not node.attached or self.state.get(me) is not state or node.paused:  # that process is gone, or stopped
                 self.counters["repairs_interrupted"] += 1
                 return
             if any(not self._reachable(node, target) for target in targets.values()):
@@ -198,12 +201,8 @@ class DriveWorld:
 
         self.net.at(self.net.now + seconds, done)
 
-    def _housekeeping(self, node: SimNode, token: int) -> None:
-        state = self.state.get(node.node_id)
-        if not node.attached or state is None or state.token != token:
-            return
-        self.net.at(self.net.now + HOUSEKEEPING, lambda: self._housekeeping(node, token))
-        if node.paused or node.store is None:
+    def _housekeeping(self, node: SimNode, state: _NodeDrive) -> None:
+        if node.store is None:
             return
         me = node.node_id
         for (file_id, index), written in list(self.disks[me].items()):
