@@ -864,6 +864,123 @@ def _drive_transfer(home: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- mail ---------------------------------------------------------------------
+def _addresses(values: list[str] | None) -> list[str]:
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+
+
+def _mail_line(m: dict[str, Any]) -> tuple[str, ...]:
+    import time
+
+    if m["state"] == "sent":
+        note = f"sent {_ago(m['sent_at'])}"
+    elif m.get("waiting_for"):
+        note = f"waiting for {m['waiting_for'].removeprefix('the ')}"
+    elif m["state"] in ("queued", "retrying") and m.get("next_attempt_at") and m["next_attempt_at"] > time.time():
+        note = f"next try in {_duration(m['next_attempt_at'] - time.time())}"
+    else:
+        note = ""
+    if m.get("last_error") and m["state"] != "sent":
+        note = f"{note}: {m['last_error']}" if note else m["last_error"]
+    return (m["id"][:8], m["state"], _short(m["to"], 30), _short(m["subject"], 30), str(m["attempts"]), note)
+
+
+def cmd_mail(args: argparse.Namespace) -> int:
+    from lannode.net.api_client import call
+
+    home = _home(args)
+    action = args.mail_command
+    if action == "send":
+        return _mail_send(home, args)
+    if action == "outbox":
+        messages = call(home, "mail.outbox", all=args.all)
+        if args.json:
+            print(json.dumps(messages, indent=2, ensure_ascii=False))
+        elif not messages:
+            print("the outbox is empty" + ("" if args.all else " (--all lists what was sent, too)"))
+        else:
+            _table([("ID", "STATE", "TO", "SUBJECT", "TRIES", "NOTE"), *(_mail_line(m) for m in messages)])
+        return EXIT_OK
+    if action == "retry":
+        if not args.id and not args.all:
+            return fail("mail retry takes an ID, or --all", EXIT_USAGE)
+        done = call(home, "mail.retry", **({"id": args.id} if args.id else {"all": True}))
+        print(json.dumps(done, indent=2, ensure_ascii=False) if args.json else f"{len(done)} message(s) queued to go now")
+        return EXIT_OK
+    record = call(home, "mail.cancel", id=args.id)
+    print(json.dumps(record, indent=2, ensure_ascii=False) if args.json else f"cancelled {record['id']} to {record['to']}")
+    return EXIT_OK
+
+
+def _mail_send(home: Any, args: argparse.Namespace) -> int:
+    """mail send: queue the message, then (unless --no-wait) follow it until the first attempt ends."""
+    import trio
+
+    from lannode.net.api_client import RemoteError, collapse_single_group, connect
+
+    if args.body is not None and args.body_file is not None:
+        return fail("give --body or --body-file, not both", EXIT_USAGE)
+    body = args.body or ""
+    if args.body_file is not None:
+        try:
+            body = sys.stdin.read() if args.body_file == "-" else open(args.body_file, encoding="utf-8").read()
+        except (OSError, UnicodeDecodeError) as exc:
+            return fail(f"--body-file {args.body_file}: {getattr(exc, 'strerror', None) or exc}", EXIT_USAGE)
+    params: dict[str, Any] = {"to": _addresses(args.to), "subject": args.subject, "body": body}
+    if args.cc:
+        params["cc"] = _addresses(args.cc)
+    if args.bcc:
+        params["bcc"] = _addresses(args.bcc)
+    if args.attach:
+        params["attach"] = [os.path.abspath(path) for path in args.attach]
+    if args.transcript:
+        params["transcript"] = args.transcript
+    if args.drive_file:
+        params["drive"] = args.drive_file
+    final: dict[str, Any] = {}
+    refused: list[Exception] = []
+
+    async def run() -> None:
+        async with connect(home) as client:
+            await client.subscribe("mail.state")
+            try:
+                record = await client.call("mail.send", **params)
+            except RemoteError as exc:
+                refused.append(exc)
+                return
+            final.update(record)
+            if args.no_wait or record.get("waiting_for"):
+                return
+            with trio.move_on_after(args.wait):
+                async for topic, data in client.events():
+                    if data.get("id") == record["id"]:
+                        final.update(data)
+                        if data["state"] in ("sent", "failed", "retrying"):
+                            return
+
+    with collapse_single_group():
+        trio.run(run)
+    if refused:
+        return fail(str(refused[0]))
+    if args.json:
+        print(json.dumps(final, indent=2, ensure_ascii=False))
+        return EXIT_FAIL if final["state"] == "failed" else EXIT_OK
+    short = final["id"][:8]
+    if final["state"] == "sent":
+        print(f"sent {short} to {', '.join(final['recipients'])}")
+        for address, reply in final.get("refused", {}).items():
+            print(f"lannode: the relay refused {address}: {reply}", file=sys.stderr)
+    elif final["state"] == "failed":
+        return fail(f"mail {short} failed: {final['last_error']} (it stays in the outbox: lannode mail retry {short})")
+    elif final["state"] == "retrying":
+        print(f"queued {short}; not sent yet: {final['last_error']}. It is tried again by itself (lannode mail outbox)")
+    elif final.get("waiting_for"):
+        print(f"queued {short}; waiting for {final['waiting_for']} (lannode status)")
+    else:
+        print(f"queued {short}; lannode mail outbox follows it")
+    return EXIT_OK
+
+
 # -- parser -------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     def shared(defaults: bool) -> argparse.ArgumentParser:
@@ -973,6 +1090,29 @@ def build_parser() -> argparse.ArgumentParser:
         p = drive_sub.add_parser(verb, parents=[common], help=text)
         p.add_argument("file", nargs="?", help="one file (default: all)")
     drive.set_defaults(func=cmd_drive)
+
+    mail = sub.add_parser("mail", parents=[common], help="send mail through your relay (the mail plugin): send, outbox, retry, cancel")
+    mail_sub = mail.add_subparsers(dest="mail_command", metavar="ACTION", required=True)
+    msend = mail_sub.add_parser("send", parents=[common], help="queue a message; it is sent by the mail plugin, retried while the relay is down")
+    msend.add_argument("--to", action="append", required=True, metavar="ADDR[,ADDR]", help="recipients (repeatable)")
+    msend.add_argument("--cc", action="append", metavar="ADDR[,ADDR]")
+    msend.add_argument("--bcc", action="append", metavar="ADDR[,ADDR]", help="recipients in no header")
+    msend.add_argument("--subject", required=True)
+    msend.add_argument("--body", help="the text")
+    msend.add_argument("--body-file", metavar="F", help="the text from a file (- for stdin)")
+    msend.add_argument("--attach", action="append", metavar="PATH", help="attach a file (repeatable)")
+    msend.add_argument("--transcript", metavar="PEER|#GROUP", help="attach a chat conversation's history as text")
+    msend.add_argument("--drive-file", metavar="ID|NAME", help="attach a drive file (named in the body instead when it is over the size limit)")
+    msend.add_argument("--no-wait", action="store_true", help="return once queued")
+    msend.add_argument("--wait", type=float, default=60.0, metavar="S", help="how long to follow the first attempt (default 60)")
+    moutbox = mail_sub.add_parser("outbox", parents=[common], help="messages waiting, being sent or failed, with the relay's last answer")
+    moutbox.add_argument("--all", action="store_true", help="also those sent in the last 30 days")
+    mretry = mail_sub.add_parser("retry", parents=[common], help="send a failed or waiting message again now")
+    mretry.add_argument("id", nargs="?", help="the message's id (or its first 8 characters)")
+    mretry.add_argument("--all", action="store_true", help="every failed or waiting message")
+    mcancel = mail_sub.add_parser("cancel", parents=[common], help="drop a message that is not being sent")
+    mcancel.add_argument("id")
+    mail.set_defaults(func=cmd_mail)
 
     lab = sub.add_parser("lab", parents=[common], help="run a few nodes on loopback to try lannode out")
     lab.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")

@@ -155,6 +155,22 @@ OPTIONS_BY_KEY: dict[str, Option] = {option.dotted: option for option in OPTIONS
 PLUGIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "webui": {"enabled": True, "port": 7480},
     "answer": {"enabled": False, "peers": [], "source": "test-pattern", "record": ""},
+    "mail": {
+        "enabled": False,
+        "host": "",
+        "port": 0,
+        "security": "starttls",
+        "username": "",
+        "password_file": "",
+        "password_env": "",
+        "from": "",
+        "ca_file": "",
+        "timeout": 30.0,
+        "max_attachment_bytes": 18_000_000,
+        "retry_first": 30.0,
+        "retry_max": 3600.0,
+        "give_up_after": 172800.0,
+    },
 }
 PLUGIN_HELP: dict[str, str] = {
     "webui": "The web UI on 127.0.0.1:port (a free port if that one is taken).",
@@ -162,6 +178,13 @@ PLUGIN_HELP: dict[str, str] = {
         "Answer calls by itself (an intercom, a baby monitor): calls from these peers (names or node-id\n"
         "# prefixes), once verified with `lannode trust`, are accepted with source: \"test-pattern\",\n"
         "# \"play:FILE\" or \"camera:DEVICE\"; record: a folder for recordings (empty: none)."
+    ),
+    "mail": (
+        "Send mail through your relay (`lannode mail send`): security is starttls, tls or none (a local\n"
+        "# relay); port 0 = 587, 465 or 25 to match. The password is read from password_file (or the\n"
+        "# variable named by password_env), never from here. ca_file: a CA to trust for a relay with its\n"
+        "# own certificate. Failed attempts are retried after retry_first seconds, doubling to retry_max,\n"
+        "# for give_up_after seconds. max_attachment_bytes: about 25 MB once encoded, what most relays take."
     ),
 }
 
@@ -271,6 +294,13 @@ def parse(path: Path, text: str) -> Config:
         if name == "answer":
             if problem := check_answer_table(table):
                 raise ConfigError(path, key, problem)
+        if name == "mail" and table.get("enabled"):
+            from lannode.core.mail import MailError, MailSettings
+
+            try:
+                MailSettings.from_table(table)
+            except MailError as exc:
+                raise ConfigError(path, key, str(exc)) from None
         merged.update(table)
         config.plugins[name] = merged
     return config

@@ -30,6 +30,7 @@ from lannode.net.api_server import ApiServer, EventBus, require
 from lannode.peers import PeerService
 from lannode.chat import ChatService
 from lannode.drive import DriveService
+from lannode.mail import MailService, settings_of
 from lannode.rtc import RtcService
 from lannode.uploads import UploadService
 from lannode.store import StoreService
@@ -78,6 +79,9 @@ class Node:
         self.transfers.register_methods(self.api)
         self.drive = DriveService(settings.home.path, settings.config, settings.identity, self.peers, self.store, self.bus, groups=lambda text: set(self.chat.resolve_group(text).members), uploads=self.uploads, downloads=self.transfers.downloads)
         self.drive.register_methods(self.api)
+        mail_settings, mail_problem = settings_of(settings.config.plugins.get("mail"))
+        self.mail = MailService(settings.home.path, mail_settings, self.bus, self.chat, self.drive, self.uploads, plugin_state=self._plugin_state("mail"), problem=mail_problem)
+        self.mail.register_methods(self.api)
         self.rtc = RtcService(settings.identity, settings.name, self.peers, self.store, self.bus, self.api)
         self.started_wall = time.time()
         self.started = time.monotonic()
@@ -107,8 +111,15 @@ class Node:
             "transfers": self.transfers.statistics(),
             "uploads": self.uploads.statistics(),
             "drive": self.drive.statistics(),
+            "mail": self.mail.statistics(),
             "zeroconf": self.peers.dnssd.statistics() if self.peers.dnssd else {"enabled": False},
         }
+
+    def _plugin_state(self, name: str) -> Any:
+        def state() -> str | None:
+            return self.plugins.state_of(name) if self.plugins else None
+
+        return state
 
     def _register_methods(self) -> None:
         async def node_status(params: dict[str, Any], caller: api.Principal) -> Any:
@@ -152,6 +163,7 @@ class Node:
                 await nursery.start(self.uploads.run)
                 await nursery.start(self.transfers.run)
                 await nursery.start(self.drive.run)
+                await nursery.start(self.mail.run)
                 self.rtc.attach(nursery)
                 port = await nursery.start(self.api.serve, s.config.get("api.port"))
                 url = f"ws://127.0.0.1:{port}{api.API_PATH}"

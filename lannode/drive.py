@@ -263,11 +263,7 @@ class DriveService:
         return alive
 
     def _name_of(self, node: str) -> str:
-        if node == self.me:
-            return self.peers.name
-        membership = self.peers.membership
-        member = membership.members.get(node) if membership else None
-        return member.presence.name if member else node[:8]
+        return self.peers.name_of(node)
 
     def _public_key(self, node: str) -> bytes | None:
         if node == self.me:

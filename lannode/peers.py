@@ -115,6 +115,13 @@ class PeerService:
             record["warning"] = f"new identity: the name {p.name!r} belongs to pinned node {pinned}"
         return record
 
+    def name_of(self, node_id: str) -> str:
+        """A node's name as its presence says, this node's own, or the id's start if unknown."""
+        if node_id == self.identity.node_id:
+            return self.name
+        member = self.membership.members.get(node_id) if self.membership else None
+        return member.presence.name if member else node_id[:8]
+
     def resolve(self, text: str) -> Member:
         """A member by name or unique node id prefix; ApiError naming the candidates otherwise."""
         membership = self.membership

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 import random
+import re
 import shutil
 import signal
 import socket
@@ -108,6 +109,8 @@ def write_config(home: Path, name: str, *, webui: bool = False, extra: str = "",
         defaults = config.OPTIONS_BY_KEY
         text = text.replace(f'group = "{defaults["gossip.group"].default}"', f'group = "{gossip[0]}"')
         text = text.replace(f'port = {defaults["gossip.port"].default}', f"port = {gossip[1]}")
+    for plugin in re.findall(r"^\[plugins\.(\w+)\]", extra, flags=re.M):  # extra's own table replaces the default one
+        text = re.sub(rf"^\[plugins\.{plugin}\]\n(?:(?!\[)[^\n]+\n)*", "", text, flags=re.M)
     (home / "config.toml").write_text(text + extra)
 
 

@@ -88,6 +88,11 @@ class PluginSupervisor:
     def statistics(self) -> list[dict[str, Any]]:
         return [s.public() for s in self.states.values()]
 
+    def state_of(self, name: str) -> str | None:
+        """starting, running, backoff, stopped or missing; None for a plugin not enabled."""
+        state = self.states.get(name)
+        return state.state if state else None
+
     def origins(self) -> dict[str, str]:
         return {origin: s.name for s in self.states.values() for origin in s.origins}
 
