@@ -287,9 +287,12 @@ class MailService:
 
     async def _transcript(self, target: str) -> Attachment:
         """A conversation's whole history as text, oldest first."""
-        key = {"group": target} if target.startswith("#") else {"peer": target}
-        conversation = self.chat._conversation_of(key)
-        title = target if target.startswith("#") else self.chat.peers.name_of(self.chat.peers.resolve(target).node_id)
+        if target.startswith("#"):
+            group = self.chat.resolve_group(target)
+            conversation, title = self.chat._conversation_of({"group": group.id}), f"#{group.name}"
+        else:
+            peer = self.chat.peers.resolve(target).node_id
+            conversation, title = self.chat._conversation_of({"peer": peer}), self.chat.peers.name_of(peer)
         pages: list[list[dict[str, Any]]] = []
         before: str | None = None
         count = 0
@@ -303,7 +306,7 @@ class MailService:
         messages = [m for page in reversed(pages) for m in page]
         lines = [f"Chat transcript: {title}, {len(messages)} messages, written by lannode on {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}", ""]
         for m in messages:
-            stamp = datetime.fromtimestamp(m["sent_at"]).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+            stamp = datetime.fromtimestamp(m["sent_at"] / 1000).astimezone()  # chat keeps milliseconds.strftime("%Y-%m-%d %H:%M:%S")
             who = self.chat.peers.name_of(m["sender"])
             if m["kind"] == "group":
                 op = m.get("op") or {}

@@ -335,3 +335,94 @@ def test_implicit_tls_and_a_certificate_nobody_vouches_for(nodes: NodeFactory, c
         assert relay.logins == [("ann", True)]
     finally:
         relay.stop()
+
+
+def test_a_chat_transcript_and_drive_files_go_by_mail(nodes: NodeFactory, relay: Relay, tmp_path: Path) -> None:
+    relay.start()
+    ann = mail_node(nodes, relay, tmp_path, extra="max_attachment_bytes = 100000\n")
+    ben = nodes.start("ben")
+    ben_id = ben.status()["node_id"]
+    ann.wait_until(lambda: any(p["node_id"] == ben_id and p["state"] == "alive" for p in ann.call("peer.list")), what="ben alive")
+    ann.call("chat.send", peer="ben", text="the well pump is fixed")
+    ann.wait_until(lambda: ben.call("chat.log", peer="ann"), what="ben to have ann's message")
+    ben.call("chat.send", peer="ann", text="great,\nthanks!")
+    ann.wait_until(lambda: len(ann.call("chat.log", peer="ben")) == 2, what="ann to have ben's answer")
+
+    small, big = tmp_path / "survey.csv", tmp_path / "drone.mp4"
+    small.write_bytes(b"site,depth\n" + b"a,1\n" * 5000)
+    big.write_bytes(bytes(range(256)) * 1000)
+    for path in (small, big):
+        done = lannode(ann, "drive", "put", str(path), "--k", "1", "--m", "1", "--json")
+        assert done.returncode == 0, done.stderr
+    big_id = next(f["id"] for f in ann.call("drive.ls") if f["name"] == "drone.mp4")
+
+    done = lannode(ann, "mail", "send", "--to", "office@example.org", "--subject", "field report", "--body", "Attached.", "--transcript", "ben", "--drive-file", "survey.csv")
+    assert done.returncode == 0, done.stderr
+    done = lannode(ann, "mail", "send", "--to", "office@example.org", "--subject", "the video", "--drive-file", "drone.mp4")
+    assert done.returncode == 0, done.stderr
+    first, second = (r.message for r in relay.wait_for(2))
+    attached = {p.get_filename(): p.get_payload(decode=True) for p in first.iter_attachments()}
+    assert attached["survey.csv"] == small.read_bytes()
+    transcript = attached["chat-ben.txt"].decode()
+    assert "ann: the well pump is fixed" in transcript and "ben: great,\n    thanks!" in transcript
+    assert transcript.index("the well pump") < transcript.index("great,")
+    # too big to attach: the body says where the file is and how to get it
+    assert list(second.iter_attachments()) == []
+    assert f"lannode drive get {big_id}" in text_of(second) and "too big to attach" in text_of(second)
+
+    # a file this node cannot read is refused, not mailed
+    (tmp_path / "ben.txt").write_text("ben's own")
+    assert lannode(ben, "drive", "put", str(tmp_path / "ben.txt"), "--k", "1", "--m", "1").returncode == 0
+    ben_file = next(f["id"] for f in ben.call("drive.ls") if f["name"] == "ben.txt")
+    ann.wait_until(lambda: any(f["id"] == ben_file for f in ann.call("drive.ls")), what="ben's file listed on ann")
+    done = lannode(ann, "mail", "send", "--to", "office@example.org", "--subject", "not mine", "--drive-file", ben_file)
+    assert done.returncode == 1 and "cannot read drive file" in done.stderr, done.stderr
+
+
+def test_the_page_composes_mail_with_a_transcript_a_drive_file_and_an_upload(nodes: NodeFactory, relay: Relay, tmp_path: Path, browser: Any) -> None:
+    from conftest import screenshot
+    from test_web_front import open_page
+
+    relay.start()
+    ann = nodes.start("ann", webui=True, extra_config=mail_config(relay, tmp_path / "secret"))
+    ben = nodes.start("ben")
+    ben_id = ben.status()["node_id"]
+    ann.wait_until(lambda: any(p["node_id"] == ben_id and p["state"] == "alive" for p in ann.call("peer.list")), what="ben alive")
+    ann.call("chat.send", peer="ben", text="the generator needs diesel")
+    ann.wait_until(lambda: ben.call("chat.log", peer="ann"), what="ben to have it")
+    survey = tmp_path / "survey.csv"
+    survey.write_bytes(b"site,depth\nnorth,12\n")
+    ann.call("drive.put", path=str(survey), k=1, m=1)
+    photo = tmp_path / "pump.jpg"
+    photo.write_bytes(bytes(range(256)) * 300)
+
+    page = open_page(browser, ann, hash=f"#chat/{ben_id}")
+    page.wait_for_selector("#messages .message", timeout=15000)
+    page.click("#conversation-mail")  # the chat's "send by mail" action opens the form with the transcript
+    page.wait_for_selector('#tab-mail:not([hidden]) .mail-extra[data-kind="transcript"]')
+    assert page.input_value("#mail-subject") == "Chat with ben"
+    page.goto(page.url.split("#")[0] + "#drive")
+    page.click('.drive-file .mail[aria-label="Mail survey.csv"]')  # the drive's action adds the file
+    page.wait_for_selector('.mail-extra[data-kind="drive"]')
+    page.fill("#mail-to", "office@example.org, Dora <dora@example.org>")
+    page.fill("#mail-body", "From the field:\nsee attached.")
+    page.set_input_files("#mail-files", str(photo))
+    page.wait_for_selector('#mail-relay:has-text("127.0.0.1")')
+    page.click("#mail-send")
+    page.wait_for_selector('#mail-status[data-state="sent"]', timeout=30000)
+    page.wait_for_selector('.mail-message[data-state="sent"]')
+    screenshot(page, "mail")
+
+    [got] = relay.wait_for(1)
+    message = got.message
+    assert sorted(got.rcpt_tos) == ["dora@example.org", "office@example.org"]
+    assert message["Subject"] == "Chat with ben" and text_of(message) == "From the field:\nsee attached.\n"
+    attached = {p.get_filename(): p.get_payload(decode=True) for p in message.iter_attachments()}
+    assert attached["pump.jpg"] == photo.read_bytes() and attached["survey.csv"] == survey.read_bytes()
+    assert b"ann: the generator needs diesel" in attached["chat-ben.txt"]
+
+    # a page names no path on the machine: only what it uploaded
+    refused = page.evaluate("() => window.lannode.api.call('mail.send', {to: ['x@example.org'], subject: 's', attach: ['/etc/passwd']}).then(() => 'sent', (e) => e.code)")
+    assert refused == "forbidden"
+    claim = page.evaluate("() => window.lannode.api.call('mail.claim', {}).then(() => 'claimed', (e) => e.code)")
+    assert claim == "forbidden"  # only local programs (the plugin) take messages off the outbox

@@ -6,6 +6,7 @@ import { $ } from "/dom.js";
 import { DirectDrop } from "/directdrop.js";
 import { Drive } from "/drive.js";
 import { Files } from "/files.js";
+import { Mail } from "/mail.js";
 import { People } from "/people.js";
 import { Mesh } from "/rtc.js";
 import { Uploader } from "/upload.js";
@@ -18,7 +19,8 @@ const calls = new Calls(api, mesh, people);
 const uploader = new Uploader(api);
 const direct = new DirectDrop(mesh, people);
 const files = new Files(api, people, uploader, direct);
-const drive = new Drive(api, people, uploader);
+const mail = new Mail(api, uploader);
+const drive = new Drive(api, people, uploader, mail);
 let status = null;
 let statusAt = 0;
 
@@ -63,14 +65,15 @@ async function refresh() {
   }
 }
 
-// #people, #chat, #chat/NODE_ID, #chat/group/GROUP_ID, #calls, #files, #drive, #node
+// #people, #chat, #chat/NODE_ID, #chat/group/GROUP_ID, #calls, #files, #drive, #mail, #node
 function route() {
   const [tab, ...rest] = (location.hash.slice(1) || "people").split("/");
-  const known = ["people", "chat", "calls", "files", "drive", "node"].includes(tab) ? tab : "people";
+  const known = ["people", "chat", "calls", "files", "drive", "mail", "node"].includes(tab) ? tab : "people";
   for (const section of document.querySelectorAll("[data-section]")) section.hidden = section.dataset.section !== known;
   for (const link of document.querySelectorAll("nav a")) link.toggleAttribute("aria-current", link.dataset.tab === known);
   document.querySelector("nav a[aria-current]")?.setAttribute("aria-current", "page");
   if (known === "drive") drive.refresh();
+  if (known === "mail") mail.refresh();
   if (known === "chat" && rest.length && api.state === "up") {
     chat.open(rest[0] === "group" ? { group: rest[1] } : { peer: rest[0] });
   }
@@ -96,10 +99,16 @@ calls.start();
 direct.start();
 files.start();
 drive.start();
+mail.start();
 mesh.start();
+$("conversation-mail").addEventListener("click", () => {
+  const c = chat.current;
+  const name = c && (c.group ? c.name : people.name(c.peer)); // the name now: the page may have opened before the people list came
+  if (c) mail.compose({ kind: "transcript", value: c.group ? `#${c.group}` : c.peer, label: `chat transcript: ${name}`, subject: `Chat with ${name}` });
+});
 people.addEventListener("call", (e) => { location.hash = "#calls"; calls.callPeer(e.detail); });
 route();
 setInterval(renderUptime, 1000);
 setInterval(refresh, 5000);
 api.start().catch((err) => { $("connection").textContent = `cannot reach this page's server: ${err.message}`; });
-window.lannode = { api, people, mesh, chat, calls, files, drive }; // for the browser's console, and the tests
+window.lannode = { api, people, mesh, chat, calls, files, drive, mail }; // for the browser's console, and the tests

@@ -6,8 +6,9 @@ import { $, bytes, el } from "/dom.js";
 const REFRESH_MS = 3000;
 
 export class Drive {
-  constructor(api, people, uploader) {
+  constructor(api, people, uploader, mail) {
     this.api = api;
+    this.mail = mail;
     this.people = people;
     this.uploader = uploader;
     this.files = [];
@@ -42,6 +43,7 @@ export class Drive {
             title: `fragment ${h.index + 1} (${h.index < f.k ? "data" : "parity"}) on ${h.name || h.node} — ${h.alive ? "alive" : "not reachable"}`,
           }, el("span", { class: "visually-hidden", text: `fragment ${h.index + 1} on ${h.name || h.node}, ${h.alive ? "alive" : "not reachable"}` }), (h.name || h.node).slice(0, 3)))),
         f.readable ? el("button", { type: "button", class: "download", "aria-label": `Download ${f.name}`, onclick: () => this.get(f), text: "Download" }) : null,
+        f.readable && this.mail ? el("button", { type: "button", class: "mail", "aria-label": `Mail ${f.name}`, onclick: () => this.mail.compose({ kind: "drive", value: f.id, label: `drive file: ${f.name} (${bytes(f.size)})`, subject: f.name }), text: "Mail…" }) : null,
         f.readable ? el("button", { type: "button", class: "share", "aria-label": `Share ${f.name}`, onclick: () => this.share(f), text: "Share…" }) : null,
         f.readable ? el("button", { type: "button", class: "remove danger", "aria-label": `Delete ${f.name}`, onclick: () => this.rm(f), text: "Delete" }) : null,
       );

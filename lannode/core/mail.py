@@ -67,7 +67,8 @@ def check_address(text: str, what: str = "address") -> Address:
     local, at, domain = spec.rpartition("@")
     if not at or not _LOCAL.match(local) or not _DOMAIN.match(domain) or len(spec) > 254:
         raise MailError(f"{what} {text!r} is not an address like ann@example.org (ASCII, local@domain)")
-    if "<" not in text and name:
+    # the parser forgives (it reads "bob@exa mple.org" as bob@example.org): what was typed must be what is used
+    if (text != spec) if "<" not in text else not text.endswith(f"<{spec}>"):
         raise MailError(f"{what} {text!r} is not one address like ann@example.org")
     return Address(display_name=name, username=local, domain=domain)
 
