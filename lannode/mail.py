@@ -101,6 +101,7 @@ class MailService:
     problem: str | None = None  # why mail is not set up, for the error a sender gets
     db: sqlite3.Connection | None = None
     claims: dict[str, _Claim] = field(default_factory=dict)
+    worker: int | None = None  # the API connection of the plugin taking messages, while it is open
     counters: dict[str, int] = field(default_factory=lambda: {"accepted": 0, "sent": 0, "failed": 0, "attempts": 0, "requeued": 0})
     _wake: trio.Event = field(default_factory=trio.Event)
 
@@ -170,10 +171,8 @@ class MailService:
             "refused": json.loads(row["refused"]) if row["refused"] else {},
             "sent_at": row["sent_at"],
         }
-        if row["state"] in ("queued", "retrying"):
-            plugin = self.plugin_state()
-            if plugin != "running":
-                record["waiting_for"] = f"the mail plugin ({plugin or 'not enabled'})"
+        if row["state"] in ("queued", "retrying") and self.worker is None:
+            record["waiting_for"] = f"the mail plugin ({self.plugin_state() or 'not enabled'})"
         return record
 
     def _get(self, message_id: str) -> sqlite3.Row:
@@ -338,6 +337,7 @@ class MailService:
     # -- the plugin's side ---------------------------------------------------------------------------
     def claim(self, caller: api.Principal, reset: bool) -> dict[str, Any]:
         self._need_settings()
+        self.worker = caller.connection
         if reset:  # a (re)started plugin: whatever an earlier one held goes back to the queue
             for held in list(self.claims.values()):
                 self._release(held.id)
@@ -387,6 +387,8 @@ class MailService:
         self._changed(message_id)
 
     def on_disconnect(self, connection: int) -> None:
+        if connection == self.worker:
+            self.worker = None
         for held in [c for c in self.claims.values() if c.connection == connection]:
             log.info("the plugin went away while sending %s; queued again", held.id)
             self._release(held.id)
@@ -428,6 +430,7 @@ class MailService:
         return {
             "enabled": self.settings is not None,
             **(self.settings.public() if self.settings else {"problem": self.problem}),
+            "plugin_connected": self.worker is not None,
             "outbox": counts,
             **self.counters,
         }

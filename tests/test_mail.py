@@ -191,7 +191,7 @@ def lannode(node: RunningNode, *args: str, stdin: str | None = None) -> subproce
 
 def mail_node(nodes: NodeFactory, relay: Relay, tmp_path: Path, name: str = "ann", **options: Any) -> RunningNode:
     node = nodes.start(name, extra_config=mail_config(relay, tmp_path / f"secret-{name}", **options))
-    node.wait_until(lambda: node.plugin("mail")["state"] == "running", what="the mail plugin running")
+    node.wait_until(lambda: node.status()["mail"]["plugin_connected"], what="the mail plugin connected")
     return node
 
 
@@ -255,7 +255,7 @@ def test_a_wrong_password_fails_clearly_and_the_message_waits_for_a_retry(nodes:
     node.stop()
     (tmp_path / "secret-ann" / "smtp-password").write_text(PASSWORD)
     node = nodes.start_on(node.home, name="ann")
-    node.wait_until(lambda: node.plugin("mail")["state"] == "running", what="the mail plugin")
+    node.wait_until(lambda: node.status()["mail"]["plugin_connected"], what="the mail plugin connected")
     again = lannode(node, "mail", "retry", record["id"][:8])
     assert again.returncode == 0, again.stderr
     [got] = relay.wait_for(1)
@@ -274,7 +274,7 @@ def test_a_relay_down_at_send_time_gets_the_message_once_it_is_up_even_across_a_
 
     node.stop()  # the message is on the node's disk, not in a process
     node = nodes.start_on(node.home, name="ann")
-    node.wait_until(lambda: node.plugin("mail")["state"] == "running", what="the mail plugin")
+    node.wait_until(lambda: node.status()["mail"]["plugin_connected"], what="the mail plugin connected")
     assert [m["id"] for m in outbox(node)] == [record["id"]]
     relay.start()
     [got] = relay.wait_for(1)
@@ -426,3 +426,25 @@ def test_the_page_composes_mail_with_a_transcript_a_drive_file_and_an_upload(nod
     assert refused == "forbidden"
     claim = page.evaluate("() => window.lannode.api.call('mail.claim', {}).then(() => 'claimed', (e) => e.code)")
     assert claim == "forbidden"  # only local programs (the plugin) take messages off the outbox
+
+
+def test_mail_not_set_up_a_plugin_that_cannot_start_and_a_relay_that_never_comes_back(nodes: NodeFactory, relay: Relay, tmp_path: Path) -> None:
+    plain = nodes.start("plain")
+    done = lannode(plain, "mail", "send", "--to", "bob@example.org", "--subject", "s", "--body", "b")
+    assert done.returncode == 1 and "mail is not set up: add a [plugins.mail] table" in done.stderr, done.stderr
+
+    # the password file is missing: the node runs, the message waits, and the log says why
+    config = mail_config(relay, tmp_path / "lost").replace(str(tmp_path / "lost" / "smtp-password"), str(tmp_path / "nowhere"))
+    lost = nodes.start("lost", extra_config=config)
+    lost.wait_until(lambda: lost.plugin("mail")["last_exit"] == 2, what="the mail plugin to exit with a usage error")
+    done = lannode(lost, "mail", "send", "--to", "bob@example.org", "--subject", "s", "--body", "b")
+    assert done.returncode == 0 and "queued" in done.stdout and "waiting for the mail plugin (" in done.stdout, done.stdout
+    assert f"password_file {tmp_path / 'nowhere'}: cannot read it" in lost.log.read_text()
+    assert outbox(lost)[0]["waiting_for"].startswith("the mail plugin")
+
+    # a relay that stays down: retried with backoff, then given up with the last reason
+    gone = mail_node(nodes, relay, tmp_path, name="gone", extra="give_up_after = 1.5\n")
+    lannode(gone, "mail", "send", "--to", "bob@example.org", "--subject", "s", "--body", "b", "--no-wait")
+    [record] = gone.wait_until(lambda: [m for m in outbox(gone) if m["state"] == "failed"], what="the message to be given up")
+    assert record["last_error"].startswith(f"gave up after {record['attempts']} attempts") and "cannot be reached" in record["last_error"]
+    assert record["attempts"] >= 2
