@@ -105,6 +105,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     # "own" is our multicast coming back to us: normal, so not listed with the refusals
     dropped = ", ".join(f"{reason} {count}" for reason, count in gossip["dropped"].items() if reason != "own")
     print(f"dropped    {dropped or 'none'}")
+    mail = status.get("mail", {})
+    if mail.get("enabled"):
+        box = mail["outbox"]
+        waiting = box["queued"] + box["retrying"] + box["sending"]
+        print(f"mail       {mail['relay']} ({mail['security']}) from {mail['from']}; outbox {waiting} waiting, {box['failed']} failed, {box['sent']} sent")
     for plugin in status["plugins"] or [{"name": "(none)", "state": "", "url": None, "restarts": 0}]:
         extra = f" {plugin['url']}" if plugin.get("url") else ""
         restarts = f" ({plugin['restarts']} restarts)" if plugin.get("restarts") else ""
