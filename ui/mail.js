@@ -15,7 +15,7 @@ export class Mail {
   start() {
     this.api.subscribe("mail.state");
     this.api.addEventListener("mail.state", (e) => this.#changed(e.detail));
-    this.api.addEventListener("state", (e) => { if (e.detail.state === "up") this.refresh(); });
+    this.api.addEventListener("state", (e) => { if (e.detail.state === "up" && !$("tab-mail").hidden) this.refresh(); });
     $("mail-form").addEventListener("submit", (e) => { e.preventDefault(); this.send(); });
   }
 
