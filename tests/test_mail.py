@@ -5,7 +5,10 @@ was sent: headers, body and every attachment's bytes."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import os
+import signal
 import email
 import json
 import socket
@@ -104,8 +107,14 @@ class Relay:
     logins: list[tuple[str, bool]] = field(default_factory=list)  # (user, accepted)
     controller: Controller | None = None
     arrived: threading.Condition = field(default_factory=threading.Condition)
+    hold_first: bool = False  # keep the first message's DATA unanswered, then refuse it (451)
+    holding: threading.Event = field(default_factory=threading.Event)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.hold_first and not self.holding.is_set():
+            self.holding.set()
+            await asyncio.sleep(20)
+            return "451 4.3.0 held by the test"
         login = session.auth_data.decode() if session.authenticated and isinstance(session.auth_data, bytes) else None
         with self.arrived:
             tls = session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None
@@ -448,3 +457,18 @@ def test_mail_not_set_up_a_plugin_that_cannot_start_and_a_relay_that_never_comes
     [record] = gone.wait_until(lambda: [m for m in outbox(gone) if m["state"] == "failed"], what="the message to be given up")
     assert record["last_error"].startswith(f"gave up after {record['attempts']} attempts") and "cannot be reached" in record["last_error"]
     assert record["attempts"] >= 2
+
+
+def test_a_plugin_killed_mid_send_leaves_the_message_queued_and_it_goes_once_the_plugin_is_back(nodes: NodeFactory, relay: Relay, tmp_path: Path) -> None:
+    relay.hold_first = True
+    relay.start()
+    node = mail_node(nodes, relay, tmp_path)
+    done = lannode(node, "mail", "send", "--to", "bob@example.org", "--subject", "survives a crash", "--body", "b", "--no-wait")
+    assert done.returncode == 0, done.stderr
+    assert relay.holding.wait(20), "the relay never saw the message"
+    assert outbox(node)[0]["state"] == "sending"
+    os.kill(node.plugin("mail")["pid"], signal.SIGKILL)  # the relay has the data, and no answer was read
+    [got] = relay.wait_for(1)  # the supervisor restarts the plugin, which takes the message again
+    assert got.message["Subject"] == "survives a crash"
+    [record] = node.wait_until(lambda: [m for m in outbox(node) if m["state"] == "sent"], what="the outbox to say sent")
+    assert record["attempts"] == 2 and node.status()["mail"]["requeued"] == 1
