@@ -28,6 +28,7 @@ export class Calls {
       if (e.detail.state !== "closed") return;
       this.early.delete(e.detail.front);
       if (this.call) this.#dropTile(e.detail.front);
+      if (this.call?.room) this.call.fronts.delete(e.detail.front); // still in the room: the next poll opens a new session
     });
     $("room-form").addEventListener("submit", (e) => { e.preventDefault(); this.joinRoom($("room-name").value.trim()); });
     $("call-mute").addEventListener("click", () => this.#toggle("audio", "call-mute", "Unmute", "Mute"));

@@ -12,6 +12,8 @@
 // "message" (detail {node, front, data} for each JSON message on a data channel).
 
 const ICE = { iceServers: [] }; // a LAN with no server: host candidates only
+const STUCK_CHECK_MS = 1000;
+const STUCK_CHECKS = 4; // seconds of "new" after a finished negotiation before an ICE restart
 
 export class Session {
   constructor(mesh, node, front) {
@@ -21,6 +23,8 @@ export class Session {
     this.state = "connecting";
     this.makingOffer = false;
     this.ignoreOffer = false;
+    this.settingAnswer = false; // perfect negotiation's isSettingRemoteAnswerPending
+    this.signals = Promise.resolve(); // the chain that keeps signals in order
     this.pc = new RTCPeerConnection(ICE);
     this.channel = this.pc.createDataChannel("lannode", { negotiated: true, id: 0, ordered: true });
     this.channel.binaryType = "arraybuffer";
@@ -53,6 +57,23 @@ export class Session {
         this.pc.restartIce(); // a network blip: try again with fresh ICE credentials
       } else if (s === "closed") this.#setState("closed");
     };
+    // A session whose offer and answer went through but whose ICE never started stays
+    // "new" for good, and "failed" never comes. Seen in 3-page rooms on Chromium 156: one
+    // side's gathering stalls with no candidate at all, and neither restartIce() on it nor
+    // a restart from the other side moves it (its description never changes again). Only
+    // a new RTCPeerConnection mends it: the stalled side hangs up, and both open afresh
+    // (a room re-adds the front on its next poll).
+    this.stuck = 0;
+    this.watch = setInterval(() => {
+      const idle = this.pc.connectionState === "new" && this.pc.signalingState === "stable" && this.pc.remoteDescription;
+      this.stuck = idle ? this.stuck + 1 : 0;
+      // the side whose gathering stalled (no local candidate at all) restarts: a restart by
+      // the other side does not make the stalled one gather again
+      if (this.stuck >= STUCK_CHECKS && this.pc.iceGatheringState !== "complete") {
+        console.warn("lannode rtc: ICE never started with", this.front, "; opening a new session");
+        this.close(true);
+      }
+    }, STUCK_CHECK_MS);
     this.pc.ontrack = (e) => this.mesh.dispatchEvent(new CustomEvent("track", { detail: { session: this, track: e.track, streams: e.streams } }));
   }
 
@@ -63,12 +84,28 @@ export class Session {
     return this.mesh.api.call("rtc.signal", { peer: this.node, kind, data, to_front: this.front });
   }
 
-  async onSignal(kind, data) {
+  // Signals are handled one at a time, in the order they came: an offer that arrives
+  // while the answer before it is still being applied must see the state that answer
+  // leaves (stable), or the impolite side takes it for a collision, ignores it, and the
+  // other side's tracks are never negotiated (a room page decoding nothing from one peer).
+  onSignal(kind, data) {
+    const handled = this.signals.then(() => this.#handle(kind, data));
+    this.signals = handled.catch(() => {});
+    return handled;
+  }
+
+  async #handle(kind, data) {
     if (kind === "offer" || kind === "answer") {
-      const collision = kind === "offer" && (this.makingOffer || this.pc.signalingState !== "stable");
+      const ready = !this.makingOffer && (this.pc.signalingState === "stable" || this.settingAnswer);
+      const collision = kind === "offer" && !ready;
       this.ignoreOffer = !this.polite && collision;
       if (this.ignoreOffer) return;
-      await this.pc.setRemoteDescription(data);
+      this.settingAnswer = kind === "answer";
+      try {
+        await this.pc.setRemoteDescription(data);
+      } finally {
+        this.settingAnswer = false;
+      }
       if (kind === "offer") {
         await this.pc.setLocalDescription();
         await this.signal("answer", this.pc.localDescription.toJSON());
@@ -91,6 +128,7 @@ export class Session {
   }
 
   close(tell = true) {
+    clearInterval(this.watch);
     if (tell) this.signal("hangup", {}).catch(() => {});
     this.pc.close();
     this.#setState("closed");
