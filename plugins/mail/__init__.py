@@ -137,7 +137,7 @@ def _login(smtp: smtplib.SMTP, username: str, password: str) -> None:
 
 
 async def serve(ctx: PluginContext, settings: MailSettings, password: str) -> None:
-    from lannode.net.api_client import open_client
+    from lannode.net.api_client import RemoteError, open_client
 
     async with open_client(ctx.api_url, ctx.token) as client:
         await client.subscribe("mail.state")
@@ -172,7 +172,10 @@ async def serve(ctx: PluginContext, settings: MailSettings, password: str) -> No
                 report: dict[str, Any] = {"id": message["id"], "outcome": outcome.kind, "refused": outcome.refused}
                 if outcome.error:
                     report["error"] = outcome.error
-                await client.call("mail.report", **report)
+                try:
+                    await client.call("mail.report", **report)
+                except RemoteError as exc:  # the claim was released meanwhile: the node queued it again
+                    log.warning("the node did not take the report on %s: %s", message["id"], exc.message)
 
 
 def main() -> int:
