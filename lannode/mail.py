@@ -37,6 +37,7 @@ import secrets
 import sqlite3
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -56,8 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lannode.mail")
 
-PENDING = ("queued", "retrying", "sending")
-STATES = (*PENDING, "sent", "failed")
+STATES = ("queued", "retrying", "sending", "sent", "failed")
 KEEP_SENT = 30 * 86400.0  # sent messages stay listed this long (their spool file goes at once)
 MAX_TRANSCRIPT = 20_000  # messages in one transcript
 HOUSEKEEPING = 3600.0
@@ -103,7 +103,6 @@ class MailService:
     claims: dict[str, _Claim] = field(default_factory=dict)
     worker: int | None = None  # the API connection of the plugin taking messages, while it is open
     counters: dict[str, int] = field(default_factory=lambda: {"accepted": 0, "sent": 0, "failed": 0, "attempts": 0, "requeued": 0})
-    _wake: trio.Event = field(default_factory=trio.Event)
 
     @property
     def folder(self) -> Path:
@@ -186,8 +185,6 @@ class MailService:
     def _changed(self, message_id: str) -> dict[str, Any]:
         record = self._record(self._get(message_id))
         self.bus.publish("mail.state", record)
-        self._wake.set()
-        self._wake = trio.Event()
         return record
 
     def _need_settings(self) -> MailSettings:
@@ -218,11 +215,8 @@ class MailService:
             body = (body.rstrip("\n") + "\n\n" if body.strip() else "") + "\n\n".join(notes)
         message_id = secrets.token_hex(8)
         domain = d.sender.domain
-        raw = build_message(
-            replace(d, body=body),
-            attachments,
-            message_id=f"<{message_id}.{secrets.token_hex(6)}@{domain}>",
-            mailer=f"lannode {__version__}",
+        raw = await trio.to_thread.run_sync(  # up to max_attachment_bytes to encode: not on the event loop
+            partial(build_message, replace(d, body=body), attachments, message_id=f"<{message_id}.{secrets.token_hex(6)}@{domain}>", mailer=f"lannode {__version__}")
         )
         now = time.time()
         row = (

@@ -29,16 +29,13 @@ from typing import Any
 import trio
 
 from lannode.config import check_answer_table
-from lannode.plugins.kit import PluginContext, PluginEnvError
+from lannode.plugins.kit import PluginContext, start
 
 log = logging.getLogger("lannode.answer")
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        ctx = PluginContext.from_env()
-    except PluginEnvError as exc:
-        print(f"lannode-answer: {exc}", file=sys.stderr)
+    ctx = start("lannode-answer")
+    if ctx is None:
         return 2
     if problem := check_answer_table(ctx.config):
         print(f"lannode-answer: [plugins.answer] {problem}", file=sys.stderr)

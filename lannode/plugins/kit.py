@@ -11,7 +11,9 @@ away (even by kill -9), so a plugin never outlives its node.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -66,3 +68,14 @@ class PluginContext:
 
         threading.Thread(target=thread, name=f"lannode-{self.name}-watch", daemon=True).start()
         return registered
+
+
+def start(program: str) -> PluginContext | None:
+    """A plugin's first step: log to stderr, and read its node from the environment;
+    None, once the reason is printed, when it was not started by a node."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return PluginContext.from_env()
+    except PluginEnvError as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        return None

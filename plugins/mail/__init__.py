@@ -38,7 +38,7 @@ from typing import Any
 import trio
 
 from lannode.core.mail import MailError, MailSettings
-from lannode.plugins.kit import PluginContext, PluginEnvError
+from lannode.plugins.kit import PluginContext, start
 
 log = logging.getLogger("lannode.mail")
 
@@ -179,11 +179,8 @@ async def serve(ctx: PluginContext, settings: MailSettings, password: str) -> No
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        ctx = PluginContext.from_env()
-    except PluginEnvError as exc:
-        print(f"lannode-mail: {exc}", file=sys.stderr)
+    ctx = start("lannode-mail")
+    if ctx is None:
         return 2
     try:
         settings = MailSettings.from_table(ctx.config)

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, abort, jsonify, request, send_from_directory
 
 from lannode.core.api import origin_token
-from lannode.plugins.kit import PluginContext, PluginEnvError
+from lannode.plugins.kit import PluginContext, start
 
 log = logging.getLogger("lannode.webui")
 
@@ -107,13 +107,10 @@ def _make_server(app: Flask, port: int) -> Any:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    try:
-        ctx = PluginContext.from_env()
-    except PluginEnvError as exc:
-        print(f"lannode-webui: {exc}", file=sys.stderr)
+    ctx = start("lannode-webui")
+    if ctx is None:
         return 2
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     wanted = int(ctx.config.get("port", 7480))
     server = _make_server(create_app(ctx), wanted)
     port = server.socket.getsockname()[1]
