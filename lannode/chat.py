@@ -52,6 +52,7 @@ goal with it).
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import math
@@ -99,6 +100,7 @@ SYNC_BATCH = 1000  # messages per catch-up answer; the requester asks again for 
 SYNC_RETRY = 5.0  # seconds before the same catch-up may be asked of the same member again
 
 
+CHECKPOINT_EVERY = 128  # commits (of about 6 pages each) between WAL checkpoints
 ACK_DELAY = 0.005  # seconds a delivery receipt waits for more messages to acknowledge with it
 DIRECT_GRACE = 2.0  # seconds the link holds a message back while a front's data channel carries it
 
@@ -124,7 +126,6 @@ CREATE TABLE IF NOT EXISTS messages (
     kind TEXT NOT NULL DEFAULT 'text'
 );
 CREATE INDEX IF NOT EXISTS messages_order ON messages (conversation, lamport, sender, seq);
-CREATE INDEX IF NOT EXISTS messages_by_sender ON messages (conversation, sender, seq);
 CREATE TABLE IF NOT EXISTS outbox (
     id TEXT NOT NULL,
     recipient TEXT NOT NULL,
@@ -132,36 +133,66 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_try REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (id, recipient, kind)
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS receipts (   -- per recipient of an outgoing message
     id TEXT NOT NULL,
     peer TEXT NOT NULL,
     delivered_at INTEGER,
     read_at INTEGER,
     PRIMARY KEY (id, peer)
-);
+) WITHOUT ROWID;
 """
 
 
 class ChatDb:
-    """chat.sqlite with two connections: writes and small look-ups run inline on the trio
+    """chat.sqlite with three connections: writes and small look-ups run inline on the trio
     thread (a WAL commit without fsync takes tens of microseconds, far less than a
     hop to a worker thread); history pages and searches run in worker threads on a
-    reading connection, which WAL lets proceed alongside the writer."""
+    reading connection, which WAL lets proceed alongside the writer; and checkpoints
+    (copying the WAL back into the database, with its fsyncs) run in a worker thread
+    on a third, where SQLite would run them inside every thousandth page's commit."""
 
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")  # see checkpoint()
         self._migrate()
         self._db.executescript(SCHEMA)
         self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._reader.row_factory = sqlite3.Row
         self._read_lock = threading.Lock()
+        self._checkpointer = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._checkpoint_lock = threading.Lock()
+        self._commits = 0  # since the last checkpoint was asked for
+        self.checkpoints = 0
 
     def _migrate(self) -> None:
-        """A home from before groups: messages gain a kind, outgoing 1:1 messages a receipt row."""
+        """A home from before groups: messages gain a kind, outgoing 1:1 messages a receipt row.
+        A home from before WITHOUT ROWID: the outbox and receipts are rebuilt as such (each
+        row then lives in one b-tree, not a table and its key's index: two pages fewer
+        written per message), and messages lose an index."""
+        self._migrate_kind()
+        # (conversation, sender, seq) look-ups are rare (a catch-up's digest, a clock read
+        # once per conversation) and messages_order covers them: one b-tree fewer per message
+        self._db.execute("DROP INDEX IF EXISTS messages_by_sender")
+        for table, columns in (("outbox", "id, recipient, kind, attempts, next_try"), ("receipts", "id, peer, delivered_at, read_at")):
+            rows = self._db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchall()
+            if rows and "WITHOUT ROWID" not in rows[0]["sql"].upper():
+                create = SCHEMA.split(f"CREATE TABLE IF NOT EXISTS {table} (", 1)[1].split(";", 1)[0]
+                self._db.executescript(
+                    f"""
+                    BEGIN;
+                    CREATE TABLE {table}_rebuilt ({create};
+                    INSERT INTO {table}_rebuilt ({columns}) SELECT {columns} FROM {table};
+                    DROP TABLE {table};
+                    ALTER TABLE {table}_rebuilt RENAME TO {table};
+                    COMMIT;
+                    """
+                )
+
+    def _migrate_kind(self) -> None:
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(messages)")}
         if columns and "kind" not in columns:
             self._db.executescript(
@@ -193,9 +224,26 @@ class ChatDb:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        self._commits += 1
         return counts
 
+    def checkpoint_due(self) -> bool:
+        """True once per CHECKPOINT_EVERY commits: the caller then runs checkpoint()."""
+        if self._commits < CHECKPOINT_EVERY:
+            return False
+        self._commits = 0
+        return True
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database (PASSIVE: never waits for, nor blocks, the writer
+        or a reader). Blocking: run it in a worker thread."""
+        with self._checkpoint_lock:
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.checkpoints += 1
+
     def close(self) -> None:
+        with self._checkpoint_lock:
+            self._checkpointer.close()
         self._db.close()
         self._reader.close()
 
@@ -241,6 +289,8 @@ class GroupCommit:
             self.transactions += 1
         except sqlite3.Error:
             counts = None
+        if self._db.checkpoint_due():
+            self._nursery.start_soon(self._checkpoint)
         done = 0
         for statements, callback in batch:
             if counts is not None:
@@ -255,6 +305,14 @@ class GroupCommit:
                     mine = None
             if callback is not None:
                 callback(mine)
+
+
+    async def _checkpoint(self) -> None:
+        db = self._db
+        try:
+            await trio.to_thread.run_sync(db.checkpoint)
+        except sqlite3.Error as exc:
+            log.warning("chat.sqlite checkpoint failed (the WAL keeps growing until one works): %s", exc)
 
 
 class Ticket:
@@ -380,7 +438,7 @@ class ChatService:
         async with self._send_lock:  # seq and lamport are taken and queued for the commit in order
             for text in texts:
                 lamport, seq = self._clock(conversation)
-                message = ChatMessage(
+                message, body = ChatMessage(
                     id=message_id or new_message_id(),
                     conversation=conversation,
                     sender_key=self.identity.public_key,
@@ -389,9 +447,8 @@ class ChatService:
                     sent_at=now_ms(),
                     text=text,
                     kind=kind,
-                ).signed(self.identity.signing_key)
+                ).signed_body(self.identity.signing_key)
                 self._saw(message)
-                body = message.body()
                 messages.append((message, body))
                 statements.append((_INSERT, _row(message, body, outgoing=True, received_at=message.sent_at)))
                 for recipient in recipients:
@@ -422,8 +479,8 @@ class ChatService:
         cached = self._clocks.get(conversation)
         if cached is None:
             top = self._query("SELECT lamport FROM messages WHERE conversation = ? ORDER BY lamport DESC LIMIT 1", (conversation,))
-            mine = self._query("SELECT seq FROM messages WHERE conversation = ? AND sender = ? ORDER BY seq DESC LIMIT 1", (conversation, self.me))
-            cached = (top[0]["lamport"] if top else 0, mine[0]["seq"] if mine else 0)
+            mine = self._query("SELECT MAX(seq) AS seq FROM messages WHERE conversation = ? AND sender = ?", (conversation, self.me))
+            cached = (top[0]["lamport"] if top else 0, mine[0]["seq"] or 0)
             self._clocks[conversation] = cached
         return cached
 
@@ -454,8 +511,7 @@ class ChatService:
             queue = self._queues[recipient] = _RecipientQueue()
             if self._nursery is not None:
                 self._nursery.start_soon(self._deliver_to, recipient, queue)
-        queue.due.append(item)
-        queue.wake.set()
+        queue.add(item)
 
     def _load_outbox(self) -> None:
         rows = self._query(
@@ -472,15 +528,17 @@ class ChatService:
         acknowledged within ack_timeout, back off while the peer cannot be reached."""
         while True:
             now = trio.current_time()
-            for item in [i for i in queue.waiting.values() if i.deadline <= now]:
-                del queue.waiting[item.id]
-                queue.due.appendleft(item)  # unacknowledged: send again
+            queue.due.extendleft(reversed(queue.expired(now)))  # unacknowledged: send again, in order
+            queue.drop_acknowledged()
             if queue.due and now >= queue.backoff_until:
                 try:
                     link = await self.peers.links.link_to(recipient)
                     reads = []
                     while queue.due:
                         item = queue.due[0]
+                        if item.acknowledged:
+                            queue.due.popleft()  # by a data channel's receipt, or after its resend was queued
+                            continue
                         if item.not_before > trio.current_time():
                             break  # its direct copy may be acknowledged yet; what follows keeps its order
                         if item.kind == "read":
@@ -490,7 +548,7 @@ class ChatService:
                             # resent on silence, less often each time (a peer that will not take it)
                             item.deadline = trio.current_time() + self.ack_timeout * 2 ** min(item.attempts, 4)
                             item.attempts += 1
-                            queue.waiting[item.id] = item
+                            queue.wait_for_receipt(item)
                         queue.due.popleft()
                     if reads:
                         await link.send(CHANNEL_CHAT, encode_frame(ReadFrame(tuple(reads))))
@@ -503,11 +561,8 @@ class ChatService:
                     backoff = min(60.0, 2.0 ** (queue.failures - 1))
                     queue.backoff_until = trio.current_time() + backoff
                     log.debug("chat to %s: %s; retry in %.0f s", recipient, exc, backoff)
-            wake_at = min(
-                [i.deadline for i in queue.waiting.values()]
-                + ([max(queue.backoff_until, queue.due[0].not_before)] if queue.due else []),
-                default=math.inf,
-            )
+            queue.drop_acknowledged()
+            wake_at = min(queue.next_deadline(), max(queue.backoff_until, queue.due[0].not_before) if queue.due else math.inf)
             with trio.move_on_at(wake_at):
                 await queue.wake.wait()
             queue.wake = trio.Event()
@@ -654,10 +709,7 @@ class ChatService:
             queue = self._queues.get(peer)
             if queue is not None:
                 for message_id in ids:
-                    queue.waiting.pop(message_id, None)
-                acknowledged = set(ids)
-                if any(item.id in acknowledged and item.kind == "msg" for item in queue.due):  # came by a data channel
-                    queue.due = deque(item for item in queue.due if not (item.id in acknowledged and item.kind == "msg"))
+                    queue.acknowledge(message_id)
         state = "delivered" if column == "delivered_at" else "read"
 
         def announce(counts: list[int] | None) -> None:
@@ -991,17 +1043,65 @@ class _Pending:
     deadline: float = 0.0
     attempts: int = 0
     not_before: float = -math.inf  # a message on its way over a front's data channel: the link waits till then
+    acknowledged: bool = False
 
 
 @dataclass
 class _RecipientQueue:
-    """A recipient's outbox in memory; the outbox table is its durable copy."""
+    """A recipient's outbox in memory; the outbox table is its durable copy. Every
+    operation on it is O(1) or O(log n) per message: at a thousand messages a second
+    a backlog must not make each one slower."""
 
-    due: deque[_Pending] = field(default_factory=deque)
+    due: deque[_Pending] = field(default_factory=deque)  # to send, in order
     waiting: dict[str, _Pending] = field(default_factory=dict)  # sent, not yet acknowledged
+    messages: dict[str, _Pending] = field(default_factory=dict)  # every "msg" item, due or waiting
+    deadlines: list[tuple[float, str]] = field(default_factory=list)  # a heap over waiting's deadlines; stale entries are skipped
     failures: int = 0
     backoff_until: float = -math.inf
     wake: trio.Event = field(default_factory=trio.Event)
+
+    def add(self, item: _Pending) -> None:
+        if item.kind == "msg":
+            self.messages[item.id] = item
+        self.due.append(item)
+        self.wake.set()
+
+    def wait_for_receipt(self, item: _Pending) -> None:
+        self.waiting[item.id] = item
+        heapq.heappush(self.deadlines, (item.deadline, item.id))
+
+    def acknowledge(self, message_id: str) -> None:
+        item = self.messages.pop(message_id, None)
+        if item is not None:
+            item.acknowledged = True  # if it is still due (its direct copy arrived first), the sender skips it
+            self.waiting.pop(message_id, None)
+
+    def drop_acknowledged(self) -> None:
+        while self.due and self.due[0].acknowledged:
+            self.due.popleft()
+
+    def _live(self, deadline: float, message_id: str) -> _Pending | None:
+        item = self.waiting.get(message_id)
+        return item if item is not None and item.deadline == deadline else None
+
+    def expired(self, now: float) -> list[_Pending]:
+        """The waiting items whose deadline passed, oldest first, taken out of waiting."""
+        out = []
+        while self.deadlines and self.deadlines[0][0] <= now:
+            deadline, message_id = heapq.heappop(self.deadlines)
+            item = self._live(deadline, message_id)
+            if item is not None:
+                del self.waiting[message_id]
+                out.append(item)
+        return out
+
+    def next_deadline(self) -> float:
+        while self.deadlines:
+            deadline, message_id = self.deadlines[0]
+            if self._live(deadline, message_id) is not None:
+                return deadline
+            heapq.heappop(self.deadlines)
+        return math.inf
 
     def retry_now(self) -> None:
         """The peer is back: no more backoff, and resend whatever waits for a receipt."""
@@ -1009,6 +1109,7 @@ class _RecipientQueue:
         self.failures = 0
         for item in self.waiting.values():
             item.deadline = -math.inf
+            heapq.heappush(self.deadlines, (item.deadline, item.id))
         self.wake.set()
 
 

@@ -9,14 +9,24 @@
 * **signaling**: a front on A sends an offer to B's front, which answers at once;
   the round trip from sending the offer to receiving the answer, ``--rounds`` times.
 
-The reference, measured in the same run, is the floor under both: a
-``node.status`` call's round trip over the same API connection. Goals (issue 4):
-chat p99 <= 10 ms at 1,000 messages per second; offer to answer <= 5 ms.
+Two references, measured in the same run:
+
+* **the machine's floor for the path**: the same messages at the same rate through
+  the same shape of path with no work in it: this process sends each one (a line of
+  JSON, over TCP) to a plain Python relay process, which parses it and passes it to
+  a second, which passes it back here. Its p99 is what this machine's scheduling
+  alone costs a message that wakes three processes on two cores; on a shared VM it
+  swings from run to run, which is why it is measured beside every chat phase.
+* a ``node.status`` call's round trip over the same API connection.
+
+Goals (issue 4): chat p99 <= 10 ms at 1,000 messages per second; offer to answer
+<= 5 ms.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import signal
@@ -24,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -109,6 +120,63 @@ async def chat_phase(a: Any, b: Any, processes: list[Any], rate: float, messages
     }
 
 
+def relay(downstream: tuple[str, int]) -> None:
+    """The floor's relay process: take one connection, pass each JSON line on, parsed and
+    encoded again (the least a node does with a message), to ``downstream``."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        print(server.getsockname()[1], flush=True)
+        upstream, _ = server.accept()
+    out = socket.create_connection(downstream)
+    for sock in (upstream, out):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    pending = b""
+    while data := upstream.recv(65536):
+        *lines, pending = (pending + data).split(b"\n")
+        if lines:
+            out.sendall(b"".join(json.dumps(json.loads(line)).encode() + b"\n" for line in lines))
+    out.close()
+
+
+def floor_phase(rate: float, messages: int) -> dict[str, float]:
+    """The machine's floor: ``messages`` at ``rate`` through two relay processes and back."""
+    with socket.create_server(("127.0.0.1", 0)) as back:
+        relays: list[subprocess.Popen[str]] = []
+        downstream = back.getsockname()
+        try:
+            for _ in range(2):  # B (to here), then A (to B)
+                code = f"from sim.bench_chat import relay; relay(('127.0.0.1', {downstream[1]}))"
+                relays.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent))
+                assert relays[-1].stdout is not None
+                downstream = ("127.0.0.1", int(relays[-1].stdout.readline()))
+            out = socket.create_connection(downstream)
+            out.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            inbound, _ = back.accept()
+            latencies: list[float] = []
+
+            def receive() -> None:
+                pending = b""
+                while len(latencies) < messages and (data := inbound.recv(65536)):
+                    *lines, pending = (pending + data).split(b"\n")
+                    now = time.perf_counter()
+                    latencies.extend((now - json.loads(line)["t"]) * 1000 for line in lines)
+
+            reader = threading.Thread(target=receive)
+            reader.start()
+            start = time.perf_counter()
+            for i in range(messages):
+                while (wait := start + i / rate - time.perf_counter()) > 0:
+                    time.sleep(wait)
+                out.sendall(json.dumps({"t": time.perf_counter(), "text": f"floor {i}"}).encode() + b"\n")
+            reader.join(60)
+            out.close()
+            inbound.close()
+        finally:
+            for process in relays:
+                process.kill()
+                process.wait()
+    return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "messages": len(latencies)}
+
+
 def pair_homes(root: Path) -> list[Home]:
     """Homes for nodes "a" and "b" on a gossip port of their own."""
     return node_homes(root, ["a", "b"])
@@ -159,6 +227,7 @@ async def bench(rate: float, messages: int, rounds: int, batches: list[int]) -> 
             chat = {}
             for batch in batches:
                 chat[batch] = await chat_phase(a, b, processes, rate, messages, batch)
+                chat[batch]["floor"] = await trio.to_thread.run_sync(floor_phase, rate / batch, messages // batch)
             # signaling round trips
             front_a = (await a.call("rtc.register"))["front"]
             front_b = (await b.call("rtc.register"))["front"]
@@ -209,6 +278,11 @@ def main() -> int:
             f"   p99/goal {chat['p99'] / CHAT_P99_GOAL_MS:.2f}  p50/reference {chat['p50'] / ref['p50']:.1f}x"
         )
         print(f"    A's store to B's store (no front): p50 {chat['stored_p50']:.2f} ms  p99 {chat['stored_p99']:.2f} ms")
+        floor = chat["floor"]
+        print(
+            f"    the machine's floor (3 plain processes, {chat['rate'] / chat['batch']:.0f} hops/s): p50 {floor['p50']:.2f} ms  p99 {floor['p99']:.2f} ms"
+            f"   chat p99 / floor p99 {chat['p99'] / floor['p99']:.1f}x"
+        )
         cpu = chat["cpu_us_per_message"]
         print("    CPU per message: " + ", ".join(f"{k} {v:.0f} us" for k, v in cpu.items()) + f"  (cores: {os.cpu_count()})")
     print(f"offer to answer ({sig['rounds']} rounds) p50 {sig['p50']:.2f} ms  p99 {sig['p99']:.2f} ms   p50/goal {sig['p50'] / SIGNAL_GOAL_MS:.2f}  p50/reference {sig['p50'] / ref['p50']:.1f}x")

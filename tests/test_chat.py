@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,6 +59,51 @@ def test_any_frame_bytes_decode_or_raise_bad_frame(data: bytes) -> None:
         decode_frame(data)
     except BadFrame:
         pass
+
+
+def test_the_recipient_queue_resends_in_order_and_skips_what_was_acknowledged() -> None:
+    from lannode.chat import _Pending, _RecipientQueue
+
+    q = _RecipientQueue()
+    items = [_Pending(f"m{i}", "msg", b"") for i in range(5)]
+    for item in items:
+        q.add(item)
+    assert [i.id for i in q.due] == ["m0", "m1", "m2", "m3", "m4"]
+    for deadline, item in zip([3.0, 1.0, 1.0, 2.0], list(q.due)[:4]):  # sent: waiting for receipts
+        item.deadline = deadline
+        q.wait_for_receipt(item)
+        q.due.popleft()
+    q.acknowledge("m2")
+    assert q.next_deadline() == 1.0
+    assert [i.id for i in q.expired(1.5)] == ["m1"]  # m2's receipt came; m0 and m3 not yet due
+    assert q.next_deadline() == 2.0
+    items[3].deadline = 9.0  # sent again meanwhile: its old deadline no longer counts
+    q.wait_for_receipt(items[3])
+    assert q.expired(5.0) == [items[0]] and q.next_deadline() == 9.0
+    # m4 is still due; its receipt arrives first (a data channel carried it): it is skipped
+    q.acknowledge("m4")
+    q.drop_acknowledged()
+    assert not q.due
+    # the peer came back: everything waiting goes at once
+    q.retry_now()
+    assert [i.id for i in q.expired(0.0)] == ["m3"] and q.next_deadline() == math.inf and not q.waiting
+
+
+def test_chat_db_checkpoints_in_a_worker_thread(tmp_path: Path) -> None:
+    from lannode.chat import CHECKPOINT_EVERY, ChatDb, GroupCommit
+
+    async def main() -> None:
+        db = ChatDb(tmp_path / "chat.sqlite")
+        async with trio.open_nursery() as nursery:
+            commit = GroupCommit(db, nursery)
+            for i in range(CHECKPOINT_EVERY + 1):
+                await commit.commit([("INSERT INTO outbox (id, recipient, kind) VALUES (?, 'r', 'read')", (f"m{i}",))])
+        assert db.checkpoints == 1  # once, after CHECKPOINT_EVERY commits; SQLite itself runs none
+        assert db.query("PRAGMA wal_autocheckpoint")[0][0] == 0
+        db.close()
+
+    trio.run(main)
+    assert sqlite3.connect(tmp_path / "chat.sqlite").execute("SELECT COUNT(*) FROM outbox").fetchone() == (CHECKPOINT_EVERY + 1,)
 
 
 # -- real daemons --------------------------------------------------------------------------------
@@ -122,6 +170,46 @@ def test_a_sender_restarted_with_a_full_outbox_still_delivers(nodes: NodeFactory
     a2.wait_until(lambda: all(m["delivered_at"] for m in log(a2, "ben")), what="receipts after the restart")
     text = run_cli("chat", "log", "ben", "--home", str(a2.home.path)).stdout
     assert "while you were out 2 (delivered)" in text
+
+
+OLD_TABLES = """
+BEGIN;
+CREATE TABLE outbox_old (id TEXT NOT NULL, recipient TEXT NOT NULL, kind TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+                         next_try REAL NOT NULL DEFAULT 0, PRIMARY KEY (id, recipient, kind));
+INSERT INTO outbox_old SELECT id, recipient, kind, attempts, next_try FROM outbox;
+DROP TABLE outbox; ALTER TABLE outbox_old RENAME TO outbox;
+CREATE TABLE receipts_old (id TEXT NOT NULL, peer TEXT NOT NULL, delivered_at INTEGER, read_at INTEGER, PRIMARY KEY (id, peer));
+INSERT INTO receipts_old SELECT * FROM receipts;
+DROP TABLE receipts; ALTER TABLE receipts_old RENAME TO receipts;
+CREATE INDEX messages_by_sender ON messages (conversation, sender, seq);
+COMMIT;
+"""
+
+
+def test_a_home_from_before_without_rowid_keeps_its_outbox_and_delivers_it(nodes: NodeFactory) -> None:
+    """chat.sqlite as session 9 left it (rowid outbox and receipts, a third index): the
+    tables are rebuilt on start, and what waited in the outbox still goes out."""
+    a, b = network(nodes, "ann", "ben")
+    b_id = b.status()["node_id"]
+    a.call("chat.send", peer=b_id, text="before")
+    a.wait_until(lambda: log(a, "ben")[0]["delivered_at"] is not None, what="the first receipt")
+    b.stop()
+    a.call("chat.send", peer=b_id, text="waiting in the old outbox")
+    a.stop()
+    db = sqlite3.connect(a.home.path / "chat.sqlite")
+    db.executescript(OLD_TABLES)
+    assert db.execute("SELECT COUNT(*) FROM outbox").fetchone() == (1,)
+    db.close()
+    a2 = nodes.start_on(a.home, name="ann")
+    b2 = nodes.start_on(b.home, name="ben")
+    b2.wait_until(lambda: [m["text"] for m in log(b2, "ann")] == ["before", "waiting in the old outbox"], timeout=30, what="the migrated outbox delivered")
+    a2.wait_until(lambda: all(m["delivered_at"] for m in log(a2, "ben")), what="its receipt")
+    db = sqlite3.connect(a2.home.path / "chat.sqlite")
+    tables = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type IN ('table', 'index') AND sql IS NOT NULL"))
+    db.close()
+    assert "WITHOUT ROWID" in tables["outbox"] and "WITHOUT ROWID" in tables["receipts"]
+    assert "messages_by_sender" not in tables and "messages_order" in tables
+    assert [m["text"] for m in log(a2, "ben")] == ["before", "waiting in the old outbox"]
 
 
 def test_bad_chat_input_gets_clear_errors_and_harms_nothing(nodes: NodeFactory) -> None:

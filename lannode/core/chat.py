@@ -116,6 +116,12 @@ class ChatMessage:
     def signed(self, key: SigningKey) -> "ChatMessage":
         return replace(self, signature=key.sign(SIGN_DOMAIN + self._canonical()).signature)
 
+    def signed_body(self, key: SigningKey) -> tuple["ChatMessage", str]:
+        """``signed(key)`` and its ``body()``, serializing the signed fields once."""
+        canonical = self._canonical()
+        signature = key.sign(SIGN_DOMAIN + canonical).signature
+        return replace(self, signature=signature), _body(canonical, signature)
+
     def verify(self) -> bool:
         try:
             VerifyKey(self.sender_key).verify(SIGN_DOMAIN + self._canonical(), self.signature)
@@ -128,8 +134,7 @@ class ChatMessage:
 
     def body(self) -> str:
         """``to_json`` as compact JSON text: the signed form plus the signature, serialized once."""
-        signed = self._canonical().decode()
-        return signed[:-1] + ',"signature":"' + base64.b64encode(self.signature).decode() + '"}'
+        return _body(self._canonical(), self.signature)
 
     @classmethod
     def from_json(cls, data: Any, *, verify: bool = True) -> "ChatMessage":
@@ -154,6 +159,10 @@ class ChatMessage:
         if verify and not message.verify():
             raise BadFrame("the message's signature does not verify")
         return message
+
+
+def _body(canonical: bytes, signature: bytes) -> str:
+    return canonical[:-1].decode() + ',"signature":"' + base64.b64encode(signature).decode() + '"}'
 
 
 # -- frames --------------------------------------------------------------------------------------
