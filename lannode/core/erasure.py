@@ -10,14 +10,27 @@ it.
 
 reedsolo works a column at a time in Python, about 1 MB/s. The code is linear, so here
 it is a matrix: the parity of each column is ``P @ column`` over GF(256), with ``P``
-(m × k) read off reedsolo by encoding the unit vectors. Whole stripes are multiplied at
-once with numpy, a 256 × 256 product table indexed by the stripe's bytes. Rebuilding
-from any ``k`` fragments multiplies by the inverse of their ``k`` rows of the
-generator ``[I; P]``, inverted once per loss pattern and cached.
+(m × k) read off reedsolo by encoding the unit vectors. Rebuilding from any ``k``
+fragments multiplies by the inverse of their ``k`` rows of the generator ``[I; P]``,
+inverted once per loss pattern and cached.
+
+Whole stripes are multiplied by one of two backends, which give the same bytes:
+
+* **ISA-L** (Intel's storage library, BSD; Debian's ``libisal2``), when the machine has
+  it: its ``ec_encode_data`` multiplies stripes by any matrix over this same field
+  (polynomial 0x11d) with SIMD, about 10 GB/s a core here, and ctypes lets go of the
+  GIL meanwhile, so the drive's coding threads run in parallel.
+* **numpy** otherwise: a table of byte-pair products indexed by the stripes' 16-bit
+  words, about 0.75 GB/s.
+
+``LANNODE_ERASURE=numpy`` in the environment keeps ISA-L out; ``BACKEND`` says which runs.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
 from functools import lru_cache
 from typing import Mapping, Sequence
 
@@ -97,7 +110,7 @@ class Codec:
     def encode(self, stripes: Sequence[bytes | bytearray | memoryview | Stripe]) -> list[Stripe]:
         """The m parity stripes for k data stripes of one length."""
         data = self._stripes(stripes, self.k)
-        return [_combine(self.parity[i], data) for i in range(self.m)]
+        return multiply(self.parity, data)
 
     def decode(self, fragments: Mapping[int, bytes | bytearray | memoryview | Stripe]) -> list[Stripe]:
         """The k data stripes from any k fragments, given as {index: bytes}, data fragments
@@ -110,7 +123,9 @@ class Codec:
         if chosen == tuple(range(self.k)):
             return list(given)
         decoder = self._decoders(chosen)
-        return [_combine(decoder[j], given) for j in range(self.k)]
+        missing = [j for j in range(self.k) if j not in chosen]  # the data stripes not given; the others are copies
+        rebuilt = dict(zip(missing, multiply(decoder[missing], given)))
+        return [given[chosen.index(j)] if j in chosen else rebuilt[j] for j in range(self.k)]
 
     def _decoder(self, rows: tuple[int, ...]) -> Stripe:
         return _invert(self.generator[list(rows)])
@@ -123,6 +138,15 @@ class Codec:
         if len({a.shape for a in arrays}) > 1:
             raise ErasureError("stripes must all have the same length")
         return arrays
+
+
+def multiply(matrix: Stripe, stripes: list[Stripe]) -> list[Stripe]:
+    """``matrix`` (r × k) times k stripes of one length over GF(256): r stripes."""
+    if not len(matrix):
+        return []
+    if _ISAL is not None and stripes[0].shape[0] >= ISAL_MIN_BYTES:
+        return _isal_multiply(_ISAL, matrix, stripes)
+    return [_combine(row, stripes) for row in matrix]
 
 
 def _combine(coefficients: Stripe, stripes: list[Stripe]) -> Stripe:
@@ -162,3 +186,53 @@ def _pair_table(c: int) -> npt.NDArray[np.uint16]:
     words = np.arange(65536, dtype=np.uint32)
     table: npt.NDArray[np.uint16] = ((row[words >> 8] << 8) | row[words & 0xFF]).astype(np.uint16)
     return table
+
+
+# -- ISA-L -----------------------------------------------------------------------------------------
+
+ISAL_MIN_BYTES = 64  # shorter stripes cost more in the call than in the arithmetic
+
+
+def _load_isal() -> ctypes.CDLL | None:
+    if os.environ.get("LANNODE_ERASURE", "").lower() == "numpy":
+        return None
+    for name in ("libisal.so.2", ctypes.util.find_library("isal")):
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)  # a CDLL call releases the GIL
+        except OSError:
+            continue
+        lib.ec_init_tables.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+        lib.ec_init_tables.restype = None
+        lib.ec_encode_data.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        lib.ec_encode_data.restype = None
+        return lib
+    return None
+
+
+@lru_cache(maxsize=256)
+def _isal_tables(matrix: bytes, rows: int, k: int) -> ctypes.Array[ctypes.c_ubyte]:
+    """ISA-L's expanded multiplication tables for a matrix (32 bytes per coefficient)."""
+    assert _ISAL is not None
+    tables = (ctypes.c_ubyte * (32 * rows * k))()
+    _ISAL.ec_init_tables(k, rows, ctypes.c_char_p(matrix), tables)
+    return tables
+
+
+def _isal_multiply(lib: ctypes.CDLL, matrix: Stripe, stripes: list[Stripe]) -> list[Stripe]:
+    rows, k = matrix.shape
+    n = stripes[0].shape[0]
+    if n > 0x7FFFFFFF:
+        raise ErasureError("stripes over 2 GiB")
+    inputs = [np.ascontiguousarray(s) for s in stripes]  # kept alive across the call
+    outputs = [np.empty(n, dtype=np.uint8) for _ in range(rows)]
+    tables = _isal_tables(np.ascontiguousarray(matrix, dtype=np.uint8).tobytes(), rows, k)
+    data = (ctypes.c_void_p * k)(*[a.ctypes.data for a in inputs])
+    coding = (ctypes.c_void_p * rows)(*[a.ctypes.data for a in outputs])
+    lib.ec_encode_data(n, k, rows, tables, data, coding)
+    return outputs
+
+
+_ISAL = _load_isal()
+BACKEND = "isa-l" if _ISAL is not None else "numpy"
