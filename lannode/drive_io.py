@@ -196,10 +196,12 @@ def put_file(path: Path, encoder: Encoder, outlets: list[Outlet], meter: Meter) 
     except OSError as exc:
         raise DriveError(f"cannot read {path}: {exc.strerror or exc}") from None
     pool = ThreadPoolExecutor(CODERS, thread_name_prefix="drive-code")
+    senders: _Senders | None = None
     try:
         _dial(outlets)
         if meter.stopped:
             raise BulkError("stopped")
+        senders = _Senders(outlets, meter)
 
         def code(index: int) -> tuple[list[bytes], list[bytes]]:
             length = shape.sealed_length(index) - 16
@@ -216,20 +218,105 @@ def put_file(path: Path, encoder: Encoder, outlets: list[Outlet], meter: Meter) 
                 submitted += 1
             blocks, hashes = pending.pop(0).result()
             encoder.take(index, hashes)
-            for outlet in outlets:
-                _put_block(outlet, blocks[outlet.index])
+            senders.send(blocks)
             if meter.stopped:
                 raise BulkError("stopped")
             meter.bytes_done += min(shape.segment, shape.size - index * shape.segment)
+        senders.finish()
         if os.fstat(f.fileno()).st_size != shape.size:
             raise DriveError(f"{path} changed while it was being put")
         layout, cap = encoder.finish()
         _finish_put(layout, outlets)
         return layout, cap
     finally:
+        if senders is not None:
+            senders.abandon()
         pool.shutdown(wait=True, cancel_futures=True)
         f.close()
         _hang_up(outlets)
+
+
+class _Senders:
+    """A thread per outlet that sends (or, for this node's own fragment, writes) its
+    blocks, a few segments behind the coder: a holder that is slow for a moment, or
+    this node's page cache, no longer holds up every other holder. A failure is
+    raised by the next ``send`` or by ``finish``; ``abandon`` stops them all (a socket
+    blocked on a stalled holder is shut down), and returns once every thread is gone."""
+
+    DEPTH = 4  # segments queued per outlet
+
+    def __init__(self, outlets: list[Outlet], meter: Meter) -> None:
+        self.meter = meter
+        self.outlets = outlets
+        self.queues: list[queue.Queue[bytes | None]] = [queue.Queue(self.DEPTH) for _ in outlets]
+        self.errors: list[BaseException] = []
+        self.stopping = False
+        self.threads = [threading.Thread(target=self._run, args=(o, q), name=f"drive-put-{o.index}", daemon=True) for o, q in zip(outlets, self.queues)]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self, outlet: Outlet, blocks: "queue.Queue[bytes | None]") -> None:
+        while (block := blocks.get()) is not None:
+            if self.errors or self.stopping:
+                continue  # drain: the producer is told at its next send
+            try:
+                _put_block(outlet, block)
+            except BaseException as exc:
+                self.errors.append(exc)
+
+    def _check(self) -> None:
+        if self.errors:
+            raise self.errors[0]
+        if self.meter.stopped:
+            raise BulkError("stopped")
+
+    def send(self, blocks: list[bytes]) -> None:
+        for outlet, q in zip(self.outlets, self.queues):
+            while True:
+                self._check()
+                try:
+                    q.put(blocks[outlet.index], timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+
+    def finish(self) -> None:
+        """Every block handed over; raises the first failure."""
+        for q in self.queues:
+            while True:
+                self._check()
+                try:
+                    q.put(None, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+        for thread in self.threads:
+            while thread.is_alive():
+                thread.join(0.2)
+                self._check()
+        self._check()
+        self.threads = []
+
+    def abandon(self) -> None:
+        if not self.threads:
+            return
+        self.stopping = True
+        for outlet in self.outlets:
+            if outlet.wire is not None:
+                try:
+                    outlet.wire.sock.shutdown(socket.SHUT_RDWR)  # a send blocked on a stalled holder returns
+                except OSError:
+                    pass
+        for q in self.queues:
+            while True:
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    break
+            q.put(None)
+        for thread in self.threads:
+            thread.join()
+        self.threads = []
 
 
 def _dial(outlets: list[Outlet]) -> None:
