@@ -65,6 +65,7 @@ from lannode.core.drive import (
     seal_share,
     why_drop,
 )
+from lannode.core.erasure import BACKEND as erasure_backend
 from lannode.core.erasure import Codec, ErasureError
 from lannode.core.link import AES_GCM
 from lannode.core.membership import State
@@ -198,6 +199,7 @@ class DriveService:
             "bytes": self.fragments.usage(),
             "quota": self.fragments.quota,
             "files": len(self._manifests()),
+            "erasure": erasure_backend,  # "isa-l" or "numpy": see lannode.core.erasure
             "counters": dict(self.counters),
         }
 

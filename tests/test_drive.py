@@ -119,6 +119,7 @@ def test_six_nodes_put_get_two_killed_corruption_repaired_and_no_plaintext_on_di
     file_id = result["id"]
     assert result["health"] == "6/6" and len({h["node"] for h in result["holders"]}) == 6, "six fragments on six distinct nodes"
     assert result["read_cap"].startswith("lnd-r:") and result["verify_cap"].startswith("lnd-v:" + file_id)
+    assert a.status()["drive"]["erasure"] == "isa-l", "the daemon codes with ISA-L (make test installs libisal2)"
 
     # every node lists it within seconds; the name only where it was shared
     for node in (a, b, c, d, e, f):
