@@ -166,6 +166,7 @@ class DriveService:
         self.verify_interval = float(config.get("drive.verify_interval"))
         self.repair_interval = float(config.get("drive.repair_interval"))
         self.orphan_grace = float(config.get("drive.orphan_grace"))
+        self.stall_timeout = float(config.get("drive.stall_timeout"))
         self.counters: Counter[str] = Counter()
         self._pending: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
         self._gone_since: dict[str, float] = {}
@@ -466,7 +467,7 @@ class DriveService:
                 outlets = await self._outlets(list(range(k + m)), encoder.file_id, (st.st_size, k, m, SEGMENT), fragment_bytes, holding={}, allow_fewer=allow_fewer, avoid=avoid)
                 operation.meter = Meter()
                 try:
-                    layout, cap = await run_in_thread(lambda: put_file(path, encoder, outlets, operation.meter), operation.meter)
+                    layout, cap = await run_in_thread(lambda: put_file(path, encoder, outlets, operation.meter, stall=self.stall_timeout), operation.meter)
                     break
                 except PutFailed as exc:
                     if exc.node == self.me or attempt + 1 == PUT_ATTEMPTS:

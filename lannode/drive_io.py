@@ -186,10 +186,12 @@ class PutFailed(BulkError):
         self.node = node
 
 
-def put_file(path: Path, encoder: Encoder, outlets: list[Outlet], meter: Meter) -> tuple[Layout, ReadCap]:
+def put_file(path: Path, encoder: Encoder, outlets: list[Outlet], meter: Meter, *, stall: float = 30.0) -> tuple[Layout, ReadCap]:
     """Seal, code and send every segment of ``path``; returns when every holder has
-    fsynced its fragment. PutFailed names a holder that failed; DriveError if the
-    file changed size meanwhile."""
+    fsynced its fragment. PutFailed names a holder that failed, or that took no bytes
+    for ``stall`` seconds (a machine asleep, a cable pulled: TCP alone would wait many
+    minutes) or did not answer within four times that after the last; DriveError if
+    the file changed size meanwhile."""
     shape = encoder.shape
     try:
         f = open(path, "rb")
@@ -201,7 +203,7 @@ def put_file(path: Path, encoder: Encoder, outlets: list[Outlet], meter: Meter) 
         _dial(outlets)
         if meter.stopped:
             raise BulkError("stopped")
-        senders = _Senders(outlets, meter)
+        senders = _Senders(outlets, meter, stall)
 
         def code(index: int) -> tuple[list[bytes], list[bytes]]:
             length = shape.sealed_length(index) - 16
@@ -226,7 +228,7 @@ def put_file(path: Path, encoder: Encoder, outlets: list[Outlet], meter: Meter) 
         if os.fstat(f.fileno()).st_size != shape.size:
             raise DriveError(f"{path} changed while it was being put")
         layout, cap = encoder.finish()
-        _finish_put(layout, outlets)
+        _finish_put(layout, outlets, answer_within=4 * stall)
         return layout, cap
     finally:
         if senders is not None:
@@ -245,8 +247,9 @@ class _Senders:
 
     DEPTH = 4  # segments queued per outlet
 
-    def __init__(self, outlets: list[Outlet], meter: Meter) -> None:
+    def __init__(self, outlets: list[Outlet], meter: Meter, stall: float) -> None:
         self.meter = meter
+        self.stall = stall
         self.outlets = outlets
         self.queues: list[queue.Queue[bytes | None]] = [queue.Queue(self.DEPTH) for _ in outlets]
         self.errors: list[BaseException] = []
@@ -272,24 +275,24 @@ class _Senders:
 
     def send(self, blocks: list[bytes]) -> None:
         for outlet, q in zip(self.outlets, self.queues):
-            while True:
-                self._check()
-                try:
-                    q.put(blocks[outlet.index], timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
+            self._hand(outlet, q, blocks[outlet.index])
+
+    def _hand(self, outlet: Outlet, q: "queue.Queue[bytes | None]", item: bytes | None) -> None:
+        """Queue ``item`` for ``outlet``; PutFailed if its queue stays full ``stall`` seconds."""
+        deadline = time.monotonic() + self.stall
+        while True:
+            self._check()
+            try:
+                q.put(item, timeout=min(0.2, self.stall))
+                return
+            except queue.Full:
+                if time.monotonic() >= deadline:
+                    raise PutFailed(outlet.node, f"took no bytes for {self.stall:g} s") from None
 
     def finish(self) -> None:
         """Every block handed over; raises the first failure."""
-        for q in self.queues:
-            while True:
-                self._check()
-                try:
-                    q.put(None, timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
+        for outlet, q in zip(self.outlets, self.queues):
+            self._hand(outlet, q, None)
         for thread in self.threads:
             while thread.is_alive():
                 thread.join(0.2)
@@ -338,8 +341,9 @@ def _hang_up(outlets: list[Outlet]) -> None:
             outlet.wire.close()
 
 
-def _finish_put(layout: Layout, outlets: list[Outlet]) -> None:
-    """Every outlet's root sent (or, here, committed); then each holder's answer."""
+def _finish_put(layout: Layout, outlets: list[Outlet], *, answer_within: float | None = None) -> None:
+    """Every outlet's root sent (or, here, committed); then each holder's answer, each
+    within ``answer_within`` seconds of asking for it (None: however long it takes)."""
     for outlet in outlets:
         if outlet.wire is not None:
             try:
@@ -356,7 +360,10 @@ def _finish_put(layout: Layout, outlets: list[Outlet]) -> None:
     for outlet in outlets:
         if outlet.wire is not None:
             try:
+                outlet.wire.sock.settimeout(answer_within)
                 kind, answer = outlet.wire.receive()
+            except TimeoutError:
+                raise PutFailed(outlet.node, f"no answer within {answer_within:g} s of the last byte") from None
             except (BulkError, OSError) as exc:
                 raise PutFailed(outlet.node, f"no answer after the last byte: {exc}") from None
             if kind != R_CONTROL or answer.get("stored") is not True:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from nacl.signing import SigningKey
 
 from lannode.core.drive import block_hash, block_lengths, fragment_root
@@ -348,8 +349,12 @@ def test_the_drive_cli_lists_shares_and_removes(nodes: NodeFactory, tmp_path: Pa
     assert missing.returncode == 1 and "no file 'notes.txt'" in missing.stderr
 
 
-def test_a_holder_lost_mid_put_is_left_out_and_the_put_goes_through(nodes: NodeFactory, tmp_path: Path) -> None:
-    everyone = cluster(nodes, 7)
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+def test_a_holder_lost_mid_put_is_left_out_and_the_put_goes_through(nodes: NodeFactory, tmp_path: Path, how: str) -> None:
+    """Killed: its connection breaks. Frozen (SIGSTOP: a laptop shut, a cable pulled):
+    nothing breaks, it just takes no more bytes, and after drive.stall_timeout the put
+    goes on without it."""
+    everyone = cluster(nodes, 7, **({"stall_timeout": 3} if how == "frozen" else {}))
     a = everyone[0]
     ids = {node: node.api()["node_id"] for node in everyone}
     # every node has the same room, so placement takes the six lowest node ids
@@ -365,12 +370,21 @@ def test_a_holder_lost_mid_put_is_left_out_and_the_put_goes_through(nodes: NodeF
     )
     assert putter.stdout is not None
     lines = []
+    lost: list[RunningNode] = []
     for line in putter.stdout:
         lines.append(json.loads(line))
-        if lines[-1]["event"] == "drive.progress" and lines[-1]["data"]["bytes"] > 60 * MB and victim.process.poll() is None:
-            victim.process.kill()
-    assert putter.wait(timeout=60) == 0, putter.stderr.read() if putter.stderr else ""
-    assert victim.process.poll() is not None, "the victim was killed during the put"
+        if lines[-1]["event"] == "drive.progress" and lines[-1]["data"]["bytes"] > 60 * MB and victim.process.poll() is None and not lost:
+            if how == "killed":
+                victim.process.kill()
+            else:
+                victim.process.send_signal(signal.SIGSTOP)
+            lost.append(victim)
+    try:
+        assert putter.wait(timeout=60) == 0, putter.stderr.read() if putter.stderr else ""
+    finally:
+        if how == "frozen":
+            victim.process.send_signal(signal.SIGCONT)
+    assert lost, "the victim was lost during the put"
     result = lines[-1]["data"]
     assert ids[victim] not in {h["node"] for h in result["holders"]} and result["health"] == "6/6"
     assert a.status()["drive"]["counters"]["put_retried"] == 1
