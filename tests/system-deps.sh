@@ -13,7 +13,7 @@ command -v unshare >/dev/null 2>&1 || missing="$missing util-linux"
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 command -v nft >/dev/null 2>&1 || missing="$missing nftables"
 # ISA-L: the drive's erasure code runs on it where the machine has it, and the tests hold it to the numpy path
-ldconfig -p 2>/dev/null | grep -q 'libisal\.so\.2 ' || missing="$missing libisal2"
+{ ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null | grep -q 'libisal\.so\.2 ' || missing="$missing libisal2"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
     echo "tests need:$missing (Debian packages); install them as root: apt-get install$missing" >&2
