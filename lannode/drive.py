@@ -801,7 +801,7 @@ class DriveService:
             report = GetReport()
             try:
                 holdings = self._holdings(manifest, skip=set(bad))
-                await run_in_thread(lambda: repair_file(layout, holdings, outlets, operation.meter, report), operation.meter)
+                await run_in_thread(lambda: repair_file(layout, holdings, outlets, operation.meter, report, stall=self.stall_timeout), operation.meter)
             except (DriveError, BulkError) as exc:
                 raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"repairing {file_id[:8]} failed: {exc}") from None
             finally:

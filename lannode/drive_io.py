@@ -448,21 +448,26 @@ def serve_fragment(sock: socket.socket, secret: bytes, aes: bool, reader: Fragme
 # -- repair: rebuilt fragments to their new holders -------------------------------------------------
 
 
-def repair_file(layout: Layout, holdings: list[Holding], outlets: list[Outlet], meter: Meter, report: GetReport) -> None:
+def repair_file(layout: Layout, holdings: list[Holding], outlets: list[Outlet], meter: Meter, report: GetReport, *, stall: float = 30.0) -> None:
     """Rebuild the fragments ``outlets`` name from any k others and store them; returns
-    when every new holder has fsynced. Needs no key: the code works on ciphertext."""
+    when every new holder has fsynced. Needs no key: the code works on ciphertext.
+    PutFailed for a new holder that fails or stalls, as in ``put_file``."""
     decoder = Decoder(layout)
+    senders: _Senders | None = None
     try:
         _dial(outlets)
+        senders = _Senders(outlets, meter, stall)
+        sending = senders
 
         def sink(index: int, blocks: dict[int, bytes]) -> None:
-            rebuilt = decoder.rebuild(index, blocks)
-            for outlet in outlets:
-                _put_block(outlet, rebuilt[outlet.index])
+            sending.send(decoder.rebuild(index, blocks))
 
         read_segments(layout, holdings, meter, report, sink)
-        _finish_put(layout, outlets)
+        senders.finish()
+        _finish_put(layout, outlets, answer_within=4 * stall)
     finally:
+        if senders is not None:
+            senders.abandon()
         _hang_up(outlets)
 
 

@@ -390,3 +390,42 @@ def test_a_holder_lost_mid_put_is_left_out_and_the_put_goes_through(nodes: NodeF
     assert a.status()["drive"]["counters"]["put_retried"] == 1
     a.call("drive.get", file=result["id"], out=str(tmp_path / "back.bin"))
     assert (tmp_path / "back.bin").read_bytes() == plaintext
+
+
+def test_a_repair_whose_new_holder_freezes_gives_up_on_it_and_heals_elsewhere(nodes: NodeFactory, tmp_path: Path) -> None:
+    """The node a repair streams a rebuilt fragment to stops mid-stream (SIGSTOP): the
+    repair gives up on it after drive.stall_timeout instead of hanging the repairer,
+    and a later pass puts the fragment elsewhere."""
+    everyone = cluster(nodes, 7, grace=2, repair_interval=0.5, stall_timeout=3)
+    a = everyone[0]
+    ids = {node: node.api()["node_id"] for node in everyone}
+    chosen = sorted(everyone, key=lambda node: ids[node])[:6]  # equal room: placement takes the lowest ids
+    spare = next(node for node in everyone if node not in chosen)
+    src = tmp_path / "archive.bin"
+    plaintext = write_random(src, 400 * MB)
+    put = a.call("drive.put", path=str(src))
+    assert ids[spare] not in {h["node"] for h in put["holders"]}
+    gone = next(node for node in chosen if node is not a)
+    gone.stop()  # for good: after the grace period its fragment is rebuilt, on the spare (the one node without one)
+    part = spare.home.path / "fragments"
+    frozen = False
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not frozen:
+            if part.exists() and any(p.name.endswith(".part") for p in part.iterdir()):
+                spare.process.send_signal(signal.SIGSTOP)
+                frozen = True
+            time.sleep(0.005)
+        assert frozen, "the repair never streamed to the spare"
+        watcher = next(node for node in everyone if node not in (gone, spare))
+
+        def healed() -> bool:
+            row = listing(watcher, put["id"])
+            return row is not None and row["health"] == "6/6" and not {ids[gone], ids[spare]} & {h["node"] for h in row["holders"]}
+
+        watcher.wait_until(healed, timeout=90, what="the fragment rebuilt on a node that did not freeze")
+    finally:
+        if frozen:
+            spare.process.send_signal(signal.SIGCONT)
+    a.call("drive.get", file=put["id"], out=str(tmp_path / "back.bin"))
+    assert (tmp_path / "back.bin").read_bytes() == plaintext
