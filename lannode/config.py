@@ -146,7 +146,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("drive", "grace", 600.0, "Seconds a holder may be gone before its fragments are rebuilt on other nodes.", _seconds),
     Option("drive", "verify_interval", 60.0, "Seconds between two sampled checks of the fragments this node holds.", _seconds),
     Option("drive", "repair_interval", 30.0, "Seconds between two passes of the repairer over the drive's files.", _seconds),
-    Option("drive", "stall_timeout", 30.0, "Seconds a holder may take no bytes during a put or a repair (four times that for its last answer) before it is given up on and the fragment placed elsewhere.", _seconds),
+    Option("drive", "stall_timeout", 30.0, "Seconds a holder may take no bytes during a put or a repair (four times that for its last answer) before it is given up on and the fragment placed elsewhere; and seconds a holder waits on a putter or reader that went quiet before it hangs up.", _seconds),
     Option("drive", "orphan_grace", 600.0, "Seconds a fragment that no manifest names is kept (its put may still be finishing).", _seconds),
 )
 

@@ -396,7 +396,7 @@ class DriveService:
         writer = self.fragments.writer(file_id, index, size, k, m, segment)
 
         def work(sock: socket.socket, secret: bytes, aes: bool) -> None:
-            store_fragment(sock, secret, aes, writer, Meter())
+            store_fragment(sock, secret, aes, writer, Meter(), stall=self.stall_timeout)
             self.counters["stored"] += 1
             self._needs_repair.discard((file_id, index))
 
@@ -416,7 +416,7 @@ class DriveService:
 
         def work(sock: socket.socket, secret: bytes, aes: bool) -> None:
             try:
-                serve_fragment(sock, secret, aes, reader, start, Meter())
+                serve_fragment(sock, secret, aes, reader, start, Meter(), stall=self.stall_timeout)
                 self.counters["served"] += 1
             except FragmentError as exc:
                 trio.from_thread.run_sync(self._found_bad, file_id, index, str(exc), trio_token=self._trio_token)

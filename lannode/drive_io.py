@@ -70,9 +70,8 @@ class Wire:
       on the wire cannot forge or alter them; it can only break the connection.
     """
 
-    def __init__(self, sock: socket.socket, secret: bytes, aes: bool, *, dialer: bool) -> None:
-        sock.settimeout(None)
-        sock.setblocking(True)
+    def __init__(self, sock: socket.socket, secret: bytes, aes: bool, *, dialer: bool, timeout: float | None = None) -> None:
+        sock.settimeout(timeout)  # None: block as long as it takes; else each send or receive fails after this long
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self.records = Records(sock, *ciphers(secret, aes, sending=dialer))
@@ -384,11 +383,13 @@ def _put_block(outlet: Outlet, block: bytes) -> None:
 # -- put and get: the holder -----------------------------------------------------------------------
 
 
-def store_fragment(sock: socket.socket, secret: bytes, aes: bool, writer: FragmentWriter, meter: Meter) -> None:
-    """Take a fragment's bytes into ``writer``; commit when the putter names the root."""
+def store_fragment(sock: socket.socket, secret: bytes, aes: bool, writer: FragmentWriter, meter: Meter, *, stall: float | None = None) -> None:
+    """Take a fragment's bytes into ``writer``; commit when the putter names the root. A
+    putter that sends nothing for ``stall`` seconds (asleep, unplugged) is given up on:
+    the partial fragment is dropped and its room given back."""
     tune_allocator()
     meter._sock = sock
-    wire = Wire(sock, secret, aes, dialer=False)
+    wire = Wire(sock, secret, aes, dialer=False, timeout=stall)
     try:
         while True:
             kind, data = wire.receive()
@@ -416,12 +417,13 @@ def store_fragment(sock: socket.socket, secret: bytes, aes: bool, writer: Fragme
         wire.close()
 
 
-def serve_fragment(sock: socket.socket, secret: bytes, aes: bool, reader: FragmentReader, start: int, meter: Meter) -> None:
+def serve_fragment(sock: socket.socket, secret: bytes, aes: bool, reader: FragmentReader, start: int, meter: Meter, *, stall: float | None = None) -> None:
     """Send a fragment's block hashes, then its blocks from ``start``, each checked as it
-    is read. FragmentError if this disk's copy is corrupt (after telling the reader)."""
+    is read. FragmentError if this disk's copy is corrupt (after telling the reader). A
+    reader that takes nothing for ``stall`` seconds is given up on."""
     tune_allocator()
     meter._sock = sock
-    wire = Wire(sock, secret, aes, dialer=False)
+    wire = Wire(sock, secret, aes, dialer=False, timeout=stall)
     try:
         wire.send_data(b"".join(reader.info.hashes))
         for segment in range(start, len(reader.lengths)):

@@ -213,7 +213,7 @@ def test_a_node_gone_for_good_is_replaced_after_the_grace_period_and_rot_is_foun
 
 
 def test_a_putter_killed_mid_put_leaves_no_manifest_and_orphans_are_collected(nodes: NodeFactory, tmp_path: Path) -> None:
-    a, b, c = cluster(nodes, 3, orphan_grace=3)
+    a, b, c = cluster(nodes, 3, orphan_grace=3, stall_timeout=3)
     src = tmp_path / "big.bin"
     write_random(src, 300 * MB)
     putter = subprocess.Popen(
@@ -253,6 +253,24 @@ def test_a_putter_killed_mid_put_leaves_no_manifest_and_orphans_are_collected(no
         wire.close()
         orphan = c.home.path / "fragments" / f"{file_id}.0"
         assert orphan.exists()
+        # a putter that goes quiet mid-fragment (asleep, unplugged: its connection stays
+        # open): after drive.stall_timeout the holder drops the part and hangs up
+        frozen_id = "ef" * 16
+        reply = request(conn, sock, {"t": "put", "rid": "9", "id": frozen_id, "index": 0, "size": size, "k": k, "m": m, "segment": segment})
+        assert "token" in reply, reply
+        bulk = socket.create_connection((host, int(port)))
+        bulk.sendall(bulk_hello(bytes.fromhex(reply["token"])))
+        quiet = Wire(bulk, bytes.fromhex(reply["secret"]), bool(reply["aes"]), dialer=True)
+        quiet.send_data(fragment[: len(fragment) // 2])
+        part = c.home.path / "fragments" / f"{frozen_id}.0.part"
+        assert part.exists()
+        c.wait_until(lambda: not part.exists(), timeout=20, what="the quiet putter's partial fragment dropped")
+        bulk.settimeout(10)
+        try:
+            assert bulk.recv(1) == b"", "the holder hung up"
+        except ConnectionResetError:
+            pass
+        quiet.close()
         # hostile requests: answered with an error, nothing written outside the store
         for bad in (
             {"t": "put", "rid": "2", "id": "../../../etc/x", "index": 0, "size": 10, "k": 1, "m": 1, "segment": 1024},
