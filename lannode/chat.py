@@ -306,7 +306,6 @@ class GroupCommit:
             if callback is not None:
                 callback(mine)
 
-
     async def _checkpoint(self) -> None:
         db = self._db
         try:

@@ -79,7 +79,7 @@ class Wire:
         self._raw = bytearray(MAX_RAW)
 
     @classmethod
-    def dial(cls, address: tuple[str, int], token: bytes, secret: bytes, aes: bool) -> "Wire":
+    def dial(cls, address: tuple[str, int], token: bytes, secret: bytes, aes: bool, *, timeout: float | None = None) -> "Wire":
         tune_allocator()
         try:
             sock = socket.create_connection(address, timeout=10)
@@ -90,7 +90,7 @@ class Wire:
         except OSError as exc:
             sock.close()
             raise BulkError(f"the bulk connection failed: {exc.strerror or exc}") from None
-        return cls(sock, secret, aes, dialer=True)
+        return cls(sock, secret, aes, dialer=True, timeout=timeout)
 
     def send_data(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -199,10 +199,10 @@ def put_file(path: Path, encoder: Encoder, outlets: list[Outlet], meter: Meter, 
     pool = ThreadPoolExecutor(CODERS, thread_name_prefix="drive-code")
     senders: _Senders | None = None
     try:
-        _dial(outlets)
+        _dial(outlets, stall)
         if meter.stopped:
             raise BulkError("stopped")
-        senders = _Senders(outlets, meter, stall)
+        senders = _Senders(outlets, meter)
 
         def code(index: int) -> tuple[list[bytes], list[bytes]]:
             length = shape.sealed_length(index) - 16
@@ -246,9 +246,8 @@ class _Senders:
 
     DEPTH = 4  # segments queued per outlet
 
-    def __init__(self, outlets: list[Outlet], meter: Meter, stall: float) -> None:
+    def __init__(self, outlets: list[Outlet], meter: Meter) -> None:
         self.meter = meter
-        self.stall = stall
         self.outlets = outlets
         self.queues: list[queue.Queue[bytes | None]] = [queue.Queue(self.DEPTH) for _ in outlets]
         self.errors: list[BaseException] = []
@@ -277,16 +276,15 @@ class _Senders:
             self._hand(outlet, q, blocks[outlet.index])
 
     def _hand(self, outlet: Outlet, q: "queue.Queue[bytes | None]", item: bytes | None) -> None:
-        """Queue ``item`` for ``outlet``; PutFailed if its queue stays full ``stall`` seconds."""
-        deadline = time.monotonic() + self.stall
+        """Queue ``item`` for ``outlet``, raising its thread's failure meanwhile: a holder
+        that takes no bytes fails its send after the connection's timeout (``_dial``)."""
         while True:
             self._check()
             try:
-                q.put(item, timeout=min(0.2, self.stall))
+                q.put(item, timeout=0.2)
                 return
             except queue.Full:
-                if time.monotonic() >= deadline:
-                    raise PutFailed(outlet.node, f"took no bytes for {self.stall:g} s") from None
+                continue
 
     def finish(self) -> None:
         """Every block handed over; raises the first failure."""
@@ -321,12 +319,12 @@ class _Senders:
         self.threads = []
 
 
-def _dial(outlets: list[Outlet]) -> None:
+def _dial(outlets: list[Outlet], stall: float) -> None:
     for outlet in outlets:
         if outlet.writer is None:
             assert outlet.address is not None
             try:
-                outlet.wire = Wire.dial(outlet.address, outlet.token, outlet.secret, outlet.aes)
+                outlet.wire = Wire.dial(outlet.address, outlet.token, outlet.secret, outlet.aes, timeout=stall)
             except BulkError as exc:
                 raise PutFailed(outlet.node, str(exc)) from None
 
@@ -376,6 +374,8 @@ def _put_block(outlet: Outlet, block: bytes) -> None:
         else:
             assert outlet.wire is not None
             outlet.wire.send_data(block)
+    except TimeoutError:
+        raise PutFailed(outlet.node, "took no bytes for drive.stall_timeout") from None
     except (OSError, FragmentError) as exc:
         raise PutFailed(outlet.node, f"{exc.strerror if isinstance(exc, OSError) else exc}") from None
 
@@ -457,8 +457,8 @@ def repair_file(layout: Layout, holdings: list[Holding], outlets: list[Outlet], 
     decoder = Decoder(layout)
     senders: _Senders | None = None
     try:
-        _dial(outlets)
-        senders = _Senders(outlets, meter, stall)
+        _dial(outlets, stall)
+        senders = _Senders(outlets, meter)
         sending = senders
 
         def sink(index: int, blocks: dict[int, bytes]) -> None:
