@@ -367,7 +367,6 @@ class ChatService:
         self.deferred = 0  # group messages left unacknowledged until a catch-up gave their context
         self.syncs_sent = 0
         self.syncs_answered = 0
-        self._send_lock = trio.Lock()
         self._queues: dict[str, _RecipientQueue] = {}
         self._clocks: dict[str, tuple[int, int]] = {}
         self._pending_acks: dict[str, list[str]] = {}
@@ -434,26 +433,27 @@ class ChatService:
         assert self._commit is not None
         messages = []
         statements: Statements = []
-        async with self._send_lock:  # seq and lamport are taken and queued for the commit in order
-            for text in texts:
-                lamport, seq = self._clock(conversation)
-                message, body = ChatMessage(
-                    id=message_id or new_message_id(),
-                    conversation=conversation,
-                    sender_key=self.identity.public_key,
-                    seq=seq + 1,
-                    lamport=lamport + 1,
-                    sent_at=now_ms(),
-                    text=text,
-                    kind=kind,
-                ).signed_body(self.identity.signing_key)
-                self._saw(message)
-                messages.append((message, body))
-                statements.append((_INSERT, _row(message, body, outgoing=True, received_at=message.sent_at)))
-                for recipient in recipients:
-                    statements.append(("INSERT INTO outbox (id, recipient, kind) VALUES (?, ?, 'msg')", (message.id, recipient)))
-                    statements.append(("INSERT INTO receipts (id, peer) VALUES (?, ?)", (message.id, recipient)))
-            ticket = self._commit.enqueue(statements)
+        # No await from here to the enqueue: seq and lamport are taken and queued for the
+        # commit in order, with no other send in between (trio switches tasks only at an await).
+        for text in texts:
+            lamport, seq = self._clock(conversation)
+            message, body = ChatMessage(
+                id=message_id or new_message_id(),
+                conversation=conversation,
+                sender_key=self.identity.public_key,
+                seq=seq + 1,
+                lamport=lamport + 1,
+                sent_at=now_ms(),
+                text=text,
+                kind=kind,
+            ).signed_body(self.identity.signing_key)
+            self._saw(message)
+            messages.append((message, body))
+            statements.append((_INSERT, _row(message, body, outgoing=True, received_at=message.sent_at)))
+            for recipient in recipients:
+                statements.append(("INSERT INTO outbox (id, recipient, kind) VALUES (?, ?, 'msg')", (message.id, recipient)))
+                statements.append(("INSERT INTO receipts (id, peer) VALUES (?, ?)", (message.id, recipient)))
+        ticket = self._commit.enqueue(statements)
         try:
             await ticket.wait()
         except ChatError:
@@ -510,7 +510,29 @@ class ChatService:
             queue = self._queues[recipient] = _RecipientQueue()
             if self._nursery is not None:
                 self._nursery.start_soon(self._deliver_to, recipient, queue)
+        elif item.kind == "msg" and not queue.due and self._send_now(recipient, queue, item):
+            return
         queue.add(item)
+
+    def _send_now(self, recipient: str, queue: "_RecipientQueue", item: "_Pending") -> bool:
+        """Hand a message straight to an open link when nothing is due before it: what the
+        delivery task would do next, without waking it (a scheduler pass and its loop, per
+        message). False when it must go the usual way: no open link, a backoff, a hold for
+        a data channel, or a full link queue."""
+        now = trio.current_time()
+        if item.not_before > now or now < queue.backoff_until:
+            return False
+        link = self.peers.links.open_link(recipient)
+        if link is None or not link.send_nowait(CHANNEL_CHAT, item.frame):
+            return False
+        item.deadline = now + self.ack_timeout
+        item.attempts = 1
+        queue.messages[item.id] = item
+        soonest = queue.next_deadline()
+        queue.wait_for_receipt(item)
+        if item.deadline < soonest:
+            queue.wake.set()  # the delivery task sleeps until a later deadline: it must wake for this one
+        return True
 
     def _load_outbox(self) -> None:
         rows = self._query(

@@ -26,9 +26,11 @@ Goals (issue 4): chat p99 <= 10 ms at 1,000 messages per second; offer to answer
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import random
+import selectors
 import signal
 import socket
 import subprocess
@@ -38,13 +40,17 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 
 from lannode.config import OPTIONS_BY_KEY, render_default
+from lannode.core import api, wsframes
+from lannode.core.wsframes import FrameCodec
 from lannode.home import Home
 from lannode.lab import _stop_all, wait_for_node
 from lannode.net.api_client import connect
+from lannode.net.websocket import accept_token
 
 CHAT_P99_GOAL_MS = 10.0
 SIGNAL_GOAL_MS = 5.0
@@ -71,41 +77,118 @@ def write_home(path: Path, name: str, port: int, *, webui: bool = False) -> Home
     return Home(path)
 
 
-async def chat_phase(a: Any, b: Any, processes: list[Any], rate: float, messages: int, batch: int) -> dict[str, Any]:
-    """Messages from A's front to B's front at ``rate``; ``batch`` per chat.send call."""
+class LeanFront:
+    """A front with as little machinery as a page's: a blocking socket, the WebSocket
+    frames (``lannode.core.wsframes``, masked as a browser masks them) and JSON, no
+    task per call and no event loop. Chat load is generated and timed through two of
+    these, so that the harness, which shares this machine's two cores with the two
+    daemons, takes as little of them as it can (the trio client costs 0.4 ms of CPU
+    a message, as much as the receiving daemon)."""
+
+    def __init__(self, home: Home) -> None:
+        info = home.read_api()
+        if info is None:
+            raise RuntimeError(f"no node runs on {home.path}")
+        parts = urlsplit(info["url"])
+        assert parts.hostname is not None and parts.port is not None
+        self.sock = socket.create_connection((parts.hostname, parts.port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        key = base64.b64encode(os.urandom(16))
+        self.sock.sendall(
+            f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {api.SUBPROTOCOL}\r\n"
+            f"Authorization: Bearer {info['token']}\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = self.sock.recv(65536)
+            if not data:
+                raise RuntimeError("the node closed the connection during the upgrade")
+            head += data
+        head, rest = head.split(b"\r\n\r\n", 1)
+        if not head.startswith(b"HTTP/1.1 101") or accept_token(key) not in head:
+            raise RuntimeError(f"the node refused the WebSocket: {head[:200]!r}")
+        self.codec = FrameCodec(client=True, max_message=1 << 24)
+        self.codec.receive_data(rest)
+        self._ids = 0
+        self.calls: dict[int, str] = {}  # request id -> method, until its reply
+        self.errors: list[Any] = []
+
+    def send(self, method: str, params: dict[str, Any]) -> int:
+        self._ids += 1
+        self.calls[self._ids] = method
+        self.sock.sendall(self.codec.message(json.dumps({"id": self._ids, "method": method, "params": params})))
+        return self._ids
+
+    def messages(self) -> list[dict[str, Any]]:
+        """What one read brings: replies are checked off (errors kept), events returned."""
+        data = self.sock.recv(65536)
+        if not data:
+            raise RuntimeError("the node closed the API connection")
+        self.codec.receive_data(data)
+        events = []
+        for frame in self.codec.events():
+            if not isinstance(frame, wsframes.Message):
+                continue
+            message = json.loads(frame.data)
+            if "event" in message:
+                events.append(message)
+            elif self.calls.pop(message.get("id"), None) is not None and "error" in message:
+                self.errors.append(message["error"])
+        return events
+
+    def call(self, method: str, params: dict[str, Any]) -> None:
+        request = self.send(method, params)
+        while request in self.calls:
+            self.messages()
+        if self.errors:
+            raise RuntimeError(f"{method}: {self.errors[-1]}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def lean_chat(a: LeanFront, b: LeanFront, rate: float, messages: int, batch: int, tag: str) -> tuple[list[float], list[float], float]:
+    """Send ``messages`` at ``rate`` to A (``batch`` per chat.send) and time their events
+    at B, on this thread alone: one loop that sends when a message is due and reads
+    whatever either node has written meanwhile."""
     latencies: list[float] = []
-    stored: list[float] = []  # sent_at on A to stored on B: without the event's trip to B's front
-    done = trio.Event()
-    tag = f"bench{batch} "
-
-    async def receive() -> None:
-        async for topic, m in b.events():
-            if topic == "chat.message" and m["text"].startswith(tag):
-                latencies.append(time.time() * 1000 - m["sent_at"])
-                stored.append(m["received_at"] - m["sent_at"])
-                if len(latencies) == messages:
-                    done.set()
-                    return
-
-    async def send(i: int) -> None:
-        texts = [f"{tag}{j}" for j in range(i, min(i + batch, messages))]
-        if batch == 1:
-            await a.call("chat.send", peer="b", text=texts[0])
-        else:
-            await a.call("chat.send", peer="b", texts=texts)
-
-    cpu_before = [cpu_seconds(p.pid) for p in processes] + [time.process_time()]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(receive)
-        start = trio.current_time()
-        for i in range(0, messages, batch):
-            await trio.sleep_until(start + i / rate)
-            nursery.start_soon(send, i)
-        with trio.move_on_after(60) as waited:
-            await done.wait()
-        if waited.cancelled_caught:
+    stored: list[float] = []
+    selector = selectors.DefaultSelector()
+    selector.register(a.sock, selectors.EVENT_READ, a)
+    selector.register(b.sock, selectors.EVENT_READ, b)
+    start = time.perf_counter()
+    deadline = start + messages / rate + 60
+    sent = 0
+    while len(latencies) < messages:
+        now = time.perf_counter()
+        if now > deadline:
             raise RuntimeError(f"only {len(latencies)} of {messages} messages reached B's front within 60 s")
-    sent_for = trio.current_time() - start
+        while sent < messages and now >= start + sent / rate:
+            texts = [f"{tag}{j}" for j in range(sent, min(sent + batch, messages))]
+            a.send("chat.send", {"peer": "b", "text": texts[0]} if batch == 1 else {"peer": "b", "texts": texts})
+            sent += len(texts)
+        wait = start + sent / rate - time.perf_counter() if sent < messages else 1.0
+        for key, _ in selector.select(max(0.0, wait)):
+            front: LeanFront = key.data
+            for event in front.messages():
+                m = event.get("data") or {}
+                if front is b and event["event"] == "chat.message" and m["text"].startswith(tag):
+                    latencies.append(time.time() * 1000 - m["sent_at"])
+                    stored.append(m["received_at"] - m["sent_at"])
+        if a.errors:
+            raise RuntimeError(f"chat.send failed: {a.errors[0]}")
+    sent_for = time.perf_counter() - start
+    while a.calls:  # every reply in, so the next phase starts clean
+        a.messages()
+    selector.close()
+    return latencies, stored, sent_for
+
+
+async def chat_phase(a: LeanFront, b: LeanFront, processes: list[Any], rate: float, messages: int, batch: int) -> dict[str, Any]:
+    """Messages from A's front to B's front at ``rate``; ``batch`` per chat.send call."""
+    cpu_before = [cpu_seconds(p.pid) for p in processes] + [time.process_time()]
+    latencies, stored, sent_for = await trio.to_thread.run_sync(lean_chat, a, b, rate, messages, batch, f"bench{batch} ")
     cpu_after = [cpu_seconds(p.pid) for p in processes] + [time.process_time()]
     cpu = [(after - before) * 1e6 / messages for before, after in zip(cpu_before, cpu_after)]
     return {
@@ -223,11 +306,16 @@ async def bench(rate: float, messages: int, rounds: int, batches: list[int]) -> 
                 await a.call("node.status")
                 floor.append((time.perf_counter() - t) * 1000)
             # chat at a steady rate: one API call per message, then in batches
-            await b.subscribe("chat.message")
-            chat = {}
-            for batch in batches:
-                chat[batch] = await chat_phase(a, b, processes, rate, messages, batch)
-                chat[batch]["floor"] = await trio.to_thread.run_sync(floor_phase, rate / batch, messages // batch)
+            front_a, front_b = LeanFront(homes[0]), LeanFront(homes[1])
+            try:
+                front_b.call("events.subscribe", {"topics": ["chat.message"]})
+                chat = {}
+                for batch in batches:
+                    chat[batch] = await chat_phase(front_a, front_b, processes, rate, messages, batch)
+                    chat[batch]["floor"] = await trio.to_thread.run_sync(floor_phase, rate / batch, messages // batch)
+            finally:
+                front_a.close()
+                front_b.close()
             # signaling round trips
             front_a = (await a.call("rtc.register"))["front"]
             front_b = (await b.call("rtc.register"))["front"]

@@ -275,7 +275,10 @@ class _Connection:
                         server.bad_messages[exc.code] += 1
                         await self._answer(api.error(exc.request_id, exc.code, exc.message))
                         continue
-                    await self.in_flight.acquire()
+                    try:
+                        self.in_flight.acquire_nowait()  # nearly always free: no scheduler pass for it
+                    except trio.WouldBlock:
+                        await self.in_flight.acquire()
                     nursery.start_soon(self._dispatch, request)
                 nursery.cancel_scope.cancel()
         finally:

@@ -116,6 +116,19 @@ class Link:
         self.messages_sent += 1
         self._work.set()
 
+    def send_nowait(self, channel: int, data: bytes) -> bool:
+        """Queue a message if that can be done at once: the link is open and not being
+        retired, and the channel's queue has room. False otherwise (then ``send``)."""
+        if self.retiring or not self.is_open:
+            return False
+        queue = self._queues.setdefault(channel, deque())
+        if len(queue) >= self.manager.settings.queue_limit:
+            return False
+        queue.append(_Outgoing(data))
+        self.messages_sent += 1
+        self._work.set()
+        return True
+
     async def ping(self, timeout: float = 5.0) -> float:
         """Round-trip time in seconds over the link (a control ping, answered by the peer's link layer)."""
         token = os.urandom(8)
@@ -218,12 +231,12 @@ class Link:
             while True:
                 await self._work.wait()
                 self._work = trio.Event()
-                while self.is_open and self._fill_round():
-                    await self._flush()
-                    await trio.lowlevel.checkpoint()
+                # a round per record of each busy channel; the last one goes out in the flush below
+                while self.is_open and self._fill_round() and self._queued():
+                    await self._flush()  # (send_all yields: the reader and other links get their turn)
                 if not self.is_open:
                     return
-                if self.retiring and not any(self._queues.values()):
+                if self.retiring and not self._queued():
                     self.conn.send_close(self.close_reason)
                     await self._flush()
                     return  # the reader carries on until the peer's goodbye
@@ -252,10 +265,18 @@ class Link:
                 break
         return sealed
 
+    def _queued(self) -> bool:
+        return any(self._queues.values())
+
     async def _flush(self) -> None:
         # the writer, the keepalive and the goodbye in run() all flush: one at a time, and
-        # bytes leave in the order they were sealed (taken under the same lock)
-        async with self._send_lock:
+        # bytes leave in the order they were sealed (taken under the same lock). The lock is
+        # free nearly always: take it without a scheduler pass then (send_all yields anyway).
+        try:
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
             data = self.conn.data_to_send()
             if data:
                 self._last_sent = trio.current_time()
@@ -263,6 +284,8 @@ class Link:
                     await self.stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     self.close(f"connection lost: {exc}")
+        finally:
+            self._send_lock.release()
 
     async def _retire_deadline(self) -> None:
         await self._retired.wait()
@@ -332,6 +355,11 @@ class LinkManager:
             self._nursery = nursery
             nursery.start_soon(trio.serve_listeners, self._accept, listeners)
             task_status.started(self.port)
+
+    def open_link(self, node_id: str) -> Link | None:
+        """The open link to a peer, if there is one (``link_to`` dials)."""
+        link = self.links.get(node_id)
+        return link if link is not None and link.is_open else None
 
     async def link_to(self, node_id: str) -> Link:
         """The open link to a peer, dialing it if need be; LinkError if it cannot be reached."""
