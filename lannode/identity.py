@@ -31,6 +31,7 @@ class IdentityError(Exception):
 
 @functools.lru_cache(maxsize=4096)
 @functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 16)
 def node_id_for(public_key: bytes) -> str:
     """The node id of a public key (cached: hot paths ask it for every message)."""
     return node_id_from_raw(hashlib.blake2b(public_key, digest_size=NODE_ID_BYTES).digest())

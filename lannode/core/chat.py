@@ -30,7 +30,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import dataclass, replace
+import re
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from nacl.exceptions import BadSignatureError, CryptoError
@@ -68,7 +70,11 @@ def dm_peer(conversation: str, me: str) -> str | None:
 
 
 def new_message_id() -> str:
-    return os.urandom(16).hex()
+    """32 hex digits: the time in ms (48 bits), then 80 random bits. Ids made about the
+    same time sort together, so each node's history b-tree takes new ids at its right
+    edge instead of on a random page each (a page written per message fewer, and a
+    cache that stays warm as the history grows); still unguessable."""
+    return f"{time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF:012x}{os.urandom(10).hex()}"
 
 
 def check_text(text: str) -> None:
@@ -114,13 +120,17 @@ class ChatMessage:
         return json.dumps(self._signed_fields(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
     def signed(self, key: SigningKey) -> "ChatMessage":
-        return replace(self, signature=key.sign(SIGN_DOMAIN + self._canonical()).signature)
+        return self.with_signature(key.sign(SIGN_DOMAIN + self._canonical()).signature)
 
     def signed_body(self, key: SigningKey) -> tuple["ChatMessage", str]:
         """``signed(key)`` and its ``body()``, serializing the signed fields once."""
         canonical = self._canonical()
         signature = key.sign(SIGN_DOMAIN + canonical).signature
-        return replace(self, signature=signature), _body(canonical, signature)
+        return self.with_signature(signature), _body(canonical, signature)
+
+    def with_signature(self, signature: bytes) -> "ChatMessage":
+        # (dataclasses.replace walks the fields in Python: several times the cost, per message)
+        return ChatMessage(self.id, self.conversation, self.sender_key, self.seq, self.lamport, self.sent_at, self.text, self.kind, signature)
 
     def verify(self) -> bool:
         try:
@@ -250,8 +260,11 @@ def decode_frame(data: bytes) -> Frame:
     raise BadFrame(f"unknown frame type {kind!r}")
 
 
+_HEX_ID = re.compile(r"[0-9a-f]{32}")
+
+
 def _hex_id(value: Any) -> str:
-    if not isinstance(value, str) or len(value) != 32 or any(c not in "0123456789abcdef" for c in value):
+    if not isinstance(value, str) or _HEX_ID.fullmatch(value) is None:
         raise BadFrame("a message id is 32 lowercase hex digits")
     return value
 

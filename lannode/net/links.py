@@ -34,6 +34,7 @@ import trio
 from nacl.signing import SigningKey
 
 from lannode.core.transfer import BULK_HELLO_BYTES, BULK_MAGIC, BadOffer, parse_bulk_hello
+from lannode.net.fastio import DirectStream
 from lannode.core.link import (
     MAX_RECORD_DATA,
     LinkClosed,
@@ -78,6 +79,7 @@ class Link:
         assert conn.peer_node_id is not None and conn.peer_public_key is not None
         self.manager = manager
         self.stream = stream
+        self._io = DirectStream(stream)  # reads and writes without a scheduler pass when they can
         self.conn = conn
         self.node_id: str = conn.peer_node_id
         self.public_key: bytes = conn.peer_public_key
@@ -201,7 +203,7 @@ class Link:
             if not queued:
                 with trio.move_on_after(settings.idle_timeout) as idle:
                     try:
-                        data = await self.stream.receive_some(READ_SIZE)
+                        data = await self._io.receive_some(READ_SIZE)
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                         self.close(f"connection lost: {exc}")
                         return
@@ -281,7 +283,7 @@ class Link:
             if data:
                 self._last_sent = trio.current_time()
                 try:
-                    await self.stream.send_all(data)
+                    await self._io.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     self.close(f"connection lost: {exc}")
         finally:

@@ -33,6 +33,7 @@ import trio
 
 from lannode.core import wsframes
 from lannode.core.wsframes import FrameCodec, ProtocolError
+from lannode.net.fastio import DirectStream
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 READ_SIZE = 65536
@@ -74,6 +75,7 @@ class WebSocket:
 
     def __init__(self, stream: trio.abc.Stream, codec: FrameCodec, subprotocol: str | None) -> None:
         self.stream = stream
+        self._io = DirectStream(stream)  # reads and writes without a scheduler pass when they can
         self.codec = codec
         self._unparsed = codec.statistics()["buffered"] > 0
         self.subprotocol = subprotocol
@@ -106,7 +108,7 @@ class WebSocket:
                 self._unparsed = False
             else:
                 try:
-                    data = await self.stream.receive_some(READ_SIZE)
+                    data = await self._io.receive_some(READ_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
                 if not data:
@@ -152,7 +154,7 @@ class WebSocket:
         self._writing = True
         try:
             with trio.CancelScope(shield=True):
-                await self.stream.send_all(frame)
+                await self._io.send_all(frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._end(ConnectionClosed(1006, "the connection dropped"), None)
             raise self.closed from None  # type: ignore[misc]
@@ -191,7 +193,7 @@ class WebSocket:
                 self._drained.unpark_all()
                 self._writing = True
                 try:
-                    await self.stream.send_all(chunk)
+                    await self._io.send_all(chunk)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     if self.closed is None:
                         self.closed = ConnectionClosed(1006, "the connection dropped")
