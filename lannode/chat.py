@@ -257,32 +257,50 @@ class GroupCommit:
     per scheduler pass rather than one per message, the way databases group commits.
 
     ``submit`` queues statements and returns at once; its callback gets their row
-    counts once they are committed (or None if they could not be). ``commit``
-    waits for that. A batch that fails is retried statement list by statement list,
-    so one bad list never takes the others down with it.
+    counts once they are committed (or None if they could not be). ``enqueue`` queues
+    them and returns a ticket to wait on. The first ticket of a batch leads it: its
+    ``wait()`` lets every task that is ready now add to the batch, then commits it on
+    the spot, where a callback's batch is committed by a task started for it (the
+    leader saves that task and a wake-up, per chat.send). A batch that fails is
+    retried statement list by statement list, so one bad list never takes the others
+    down with it.
     """
 
     def __init__(self, db: ChatDb, nursery: trio.Nursery) -> None:
         self._db = db
         self._nursery = nursery
         self._batch: list[tuple[Statements, CommitCallback | None]] = []
+        self._leader: Ticket | None = None  # the ticket that will commit the batch forming now
         self.transactions = 0
 
     def submit(self, statements: Statements, callback: CommitCallback | None = None) -> None:
         self._batch.append((statements, callback))
-        if len(self._batch) == 1:
-            self._nursery.start_soon(self._flush)  # runs after every task that is ready now
+        if len(self._batch) == 1 and self._leader is None:
+            self._nursery.start_soon(self._flush_soon)  # runs after every task that is ready now
 
     def enqueue(self, statements: Statements) -> "Ticket":
         """Queue statements now; await the ticket's ``wait()`` for their row counts."""
-        ticket = Ticket()
-        self.submit(statements, ticket.finished)
+        ticket = Ticket(self)
+        lead = not self._batch and self._leader is None
+        self._batch.append((statements, ticket.finished))
+        if lead:
+            self._leader = ticket
         return ticket
 
     async def commit(self, statements: Statements) -> list[int]:
         return await self.enqueue(statements).wait()
 
-    async def _flush(self) -> None:
+    async def _lead(self) -> None:
+        # never cancelled here: the batch is committed whatever happens to the leader's task
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        self._leader = None
+        self._flush()
+
+    async def _flush_soon(self) -> None:
+        if self._batch and self._leader is None:
+            self._flush()
+
+    def _flush(self) -> None:
         batch, self._batch = self._batch, []
         try:
             counts: list[int] | None = self._db.transaction([s for statements, _ in batch for s in statements])
@@ -315,7 +333,8 @@ class GroupCommit:
 
 
 class Ticket:
-    def __init__(self) -> None:
+    def __init__(self, commit: GroupCommit) -> None:
+        self._commit = commit
         self._done = trio.Event()
         self._counts: list[int] | None = None
 
@@ -324,7 +343,10 @@ class Ticket:
         self._done.set()
 
     async def wait(self) -> list[int]:
-        await self._done.wait()
+        if self._commit._leader is self:
+            await self._commit._lead()
+        else:
+            await self._done.wait()
         if self._counts is None:
             raise ChatError("the message could not be stored (chat.sqlite refused it: see the node's log)")
         return self._counts
@@ -706,7 +728,9 @@ class ChatService:
         try:
             link = await self.peers.links.link_to(relayer)  # open already, unless the message came directly
             for start in range(0, len(ids), 512):
-                await link.send(CHANNEL_CHAT, encode_frame(AckFrame(tuple(ids[start : start + 512]))))
+                frame = encode_frame(AckFrame(tuple(ids[start : start + 512])))
+                if not link.send_nowait(CHANNEL_CHAT, frame):
+                    await link.send(CHANNEL_CHAT, frame)
         except LinkError:
             return  # the sender will send them again, and we will acknowledge again
 

@@ -120,7 +120,9 @@ class Link:
 
     def send_nowait(self, channel: int, data: bytes) -> bool:
         """Queue a message if that can be done at once: the link is open and not being
-        retired, and the channel's queue has room. False otherwise (then ``send``)."""
+        retired, and the channel's queue has room. False otherwise (then ``send``). (The
+        writer sends it: what is queued during one scheduler pass leaves in one write,
+        which at a thousand messages a second saves more than sending each at once.)"""
         if self.retiring or not self.is_open:
             return False
         queue = self._queues.setdefault(channel, deque())

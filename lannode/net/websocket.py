@@ -135,6 +135,8 @@ class WebSocket:
             raise self.closed
         if self._out_bytes >= limit:
             return False
+        # (queued for the writer, not sent at once: events published during one scheduler
+        # pass then leave in one write, and wake the front once)
         self._queue(self.codec.message(message))
         return True
 
