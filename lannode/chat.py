@@ -101,7 +101,7 @@ SYNC_RETRY = 5.0  # seconds before the same catch-up may be asked of the same me
 
 
 CHECKPOINT_EVERY = 128  # commits (of about 6 pages each) between WAL checkpoints
-ACK_DELAY = 0.005  # seconds a delivery receipt waits for more messages to acknowledge with it
+ACK_DELAY = 0.02  # seconds a delivery receipt waits for more messages to acknowledge with it
 DIRECT_GRACE = 2.0  # seconds the link holds a message back while a front's data channel carries it
 
 
