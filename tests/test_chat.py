@@ -132,6 +132,11 @@ def test_messages_arrive_exactly_once_in_order_with_delivery_and_read_receipts(n
     a.wait_until(lambda: all(m["delivered_at"] for m in log(a, "ben")), what="delivery receipts")
     time.sleep(1)  # retries that might duplicate would have happened by now
     assert len(log(b, "ann")) == 25 and b.status()["chat"]["received"] == 25
+    # each receipt counted once, and the outbox emptied (on disk too: nothing is sent again after a restart)
+    assert a.status()["chat"]["delivered"] == 25 and a.status()["chat"]["outbox"] == 0
+    with sqlite3.connect(a.home.path / "chat.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM outbox").fetchone() == (0,)
+        assert db.execute("SELECT COUNT(*) FROM receipts WHERE delivered_at IS NULL").fetchone() == (0,)
     # ben reads two; ann sees the read receipts
     b.call("chat.read", ids=[received[0]["id"], received[1]["id"]])
     a.wait_until(lambda: [bool(m["read_at"]) for m in log(a, "ben")][:3] == [True, True, False], what="read receipts")
