@@ -9,6 +9,7 @@ this module only wires the rooms together.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -180,6 +181,12 @@ class Node:
                     nursery.start_soon(self._watchdog, interval)
                 systemd.notify(f"READY=1\nSTATUS=node {s.name} ({s.identity.node_id}) up\nMAINPID={os.getpid()}")
                 log.info("node %s (%s) is up; home %s", s.name, s.identity.node_id, self.home.path)
+                # What start-up made lives as long as the node: out of the collector's way, so
+                # that a full collection scans what came since, not every module, class and
+                # service object (on a small VM that was a 23 ms pause of everything, a few
+                # times a minute at a thousand chat messages a second)
+                gc.collect()
+                gc.freeze()
                 task_status.started()
                 await self._wait_for_stop()
                 systemd.notify("STOPPING=1")

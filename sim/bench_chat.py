@@ -2,10 +2,12 @@
 
     python -m sim.bench_chat [--rate 1000] [--messages 3000] [--rounds 300]
 
-* **chat**: a client sends ``--messages`` 1:1 messages to node A at ``--rate`` per
-  second (over one API connection, each send in its own task); a front on node B
+* **chat**: a front sends ``--messages`` 1:1 messages to node A at ``--rate`` per
+  second (over one API connection, ``--batch`` per ``chat.send``); a front on node B
   records when each ``chat.message`` event arrives. Latency = arrival minus the
-  message's ``sent_at`` (stamped by A when it stored the message).
+  message's ``sent_at`` (stamped by A when it stored the message). Both fronts are
+  one ``LeanFront`` loop (a blocking socket, a browser's frames and JSON), so that
+  the harness takes as little as it can of the two cores the daemons run on.
 * **signaling**: a front on A sends an offer to B's front, which answers at once;
   the round trip from sending the offer to receiving the answer, ``--rounds`` times.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import json
 import os
 import random
@@ -172,6 +175,10 @@ def lean_chat(a: LeanFront, b: LeanFront, rate: float, messages: int, batch: int
     selector = selectors.DefaultSelector()
     selector.register(b.sock, selectors.EVENT_READ, b)
     replies_read = time.perf_counter()
+    # the harness's own garbage collections (this process holds trio, lannode and the
+    # phases' results) would stall its reads of B's events by milliseconds: not lannode's
+    gc.collect()
+    gc.disable()
     start = time.perf_counter()
     deadline = start + messages / rate + 60
     sent = 0
@@ -196,6 +203,7 @@ def lean_chat(a: LeanFront, b: LeanFront, rate: float, messages: int, batch: int
         if a.errors:
             raise RuntimeError(f"chat.send failed: {a.errors[0]}")
     sent_for = time.perf_counter() - start
+    gc.enable()
     while a.calls:  # every reply in, so the next phase starts clean
         a.messages()
     selector.close()
