@@ -89,6 +89,47 @@ def test_the_recipient_queue_resends_in_order_and_skips_what_was_acknowledged() 
     assert [i.id for i in q.expired(0.0)] == ["m3"] and q.next_deadline() == math.inf and not q.waiting
 
 
+def test_sends_ready_together_share_one_commit_led_by_the_first(tmp_path: Path) -> None:
+    """The first ticket of a batch commits it after one scheduler pass; whatever is
+    queued meanwhile (other sends, a receipt's callback) rides in the same transaction,
+    and a bad statement list fails alone."""
+    from lannode.chat import ChatDb, GroupCommit
+
+    async def main() -> None:
+        db = ChatDb(tmp_path / "chat.sqlite")
+        counts: dict[str, Any] = {}
+        async with trio.open_nursery() as nursery:
+            commit = GroupCommit(db, nursery)
+
+            async def send(i: int) -> None:
+                counts[f"m{i}"] = await commit.commit([("INSERT INTO outbox (id, recipient, kind) VALUES (?, 'r', 'msg')", (f"m{i}",))])
+
+            for i in range(5):
+                nursery.start_soon(send, i)
+            commit.submit([("INSERT INTO outbox (id, recipient, kind) VALUES ('cb', 'r', 'msg')", ())], lambda c: counts.__setitem__("cb", c))
+        assert commit.transactions == 1
+        assert counts == {**{f"m{i}": [1] for i in range(5)}, "cb": [1]}
+        # alone, a send commits by itself; a failing list fails alone, the others go in
+        await commit.commit([("INSERT INTO outbox (id, recipient, kind) VALUES ('alone', 'r', 'msg')", ())])
+        assert commit.transactions == 2
+        async with trio.open_nursery() as nursery:
+            commit = GroupCommit(db, nursery)
+            outcome: dict[str, Any] = {}
+
+            async def attempt(name: str, sql: str) -> None:
+                try:
+                    outcome[name] = await commit.commit([(sql, ())])
+                except ChatError as exc:
+                    outcome[name] = str(exc)
+
+            nursery.start_soon(attempt, "good", "INSERT INTO outbox (id, recipient, kind) VALUES ('g', 'r', 'msg')")
+            nursery.start_soon(attempt, "bad", "INSERT INTO no_such_table VALUES (1)")
+        assert outcome["good"] == [1] and "could not be stored" in outcome["bad"]
+        db.close()
+
+    trio.run(main)
+
+
 def test_chat_db_checkpoints_in_a_worker_thread(tmp_path: Path) -> None:
     from lannode.chat import CHECKPOINT_EVERY, ChatDb, GroupCommit
 
@@ -160,6 +201,33 @@ def test_a_message_to_a_stopped_peer_is_delivered_when_it_returns(nodes: NodeFac
     b2 = nodes.start_on(b.home, name="ben")
     b2.wait_until(lambda: [m["text"] for m in log(b2, "ann")] == ["are you there?"], timeout=30, what="delivery after the return")
     a.wait_until(lambda: log(a, "ben")[0]["delivered_at"] is not None, what="the delivery receipt")
+
+
+def test_messages_handed_to_a_link_whose_peer_then_dies_are_sent_again(nodes: NodeFactory) -> None:
+    """With the link open, a message goes from chat.send straight to it. The peer, frozen,
+    never reads them; killed, it loses them from its socket; restarted, it gets them all
+    the same (sent again for want of a receipt), once each and in order."""
+    import signal
+
+    a, b = network(nodes, "ann", "ben")
+    b_id = b.status()["node_id"]
+    a.call("chat.send", peer=b_id, text="first")
+    a.wait_until(lambda: log(a, "ben")[0]["delivered_at"] is not None, what="the first receipt (the link is open)")
+    b.process.send_signal(signal.SIGSTOP)
+    try:
+        for i in range(3):
+            assert a.call("chat.send", peer=b_id, text=f"into the void {i}")["delivered_at"] is None
+        time.sleep(0.5)  # on the wire, into ben's socket, never read
+    finally:
+        b.process.send_signal(signal.SIGKILL)
+        b.process.send_signal(signal.SIGCONT)
+    b.process.wait(10)
+    b2 = nodes.start_on(b.home, name="ben")
+    want = ["first"] + [f"into the void {i}" for i in range(3)]
+    b2.wait_until(lambda: [m["text"] for m in log(b2, "ann")] == want, timeout=40, what="the lost messages sent again")
+    a.wait_until(lambda: all(m["delivered_at"] for m in log(a, "ben")), timeout=20, what="their receipts")
+    time.sleep(1)
+    assert [m["text"] for m in log(b2, "ann")] == want
 
 
 def test_a_sender_restarted_with_a_full_outbox_still_delivers(nodes: NodeFactory) -> None:
