@@ -104,9 +104,15 @@ def test_sends_ready_together_share_one_commit_led_by_the_first(tmp_path: Path) 
             async def send(i: int) -> None:
                 counts[f"m{i}"] = await commit.commit([("INSERT INTO outbox (id, recipient, kind) VALUES (?, 'r', 'msg')", (f"m{i}",))])
 
+            def receipt() -> None:  # a callback's statements, queued by a task ready at the same time
+                commit.submit([("INSERT INTO outbox (id, recipient, kind) VALUES ('cb', 'r', 'msg')", ())], lambda c: counts.__setitem__("cb", c))
+
+            async def receipt_task() -> None:
+                receipt()
+
             for i in range(5):
                 nursery.start_soon(send, i)
-            commit.submit([("INSERT INTO outbox (id, recipient, kind) VALUES ('cb', 'r', 'msg')", ())], lambda c: counts.__setitem__("cb", c))
+            nursery.start_soon(receipt_task)
         assert commit.transactions == 1
         assert counts == {**{f"m{i}": [1] for i in range(5)}, "cb": [1]}
         # alone, a send commits by itself; a failing list fails alone, the others go in
