@@ -160,31 +160,20 @@ class RecordCipher:
         return nonce
 
     def seal(self, plaintext: bytes) -> bytes:
-        n = len(plaintext)
-        length = _LENGTH.pack(n + TAG_BYTES)
         if _sodium is not None:  # straight to libsodium: pynacl's checks cost more than the cipher on a chat message
-            ffi, lib = _sodium
-            out = ffi.new("unsigned char[]", 4 + n + TAG_BYTES)
-            out[0:4] = length
-            encrypt = lib.crypto_aead_aes256gcm_encrypt if self.aes else lib.crypto_aead_xchacha20poly1305_ietf_encrypt
-            if encrypt(out + 4, ffi.NULL, plaintext, n, length, 4, ffi.NULL, self._nonce(), self.key) != 0:
-                raise CryptoError("sealing failed")
-            return ffi.buffer(out)[:]  # type: ignore[no-any-return]
+            out = bytearray(4 + len(plaintext) + TAG_BYTES)
+            self.seal_into(memoryview(plaintext), out)
+            return bytes(out)
+        length = _LENGTH.pack(len(plaintext) + TAG_BYTES)
         if self.aes:
             return length + crypto_aead_aes256gcm_encrypt(plaintext, length, self._nonce(), self.key)
         return length + crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, length, self._nonce(), self.key)
 
     def open(self, length: bytes, ciphertext: bytes) -> bytes:
-        if _sodium is not None:
-            n = len(ciphertext)
-            if n < TAG_BYTES:
-                raise CryptoError("a record too short")
-            ffi, lib = _sodium
-            out = ffi.new("unsigned char[]", max(1, n - TAG_BYTES))
-            decrypt = lib.crypto_aead_aes256gcm_decrypt if self.aes else lib.crypto_aead_xchacha20poly1305_ietf_decrypt
-            if decrypt(out, ffi.NULL, ffi.NULL, ciphertext, n, length, 4, self._nonce(), self.key) != 0:
-                raise CryptoError("a record failed to authenticate")
-            return ffi.buffer(out, n - TAG_BYTES)[:]  # type: ignore[no-any-return]
+        if _sodium is not None:  # as in seal()
+            out = bytearray(max(0, len(ciphertext) - TAG_BYTES))
+            self.open_into(length, memoryview(ciphertext), out)
+            return bytes(out)
         if self.aes:
             return crypto_aead_aes256gcm_decrypt(ciphertext, length, self._nonce(), self.key)
         return crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, length, self._nonce(), self.key)

@@ -114,9 +114,7 @@ class Link:
             await self._drained.wait()
         if not self.is_open:
             raise LinkError(f"the link to {self.node_id} is closed ({self.close_reason})")
-        queue.append(_Outgoing(data))
-        self.messages_sent += 1
-        self._work.set()
+        self._append(queue, data)
 
     def send_nowait(self, channel: int, data: bytes) -> bool:
         """Queue a message if that can be done at once: the link is open and not being
@@ -128,10 +126,13 @@ class Link:
         queue = self._queues.setdefault(channel, deque())
         if len(queue) >= self.manager.settings.queue_limit:
             return False
+        self._append(queue, data)
+        return True
+
+    def _append(self, queue: deque[_Outgoing], data: bytes) -> None:
         queue.append(_Outgoing(data))
         self.messages_sent += 1
         self._work.set()
-        return True
 
     async def ping(self, timeout: float = 5.0) -> float:
         """Round-trip time in seconds over the link (a control ping, answered by the peer's link layer)."""
