@@ -153,9 +153,20 @@ def test_malformed_payloads_are_dropped_and_counted() -> None:
     net = VirtualNetwork(seed=11)
     a = net.add("a")
     codec = DatagramCodec(SigningKey.generate(), epoch=1)
-    for payload in (b"", b"\x02", b"\x01\x03\x00\x09abc", b"\x01\x01\x00\x01x"):
+    malformed = [
+        b"",  # no version
+        b"\x02",  # a version we do not speak
+        b"\x01\x03\x00\x09abc",  # a ping longer than what follows
+        b"\x01\x01\x00\x01x",  # a presence of one byte
+        b"\x01\x04\x00",  # a message header cut short
+        b"\x01\x04\x00\x03abc",  # an ack of three bytes
+        b"\x01\x04\x00\x05abcde",  # an ack of five
+        b"\x01\x03\x00\x14" + bytes(20),  # a ping one byte too long, well framed
+        b"\x01\x07\x00\x16" + bytes(22),  # a suspicion one byte short
+    ]
+    for payload in malformed:
         a.membership.datagram_received(codec.encode(payload), ("127.0.0.5", 1), net.now)
-    assert a.membership.codec.dropped["malformed"] == 4
+    assert a.membership.codec.dropped["malformed"] == len(malformed)
     assert a.membership.members == {}
 
 

@@ -62,6 +62,7 @@ T_STORE = 10
 
 _MSG = struct.Struct("!BH")
 _SEQ = struct.Struct("!I")
+_SEQ_TARGET = struct.Struct(f"!I{NODE_ID_BYTES}s")  # a Ping or PingReq: seq, target
 _CLAIM = struct.Struct(f"!{NODE_ID_BYTES}sQ")
 _PRESENCE_FIXED = struct.Struct("!32sQHB")  # key, incarnation, capabilities, address family
 _PORTS = struct.Struct("!HH")  # gossip (UDP unicast), link (TCP)
@@ -264,6 +265,10 @@ Message = Union[Presence, Left, Hello, Ping, Ack, PingReq, Nack, Suspect, Dead, 
 
 def encode_message(message: Message) -> bytes:
     """One message with its type and length, ready to go in a payload."""
+    if type(message) is Ping:  # the probes first: a node sends several a second
+        return _PING_HEAD + _SEQ_TARGET.pack(message.seq, raw_node_id(message.target))
+    if type(message) is Ack:
+        return _ACK_HEAD + _SEQ.pack(message.seq)
     body: bytes
     if isinstance(message, Presence):
         kind, body = T_PRESENCE, message.encode()
@@ -272,13 +277,13 @@ def encode_message(message: Message) -> bytes:
     elif isinstance(message, Hello):
         kind, body = T_HELLO, b"\x01" if message.direct else b""
     elif isinstance(message, Ping):
-        kind, body = T_PING, _SEQ.pack(message.seq) + raw_node_id(message.target)
+        kind, body = T_PING, _SEQ_TARGET.pack(message.seq, raw_node_id(message.target))
     elif isinstance(message, Ack):
         kind, body = T_ACK, _SEQ.pack(message.seq)
     elif isinstance(message, Nack):
         kind, body = T_NACK, _SEQ.pack(message.seq)
     elif isinstance(message, PingReq):
-        kind, body = T_PING_REQ, _SEQ.pack(message.seq) + raw_node_id(message.target)
+        kind, body = T_PING_REQ, _SEQ_TARGET.pack(message.seq, raw_node_id(message.target))
     elif isinstance(message, Suspect):
         kind, body = T_SUSPECT, _CLAIM.pack(raw_node_id(message.node_id), message.incarnation)
     elif isinstance(message, Dead):
@@ -288,6 +293,10 @@ def encode_message(message: Message) -> bytes:
     else:  # pragma: no cover - the Union is closed
         raise TypeError(message)
     return _MSG.pack(kind, len(body)) + body
+
+
+_PING_HEAD = _MSG.pack(T_PING, _SEQ_TARGET.size)
+_ACK_HEAD = _MSG.pack(T_ACK, _SEQ.size)
 
 
 def encode_payload(encoded_messages: list[bytes]) -> bytes:
@@ -303,42 +312,50 @@ def decode_payload(payload: bytes) -> list[Message]:
         raise RemoteProtocolError("empty payload")
     if payload[0] != PAYLOAD_VERSION:
         raise RemoteProtocolError(f"payload version {payload[0]}")
-    reader = _Reader(payload, 1)
     messages: list[Message] = []
-    while not reader.done():
-        kind, length = reader.unpack(_MSG)
-        body = reader.take(length)
-        decoded = _decode_message(kind, body)
+    append, unpack_header = messages.append, _MSG.unpack_from
+    pos, end = 1, len(payload)
+    while pos < end:
+        if end - pos < 3:
+            raise RemoteProtocolError("truncated message")
+        kind, length = unpack_header(payload, pos)
+        pos += 3 + length
+        if pos > end:
+            raise RemoteProtocolError("truncated message")
+        decoded = _decode_message(kind, payload[pos - length : pos])
         if decoded is not None:
-            messages.append(decoded)
+            append(decoded)
     return messages
 
 
 def _decode_message(kind: int, body: bytes) -> Message | None:
+    """One message's body, whose length the payload vouched for: a fixed-size body must
+    be exactly its size."""
+    size = len(body)
     if kind == T_PRESENCE:
         return Presence.decode(body)
-    if kind == T_LEFT:
-        return Left.decode(body)
+    if kind == T_ACK or kind == T_NACK:
+        if size != 4:
+            raise RemoteProtocolError(f"a sequence number is 4 bytes, not {size}")
+        seq = int.from_bytes(body, "big")
+        return Ack(seq) if kind == T_ACK else Nack(seq)
+    if kind == T_PING or kind == T_PING_REQ:
+        if size != _SEQ_TARGET.size:
+            raise RemoteProtocolError(f"a probe is {_SEQ_TARGET.size} bytes, not {size}")
+        seq, raw = _SEQ_TARGET.unpack(body)
+        return Ping(seq, _id_from_raw(raw)) if kind == T_PING else PingReq(seq, _id_from_raw(raw))
+    if kind == T_SUSPECT or kind == T_DEAD:
+        if size != _CLAIM.size:
+            raise RemoteProtocolError(f"a claim is {_CLAIM.size} bytes, not {size}")
+        raw, incarnation = _CLAIM.unpack(body)
+        return Suspect(_id_from_raw(raw), incarnation) if kind == T_SUSPECT else Dead(_id_from_raw(raw), incarnation)
     if kind == T_STORE:
         return StoreEntry(body)
-    reader = _Reader(body)
-    message: Message
+    if kind == T_LEFT:
+        return Left.decode(body)
     if kind == T_HELLO:
         return Hello(direct=bool(body[0] & 1)) if body else Hello()
-    elif kind in (T_ACK, T_NACK):
-        (seq,) = reader.unpack(_SEQ)
-        message = Ack(seq) if kind == T_ACK else Nack(seq)
-    elif kind in (T_PING, T_PING_REQ):
-        (seq,) = reader.unpack(_SEQ)
-        target = _id_from_raw(reader.take(NODE_ID_BYTES))
-        message = Ping(seq, target) if kind == T_PING else PingReq(seq, target)
-    elif kind in (T_SUSPECT, T_DEAD):
-        raw, incarnation = reader.unpack(_CLAIM)
-        message = Suspect(_id_from_raw(raw), incarnation) if kind == T_SUSPECT else Dead(_id_from_raw(raw), incarnation)
-    else:
-        return None  # a newer node's message: skip it
-    reader.finish()
-    return message
+    return None  # a newer node's message: skip it
 
 
 # -- helpers -------------------------------------------------------------------------------------

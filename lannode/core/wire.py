@@ -48,6 +48,7 @@ NETWORK_KEY_BYTES = 32
 NONCE_BYTES = 24
 TAG_BYTES = 16
 REPLAY_WINDOW = 64
+_WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 
 _HEADER = struct.Struct("!2sBB")
 _INNER = struct.Struct("!32sQQH")
@@ -105,43 +106,38 @@ class Dropped(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class Datagram:
-    public_key: bytes
-    epoch: int
-    counter: int
-    payload: bytes
-
-    @property
-    def node_id(self) -> str:
-        return node_id_for(self.public_key)
-
-
 class ReplayGuard:
     """Per sender: the newest epoch, the highest counter and a bitmap of the last 64."""
 
     def __init__(self) -> None:
         self._senders: dict[bytes, tuple[int, int, int]] = {}
 
-    def check(self, sender: bytes, epoch: int, counter: int) -> None:
-        """Raise Dropped("replay") for a replay; otherwise leave the state unchanged."""
+    def check(self, sender: bytes, epoch: int, counter: int) -> tuple[int, int, int] | None:
+        """Raise Dropped("replay") for a replay; otherwise leave the state unchanged and
+        return it, for accept()."""
         state = self._senders.get(sender)
         if state is None:
-            return
+            return None
         known_epoch, highest, seen = state
-        if epoch < known_epoch:
-            raise Dropped("replay", f"epoch {epoch} is older than {known_epoch}")
-        if epoch > known_epoch or counter > highest:
-            return
+        if epoch != known_epoch:
+            if epoch < known_epoch:
+                raise Dropped("replay", f"epoch {epoch} is older than {known_epoch}")
+            return state
+        if counter > highest:
+            return state
         behind = highest - counter
         if behind >= REPLAY_WINDOW:
             raise Dropped("replay", f"counter {counter} is below the window")
         if seen >> behind & 1:
             raise Dropped("replay", f"counter {counter} was seen")
+        return state
 
     def accept(self, sender: bytes, epoch: int, counter: int) -> None:
         """Record a datagram that passed check() and its signature."""
-        state = self._senders.get(sender)
+        self.record(sender, epoch, counter, self._senders.get(sender))
+
+    def record(self, sender: bytes, epoch: int, counter: int, state: tuple[int, int, int] | None) -> None:
+        """accept(), with the state check() returned (nothing came from ``sender`` since)."""
         if state is None or epoch > state[0]:
             self._senders[sender] = (epoch, counter, 1)
             return
@@ -149,7 +145,7 @@ class ReplayGuard:
         if counter > highest:
             shift = counter - highest
             seen = (seen << shift | 1) if shift < REPLAY_WINDOW else 1
-            self._senders[sender] = (epoch, counter, seen & ((1 << REPLAY_WINDOW) - 1))
+            self._senders[sender] = (epoch, counter, seen & _WINDOW_MASK)
         else:
             self._senders[sender] = (epoch, highest, seen | 1 << (highest - counter))
 
@@ -194,20 +190,21 @@ class DatagramCodec:
         return header + nonce + sealed
 
     # -- receiving ----------------------------------------------------------
-    def decode(self, data: bytes) -> Datagram:
+    def decode(self, data: bytes) -> Opened:
         """Check a received datagram; count and raise Dropped if it is not good."""
         try:
             opened = open_datagram(data, self.network_key)
-            if opened.public_key == self.public_key:
+            sender = opened.public_key
+            if sender == self.public_key:
                 raise Dropped("own")
-            self.replays.check(opened.public_key, opened.epoch, opened.counter)  # before the costly check
-            if not signature_ok(opened.public_key, opened.signed, opened.signature):
+            state = self.replays.check(sender, opened.epoch, opened.counter)  # before the costly check
+            if not signature_ok(sender, opened.signed, opened.signature):
                 raise Dropped("signature")
         except Dropped as exc:
             self.dropped[exc.reason] += 1
             raise
-        self.replays.accept(opened.public_key, opened.epoch, opened.counter)
-        return Datagram(opened.public_key, opened.epoch, opened.counter, opened.payload)
+        self.replays.record(sender, opened.epoch, opened.counter, state)
+        return opened
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +218,13 @@ class Opened:
     payload: bytes
     signed: bytes
     signature: bytes
+
+    @property
+    def node_id(self) -> str:
+        return node_id_for(self.public_key)
+
+
+Datagram = Opened  # what DatagramCodec.decode hands back: a datagram that passed every check
 
 
 def open_datagram(data: bytes, network_key: bytes | None) -> Opened:
