@@ -49,6 +49,7 @@ class SimulatedSignatures:
 
     def __init__(self) -> None:
         self.seeds: dict[bytes, bytes] = {}
+        self._keys: dict[int, tuple[SigningKey, bytes]] = {}  # id(key) -> (key, seed): bytes(key) is a Python call
         self._good: dict[bytes, tuple[bytes, bytes]] = {}  # signature -> what it was found good for
         self.real_sign = wire.sign
         self.real_ok = wire.signature_ok
@@ -57,10 +58,12 @@ class SimulatedSignatures:
         self.seeds[bytes(key.verify_key)] = bytes(key)
 
     def sign(self, key: SigningKey, message: bytes) -> bytes:
-        seed = bytes(key)
-        if bytes(key.verify_key) not in self.seeds:
-            return self.real_sign(key, message)
-        return hashlib.blake2b(message, key=seed, digest_size=64).digest()
+        known = self._keys.get(id(key))
+        if known is None or known[0] is not key:
+            if bytes(key.verify_key) not in self.seeds:
+                return self.real_sign(key, message)
+            known = self._keys[id(key)] = (key, bytes(key))  # holding the key keeps its id its own
+        return hashlib.blake2b(message, key=known[1], digest_size=64).digest()
 
     def ok(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
         good = self._good.get(signature)

@@ -54,9 +54,9 @@ from __future__ import annotations
 import enum
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 from nacl.signing import SigningKey
 
@@ -365,30 +365,29 @@ class Membership:
         self._joins_sent = len(self.config.join_schedule)
 
     def datagram_received(self, data: bytes, address: Address, now: float) -> None:
-        self.counters.datagrams_received += 1
-        self.counters.bytes_received += len(data)
+        counters = self.counters
+        counters.datagrams_received += 1
+        counters.bytes_received += len(data)
+        codec = self.codec
         try:
-            datagram = self.codec.decode(data)
+            datagram = codec.decode(data)
         except Dropped:
             return
         try:
             messages = m.decode_payload(datagram.payload)
-        except m.RemoteProtocolError:
-            self.codec.dropped["malformed"] += 1
-            return
-        except Exception:  # a decoder bug must not take the node down; count it as malformed
-            self.codec.dropped["malformed"] += 1
+        except Exception:  # RemoteProtocolError; and a decoder bug must not take the node down
+            codec.dropped["malformed"] += 1
             return
         sender = datagram.node_id
         reason = self._check_records(messages, sender)
         if reason:
-            self.codec.dropped[reason] += 1
+            codec.dropped[reason] += 1
             return
         if len(messages) > 1:
             messages.sort(key=_not_presence)  # presence records first; otherwise in the order sent
-        handle = self._handle
+        handlers = self._HANDLERS
         for message in messages:
-            handle(message, sender, address, now)
+            handlers[type(message)](self, message, sender, address, now)
         member = self.members.get(sender)
         if member is not None:
             if member.shared:
@@ -508,21 +507,31 @@ class Membership:
         return True
 
     def next_wakeup(self) -> float:
-        """The time tick() next has something to do (it may be called earlier)."""
+        """The time tick() next has something to do (it may be called earlier). Asked after
+        every datagram, so it compares rather than calls min()."""
         if self._started is None or self.leaving:
             return math.inf
-        soonest = min(self._next_probe, self._next_presence, self._next_sync)
-        if self._joins_sent < len(self.config.join_schedule):
-            soonest = min(soonest, self._started + self.config.join_schedule[self._joins_sent])
+        soonest = self._next_probe
+        if self._next_presence < soonest:
+            soonest = self._next_presence
+        if self._next_sync < soonest:
+            soonest = self._next_sync
+        schedule = self.config.join_schedule
+        if self._joins_sent < len(schedule):
+            soonest = min(soonest, self._started + schedule[self._joins_sent])
         probe = self._probe
         if probe is not None:
-            soonest = min(soonest, probe.end if probe.indirect_sent else probe.direct_deadline)
-        for relay in self._relays.values():
-            soonest = min(soonest, relay.deadline)
-        for member in self._suspects.values():
-            if member.suspicion is not None:
-                soonest = min(soonest, member.suspicion.deadline())
-        if self._next_gossip < soonest and self._multicasts:
+            due = probe.end if probe.indirect_sent else probe.direct_deadline
+            if due < soonest:
+                soonest = due
+        if self._relays:
+            for relay in self._relays.values():
+                soonest = min(soonest, relay.deadline)
+        if self._suspects:
+            for member in self._suspects.values():
+                if member.suspicion is not None:
+                    soonest = min(soonest, member.suspicion.deadline())
+        if self._multicasts and self._next_gossip < soonest:
             soonest = self._next_gossip
         return soonest
 
@@ -586,57 +595,88 @@ class Membership:
     def _check_records(self, messages: list[m.Message], sender: str, *, room: bool = True) -> str | None:
         """Check every signed record before acting on any: a forgery drops the datagram
         (and, with ``room``, a stranger's record when we hold ``max_members`` already)."""
+        members = self.members
         for message in messages:
-            if isinstance(message, m.Presence):
-                known = self.members.get(message.node_id)
-                if known is not None and known.presence == message:
+            kind = type(message)
+            if kind is m.Presence:
+                assert isinstance(message, m.Presence)
+                subject = message.node_id
+                known = members.get(subject)
+                if known is not None and (known.presence is message or known.presence == message):
                     continue  # the record we hold, already checked
-                if message.node_id != self.node_id and not message.verify():
+                if subject != self.node_id and not message.verify():
                     return "forged"
-                if room and known is None and message.node_id != self.node_id and len(self.members) >= self.config.max_members:
+                if room and known is None and subject != self.node_id and len(members) >= self.config.max_members:
                     return "full"
-            elif isinstance(message, m.Left):
-                known = self.members.get(message.node_id)
+            elif kind is m.Left:
+                assert isinstance(message, m.Left)
+                known = members.get(message.node_id)
                 if known is not None and not message.verify(known.presence.public_key):
                     return "forged"
         return None
 
-    def _handle(self, message: m.Message, sender: str, address: Address, now: float) -> None:
-        if isinstance(message, m.Presence):
-            if message.node_id != self.node_id:
-                self._on_claim(message.node_id, "alive", message.incarnation, now, presence=message, relayed=message.node_id != sender)
-        elif isinstance(message, m.Hello):
-            # A multicast Hello reaches everyone: were all to answer, a joiner of 10,000 would
-            # get 60,000 datagrams in its first second. About ``hello_replies`` do; the joiner
-            # fetches the whole view from the first of them (StateSyncWanted).
-            if message.direct or self._rng.random() * self._live < self.config.hello_replies:
-                member = self.members.get(sender)
-                reply_to = member.presence.gossip_address if member is not None else address
-                self._send(reply_to, [self._presence_message])
-        elif isinstance(message, m.Ping):
-            if message.target == self.node_id:
-                self._send(address, [m.encode_message(m.Ack(message.seq))], about=sender)
-        elif isinstance(message, m.Ack):
-            self._on_ack(message.seq, now)
-        elif isinstance(message, m.Nack):
-            if self._probe is not None and self._probe.seq == message.seq:
-                self._probe.nacks += 1
-        elif isinstance(message, m.PingReq):
-            self._on_ping_req(message, address, now)
-        elif isinstance(message, (m.Suspect, m.Dead)):
-            claim: Claim = "suspect" if isinstance(message, m.Suspect) else "dead"
-            if message.node_id == self.node_id:
-                if message.incarnation < self.presence.incarnation:
-                    self._answer_stale_claim(sender, address, now)
-                else:
-                    self._refute(message.incarnation)
+    # One handler per message type (``_HANDLERS``), each given the datagram's
+    # authenticated sender, the address it came from and the time.
+    def _on_presence(self, message: m.Presence, sender: str, address: Address, now: float) -> None:
+        subject = message.node_id
+        member = self.members.get(subject)
+        if member is not None and message.incarnation <= member.incarnation:
+            return  # every "alive" transition needs a newer incarnation (TRANSITIONS): a heartbeat
+        if subject != self.node_id:
+            self._on_claim(subject, "alive", message.incarnation, now, presence=message, relayed=subject != sender)
+
+    def _on_hello(self, message: m.Hello, sender: str, address: Address, now: float) -> None:
+        # A multicast Hello reaches everyone: were all to answer, a joiner of 10,000 would
+        # get 60,000 datagrams in its first second. About ``hello_replies`` do; the joiner
+        # fetches the whole view from the first of them (StateSyncWanted).
+        if message.direct or self._rng.random() * self._live < self.config.hello_replies:
+            member = self.members.get(sender)
+            reply_to = member.presence.gossip_address if member is not None else address
+            self._send(reply_to, [self._presence_message])
+
+    def _on_ping(self, message: m.Ping, sender: str, address: Address, now: float) -> None:
+        if message.target == self.node_id:
+            self._send(address, [m.encode_message(m.Ack(message.seq))], about=sender)
+
+    def _on_ack_message(self, message: m.Ack, sender: str, address: Address, now: float) -> None:
+        self._on_ack(message.seq, now)
+
+    def _on_nack(self, message: m.Nack, sender: str, address: Address, now: float) -> None:
+        if self._probe is not None and self._probe.seq == message.seq:
+            self._probe.nacks += 1
+
+    def _on_ping_req_message(self, message: m.PingReq, sender: str, address: Address, now: float) -> None:
+        self._on_ping_req(message, address, now)
+
+    def _on_accusation(self, message: m.Suspect | m.Dead, sender: str, address: Address, now: float) -> None:
+        claim: Claim = "suspect" if type(message) is m.Suspect else "dead"
+        if message.node_id == self.node_id:
+            if message.incarnation < self.presence.incarnation:
+                self._answer_stale_claim(sender, address, now)
             else:
-                self._on_claim(message.node_id, claim, message.incarnation, now, accuser=sender, relayed=True)
-        elif isinstance(message, m.Left):
-            if message.node_id != self.node_id and message.node_id in self.members:
-                self._on_claim(message.node_id, "left", message.incarnation, now, left=message)
-        elif isinstance(message, m.StoreEntry):
-            self._events.append(StoreEntryReceived(message.data, sender))
+                self._refute(message.incarnation)
+        else:
+            self._on_claim(message.node_id, claim, message.incarnation, now, accuser=sender, relayed=True)
+
+    def _on_left(self, message: m.Left, sender: str, address: Address, now: float) -> None:
+        if message.node_id != self.node_id and message.node_id in self.members:
+            self._on_claim(message.node_id, "left", message.incarnation, now, left=message)
+
+    def _on_store_entry(self, message: m.StoreEntry, sender: str, address: Address, now: float) -> None:
+        self._events.append(StoreEntryReceived(message.data, sender))
+
+    _HANDLERS: ClassVar[dict[type, Callable[[Membership, Any, str, Address, float], None]]] = {
+        m.Presence: _on_presence,
+        m.Hello: _on_hello,
+        m.Ping: _on_ping,
+        m.Ack: _on_ack_message,
+        m.Nack: _on_nack,
+        m.PingReq: _on_ping_req_message,
+        m.Suspect: _on_accusation,
+        m.Dead: _on_accusation,
+        m.Left: _on_left,
+        m.StoreEntry: _on_store_entry,
+    }
 
     def _on_claim(
         self,

@@ -328,12 +328,24 @@ def decode_payload(payload: bytes) -> list[Message]:
     return messages
 
 
+# Presence records decoded lately, by their bytes: a node's heartbeat repeats the record
+# it sent before, and handing back the very object lets the membership see it holds it
+# already (``is``) without comparing field by field. Records are immutable.
+PRESENCE_CACHE = 8192
+_presences: dict[bytes, Presence] = {}
+
+
 def _decode_message(kind: int, body: bytes) -> Message | None:
     """One message's body, whose length the payload vouched for: a fixed-size body must
     be exactly its size."""
     size = len(body)
     if kind == T_PRESENCE:
-        return Presence.decode(body)
+        presence = _presences.get(body)
+        if presence is None:
+            if len(_presences) >= PRESENCE_CACHE:
+                _presences.clear()
+            presence = _presences[body] = Presence.decode(body)
+        return presence
     if kind == T_ACK or kind == T_NACK:
         if size != 4:
             raise RemoteProtocolError(f"a sequence number is 4 bytes, not {size}")
