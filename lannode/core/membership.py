@@ -56,7 +56,7 @@ import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal, NamedTuple, Union
 
 from nacl.signing import SigningKey
 
@@ -168,8 +168,9 @@ class StateSyncWanted:
 Event = Union[MemberStateChanged, MemberUpdated, StoreEntryReceived, StateSyncWanted]
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(NamedTuple):
+    """A datagram for the caller to send (a tuple: one is made for every datagram)."""
+
     data: bytes
     address: Address | None  # None: the multicast group
 
@@ -339,6 +340,7 @@ class Membership:
         self._next_probe = now + self.config.probe_interval
         self._next_presence = now + self._jittered(self._presence_interval())
         self._next_gossip = now
+        self._next_forget = now + FORGET_CHECK_INTERVAL
         self._next_sync = now + self._jittered(self._sync_interval())
         if self._joins_sent < len(self.config.join_schedule):  # joining, not warm-started
             self._join_sync = now
@@ -403,8 +405,8 @@ class Membership:
     def tick(self, now: float) -> None:
         if self._started is None:
             raise LocalProtocolError("tick() before start()")
-        if self.leaving:
-            return
+        if self.leaving or now < self.next_wakeup():
+            return  # nothing is due: the daemon ticks after every batch it receives
         self._send_joins(now)
         if now >= self._next_presence:
             self._multicast([self._presence_message])
@@ -417,7 +419,9 @@ class Membership:
             if self._multicasts:
                 self._multicast([])
                 self._last_gossip = now
-            self._next_gossip = now + self.config.gossip_interval
+                self._next_gossip = now + self.config.gossip_interval
+            else:
+                self._next_gossip = math.inf  # no rounds while there is nothing to spread (_queue)
         if now >= self._next_forget:
             self._next_forget = now + FORGET_CHECK_INTERVAL
             self._forget(now)
@@ -507,8 +511,8 @@ class Membership:
         return True
 
     def next_wakeup(self) -> float:
-        """The time tick() next has something to do (it may be called earlier). Asked after
-        every datagram, so it compares rather than calls min()."""
+        """The time tick() next has something to do: before it, tick() does nothing (and
+        returns at once). Asked after every datagram, so it compares rather than calls min()."""
         if self._started is None or self.leaving:
             return math.inf
         soonest = self._next_probe
@@ -519,9 +523,11 @@ class Membership:
         schedule = self.config.join_schedule
         if self._joins_sent < len(schedule):
             soonest = min(soonest, self._started + schedule[self._joins_sent])
+        if self._next_forget < soonest:
+            soonest = self._next_forget
         probe = self._probe
         if probe is not None:
-            due = probe.end if probe.indirect_sent else probe.direct_deadline
+            due = probe.end if probe.indirect_sent or probe.end < probe.direct_deadline else probe.direct_deadline
             if due < soonest:
                 soonest = due
         if self._relays:
@@ -615,7 +621,7 @@ class Membership:
                     return "forged"
         return None
 
-    # One handler per message type (``_HANDLERS``), each given the datagram's
+    # One handler per message type (``_HANDLERS``, at the end), each given the datagram's
     # authenticated sender, the address it came from and the time.
     def _on_presence(self, message: m.Presence, sender: str, address: Address, now: float) -> None:
         subject = message.node_id
@@ -636,10 +642,8 @@ class Membership:
 
     def _on_ping(self, message: m.Ping, sender: str, address: Address, now: float) -> None:
         if message.target == self.node_id:
-            self._send(address, [m.encode_message(m.Ack(message.seq))], about=sender)
+            self._send(address, [m.encode_ack(message.seq)], about=sender)
 
-    def _on_ack_message(self, message: m.Ack, sender: str, address: Address, now: float) -> None:
-        self._on_ack(message.seq, now)
 
     def _on_nack(self, message: m.Nack, sender: str, address: Address, now: float) -> None:
         if self._probe is not None and self._probe.seq == message.seq:
@@ -665,18 +669,6 @@ class Membership:
     def _on_store_entry(self, message: m.StoreEntry, sender: str, address: Address, now: float) -> None:
         self._events.append(StoreEntryReceived(message.data, sender))
 
-    _HANDLERS: ClassVar[dict[type, Callable[[Membership, Any, str, Address, float], None]]] = {
-        m.Presence: _on_presence,
-        m.Hello: _on_hello,
-        m.Ping: _on_ping,
-        m.Ack: _on_ack_message,
-        m.Nack: _on_nack,
-        m.PingReq: _on_ping_req_message,
-        m.Suspect: _on_accusation,
-        m.Dead: _on_accusation,
-        m.Left: _on_left,
-        m.StoreEntry: _on_store_entry,
-    }
 
     def _on_claim(
         self,
@@ -846,7 +838,7 @@ class Membership:
             # and once more ourselves: a lost ping or ack should not be all it takes
             target = self.members.get(probe.target)
             if target is not None:
-                self._send(target.presence.gossip_address, [m.encode_message(m.Ping(probe.seq, probe.target))], about=probe.target)
+                self._send(target.presence.gossip_address, [m.encode_ping(probe.seq, probe.target)], about=probe.target)
         if probe is not None and now >= probe.end:
             self._probe = None
             self._probe_failed(probe, now)
@@ -875,9 +867,10 @@ class Membership:
             end=now + self.config.probe_interval * scale,
             attempt=attempt,
         )
-        self._send(member.presence.gossip_address, [m.encode_message(m.Ping(seq, target))], about=target)
+        self._send(member.presence.gossip_address, [m.encode_ping(seq, target)], about=target)
 
-    def _on_ack(self, seq: int, now: float) -> None:
+    def _on_ack(self, message: m.Ack, sender: str, address: Address, now: float) -> None:
+        seq = message.seq
         probe = self._probe
         if probe is not None and probe.seq == seq:
             self._probe = None
@@ -886,7 +879,7 @@ class Membership:
             return
         relay = self._relays.pop(seq, None)
         if relay is not None:
-            self._send(relay.requester, [m.encode_message(m.Ack(relay.seq))])
+            self._send(relay.requester, [m.encode_ack(relay.seq)])
 
     def _probe_failed(self, probe: _Probe, now: float) -> None:
         self.counters.probe_failures += 1
@@ -915,15 +908,19 @@ class Membership:
             return
         seq = self._next_seq()
         self._relays[seq] = _Relay(requester, request.seq, now + self.config.probe_timeout)
-        self._send(member.presence.gossip_address, [m.encode_message(m.Ping(seq, request.target))], about=request.target)
+        self._send(member.presence.gossip_address, [m.encode_ping(seq, request.target)], about=request.target)
 
     def _run_relays(self, now: float) -> None:
+        if not self._relays:
+            return
         for seq, relay in list(self._relays.items()):
             if now >= relay.deadline:
                 del self._relays[seq]
                 self._send(relay.requester, [m.encode_message(m.Nack(relay.seq))])
 
     def _run_suspicions(self, now: float) -> None:
+        if not self._suspects:
+            return
         for member in list(self._suspects.values()):
             if member.suspicion is not None and now >= member.suspicion.deadline():
                 self._on_claim(member.node_id, "dead", member.incarnation, now)
@@ -952,11 +949,12 @@ class Membership:
         self._send(None, messages, multicast_round=True)
 
     def _send(self, address: Address | None, messages: list[bytes], *, about: str | None = None, piggyback: bool = True, multicast_round: bool = False) -> None:
-        if piggyback:
+        if piggyback and self._broadcasts:
             messages = messages + self._piggyback(MAX_PAYLOAD - m.PAYLOAD_HEADER_BYTES - sum(map(len, messages)), about, multicast_round)
         data = self.codec.encode(m.encode_payload(messages))
-        self.counters.datagrams_sent += 1
-        self.counters.bytes_sent += len(data)
+        counters = self.counters
+        counters.datagrams_sent += 1
+        counters.bytes_sent += len(data)
         self._outgoing.append(Outgoing(data, address))
 
     def _queue(self, about: str, data: bytes, *, multicast: bool) -> None:
@@ -1048,6 +1046,19 @@ class Membership:
     def _jittered(self, interval: float) -> float:
         return interval * self._rng.uniform(0.8, 1.2)
 
+    # what datagram_received calls for each message, by its type
+    _HANDLERS: ClassVar[dict[type, Callable[[Membership, Any, str, Address, float], None]]] = {
+        m.Presence: _on_presence,
+        m.Hello: _on_hello,
+        m.Ping: _on_ping,
+        m.Ack: _on_ack,
+        m.Nack: _on_nack,
+        m.PingReq: _on_ping_req_message,
+        m.Suspect: _on_accusation,
+        m.Dead: _on_accusation,
+        m.Left: _on_left,
+        m.StoreEntry: _on_store_entry,
+    }
 
 __all__ = [
     "Event",

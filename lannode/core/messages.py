@@ -263,12 +263,22 @@ class StoreEntry:
 Message = Union[Presence, Left, Hello, Ping, Ack, PingReq, Nack, Suspect, Dead, StoreEntry]
 
 
+def encode_ping(seq: int, target: str) -> bytes:
+    """``encode_message(Ping(seq, target))``, without making the Ping: a node sends several a second."""
+    return _PING_HEAD + _SEQ_TARGET.pack(seq, raw_node_id(target))
+
+
+def encode_ack(seq: int) -> bytes:
+    """``encode_message(Ack(seq))``, without making the Ack."""
+    return _ACK_HEAD + _SEQ.pack(seq)
+
+
 def encode_message(message: Message) -> bytes:
     """One message with its type and length, ready to go in a payload."""
-    if type(message) is Ping:  # the probes first: a node sends several a second
-        return _PING_HEAD + _SEQ_TARGET.pack(message.seq, raw_node_id(message.target))
+    if type(message) is Ping:  # the probes first
+        return encode_ping(message.seq, message.target)
     if type(message) is Ack:
-        return _ACK_HEAD + _SEQ.pack(message.seq)
+        return encode_ack(message.seq)
     body: bytes
     if isinstance(message, Presence):
         kind, body = T_PRESENCE, message.encode()
@@ -300,7 +310,10 @@ _ACK_HEAD = _MSG.pack(T_ACK, _SEQ.size)
 
 
 def encode_payload(encoded_messages: list[bytes]) -> bytes:
-    return bytes([PAYLOAD_VERSION]) + b"".join(encoded_messages)
+    return _VERSION_BYTE + b"".join(encoded_messages)
+
+
+_VERSION_BYTE = bytes([PAYLOAD_VERSION])
 
 
 PAYLOAD_HEADER_BYTES = 1

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import Counter
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_decrypt,
@@ -170,6 +170,7 @@ class DatagramCodec:
         self.epoch = epoch
         self.network_key = network_key
         self._counter = 0
+        self._header = _HEADER.pack(MAGIC, VERSION, FLAG_SEALED if network_key else 0)
         self.replays = ReplayGuard()
         self.dropped: Counter[str] = Counter()
 
@@ -178,13 +179,11 @@ class DatagramCodec:
         if len(payload) > MAX_PAYLOAD:
             raise LocalProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
         self._counter += 1
-        flags = FLAG_SEALED if self.network_key else 0
-        header = _HEADER.pack(MAGIC, VERSION, flags)
-        inner = _INNER.pack(self.public_key, self.epoch, self._counter, len(payload)) + payload
-        signature = sign(self._signing_key, header + inner)
-        inner += signature
+        header = self._header
+        signed = header + _INNER.pack(self.public_key, self.epoch, self._counter, len(payload)) + payload
         if self.network_key is None:
-            return header + inner
+            return signed + sign(self._signing_key, signed)
+        inner = signed[_HEADER.size :] + sign(self._signing_key, signed)
         nonce = nonce if nonce is not None else os.urandom(NONCE_BYTES)
         sealed = crypto_aead_xchacha20poly1305_ietf_encrypt(inner, header, nonce, self.network_key)
         return header + nonce + sealed
@@ -207,10 +206,10 @@ class DatagramCodec:
         return opened
 
 
-@dataclass(frozen=True, slots=True)
-class Opened:
+class Opened(NamedTuple):
     """A datagram's parts once its framing checks out (and its seal opened), before the
-    receiver's own checks: whether it is its own, a replay, and signed."""
+    receiver's own checks: whether it is its own, a replay, and signed. (A tuple: one is
+    made for every datagram received, and a frozen dataclass costs a call per field.)"""
 
     public_key: bytes
     epoch: int
