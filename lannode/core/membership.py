@@ -512,7 +512,8 @@ class Membership:
 
     def next_wakeup(self) -> float:
         """The time tick() next has something to do: before it, tick() does nothing (and
-        returns at once). Asked after every datagram, so it compares rather than calls min()."""
+        returns at once), and housekeeping (forgetting long-dead members) waits for a tick
+        that has. Asked after every datagram, so it compares rather than calls min()."""
         if self._started is None or self.leaving:
             return math.inf
         soonest = self._next_probe
@@ -523,8 +524,6 @@ class Membership:
         schedule = self.config.join_schedule
         if self._joins_sent < len(schedule):
             soonest = min(soonest, self._started + schedule[self._joins_sent])
-        if self._next_forget < soonest:
-            soonest = self._next_forget
         probe = self._probe
         if probe is not None:
             due = probe.end if probe.indirect_sent or probe.end < probe.direct_deadline else probe.direct_deadline

@@ -28,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 from nacl.signing import SigningKey
@@ -108,10 +108,10 @@ class Presence:
     link_port: int
     capabilities: int
     signature: bytes = b""
+    node_id: str = field(init=False, repr=False, compare=False)  # of public_key: read for every record received
 
-    @property
-    def node_id(self) -> str:
-        return node_id_for(self.public_key)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "node_id", node_id_for(self.public_key))
 
     @property
     def gossip_address(self) -> Address:

@@ -217,10 +217,7 @@ class Opened(NamedTuple):
     payload: bytes
     signed: bytes
     signature: bytes
-
-    @property
-    def node_id(self) -> str:
-        return node_id_for(self.public_key)
+    node_id: str  # of public_key
 
 
 Datagram = Opened  # what DatagramCodec.decode hands back: a datagram that passed every check
@@ -263,4 +260,4 @@ def open_datagram(data: bytes, network_key: bytes | None) -> Opened:
     if len(inner) != _INNER.size + length + SIGNATURE_BYTES:
         raise Dropped("truncated", "length does not match")
     signed_end = _INNER.size + length
-    return Opened(public_key, epoch, counter, inner[_INNER.size : signed_end], header + inner[:signed_end], inner[signed_end:])
+    return Opened(public_key, epoch, counter, inner[_INNER.size : signed_end], header + inner[:signed_end], inner[signed_end:], node_id_for(public_key))
