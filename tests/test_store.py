@@ -60,6 +60,19 @@ def test_replicas_converge_whatever_the_order_of_writes_and_exchanges(ops: list[
     assert replicas[0].digest() == replicas[1].digest() == replicas[2].digest()
 
 
+def test_an_entry_that_came_before_the_versions_under_it_is_still_passed_on() -> None:
+    a, b, c = (ReplicatedMap(k) for k in KEYS)
+    first, second, third = (a.put(key, b"x", 1000 + i) for i, key in enumerate(["k1", "k2", "k3"]))
+    assert b.merge(third)  # gossip brought version 3 alone: b's watermark for a stays at 0
+    assert b.digest() == c.digest() == {}
+    assert b.delta_for(c.digest()) == [third]  # the same digest, and still something to give
+    anti_entropy(a, b)
+    assert b.delta_for(a.digest()) == [] and a.delta_for(b.digest()) == []
+    anti_entropy(b, c)
+    assert snapshot(c) == snapshot(a) and c.digest() == a.digest()
+    assert [e.version for e in c.delta_for({})] == [first.version, second.version, third.version]
+
+
 def test_the_later_write_wins_and_a_tie_breaks_the_same_way_everywhere() -> None:
     a, b = ReplicatedMap(KEYS[0]), ReplicatedMap(KEYS[1])
     first = a.put("k", b"1", 1000)

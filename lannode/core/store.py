@@ -198,6 +198,9 @@ class ReplicatedMap:
         self.clock = 0
         self.rejected = 0  # entries dropped: bad signature, or malformed
         self._changes: list[Entry] = []
+        # False only when no entry has a version above its origin's watermark: then a digest
+        # equal to our watermarks lacks nothing (the common case between converged nodes)
+        self._beyond_marks = False
 
     # -- local writes ----------------------------------------------------------------------------
     def put(self, key: str, value: bytes, now_ms: int) -> Entry:
@@ -246,6 +249,8 @@ class ReplicatedMap:
             return False
         self.entries[entry.key] = entry
         self._changes.append(entry)
+        if entry.version > self.watermarks.get(entry.origin, 0):
+            self._beyond_marks = True  # it came before versions we still lack
         return True
 
     def merge_gossiped(self, data: bytes) -> bool:
@@ -265,13 +270,23 @@ class ReplicatedMap:
 
     def delta_for(self, digest: dict[bytes, int]) -> list[Entry]:
         """Every current entry the holder of ``digest`` may lack, oldest version first per origin."""
+        if digest == self.watermarks and not self._holds_beyond_marks():
+            return []  # it knows every version we know of, and we hold none past that
         wanted = [e for e in self.entries.values() if e.version > digest.get(e.origin, 0)]
         return sorted(wanted, key=lambda e: (e.origin, e.version))
+
+    def _holds_beyond_marks(self) -> bool:
+        if self._beyond_marks:
+            marks = self.watermarks
+            self._beyond_marks = any(e.version > marks.get(e.origin, 0) for e in self.entries.values())
+        return self._beyond_marks
 
     def apply_delta(self, watermarks: dict[bytes, int], entries: list[Entry]) -> int:
         """Merge a peer's complete delta; then its watermarks are ours too. Returns how many changed."""
         rejected_before = self.rejected
-        changed = sum(self.merge(entry) for entry in entries)
+        changed = sum(self.merge(entry) for entry in entries) if entries else 0
+        if watermarks == self.watermarks:
+            return changed
         if self.rejected == rejected_before:  # a delta with a forged entry teaches us nothing
             for origin, version in watermarks.items():
                 if version > self.watermarks.get(origin, 0):
@@ -303,6 +318,7 @@ class ReplicatedMap:
         """Restore persisted state (already verified when it was first merged)."""
         self.entries = {e.key: e for e in entries}
         self.watermarks = dict(watermarks)
+        self._beyond_marks = True  # until looked at
         self.clock = clock
 
     def take_changes(self) -> list[Entry]:
