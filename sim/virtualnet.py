@@ -583,7 +583,7 @@ class VirtualNetwork:
                 if not (a.attached and b.attached) or a.paused or b.paused or a.store is None or b.store is None:
                     continue
                 entries = a.store.delta_for(digest)
-                b.store.apply_delta(a.store.digest() or {a.store.origin: 0}, entries)
+                b.store.apply_delta(a.store.watermarks or {a.store.origin: 0}, entries)  # read, not kept: no copy
                 b.store.take_changes()
                 b.syncs += 1
 
