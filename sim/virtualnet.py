@@ -358,6 +358,13 @@ class VirtualNetwork:
     def run_until(self, deadline: float, until: Callable[[], bool] | None = None) -> bool:
         """Run events up to ``deadline``; stop early (True) once ``until()`` holds."""
         queue, pop = self._queue, heapq.heappop
+        if until is None:
+            while queue and queue[0][0] <= deadline:
+                when, _, action, args = pop(queue)
+                self.now = when
+                action(*args)
+            self.now = max(self.now, deadline)
+            return False
         while queue and queue[0][0] <= deadline:
             when, _, action, args = pop(queue)
             self.now = when
@@ -438,6 +445,12 @@ class VirtualNetwork:
 
     def _unicast(self, node: SimNode, target: SimNode, data: bytes) -> None:
         rng, link = self.rng, self.link
+        if not (self.blocked or self.link_overrides or link.duplicate or link.reorder):  # the plain case: the same draws
+            if link.loss and rng.random() < link.loss:
+                return
+            low, high = link.latency
+            self._at(self.now + (low + (high - low) * rng.random()), self._deliver, target, data, node.address)
+            return
         if self.blocked or self.link_overrides:
             pair = frozenset((node.address, target.address))
             if pair in self.blocked:
