@@ -252,12 +252,16 @@ def open_datagram(data: bytes, network_key: bytes | None) -> Opened:
             inner = crypto_aead_xchacha20poly1305_ietf_decrypt(data[_HEADER.size + NONCE_BYTES :], header, nonce, network_key)
         except CryptoError:
             raise Dropped("decrypt") from None
+        base = 0
     else:
-        inner = data[_HEADER.size :]
-    if len(inner) < _INNER.size + SIGNATURE_BYTES:
+        inner, base = data, _HEADER.size  # read in place: no copy of the inner part
+    size = len(inner) - base
+    if size < _INNER.size + SIGNATURE_BYTES:
         raise Dropped("truncated", "no sender")
-    public_key, epoch, counter, length = _INNER.unpack_from(inner)
-    if len(inner) != _INNER.size + length + SIGNATURE_BYTES:
+    public_key, epoch, counter, length = _INNER.unpack_from(inner, base)
+    if size != _INNER.size + length + SIGNATURE_BYTES:
         raise Dropped("truncated", "length does not match")
-    signed_end = _INNER.size + length
-    return Opened(public_key, epoch, counter, inner[_INNER.size : signed_end], header + inner[:signed_end], inner[signed_end:], node_id_for(public_key))
+    start = base + _INNER.size
+    end = start + length
+    signed = header + inner[:end] if sealed else data[:end]
+    return Opened(public_key, epoch, counter, inner[start:end], signed, inner[end:], node_id_for(public_key))
