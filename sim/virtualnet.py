@@ -43,9 +43,9 @@ MEMO_LIMIT = 500_000
 class SimulatedSignatures:
     """A stand-in for Ed25519 while simulating: a signature is the BLAKE2b-512 of the
     signer's seed, which only the simulator holds, and the message (64 bytes, like
-    Ed25519's; BLAKE2 has no length extension, so a prefix key makes a MAC). A node's signature checks, a forgery or a changed byte does not, exactly as
-    with Ed25519, for about a hundredth of the cost, so an hour of 100 nodes runs in
-    seconds. Installed at the core's one seam (``wire.sign``, ``wire.signature_ok``);
+    Ed25519's; BLAKE2 has no length extension, so a prefix key makes a MAC). A node's
+    signature checks, a forgery or a changed byte does not, exactly as with Ed25519, for
+    about a hundredth of the cost, so an hour of 100 nodes runs in seconds. Installed at the core's one seam (``wire.sign``, ``wire.signature_ok``);
     keys the simulator did not make (a test's own) still get real Ed25519."""
 
     def __init__(self) -> None:
@@ -358,13 +358,6 @@ class VirtualNetwork:
     def run_until(self, deadline: float, until: Callable[[], bool] | None = None) -> bool:
         """Run events up to ``deadline``; stop early (True) once ``until()`` holds."""
         queue, pop = self._queue, heapq.heappop
-        if until is None:
-            while queue and queue[0][0] <= deadline:
-                when, _, action, args = pop(queue)
-                self.now = when
-                action(*args)
-            self.now = max(self.now, deadline)
-            return False
         while queue and queue[0][0] <= deadline:
             when, _, action, args = pop(queue)
             self.now = when

@@ -655,9 +655,6 @@ class Membership:
         if self._probe is not None and self._probe.seq == message.seq:
             self._probe.nacks += 1
 
-    def _on_ping_req_message(self, message: m.PingReq, sender: str, address: Address, now: float) -> None:
-        self._on_ping_req(message, address, now)
-
     def _on_accusation(self, message: m.Suspect | m.Dead, sender: str, address: Address, now: float) -> None:
         claim: Claim = "suspect" if type(message) is m.Suspect else "dead"
         if message.node_id == self.node_id:
@@ -908,7 +905,7 @@ class Membership:
         # our own accusation (a confirmation when others already suspect it) is always spread
         self._on_claim(probe.target, "suspect", member.incarnation, now, accuser=self.node_id)
 
-    def _on_ping_req(self, request: m.PingReq, requester: Address, now: float) -> None:
+    def _on_ping_req(self, request: m.PingReq, sender: str, requester: Address, now: float) -> None:
         member = self.members.get(request.target)
         if member is None or request.target == self.node_id or len(self._relays) >= self.config.max_relays:
             return
@@ -1059,7 +1056,7 @@ class Membership:
         m.Ping: _on_ping,
         m.Ack: _on_ack,
         m.Nack: _on_nack,
-        m.PingReq: _on_ping_req_message,
+        m.PingReq: _on_ping_req,
         m.Suspect: _on_accusation,
         m.Dead: _on_accusation,
         m.Left: _on_left,

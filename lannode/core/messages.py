@@ -286,10 +286,6 @@ def encode_message(message: Message) -> bytes:
         kind, body = T_LEFT, message.encode()
     elif isinstance(message, Hello):
         kind, body = T_HELLO, b"\x01" if message.direct else b""
-    elif isinstance(message, Ping):
-        kind, body = T_PING, _SEQ_TARGET.pack(message.seq, raw_node_id(message.target))
-    elif isinstance(message, Ack):
-        kind, body = T_ACK, _SEQ.pack(message.seq)
     elif isinstance(message, Nack):
         kind, body = T_NACK, _SEQ.pack(message.seq)
     elif isinstance(message, PingReq):
@@ -405,9 +401,6 @@ class _Reader:
 
     def unpack(self, layout: struct.Struct) -> tuple[Any, ...]:
         return layout.unpack(self.take(layout.size))
-
-    def done(self) -> bool:
-        return self.pos >= len(self.data)
 
     def finish(self) -> None:
         if self.pos != len(self.data):

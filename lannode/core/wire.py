@@ -114,7 +114,7 @@ class ReplayGuard:
 
     def check(self, sender: bytes, epoch: int, counter: int) -> tuple[int, int, int] | None:
         """Raise Dropped("replay") for a replay; otherwise leave the state unchanged and
-        return it, for accept()."""
+        return it, for accept() once the signature checks out."""
         state = self._senders.get(sender)
         if state is None:
             return None
@@ -132,12 +132,9 @@ class ReplayGuard:
             raise Dropped("replay", f"counter {counter} was seen")
         return state
 
-    def accept(self, sender: bytes, epoch: int, counter: int) -> None:
-        """Record a datagram that passed check() and its signature."""
-        self.record(sender, epoch, counter, self._senders.get(sender))
-
-    def record(self, sender: bytes, epoch: int, counter: int, state: tuple[int, int, int] | None) -> None:
-        """accept(), with the state check() returned (nothing came from ``sender`` since)."""
+    def accept(self, sender: bytes, epoch: int, counter: int, state: tuple[int, int, int] | None) -> None:
+        """Record a datagram that passed check() and its signature; ``state`` is what check()
+        returned (nothing came from ``sender`` in between)."""
         if state is None or epoch > state[0]:
             self._senders[sender] = (epoch, counter, 1)
             return
@@ -202,7 +199,7 @@ class DatagramCodec:
         except Dropped as exc:
             self.dropped[exc.reason] += 1
             raise
-        self.replays.record(sender, opened.epoch, opened.counter, state)
+        self.replays.accept(sender, opened.epoch, opened.counter, state)
         return opened
 
 
@@ -218,9 +215,6 @@ class Opened(NamedTuple):
     signed: bytes
     signature: bytes
     node_id: str  # of public_key
-
-
-Datagram = Opened  # what DatagramCodec.decode hands back: a datagram that passed every check
 
 
 def open_datagram(data: bytes, network_key: bytes | None) -> Opened:
