@@ -24,7 +24,6 @@ import trio
 
 from lannode.core import api
 from lannode.core.messages import StoreEntry, capability_names
-from lannode.core.membership import State
 from lannode.core.store import (
     MAX_VALUE_BYTES,
     MSG_DELTA,
@@ -208,7 +207,7 @@ class StoreService:
         membership = self.peers.membership
         if membership is None:
             return None
-        candidates = [x.node_id for x in membership.members.values() if x.state is State.ALIVE and "store" in capability_names(x.presence.capabilities) and x.presence.link_port]
+        candidates = [x.node_id for x in membership.alive_members() if "store" in capability_names(x.presence.capabilities) and x.presence.link_port]
         return random.choice(candidates) if candidates else None
 
     # -- receiving -------------------------------------------------------------------------------

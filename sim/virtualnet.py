@@ -572,8 +572,7 @@ class VirtualNetwork:
         self._schedule_sync(node)
         if node.paused:
             return
-        alive = State.ALIVE  # read once: an enum member read through its class is slow on 3.11
-        candidates = [x for x in node.membership.members.values() if x.state is alive]
+        candidates = node.membership.alive_members()
         if not candidates:
             return
         chosen = self.rng.choice(candidates)

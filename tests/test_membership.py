@@ -7,6 +7,7 @@ simulator's stand-in (a forgery still fails: tests/test_sim.py checks it).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -43,6 +44,32 @@ def test_a_killed_node_is_suspected_then_declared_dead_by_everyone() -> None:
         assert transitions_of(node, victim)[-2:] == [State.SUSPECT, State.DEAD]
     # and nobody else was hurt
     assert net.all_see(others, State.ALIVE)
+
+
+def test_the_alive_members_are_those_held_alive_through_a_suspicion_a_death_and_a_return() -> None:
+    net = VirtualNetwork(seed=5)
+    nodes = [net.add(f"n{i}") for i in range(5)]
+    net.run_for(3)
+    victim, watcher = nodes[0], nodes[1]
+
+    def by_state() -> list[str]:
+        return [x.node_id for x in watcher.membership.members.values() if x.state is State.ALIVE]
+
+    seen: set[State | None] = set()
+
+    def agrees() -> bool:
+        assert [x.node_id for x in watcher.membership.alive_members()] == by_state()
+        seen.add(watcher.state_of(victim))
+        return watcher.state_of(victim) is State.DEAD
+
+    assert agrees() is False and len(by_state()) == 4
+    net.kill(victim)
+    assert net.run_until(net.now + 10, agrees)
+    assert seen == {State.ALIVE, State.SUSPECT, State.DEAD}
+    assert victim.node_id not in by_state()
+    back = net.restart(victim)
+    assert net.run_until(net.now + 2, lambda: net.all_see(nodes[1:] + [back], State.ALIVE))
+    assert [x.node_id for x in watcher.membership.alive_members()] == by_state() and len(by_state()) == 4
 
 
 def test_a_clean_stop_is_left_not_dead_and_a_restart_comes_back_alive() -> None:
@@ -202,6 +229,11 @@ def test_messages_survive_a_round_trip() -> None:
     assert m.capability_names(presence.capabilities) == ["links", "chat"]
     left = decoded[1]
     assert isinstance(left, m.Left) and left.verify(bytes(key.verify_key))
+    # a record keeps its encoding once made; a changed copy encodes what it now says
+    assert presence.encode() is presence.encode()
+    renamed = dataclasses.replace(presence, name="Keller", incarnation=presence.incarnation + 1).signed(key)
+    again = m.decode_payload(m.encode_payload([m.encode_message(renamed)]))[0]
+    assert isinstance(again, m.Presence) and (again.name, again.incarnation) == ("Keller", presence.incarnation + 1) and again.verify()
 
 
 def test_an_unknown_message_type_from_a_newer_node_is_skipped() -> None:

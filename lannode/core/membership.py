@@ -572,6 +572,13 @@ class Membership:
             changes["capabilities"] = m.capability_bits(tuple(capabilities))
         self._announce_new_incarnation(self.presence.incarnation + 1, **changes)
 
+    def alive_members(self) -> list[Member]:
+        """The members held alive (not suspect, dead or left), in the order we met them."""
+        members = self.members
+        if self._live == len(members) and not self._suspects:  # every member is: no look at each
+            return list(members.values())
+        return [x for x in members.values() if x.state is _ALIVE]
+
     def live_members(self) -> list[Member]:
         return [x for x in self.members.values() if x.state in (_ALIVE, _SUSPECT)]
 

@@ -109,6 +109,7 @@ class Presence:
     capabilities: int
     signature: bytes = b""
     node_id: str = field(init=False, repr=False, compare=False)  # of public_key: read for every record received
+    _encoded: bytes = field(default=b"", init=False, repr=False, compare=False)  # encode(), once: a push-pull view has every member's
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "node_id", node_id_for(self.public_key))
@@ -136,8 +137,12 @@ class Presence:
         return Presence(self.public_key, self.incarnation, self.name, self.host, self.gossip_port, self.link_port, self.capabilities, signature)
 
     def encode(self) -> bytes:
-        assert len(self.signature) == SIGNATURE_BYTES, "sign the presence before sending it"
-        return self._signed_part() + self.signature
+        encoded = self._encoded
+        if not encoded:
+            assert len(self.signature) == SIGNATURE_BYTES, "sign the presence before sending it"
+            encoded = self._signed_part() + self.signature
+            object.__setattr__(self, "_encoded", encoded)
+        return encoded
 
     @classmethod
     def decode(cls, body: bytes) -> "Presence":
