@@ -37,7 +37,9 @@ from lannode.core.wire import MAX_DATAGRAM
 Address = tuple[str, int]
 
 
-MEMO_LIMIT = 500_000
+# A memo needs to outlive one multicast's deliveries, no more: a small one stays in the
+# CPU's caches (at 500,000 entries, the misses cost the hour of 100 nodes a sixth of its time).
+MEMO_LIMIT = 1024
 
 
 class SimulatedSignatures:
@@ -50,8 +52,8 @@ class SimulatedSignatures:
 
     def __init__(self) -> None:
         self.seeds: dict[bytes, bytes] = {}
-        self._keys: dict[int, tuple[SigningKey, bytes]] = {}  # id(key) -> (key, seed): bytes(key) is a Python call
-        self._good: dict[bytes, tuple[bytes, bytes]] = {}  # signature -> what it was found good for
+        self._keys: dict[int, tuple[SigningKey, bytes, bytes]] = {}  # id(key) -> (key, seed, public key): bytes(key) is a Python call
+        self._good: dict[bytes, tuple[bytes, bytes]] = {}  # signature -> the public key and message it was made for
         self.real_sign = wire.sign
         self.real_ok = wire.signature_ok
 
@@ -63,22 +65,27 @@ class SimulatedSignatures:
         if known is None or known[0] is not key:
             if bytes(key.verify_key) not in self.seeds:
                 return self.real_sign(key, message)
-            known = self._keys[id(key)] = (key, bytes(key))  # holding the key keeps its id its own
-        return hashlib.blake2b(known[1] + message).digest()
+            known = self._keys[id(key)] = (key, bytes(key), bytes(key.verify_key))  # holding the key keeps its id its own
+        signature = hashlib.blake2b(known[1] + message).digest()
+        self._remember(signature, known[2], message)
+        return signature
 
     def ok(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
         good = self._good.get(signature)
         if good is not None and good[0] == public_key and good[1] == message:
-            return True  # the same datagram at another receiver (a multicast reaches them all)
+            return True  # made here for this very message (or checked already: a multicast reaches many)
         seed = self.seeds.get(public_key)
         if seed is None:
             return self.real_ok(public_key, message, signature)
         if not hmac.compare_digest(hashlib.blake2b(seed + message).digest(), signature):
             return False
+        self._remember(signature, public_key, message)
+        return True
+
+    def _remember(self, signature: bytes, public_key: bytes, message: bytes) -> None:
         if len(self._good) >= MEMO_LIMIT:
             self._good.clear()
         self._good[signature] = (public_key, message)
-        return True
 
 
 _SIMULATED: SimulatedSignatures | None = None
