@@ -246,22 +246,25 @@ class Runner:
         if rate <= 0:
             return
         t, end = 0.0, self.s.quiet_from()
-        count = 0
+        times: list[float] = []
         while True:
             t += self.rng.expovariate(rate)
             if t >= end:
-                return
-            count += 1
+                break
+            times.append(t)
 
-            def write(n: int = count) -> None:
-                up = [i for i in range(len(self.nodes)) if i not in self.down and i not in self.paused]
-                if up:
-                    i = self.rng.choice(up)
-                    key = f"k{self.rng.randrange(64)}"
-                    self.net.write(self.nodes[i], key, f"v{n}".encode())
-                    self.note(f"n{i} writes {key}")
+        def write(n: int) -> None:
+            up = [i for i in range(len(self.nodes)) if i not in self.down and i not in self.paused]
+            if up:
+                i = self.rng.choice(up)
+                key = f"k{self.rng.randrange(64)}"
+                self.net.write(self.nodes[i], key, f"v{n}".encode())
+                self.note(f"n{i} writes {key}")
+            if n < len(times):  # one write waits in the event queue at a time: a short queue is a fast one
+                self.net.at(times[n], functools.partial(write, n + 1))
 
-            self.net.at(t, write)
+        if times:
+            self.net.at(times[0], functools.partial(write, 1))
 
     # -- invariants ---------------------------------------------------------------------------------
     def _membership_converged(self) -> bool:
