@@ -110,44 +110,33 @@ class ReplayGuard:
     """Per sender: the newest epoch, the highest counter and a bitmap of the last 64."""
 
     def __init__(self) -> None:
-        self._senders: dict[bytes, tuple[int, int, int]] = {}
+        self.senders: dict[bytes, tuple[int, int, int]] = {}
 
-    def check(self, sender: bytes, epoch: int, counter: int) -> tuple[int, int, int] | None:
-        """Raise Dropped("replay") for a replay; otherwise leave the state unchanged and
-        return it, for accept() once the signature checks out."""
-        state = self._senders.get(sender)
+    def check(self, sender: bytes, epoch: int, counter: int) -> tuple[int, int, int]:
+        """Raise Dropped("replay") for a replay; otherwise return what the sender's state
+        becomes with this datagram, for the caller to store in ``senders`` once the
+        signature checks out (and nothing came from ``sender`` in between): one call per
+        datagram, since every datagram received comes through here."""
+        state = self.senders.get(sender)
         if state is None:
-            return None
+            return (epoch, counter, 1)
         known_epoch, highest, seen = state
         if epoch != known_epoch:
             if epoch < known_epoch:
                 raise Dropped("replay", f"epoch {epoch} is older than {known_epoch}")
-            return state
-        if counter > highest:
-            return state
+            return (epoch, counter, 1)
+        if counter > highest:  # the usual case: the next one
+            shift = counter - highest
+            return (epoch, counter, (seen << shift | 1) & _WINDOW_MASK if shift < REPLAY_WINDOW else 1)
         behind = highest - counter
         if behind >= REPLAY_WINDOW:
             raise Dropped("replay", f"counter {counter} is below the window")
         if seen >> behind & 1:
             raise Dropped("replay", f"counter {counter} was seen")
-        return state
-
-    def accept(self, sender: bytes, epoch: int, counter: int, state: tuple[int, int, int] | None) -> None:
-        """Record a datagram that passed check() and its signature; ``state`` is what check()
-        returned (nothing came from ``sender`` in between)."""
-        if state is None or epoch > state[0]:
-            self._senders[sender] = (epoch, counter, 1)
-            return
-        _, highest, seen = state
-        if counter > highest:
-            shift = counter - highest
-            seen = (seen << shift | 1) if shift < REPLAY_WINDOW else 1
-            self._senders[sender] = (epoch, counter, seen & _WINDOW_MASK)
-        else:
-            self._senders[sender] = (epoch, highest, seen | 1 << (highest - counter))
+        return (epoch, highest, seen | 1 << behind)
 
     def forget(self, sender: bytes) -> None:
-        self._senders.pop(sender, None)
+        self.senders.pop(sender, None)
 
 
 class DatagramCodec:
@@ -193,13 +182,14 @@ class DatagramCodec:
             sender = opened.public_key
             if sender == self.public_key:
                 raise Dropped("own")
-            state = self.replays.check(sender, opened.epoch, opened.counter)  # before the costly check
+            replays = self.replays
+            after = replays.check(sender, opened.epoch, opened.counter)  # before the costly check
             if not signature_ok(sender, opened.signed, opened.signature):
                 raise Dropped("signature")
         except Dropped as exc:
             self.dropped[exc.reason] += 1
             raise
-        self.replays.accept(sender, opened.epoch, opened.counter, state)
+        replays.senders[sender] = after
         return opened
 
 
