@@ -102,8 +102,6 @@ class Runner:
         self.crashed_at: dict[int, float] = {}
         self.converged_at: float | None = None
         self.store_converged_at: float | None = None
-        self.bytes_sent = 0
-        self.bytes_received = 0
         self.drive = drive_class(self.net, scenario.drive, note=self.note, names=self.names) if scenario.drive is not None else None
         self.drive_unreadable: set[str] = set()
         self.drive_healed_at: float | None = None
@@ -339,11 +337,6 @@ class Runner:
         started = time.perf_counter()
         net = self.net
         net.on_event = self._on_event
-
-        def count(node: SimNode, data: bytes, address: Address | None) -> None:
-            self.bytes_sent += len(data)
-
-        net.on_send = count
         for i in range(self.s.nodes):
             node = net.add(f"n{i}")
             self.nodes.append(node)
