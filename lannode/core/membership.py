@@ -182,6 +182,8 @@ class Outgoing(NamedTuple):
     address: Address | None  # None: the multicast group
 
 
+_new_tuple = tuple.__new__  # makes an Outgoing without the Python-level __new__ a NamedTuple has
+
 # -- state ---------------------------------------------------------------------------------------
 
 
@@ -965,7 +967,7 @@ class Membership:
         counters = self.counters
         counters.datagrams_sent += 1
         counters.bytes_sent += len(data)
-        self._outgoing.append(Outgoing(data, address))
+        self._outgoing.append(_new_tuple(Outgoing, (data, address)))
 
     def _queue(self, about: str, data: bytes, *, multicast: bool) -> None:
         old = self._broadcasts.get(about)
