@@ -449,7 +449,7 @@ class VirtualNetwork:
             if link.loss and rng.random() < link.loss:
                 return
             low, high = link.latency
-            self._at(self.now + (low + (high - low) * rng.random()), self._deliver, target, data, node.address)
+            self._at(self.now + (low + (high - low) * rng.random()), self._deliver, (target,), data, node.address)
             return
         if self.blocked or self.link_overrides:
             pair = frozenset((node.address, target.address))
@@ -464,7 +464,7 @@ class VirtualNetwork:
             delay = low + (high - low) * rng.random()
             if link.reorder and rng.random() < link.reorder:
                 delay += link.reorder_delay * rng.random()
-            self._at(self.now + delay, self._deliver, target, data, node.address)
+            self._at(self.now + delay, self._deliver, (target,), data, node.address)
 
     def _multicast(self, node: SimNode, data: bytes) -> None:
         """One frame on the segment: every receiver that does not lose it gets it at the same
@@ -482,13 +482,13 @@ class VirtualNetwork:
                     continue
                 if reorder and random_() < reorder:
                     delay = low + (high - low) * random_() + link.reorder_delay * random_()
-                    self._at(self.now + delay, self._deliver, target, data, source)
+                    self._at(self.now + delay, self._deliver, (target,), data, source)
                 else:
                     together.append(target)
                 if duplicate and random_() < duplicate:
-                    self._at(arrive + link.reorder_delay * random_(), self._deliver, target, data, source)
+                    self._at(arrive + link.reorder_delay * random_(), self._deliver, (target,), data, source)
             if together:
-                self._at(arrive, self._deliver_all, together, data, source)
+                self._at(arrive, self._deliver, together, data, source)
             return
         for target in self.nodes.values():
             if target is node:
@@ -504,32 +504,30 @@ class VirtualNetwork:
             late = own is not link or (own.reorder and rng.random() < own.reorder)
             if late:
                 delay = own.latency[0] + (own.latency[1] - own.latency[0]) * rng.random() + own.reorder_delay * rng.random()
-                self._at(self.now + delay, self._deliver, target, data, source)
+                self._at(self.now + delay, self._deliver, (target,), data, source)
             else:
                 together.append(target)
             if own.duplicate and rng.random() < own.duplicate:
-                self._at(arrive + own.reorder_delay * rng.random(), self._deliver, target, data, source)
+                self._at(arrive + own.reorder_delay * rng.random(), self._deliver, (target,), data, source)
         if together:
-            self._at(arrive, self._deliver_all, together, data, source)
+            self._at(arrive, self._deliver, together, data, source)
 
-    def _deliver_all(self, targets: list[SimNode], data: bytes, source: Address) -> None:
-        deliver = self._deliver
+    def _deliver(self, targets: Iterable[SimNode], data: bytes, source: Address) -> None:
+        """A datagram reaches each of ``targets`` (one for a unicast, all that got a multicast)."""
+        now = self.now
         for target in targets:
-            deliver(target, data, source)
-
-    def _deliver(self, target: SimNode, data: bytes, source: Address) -> None:
-        if not target.attached:
-            return
-        if target.paused:
-            self.dropped_while_paused += 1
-            return
-        membership = target.membership
-        membership.datagram_received(data, source, self.now)
-        if membership.has_output():
-            self._flush(target)  # its answers go now; its timers keep their own wake-up
-        wakeup = membership.next_wakeup()
-        if wakeup < target.wake_at:
-            self._schedule_wake(target, wakeup)
+            if not target.attached:
+                continue
+            if target.paused:
+                self.dropped_while_paused += 1
+                continue
+            membership = target.membership
+            membership.datagram_received(data, source, now)
+            if membership.has_output():
+                self._flush(target)  # its answers go now; its timers keep their own wake-up
+            wakeup = membership.next_wakeup()
+            if wakeup < target.wake_at:
+                self._schedule_wake(target, wakeup)
 
     # -- over links --------------------------------------------------------------------------
     def _peer(self, node_id: str) -> SimNode | None:

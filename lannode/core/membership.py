@@ -328,6 +328,7 @@ class Membership:
         self._relays: dict[int, _Relay] = {}
         self._started: float | None = None
         self._joins_sent = 0
+        self._next_join = math.inf  # the next Hello of our join_schedule
         self._next_probe = math.inf
         self._next_presence = math.inf
         self._next_gossip = math.inf
@@ -352,6 +353,7 @@ class Membership:
         self._next_forget = now + FORGET_CHECK_INTERVAL
         self._next_sync = now + self._jittered(self._sync_interval())
         if self._joins_sent < len(self.config.join_schedule):  # joining, not warm-started
+            self._next_join = now + self.config.join_schedule[self._joins_sent]
             self._join_sync = now
             # Beyond the Hellos, our presence rides the gossip rounds like any claim of ours:
             # at 30% loss one node in a thousand misses all six Hellos, and nothing else would
@@ -416,7 +418,8 @@ class Membership:
             raise LocalProtocolError("tick() before start()")
         if self.leaving or now < self.next_wakeup():
             return  # nothing is due: the daemon ticks after every batch it receives
-        self._send_joins(now)
+        if now >= self._next_join:
+            self._send_joins(now)
         if now >= self._next_presence:
             self._multicast([self._presence_message])
             self._presence_bytes = len(self._outgoing[-1].data)
@@ -530,9 +533,8 @@ class Membership:
             soonest = self._next_presence
         if self._next_sync < soonest:
             soonest = self._next_sync
-        schedule = self.config.join_schedule
-        if self._joins_sent < len(schedule):
-            soonest = min(soonest, self._started + schedule[self._joins_sent])
+        if self._next_join < soonest:
+            soonest = self._next_join
         probe = self._probe
         if probe is not None:
             due = probe.end if probe.indirect_sent or probe.end < probe.direct_deadline else probe.direct_deadline
@@ -951,10 +953,11 @@ class Membership:
     def _send_joins(self, now: float) -> None:
         assert self._started is not None
         schedule = self.config.join_schedule
-        if self._joins_sent < len(schedule) and now >= self._started + schedule[self._joins_sent]:
+        if now >= self._next_join:
             self._joins_sent += 1
             while self._joins_sent < len(schedule) and now >= self._started + schedule[self._joins_sent]:
                 self._joins_sent += 1  # a late tick: one datagram for all the missed slots
+            self._next_join = self._started + schedule[self._joins_sent] if self._joins_sent < len(schedule) else math.inf
             self._multicast([m.encode_message(m.Hello()), self._presence_message])
 
     def _multicast(self, messages: list[bytes]) -> None:
