@@ -72,6 +72,30 @@ def test_the_alive_members_are_those_held_alive_through_a_suspicion_a_death_and_
     assert [x.node_id for x in watcher.membership.alive_members()] == by_state() and len(by_state()) == 4
 
 
+def test_the_alive_members_of_a_warm_started_group_follow_its_changes() -> None:
+    """Warm-started nodes share member objects and copy one before changing it: what
+    alive_members() keeps must follow the copies, a crash, a restart and a join."""
+    net = VirtualNetwork(seed=6)
+    nodes = net.add_warm([f"w{i}" for i in range(20)])
+    watchers = nodes[1:6]
+
+    def agrees() -> bool:
+        for node in watchers:
+            expected = [x for x in node.membership.members.values() if x.state is State.ALIVE]
+            kept = node.membership.alive_members()
+            assert len(kept) == len(expected) and all(a is b for a, b in zip(kept, expected))
+        return False
+
+    net.run_until(net.now + 2, agrees)
+    net.kill(nodes[0])
+    net.run_until(net.now + 10, agrees)
+    assert all(node.state_of(nodes[0]) is State.DEAD for node in watchers)
+    net.restart(nodes[0])
+    net.add("newcomer")
+    net.run_until(net.now + 3, agrees)
+    assert all(len(node.membership.alive_members()) == 20 for node in watchers)
+
+
 def test_a_clean_stop_is_left_not_dead_and_a_restart_comes_back_alive() -> None:
     net = VirtualNetwork(seed=3)
     nodes = [net.add(f"n{i}") for i in range(5)]

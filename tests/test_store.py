@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
+from lannode.core import wire
 from lannode.core.store import BadEntry, Entry, ReplicatedMap, StoreError, decode_entry, decode_sync, encode_delta, encode_digest
 
 from conftest import NodeFactory, RunningNode, run_cli
@@ -123,12 +124,33 @@ def test_forged_and_malformed_entries_are_refused() -> None:
     forged = Entry(good.key, b"evil", good.origin, good.version, good.timestamp + 1, good.signature)
     assert not a.merge(forged) and a.rejected == 1 and a.get("k") is None
     assert a.merge(good)
+    # held now: a copy with its signature and another value or time is still a forgery
+    for changed in (Entry(good.key, b"evil", good.origin, good.version, good.timestamp, good.signature), Entry(good.key, good.value, good.origin, good.version, good.timestamp + 1, good.signature)):
+        assert not a.merge(changed) and a.get("k") == good
+    assert a.rejected == 3
     with pytest.raises(BadEntry):
         decode_entry(good.encode()[:-1])
     with pytest.raises(StoreError):
         a.put("", b"", 1)
     with pytest.raises(StoreError):
         a.put("k", b"x" * (64 * 1024 + 1), 1)
+
+
+def test_an_entry_gossip_brings_again_is_not_checked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    a = ReplicatedMap(KEYS[0])
+    good = ReplicatedMap(KEYS[1]).put("k", b"v", 1)
+    checks: list[bytes] = []
+    real = wire.signature_ok
+
+    def counted(public_key: bytes, message: bytes, signature: bytes) -> bool:
+        checks.append(signature)
+        return real(public_key, message, signature)
+
+    monkeypatch.setattr(wire, "signature_ok", counted)
+    assert a.merge_gossiped(good.encode()) and len(checks) == 1
+    for _ in range(3):
+        assert not a.merge_gossiped(good.encode())
+    assert len(checks) == 1 and a.rejected == 0
 
 
 @settings(max_examples=300, deadline=None)

@@ -343,6 +343,7 @@ class Membership:
         self._live = 0  # members alive or suspect
         self._suspects: dict[str, Member] = {}  # members with a running suspicion
         self._gone: set[str] = set()  # members dead or left: the only ones ever forgotten
+        self._alive: tuple[Member, ...] | None = None  # alive_members(), until a member comes, goes or changes state
 
     # -- the public surface ------------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -369,6 +370,7 @@ class Membership:
         if self._started is not None:
             raise LocalProtocolError("warm_start() after start()")
         self.members = view.members.copy()
+        self._alive = None
         self._live = view.live
         me = self.members.pop(self.node_id, None)
         if me is not None:
@@ -576,12 +578,19 @@ class Membership:
             changes["capabilities"] = m.capability_bits(tuple(capabilities))
         self._announce_new_incarnation(self.presence.incarnation + 1, **changes)
 
-    def alive_members(self) -> list[Member]:
-        """The members held alive (not suspect, dead or left), in the order we met them."""
-        members = self.members
-        if self._live == len(members) and not self._suspects:  # every member is: no look at each
-            return list(members.values())
-        return [x for x in members.values() if x.state is _ALIVE]
+    def alive_members(self) -> tuple[Member, ...]:
+        """The members held alive (not suspect, dead or left), in the order we met them:
+        kept until one comes, goes or changes state (the store picks a sync partner from
+        them every few seconds)."""
+        alive = self._alive
+        if alive is None:
+            members = self.members
+            if self._live == len(members) and not self._suspects:  # every member is: no look at each
+                alive = tuple(members.values())
+            else:
+                alive = tuple([x for x in members.values() if x.state is _ALIVE])
+            self._alive = alive
+        return alive
 
     def live_members(self) -> list[Member]:
         return [x for x in self.members.values() if x.state in (_ALIVE, _SUSPECT)]
@@ -702,6 +711,7 @@ class Membership:
             if presence is None:
                 return  # a claim about a node we never saw: nothing to hold it against
             self.members[node_id] = Member(presence, _ALIVE, incarnation, since=now, last_seen=now)
+            self._alive = None
             self._live += 1
             self._probe_order.insert(self._rng.randrange(len(self._probe_order) + 1), node_id)
             self._events.append(MemberStateChanged(node_id, None, _ALIVE))
@@ -745,6 +755,7 @@ class Membership:
             else:
                 self._gone.add(node_id)
             member.state = new_state
+            self._alive = None
             member.since = now
             self._events.append(MemberStateChanged(node_id, previous, new_state))
         elif presence is not None:
@@ -781,6 +792,7 @@ class Membership:
         """Our own copy of a member shared with other nodes (``warm_start``), before a change."""
         mine = replace(member, shared=False)
         self.members[mine.node_id] = mine
+        self._alive = None
         if mine.node_id in self._suspects:
             self._suspects[mine.node_id] = mine
         return mine
@@ -945,6 +957,7 @@ class Membership:
             member = self.members[node_id]
             if now - member.since > self.config.forget_after:
                 del self.members[node_id]
+                self._alive = None
                 self._gone.discard(node_id)
                 gone = self._broadcasts.pop(node_id, None)
                 self._multicasts -= gone is not None and gone.multicast
