@@ -1064,7 +1064,7 @@ class Membership:
                     chosen[member.node_id] = member
                     if len(chosen) == count:
                         return list(chosen.values())
-        helpers = [x for x in self.members.values() if x.state is _ALIVE and x.node_id != exclude]
+        helpers = [x for x in self.alive_members() if x.node_id != exclude]
         return self._rng.sample(helpers, min(count, len(helpers)))
 
     def _next_seq(self) -> int:
