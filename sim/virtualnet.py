@@ -47,7 +47,8 @@ class SimulatedSignatures:
     signer's seed, which only the simulator holds, and the message (64 bytes, like
     Ed25519's; BLAKE2 has no length extension, so a prefix key makes a MAC). A node's
     signature checks, a forgery or a changed byte does not, exactly as with Ed25519, for
-    about a hundredth of the cost, so an hour of 100 nodes runs in seconds. Installed at the core's one seam (``wire.sign``, ``wire.signature_ok``);
+    about a hundredth of the cost, so an hour of 100 nodes runs in seconds. Installed at
+    the core's one seam (``wire.sign``, ``wire.signature_ok``);
     keys the simulator did not make (a test's own) still get real Ed25519."""
 
     def __init__(self) -> None:
@@ -244,7 +245,6 @@ class VirtualNetwork:
         self.blocked: set[frozenset[Address]] = set()
         self.largest_datagram = 0
         self.dropped_while_paused = 0
-        self.on_send: Callable[[SimNode, bytes, Address | None], None] | None = None
         self.on_event: Callable[[SimNode, Event], None] | None = None
         self._queue: list[tuple[float, int, Callable[..., None], tuple[object, ...]]] = []
         self._order = itertools.count()
@@ -428,14 +428,11 @@ class VirtualNetwork:
         outgoing = node.membership.take_outgoing()
         if not outgoing:
             return
-        on_send = self.on_send
         for data, address in outgoing:
             size = len(data)
             if size > self.largest_datagram:
                 self.largest_datagram = size
                 assert size <= MAX_DATAGRAM, f"{size}-byte datagram"
-            if on_send is not None:
-                on_send(node, data, address)
             if address is None:
                 self._multicast(node, data)
             else:

@@ -964,14 +964,14 @@ class Membership:
 
     # -- sending -----------------------------------------------------------------------------
     def _send_joins(self, now: float) -> None:
+        """The Hello due at ``_next_join`` (tick() calls this once ``now`` reaches it)."""
         assert self._started is not None
         schedule = self.config.join_schedule
-        if now >= self._next_join:
-            self._joins_sent += 1
-            while self._joins_sent < len(schedule) and now >= self._started + schedule[self._joins_sent]:
-                self._joins_sent += 1  # a late tick: one datagram for all the missed slots
-            self._next_join = self._started + schedule[self._joins_sent] if self._joins_sent < len(schedule) else math.inf
-            self._multicast([m.encode_message(m.Hello()), self._presence_message])
+        self._joins_sent += 1
+        while self._joins_sent < len(schedule) and now >= self._started + schedule[self._joins_sent]:
+            self._joins_sent += 1  # a late tick: one datagram for all the missed slots
+        self._next_join = self._started + schedule[self._joins_sent] if self._joins_sent < len(schedule) else math.inf
+        self._multicast([m.encode_message(m.Hello()), self._presence_message])
 
     def _multicast(self, messages: list[bytes]) -> None:
         self._send(None, messages, multicast_round=True)
