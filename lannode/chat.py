@@ -83,9 +83,11 @@ from lannode.core.chat import (
     dm_peer,
     encode_frame,
     new_message_id,
+    next_count,
 )
 from lannode.core.groups import GroupState, check_name, fold, group_conversation, group_id_of, names_me, op_text
 from lannode.core.membership import State
+from lannode.files import create_private
 from lannode.identity import Identity
 from lannode.net.api_server import ApiServer, EventBus, require
 from lannode.net.links import Link, LinkError
@@ -153,6 +155,7 @@ class ChatDb:
     on a third, where SQLite would run them inside every thousandth page's commit."""
 
     def __init__(self, path: Path) -> None:
+        create_private(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -463,8 +466,8 @@ class ChatService:
                 id=message_id or new_message_id(),
                 conversation=conversation,
                 sender_key=self.identity.public_key,
-                seq=seq + 1,
-                lamport=lamport + 1,
+                seq=next_count(seq),
+                lamport=next_count(lamport),
                 sent_at=now_ms(),
                 text=text,
                 kind=kind,

@@ -37,3 +37,14 @@ def free_name(folder: Path, name: str) -> Path:
         n += 1
         candidate = folder / f"{stem} ({n}){dot}{suffix}"
     return candidate
+
+
+def create_private(path: Path) -> None:
+    """Make sure a database file is readable by its owner only before SQLite opens it: made
+    0600 if missing, and an older one's mode tightened (SQLite gives its -wal and -shm files
+    the database's mode). A home is 0700 when lannode makes it, but a person may open it up."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)

@@ -13,15 +13,20 @@ import base64
 import fcntl
 import json
 import os
+import logging
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lannode import config as config_mod
+from lannode.core.membership import MAX_EPOCH
 from lannode.core.wire import NETWORK_KEY_BYTES
 from lannode.files import write_private
 from lannode.identity import Identity
+
+log = logging.getLogger("lannode.home")
 
 
 class HomeError(Exception):
@@ -80,14 +85,25 @@ class Home:
         return self.path / "network.key"
 
     def next_epoch(self) -> int:
-        """One more than the last start's epoch, saved before it is used (replay guard)."""
+        """One more than the last start's epoch, saved before it is used (replay guard).
+
+        A file that is not a count from 0 to ``MAX_EPOCH - 1`` does not stop the start: the
+        count goes on from the Unix time in seconds, which is past any count of starts a node
+        makes (so the peers' replay guards take it), and the file is rewritten."""
         path = self.path / "boot.epoch"
         try:
-            last = int(path.read_text().strip() or 0)
+            text = path.read_text().strip()
         except FileNotFoundError:
-            last = 0
+            text = "0"
+        except (OSError, UnicodeDecodeError) as exc:
+            text = f"unreadable: {exc}"
+        try:
+            last = int(text or 0)
         except ValueError:
-            raise HomeError(f"{path}: not a number; delete it only if no other node has seen this one") from None
+            last = -1
+        if not 0 <= last < MAX_EPOCH:
+            last = min(int(time.time()), MAX_EPOCH - 1)
+            log.warning("%s held %r, not a start count: counting on from %d", path, text[:40], last)
         write_private(path, f"{last + 1}\n".encode())
         return last + 1
 

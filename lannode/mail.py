@@ -47,7 +47,7 @@ import trio
 from lannode import __version__
 from lannode.core import api
 from lannode.core.mail import Attachment, MailError, MailSettings, build_message, draft, retry_delay
-from lannode.files import write_private
+from lannode.files import create_private, write_private
 from lannode.net.api_server import ApiServer, EventBus, require
 
 if TYPE_CHECKING:
@@ -125,6 +125,7 @@ class MailService:
 
     def _open(self) -> None:
         self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        create_private(self.folder / "outbox.sqlite")
         db = sqlite3.connect(self.folder / "outbox.sqlite", check_same_thread=False, isolation_level=None)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")

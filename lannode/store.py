@@ -37,6 +37,7 @@ from lannode.core.store import (
     encode_delta,
     encode_digest,
 )
+from lannode.files import create_private
 from lannode.identity import Identity
 from lannode.net.api_server import ApiServer, EventBus, require
 from lannode.net.links import Link, LinkError
@@ -58,6 +59,7 @@ class StoreDb:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        create_private(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -70,18 +72,29 @@ class StoreDb:
             """
         )
 
-    def load(self) -> tuple[list[Entry], dict[bytes, int], dict[str, int]]:
+    def load(self) -> tuple[list[Entry], dict[bytes, int], dict[str, int], int]:
+        """(entries, watermarks, meta, how many rows were set aside as unreadable): a row that
+        does not parse is logged and left out, never a reason not to start."""
         entries = []
+        unreadable = 0
         for key, data in self._db.execute("SELECT key, data FROM entries"):
             try:
+                if not isinstance(data, bytes):
+                    raise BadEntry(f"a {type(data).__name__}, not bytes")
                 entry, end = decode_entry(data)
             except BadEntry as exc:
-                log.warning("store.sqlite: skipping unreadable entry %r: %s", key, exc)
+                unreadable += 1
+                log.warning("store.sqlite: setting aside unreadable entry %r: %s", key, exc)
                 continue
             entries.append(entry)
-        marks = {bytes(origin): version for origin, version in self._db.execute("SELECT origin, version FROM watermarks")}
-        meta = dict(self._db.execute("SELECT name, value FROM meta"))
-        return entries, marks, meta
+        marks = {}
+        for origin, version in self._db.execute("SELECT origin, version FROM watermarks"):
+            if isinstance(origin, bytes) and isinstance(version, int):
+                marks[origin] = version
+            else:
+                unreadable += 1
+        meta = {name: value for name, value in self._db.execute("SELECT name, value FROM meta") if isinstance(value, int)}
+        return entries, marks, meta, unreadable
 
     def save(self, changed: list[Entry], purged: list[str], marks: dict[bytes, int], meta: dict[str, int]) -> None:
         with self._lock:
@@ -132,6 +145,7 @@ class StoreService:
         self.syncs = 0
         self.sync_failures = 0
         self.rejected_messages = 0
+        self.set_aside = 0  # persisted entries not loaded: unreadable, or stamped far in the future
         self.resynced = False
         self._stale = False  # away longer than the horizon: the next sync is a full snapshot
         self._snapshot_from: str | None = None
@@ -146,8 +160,11 @@ class StoreService:
 
     # -- life ------------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        entries, marks, meta = await trio.to_thread.run_sync(self.db.load)
-        self.map.load(entries, marks, meta.get("clock", 0))
+        entries, marks, meta, unreadable = await trio.to_thread.run_sync(self.db.load)
+        future = self.map.load(entries, marks, meta.get("clock", 0), now_ms())
+        self.set_aside = unreadable + len(future)
+        for entry in future:
+            log.warning("store.sqlite: setting aside %r, stamped %d ms ahead of this clock", entry.key, entry.timestamp - now_ms())
         self.last_sync = meta.get("last_sync")
         if self.map.needs_full_resync(self.last_sync, now_ms()):
             log.warning("this node was away longer than the tombstone horizon: its next sync is a full resync")
@@ -212,7 +229,7 @@ class StoreService:
 
     # -- receiving -------------------------------------------------------------------------------
     def _on_gossip_entry(self, data: bytes, sender: str) -> None:
-        if self.map.merge_gossiped(data):
+        if self.map.merge_gossiped(data, now_ms()):
             self._dirty.set()
 
     async def _on_sync_message(self, link: Link, data: bytes) -> None:
@@ -229,7 +246,7 @@ class StoreService:
                 await link.send(CHANNEL_STORE, encode_digest(self.map.digest(), reply_wanted=False))
             return
         assert kind == MSG_DELTA
-        changed = self.map.apply_delta(marks, entries)
+        changed = self.map.apply_delta(marks, entries, now_ms())
         snapshot = self._stale and link.node_id == self._snapshot_from
         if snapshot:
             self._snapshot_keys.update(e.key for e in entries)
@@ -292,6 +309,8 @@ class StoreService:
             "syncs": self.syncs,
             "sync_failures": self.sync_failures,
             "rejected": self.map.rejected + self.rejected_messages,
+            "ahead": self.map.ahead,
+            "set_aside": self.set_aside,
             "last_sync": self.last_sync / 1000 if self.last_sync else None,
             "resynced": self.resynced,
         }

@@ -193,15 +193,21 @@ def authorize(
     if not tokens:
         return Rejection(401, "missing token: send 'Authorization: Bearer TOKEN' (token from api.json)")
     if origin is None:
-        if any(hmac.compare_digest(t, token) for t in tokens):
+        if any(_same_token(t, token) for t in tokens):
             return Principal(None)
         return Rejection(401, "wrong token")
     if origin not in set(ui_origins):
         return Rejection(403, f"origin {origin!r} is not this node's web UI")
     expected = origin_token(token, origin)
-    if any(hmac.compare_digest(t, expected) for t in tokens):
+    if any(_same_token(t, expected) for t in tokens):
         return Principal(origin)
     return Rejection(401, "wrong token for this origin")
+
+
+def _same_token(presented: str, expected: str) -> bool:
+    """A constant-time compare of what a client sent, which may be any text (compare_digest
+    takes str only when it is ASCII, and raises otherwise)."""
+    return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), expected.encode())
 
 
 def hello(node_id: str, name: str, version: str) -> str:

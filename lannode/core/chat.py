@@ -46,6 +46,15 @@ MAX_IDS_PER_RECEIPT = 512
 SIGN_DOMAIN = b"lannode chat v1\x00"
 KINDS = ("text", "group")
 MAX_DIGEST_SENDERS = 1024
+# seq, lamport and sent_at: exact as a JavaScript number, so the web front orders what the
+# daemon orders. A clock at the bound stays there (``next_count``): a peer that sends one
+# that high degrades the conversation's order to (MAX_COUNT, sender, seq), and no more.
+MAX_COUNT = (1 << 53) - 1
+
+
+def next_count(value: int) -> int:
+    """One more than ``value`` (a seq or lamport clock), saturating at ``MAX_COUNT``."""
+    return min(max(value, 0) + 1, MAX_COUNT)
 
 
 class BadFrame(Exception):
@@ -276,8 +285,8 @@ def _string(value: Any, limit: int) -> str:
 
 
 def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 63:
-        raise BadFrame("expected a non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise BadFrame(f"expected an integer from 0 to {MAX_COUNT}")
     return value
 
 

@@ -65,6 +65,7 @@ from lannode.core.wire import MAX_PAYLOAD, DatagramCodec, Dropped, LocalProtocol
 
 Address = tuple[str, int]
 INCARNATION_BOOT_SHIFT = 32
+MAX_EPOCH = (1 << (64 - INCARNATION_BOOT_SHIFT)) - 1  # so that epoch << 32 plus the boot's refutations fits the wire's u64
 FORGET_CHECK_INTERVAL = 60.0
 FAILURE_RATE_WEIGHT = 1 / 256  # how fast old probe outcomes fade from the failure rate
 PRIOR_ROUNDS = 32  # the failure rate starts as 0 of this many rounds, so one early failure does not count for much
@@ -295,6 +296,8 @@ class Membership:
         config: MembershipConfig | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        if not 0 <= epoch <= MAX_EPOCH:
+            raise LocalProtocolError(f"a boot epoch is 0 to {MAX_EPOCH}, not {epoch}")
         self.config = config or MembershipConfig()
         self.codec = DatagramCodec(signing_key, epoch=epoch, network_key=network_key)
         self._key = signing_key
@@ -518,6 +521,8 @@ class Membership:
                         continue
                 self._on_claim(subject, "alive", message.incarnation, now, presence=message, relayed=subject != sender, quiet=True)
             elif isinstance(message, (m.Suspect, m.Dead)):
+                if not self._plausible(message.node_id, message.incarnation):
+                    continue
                 if message.node_id == self.node_id:
                     self._refute(message.incarnation)
                 elif message.node_id in self.members:
@@ -621,6 +626,9 @@ class Membership:
             "sync_bytes_received": c.sync_bytes_received,
             "queued_broadcasts": len(self._broadcasts),
             "dropped": dict(sorted(self.codec.dropped.items())),
+            "replay_senders": len(self.codec.replays.senders),
+            "replay_senders_max": self.codec.replays.max_senders,
+            "replay_evicted": self.codec.replays.evicted,
         }
 
     # -- receiving ---------------------------------------------------------------------------
@@ -677,6 +685,8 @@ class Membership:
 
     def _on_accusation(self, message: m.Suspect | m.Dead, sender: str, address: Address, now: float) -> None:
         claim: Claim = "suspect" if type(message) is m.Suspect else "dead"
+        if not self._plausible(message.node_id, message.incarnation):
+            return
         if message.node_id == self.node_id:
             if message.incarnation < self.presence.incarnation:
                 self._answer_stale_claim(sender, address, now)
@@ -684,6 +694,19 @@ class Membership:
                 self._refute(message.incarnation)
         else:
             self._on_claim(message.node_id, claim, message.incarnation, now, accuser=sender, relayed=True)
+
+    def _plausible(self, subject: str, incarnation: int) -> bool:
+        """Whether an accusation's incarnation is one its subject signed: at most that of the
+        subject's presence we hold (ours, if it is about us). One above it is refused and
+        counted: it would put the subject past its own refutations (at 2**64 - 1, for good).
+        A member that refuted where we did not hear it is suspected at its new incarnation
+        only once its presence reaches us, which the refutation's multicast brings."""
+        member = self.members.get(subject)
+        signed = self.presence.incarnation if subject == self.node_id else member.presence.incarnation if member is not None else None
+        if signed is not None and incarnation > signed:
+            self.codec.dropped["implausible"] += 1
+            return False
+        return True
 
     def _on_left(self, message: m.Left, sender: str, address: Address, now: float) -> None:
         if message.node_id != self.node_id and message.node_id in self.members:
@@ -814,11 +837,19 @@ class Membership:
         self._send(member.presence.gossip_address if member is not None else address, [self._presence_message], piggyback=False)
 
     def _refute(self, incarnation: int) -> None:
-        if self.leaving or incarnation < self.presence.incarnation:
+        """Outrank a claim about us at ``incarnation``. The callers hand only claims at or
+        below the incarnation we hold (one above it, we never signed: ``_on_accusation``),
+        so a refutation is always our incarnation plus one, and it stays within this boot:
+        the boot's 2**32 incarnations run out only after as many refutations."""
+        ours = self.presence.incarnation
+        if self.leaving or incarnation < ours:
+            return
+        if (ours + 1) >> INCARNATION_BOOT_SHIFT != ours >> INCARNATION_BOOT_SHIFT:
+            self.codec.dropped["exhausted"] += 1
             return
         self.counters.refutations += 1
         self.health = min(self.config.max_health, self.health + 1)
-        self._announce_new_incarnation(incarnation + 1)
+        self._announce_new_incarnation(ours + 1)
 
     def _announce_new_incarnation(self, incarnation: int, **changes: object) -> None:
         self.presence = replace(self.presence, incarnation=incarnation, **changes).signed(self._key)  # type: ignore[arg-type]

@@ -42,6 +42,8 @@ from lannode.core import wire
 from lannode.identity import node_id_for
 
 MAX_KEY_BYTES = 255
+MAX_COUNTER = (1 << 63) - 1  # versions and timestamps: what SQLite's INTEGER holds
+MAX_CLOCK_SKEW_MS = 3600 * 1000  # an entry stamped further ahead of our clock waits (CockroachDB's max offset, for LANs without NTP)
 MAX_VALUE_BYTES = 64 * 1024
 DEFAULT_HORIZON_MS = 7 * 24 * 3600 * 1000
 ENTRY_DOMAIN = b"lannode store v1\x00"
@@ -111,6 +113,8 @@ def decode_entry(data: bytes, offset: int = 0) -> tuple[Entry, int]:
     if end > len(data):
         raise BadEntry("truncated entry")
     origin, version, timestamp, flags, key_length = _FIXED.unpack_from(data, offset)
+    if not 1 <= version <= MAX_COUNTER or timestamp > MAX_COUNTER:
+        raise BadEntry(f"version {version} or timestamp {timestamp} out of range")
     if flags & ~FLAG_DELETED:
         raise BadEntry(f"unknown entry flags {flags:#x}")
     key_end = end + key_length
@@ -169,6 +173,8 @@ def decode_sync(data: bytes) -> tuple[int, bool, dict[bytes, int], list[Entry]]:
     marks = {}
     for _ in range(count):
         origin, version = _WATERMARK.unpack_from(data, offset)
+        if version > MAX_COUNTER:
+            raise BadEntry(f"watermark {version} out of range")
         marks[origin] = version
         offset += _WATERMARK.size
     entries: list[Entry] = []
@@ -197,6 +203,7 @@ class ReplicatedMap:
         self.watermarks: dict[bytes, int] = {}  # per origin: every version up to this is known
         self.clock = 0
         self.rejected = 0  # entries dropped: bad signature, or malformed
+        self.ahead = 0  # entries dropped for a timestamp too far ahead of our clock (they come again later)
         self._changes: list[Entry] = []
         # False only when no entry has a version above its origin's watermark: then a digest
         # equal to our watermarks lacks nothing (the common case between converged nodes)
@@ -216,8 +223,10 @@ class ReplicatedMap:
 
     def _write(self, key: str, value: bytes | None, now_ms: int) -> Entry:
         check_key(key)
-        self.clock = max(now_ms, self.clock + 1)
         version = self.watermarks.get(self.origin, 0) + 1
+        if version > MAX_COUNTER or self.clock >= MAX_COUNTER:
+            raise StoreError("this node's store versions or clock are exhausted")
+        self.clock = max(now_ms, self.clock + 1)
         entry = Entry(key, value, self.origin, version, self.clock).signed(self._key)
         self.watermarks[self.origin] = version
         self.entries[key] = entry
@@ -233,8 +242,14 @@ class ReplicatedMap:
         return sorted((e for k, e in self.entries.items() if k.startswith(prefix) and not e.deleted), key=lambda e: e.key)
 
     # -- merging ---------------------------------------------------------------------------------
-    def merge(self, entry: Entry, *, verified: bool = False) -> bool:
-        """Take an entry from elsewhere; True if it changed the map. Bad signatures are counted and dropped."""
+    def merge(self, entry: Entry, *, verified: bool = False, now_ms: int | None = None) -> bool:
+        """Take an entry from elsewhere; True if it changed the map. Bad signatures are counted
+        and dropped, and so (given ``now_ms``, our wall clock) is an entry stamped more than
+        ``MAX_CLOCK_SKEW_MS`` ahead of it: its clock would drag ours along. It is not taken
+        into the watermarks either, so anti-entropy brings it again once our clock is near."""
+        if now_ms is not None and entry.timestamp > now_ms + MAX_CLOCK_SKEW_MS:
+            self.ahead += 1
+            return False
         current = self.entries.get(entry.key)
         # the very entry we hold was checked when it came (gossip brings each several times)
         if not verified and not (current is not None and current == entry) and not entry.verify():
@@ -254,7 +269,7 @@ class ReplicatedMap:
             self._beyond_marks = True  # it came before versions we still lack
         return True
 
-    def merge_gossiped(self, data: bytes) -> bool:
+    def merge_gossiped(self, data: bytes, now_ms: int | None = None) -> bool:
         """An entry as it rides on gossip (one encoded entry, nothing after it); a malformed
         one is counted and dropped. True if it changed the map."""
         try:
@@ -264,7 +279,7 @@ class ReplicatedMap:
         except BadEntry:
             self.rejected += 1
             return False
-        return self.merge(entry)
+        return self.merge(entry, now_ms=now_ms)
 
     def digest(self) -> dict[bytes, int]:
         return dict(self.watermarks)
@@ -282,13 +297,13 @@ class ReplicatedMap:
             self._beyond_marks = any(e.version > marks.get(e.origin, 0) for e in self.entries.values())
         return self._beyond_marks
 
-    def apply_delta(self, watermarks: dict[bytes, int], entries: list[Entry]) -> int:
+    def apply_delta(self, watermarks: dict[bytes, int], entries: list[Entry], now_ms: int | None = None) -> int:
         """Merge a peer's complete delta; then its watermarks are ours too. Returns how many changed."""
-        rejected_before = self.rejected
-        changed = sum(self.merge(entry) for entry in entries) if entries else 0
+        refused_before = self.rejected + self.ahead
+        changed = sum(self.merge(entry, now_ms=now_ms) for entry in entries) if entries else 0
         if watermarks == self.watermarks:
             return changed
-        if self.rejected == rejected_before:  # a delta with a forged entry teaches us nothing
+        if self.rejected + self.ahead == refused_before:  # a delta with a refused entry teaches us nothing
             for origin, version in watermarks.items():
                 if version > self.watermarks.get(origin, 0):
                     self.watermarks[origin] = version
@@ -315,12 +330,20 @@ class ReplicatedMap:
             del self.entries[key]
         return gone
 
-    def load(self, entries: list[Entry], watermarks: dict[bytes, int], clock: int) -> None:
-        """Restore persisted state (already verified when it was first merged)."""
-        self.entries = {e.key: e for e in entries}
-        self.watermarks = dict(watermarks)
+    def load(self, entries: list[Entry], watermarks: dict[bytes, int], clock: int, now_ms: int | None = None) -> list[Entry]:
+        """Restore persisted state (already verified when it was first merged). What a store
+        written before its numbers were checked may hold out of range is set aside rather
+        than stop the start: a watermark past ``MAX_COUNTER`` falls back to 0, and (given
+        ``now_ms``) an entry stamped more than ``MAX_CLOCK_SKEW_MS`` ahead of it is left out
+        and the clock held to that bound. Anti-entropy fills in what is missing. Returns the
+        entries set aside."""
+        limit = MAX_COUNTER if now_ms is None else now_ms + MAX_CLOCK_SKEW_MS
+        kept = [e for e in entries if e.timestamp <= limit]
+        self.entries = {e.key: e for e in kept}
+        self.watermarks = {origin: version for origin, version in watermarks.items() if 0 <= version <= MAX_COUNTER}
         self._beyond_marks = True  # until looked at
-        self.clock = clock
+        self.clock = min(max(clock, 0), limit)
+        return [e for e in entries if e.timestamp > limit]
 
     def take_changes(self) -> list[Entry]:
         changes, self._changes = self._changes, []

@@ -73,6 +73,9 @@ DROP_REASONS = (
     "malformed",  # the payload does not parse
     "forged",  # a record signed by someone other than the node it describes
     "full",  # a new member while the member table is at its limit
+    "implausible",  # a claim about a node at an incarnation that node never signed
+    "exhausted",  # a refutation would leave this boot's incarnations (2**32 of them)
+    "admission",  # a stranger beyond the new members admitted per second
 )
 
 
@@ -106,11 +109,29 @@ class Dropped(Exception):
         self.reason = reason
 
 
-class ReplayGuard:
-    """Per sender: the newest epoch, the highest counter and a bitmap of the last 64."""
+MAX_SENDERS = 8192  # the replay guard's table: twice the member table's limit
 
-    def __init__(self) -> None:
-        self.senders: dict[bytes, tuple[int, int, int]] = {}
+
+class ReplayGuard:
+    """Per sender: the newest epoch, the highest counter and a bitmap of the last 64.
+
+    The table holds at most ``max_senders``; past that the sender heard from longest ago
+    goes (counted in ``evicted``), so throwaway keys cannot grow it without bound. A
+    sender that went could have a datagram of its last 64 replayed once: a member's
+    heartbeat or claim, which the membership takes as it took the original."""
+
+    def __init__(self, max_senders: int = MAX_SENDERS) -> None:
+        self.senders: dict[bytes, tuple[int, int, int]] = {}  # in the order last heard from
+        self.max_senders = max_senders
+        self.evicted = 0
+
+    def accept(self, sender: bytes, state: tuple[int, int, int]) -> None:
+        """Store what ``check`` returned, once the datagram's signature checked out."""
+        senders = self.senders
+        if senders.pop(sender, None) is None and len(senders) >= self.max_senders:
+            del senders[next(iter(senders))]
+            self.evicted += 1
+        senders[sender] = state
 
     def check(self, sender: bytes, epoch: int, counter: int) -> tuple[int, int, int]:
         """Raise Dropped("replay") for a replay; otherwise return what the sender's state
@@ -189,7 +210,7 @@ class DatagramCodec:
         except Dropped as exc:
             self.dropped[exc.reason] += 1
             raise
-        replays.senders[sender] = after
+        replays.accept(sender, after)
         return opened
 
 

@@ -1,0 +1,179 @@
+"""Attacks on running nodes, made as an attacker on the LAN would make them: a throwaway key,
+hand-made datagrams and link frames, a doctored home. The victim stays up, serves its API,
+and counts what it refused (issue 25's list, one test per attack)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import stat
+from typing import Any
+
+from nacl.signing import SigningKey
+
+from lannode.core import messages as m
+from lannode.core.chat import ChatMessage, MessageFrame, dm_conversation, encode_frame, new_message_id
+from lannode.core.store import MAX_CLOCK_SKEW_MS, Entry
+from lannode.core.wire import DatagramCodec
+from lannode.identity import node_id_for
+from lannode.net import api_client
+from tests.conftest import NodeFactory, RunningNode, raw_link, run_cli
+
+CHANNEL_CHAT = 3
+U64_MAX = (1 << 64) - 1
+
+
+def pair(nodes: NodeFactory, *names: str) -> list[RunningNode]:
+    started = [nodes.start(n) for n in names]
+    for node in started:
+        node.wait_until(lambda node=node: sum(p["state"] == "alive" for p in node.call("peer.list")) == len(started) - 1, what="everyone alive")
+    return started
+
+
+def gossip_address(node: RunningNode) -> tuple[str, int]:
+    host, port = node.status()["gossip"]["address"].rsplit(":", 1)
+    return host, int(port)
+
+
+def send_gossip(node: RunningNode, *messages: m.Message, key: SigningKey | None = None) -> None:
+    """One datagram to the node's unicast gossip port, signed by a throwaway key."""
+    codec = DatagramCodec(key or SigningKey.generate(), epoch=1)
+    data = codec.encode(m.encode_payload([m.encode_message(x) for x in messages]))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(data, gossip_address(node))
+
+
+def dropped(node: RunningNode, reason: str) -> int:
+    count: int = node.status()["gossip"]["dropped"].get(reason, 0)
+    return count
+
+
+def test_a_claim_at_the_last_incarnation_neither_kills_the_victim_nor_outlives_its_refutation(nodes: NodeFactory) -> None:
+    victim, witness = pair(nodes, "victim", "witness")
+    victim_id = victim.status()["node_id"]
+    for claim in (m.Dead(victim_id, U64_MAX), m.Suspect(victim_id, U64_MAX)):
+        send_gossip(victim, claim)  # at the victim: it would refute at 2**64
+        send_gossip(witness, claim)  # at a witness: it would hold the victim dead for good
+    victim.wait_until(lambda: dropped(victim, "implausible") >= 2, what="the claims about itself refused")
+    witness.wait_until(lambda: dropped(witness, "implausible") >= 2, what="the claims about the victim refused")
+    assert victim.process.poll() is None
+    seen = {p["node_id"]: p for p in witness.call("peer.list")}[victim_id]
+    assert seen["state"] == "alive" and seen["incarnation"] < 1 << 40
+    assert victim.call("store.put", key="still/up", value=1)["key"] == "still/up"
+
+
+def test_a_store_entry_stamped_in_the_far_future_is_refused_and_the_store_keeps_working(nodes: NodeFactory) -> None:
+    a, b = pair(nodes, "ann", "ben")
+    outsider = SigningKey.generate()
+    origin = bytes(outsider.verify_key)
+    far = Entry("drive/poison", b"1", origin, 1, (1 << 63) - 1).signed(outsider)  # a valid u64: SQLite's INTEGER holds it, the next tick does not
+    past = Entry("drive/poison2", b"1", origin, 1, 1 << 63).signed(outsider)  # out of range on the wire
+    send_gossip(a, m.StoreEntry(far.encode()), m.StoreEntry(past.encode()), key=outsider)
+    a.wait_until(lambda: a.status()["store"]["ahead"] >= 1 and a.status()["store"]["rejected"] >= 1, what="both refused")
+    a.call("store.put", key="after", value="fine")
+    b.wait_until(lambda: b.call("store.list", prefix="after") != [], what="later writes replicate")
+    assert a.call("store.list", prefix="drive/poison") == []
+
+
+def test_a_store_that_holds_a_poisoned_entry_starts_and_sets_it_aside(nodes: NodeFactory) -> None:
+    node = nodes.start("ann")
+    node.call("store.put", key="mine", value="kept")
+    node.stop()
+    outsider = SigningKey.generate()
+    poison = Entry("poison", b"1", bytes(outsider.verify_key), 1, (1 << 63) - 1).signed(outsider)
+    with sqlite3.connect(node.home.path / "store.sqlite") as db:  # as an older lannode merged it
+        db.execute("INSERT INTO entries (key, data) VALUES (?, ?)", ("poison", poison.encode()))
+        db.execute("INSERT INTO entries (key, data) VALUES (?, ?)", ("garbage", b"\x00\x01"))
+        db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('clock', ?)", ((1 << 63) - 1,))
+    again = nodes.start_on(node.home, name="ann")
+    assert again.status()["store"]["set_aside"] == 2
+    assert again.call("store.get", key="mine")["value"] == "kept"
+    written = again.call("store.put", key="new", value=1)
+    assert written["timestamp"] < (1 << 63) - MAX_CLOCK_SKEW_MS
+
+
+def test_a_huge_lamport_clock_in_a_direct_message_leaves_the_conversation_working(nodes: NodeFactory) -> None:
+    a, b = pair(nodes, "ann", "ben")
+    ben = {p["name"]: p for p in a.call("peer.list")}["ben"]
+    ann_id = a.status()["node_id"]
+    # a stranger's link to ann: it may message ann, with any clock it likes
+    stranger = SigningKey.generate()
+    stranger_id = node_id_for(bytes(stranger.verify_key))
+    conversation = dm_conversation(stranger_id, ann_id)
+    presence = m.Presence(bytes(stranger.verify_key), 1 << 32, "mallory", "127.0.0.1", 9, 0, m.capability_bits(("chat",))).signed(stranger)
+    send_gossip(a, presence, key=stranger)
+    a.wait_until(lambda: any(p["name"] == "mallory" for p in a.call("peer.list")), what="mallory known to ann")
+    ann = {p["name"]: p for p in b.call("peer.list")}["ann"]
+    for lamport in ((1 << 63) - 1, (1 << 53) - 1):
+        hostile = ChatMessage(new_message_id(), conversation, bytes(stranger.verify_key), 1, lamport, 1000, "hi").signed(stranger)
+        with raw_link(stranger, ann) as (conn, sock):
+            conn.send_message(CHANNEL_CHAT, encode_frame(MessageFrame(hostile)))
+            sock.sendall(conn.data_to_send())
+            a.wait_until(lambda: a.call("chat.conversations") != [] or a.status()["chat"]["rejected"] >= 1, what="the message taken or refused")
+    assert a.status()["chat"]["rejected"] >= 1  # the clock past 2**53 - 1
+    [saturated] = a.call("chat.log", peer="mallory")
+    assert saturated["lamport"] == (1 << 53) - 1
+    reply = a.call("chat.send", peer="mallory", text="and a reply")
+    assert reply["lamport"] == (1 << 53) - 1  # held at the bound, not past it
+    # and conversations with real peers go on
+    a.call("chat.send", peer="ben", text="still fine")
+    b.wait_until(lambda: [x["text"] for x in b.call("chat.log", peer="ann")] == ["still fine"], what="ben's message")
+    assert ben["state"] == "alive"
+
+
+def test_a_token_that_is_not_ascii_gets_an_answer_not_a_traceback(nodes: NodeFactory) -> None:
+    import h11
+
+    node = nodes.start("ann")
+    host, port = node.api()["url"].removeprefix("ws://").split("/", 1)[0].rsplit(":", 1)
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(
+        method="GET",
+        target="/v1",
+        headers=[("Host", host), ("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Authorization", "Bearer t\xf6ken".encode("latin-1"))],
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(conn.send(request))
+        while True:
+            conn.receive_data(sock.recv(65536))
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                break
+    assert isinstance(event, h11.Response) and event.status_code == 401
+    assert "Traceback" not in node.log.read_text()
+    assert node.status()["api"]["rejected"].get("401", 0) >= 1
+
+
+def test_the_databases_of_a_home_are_readable_by_their_owner_only(nodes: NodeFactory) -> None:
+    node = nodes.start("ann")
+    node.home.path.chmod(0o755)  # a person opened the home up
+    node.stop()
+    for name in ("store.sqlite", "chat.sqlite"):
+        (node.home.path / name).chmod(0o644)  # as lannode made them before
+    nodes.start_on(node.home, name="ann")
+    for path in node.home.path.glob("*.sqlite*"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_the_replay_guard_keeps_a_bounded_table_of_senders(nodes: NodeFactory) -> None:
+    node = nodes.start("ann")
+    status = node.status()
+    before = status["gossip"]["replay_senders"]
+    keys = [SigningKey.generate() for _ in range(64)]
+    for key in keys:
+        send_gossip(node, m.Ack(1), key=key)
+    node.wait_until(lambda: node.status()["gossip"]["replay_senders"] >= before + 64, what="the senders are tracked")
+    assert node.status()["gossip"]["replay_senders_max"] == 8192
+    assert node.status()["gossip"]["replay_evicted"] == 0
+
+
+def test_a_full_replay_guard_forgets_the_sender_heard_from_longest_ago() -> None:
+    from lannode.core.wire import ReplayGuard
+
+    guard = ReplayGuard(max_senders=3)
+    for sender in (b"a", b"b", b"c"):
+        guard.accept(sender, guard.check(sender, 1, 1))
+    guard.accept(b"a", guard.check(b"a", 1, 2))  # a is heard again: b is now the oldest
+    guard.accept(b"d", guard.check(b"d", 1, 1))
+    assert list(guard.senders) == [b"c", b"a", b"d"] and guard.evicted == 1
