@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from lannode.core import api
+from lannode.core import api, writers
 from lannode.core.messages import StoreEntry, capability_names
 from lannode.core.store import (
     MAX_VALUE_BYTES,
@@ -136,7 +136,7 @@ def entry_record(entry: Entry) -> dict[str, Any]:
 
 class StoreService:
     def __init__(self, home_path: Path, identity: Identity, peers: PeerService, bus: EventBus, *, sync_interval: float = 2.0, horizon_ms: int | None = None) -> None:
-        self.map = ReplicatedMap(identity.signing_key, **({"horizon_ms": horizon_ms} if horizon_ms else {}))
+        self.map = ReplicatedMap(identity.signing_key, writers=writers.refusal, **({"horizon_ms": horizon_ms} if horizon_ms else {}))
         self.db = StoreDb(home_path / "store.sqlite")
         self.peers = peers
         self.bus = bus
@@ -164,7 +164,7 @@ class StoreService:
         future = self.map.load(entries, marks, meta.get("clock", 0), now_ms())
         self.set_aside = unreadable + len(future)
         for entry in future:
-            log.warning("store.sqlite: setting aside %r, stamped %d ms ahead of this clock", entry.key, entry.timestamp - now_ms())
+            log.warning("store.sqlite: setting aside %r (stamped %d ms ahead of this clock, or by a writer it does not belong to)", entry.key, entry.timestamp - now_ms())
         self.last_sync = meta.get("last_sync")
         if self.map.needs_full_resync(self.last_sync, now_ms()):
             log.warning("this node was away longer than the tombstone horizon: its next sync is a full resync")
@@ -310,6 +310,7 @@ class StoreService:
             "sync_failures": self.sync_failures,
             "rejected": self.map.rejected + self.rejected_messages,
             "ahead": self.map.ahead,
+            "refused": self.map.refused,
             "set_aside": self.set_aside,
             "last_sync": self.last_sync / 1000 if self.last_sync else None,
             "resynced": self.resynced,
@@ -329,7 +330,10 @@ class StoreService:
 
         async def store_delete(params: dict[str, Any], caller: api.Principal) -> Any:
             key = require(params, "key", str)
-            entry = await self.delete(key)
+            try:
+                entry = await self.delete(key)
+            except StoreError as exc:
+                raise api.ApiError(api.ErrorCode.FORBIDDEN, str(exc)) from None
             if entry is None:
                 raise api.ApiError(api.ErrorCode.NOT_FOUND, f"no key {key!r}")
             return entry_record(entry)

@@ -144,6 +144,26 @@ def cmd_scale(args: argparse.Namespace) -> int:
     return 0 if all(r["all_within_1s"] for r in results) else 1
 
 
+def cmd_fuzz_wire(args: argparse.Namespace) -> int:
+    from sim import fuzz_wire
+
+    def progress(done: int) -> None:
+        if not args.json and done % 50_000 == 0:
+            print(f"  {done:,} inputs", file=sys.stderr)
+
+    result = fuzz_wire.run(args.inputs, seed=args.seed, start=args.start, on_batch=progress)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(f"fuzz-wire seed {result.seed}: {result.inputs:,} inputs in {result.seconds:.1f} s, {len(result.failures)} failures")
+        print("  " + ", ".join(f"{target} {count:,}" for target, count in sorted(result.per_target.items())))
+        for failure in result.failures[:10]:
+            batch = failure.index - failure.index % fuzz_wire.BATCH
+            print(f"FAILURE at input {failure.index} ({failure.target}); replay: python -m sim fuzz-wire --seed {result.seed} --start {batch} --inputs {fuzz_wire.BATCH}")
+            print("    " + failure.error.strip().replace("\n", "\n    "))
+    return 1 if result.failures else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim", description="lannode's network simulator: the real protocol objects in virtual time")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -173,13 +193,17 @@ def main(argv: list[str] | None = None) -> int:
     scaler.add_argument("--every", type=float, default=5.0, help="one change every this many seconds (default 5)")
     scaler.add_argument("--seed", type=int, default=1)
     scaler.add_argument("--report", metavar="DIR", help="write scale.md and spread.png here")
-    for p in (run, replay, fuzzer, sweeper, labber, scaler):
+    wire = sub.add_parser("fuzz-wire", help="structure-aware inputs to the core's parsers and protocol objects, with invariants checked after each")
+    wire.add_argument("--inputs", type=int, default=1_000_000, help="how many (default 1,000,000)")
+    wire.add_argument("--seed", type=int, default=1)
+    wire.add_argument("--start", type=int, default=0, help="the first input (a failure replays from its batch of %d)" % 1000)
+    for p in (run, replay, fuzzer, sweeper, labber, scaler, wire):
         p.add_argument("--json", action="store_true")
     for p in (run, replay, fuzzer):
         p.add_argument("--plant", choices=sorted(PLANTED) + sorted(PLANTED_DRIVE), help="run a test copy of the core with this bug planted")
     args = parser.parse_args(argv)
     try:
-        return {"run": cmd_run, "replay": cmd_replay, "fuzz": cmd_fuzz, "sweep": cmd_sweep, "lab": cmd_lab, "scale": cmd_scale}[args.command](args)
+        return {"run": cmd_run, "replay": cmd_replay, "fuzz": cmd_fuzz, "sweep": cmd_sweep, "lab": cmd_lab, "scale": cmd_scale, "fuzz-wire": cmd_fuzz_wire}[args.command](args)
     except ScenarioError as exc:
         print(f"sim: {exc}", file=sys.stderr)
         return 2

@@ -36,9 +36,14 @@ def gossip_address(node: RunningNode) -> tuple[str, int]:
     return host, int(port)
 
 
+_codecs: dict[bytes, DatagramCodec] = {}
+
+
 def send_gossip(node: RunningNode, *messages: m.Message, key: SigningKey | None = None) -> None:
-    """One datagram to the node's unicast gossip port, signed by a throwaway key."""
-    codec = DatagramCodec(key or SigningKey.generate(), epoch=1)
+    """One datagram to the node's unicast gossip port, signed by a throwaway key (each key
+    counts its datagrams, as a real sender does, so none is dropped as a replay)."""
+    key = key or SigningKey.generate()
+    codec = _codecs.setdefault(bytes(key), DatagramCodec(key, epoch=1))
     data = codec.encode(m.encode_payload([m.encode_message(x) for x in messages]))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.sendto(data, gossip_address(node))
@@ -177,3 +182,37 @@ def test_a_full_replay_guard_forgets_the_sender_heard_from_longest_ago() -> None
     guard.accept(b"a", guard.check(b"a", 1, 2))  # a is heard again: b is now the oldest
     guard.accept(b"d", guard.check(b"d", 1, 1))
     assert list(guard.senders) == [b"c", b"a", b"d"] and guard.evicted == 1
+
+
+def test_neither_a_stranger_nor_another_member_can_delete_a_drive_file(nodes: NodeFactory, tmp_path: Any) -> None:
+    from tests.test_drive import cluster, fragment_files
+
+    a, b, c = cluster(nodes, 3)
+    src = tmp_path / "notes.txt"
+    src.write_bytes(b"mine to delete" * 1000)
+    put = a.call("drive.put", path=str(src), k=2, m=1)
+    key = f"drive/m/{put['id']}"
+    c.wait_until(lambda: c.call("store.list", prefix=key) != [], what="the manifest everywhere")
+    # a member the file was never shared with, through the store's own CLI
+    refused = run_cli("store", "rm", key, "--home", str(b.home.path))
+    assert refused.returncode == 1 and "owner" in refused.stderr
+    # an outsider's tombstone in one datagram, stamped after the manifest
+    outsider = SigningKey.generate()
+    manifest = c.call("store.get", key=key)
+    tombstone = Entry(key, None, bytes(outsider.verify_key), 1, manifest["timestamp"] + 1).signed(outsider)
+    for node in (a, b, c):
+        send_gossip(node, m.StoreEntry(tombstone.encode()), key=outsider)
+    # and a room entry or drive record in another node's name
+    squatter = Entry(f"drive/n/{a.status()['node_id']}", b'{"quota": 0}', bytes(outsider.verify_key), 2, manifest["timestamp"] + 600_000).signed(outsider)
+    send_gossip(c, m.StoreEntry(squatter.encode()), key=outsider)
+    c.wait_until(lambda: c.status()["store"]["refused"] >= 2, what="the writes refused")
+    for node in (a, b, c):
+        node.wait_until(lambda node=node: node.status()["store"]["refused"] >= 1, what="the tombstone refused")
+        assert node.call("store.get", key=key)["deleted"] is False
+    assert sum(len(fragment_files(n)) for n in (a, b, c)) == 3
+    out = tmp_path / "out"
+    out.mkdir()
+    b_get = a.call("drive.get", file=put["id"], out=str(out))
+    assert b_get and (out / "notes.txt").read_bytes() == src.read_bytes()
+    # the owner still can
+    assert a.call("drive.rm", file=put["id"])["removed"]

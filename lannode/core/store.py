@@ -34,6 +34,7 @@ what to persist and announce.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nacl.signing import SigningKey
@@ -194,9 +195,13 @@ def decode_sync(data: bytes) -> tuple[int, bool, dict[bytes, int], list[Entry]]:
 # -- the map -------------------------------------------------------------------------------------
 
 
+WriterRule = Callable[["Entry", "Entry | None"], "str | None"]  # why an entry may not replace the one held (lannode.core.writers)
+
+
 class ReplicatedMap:
-    def __init__(self, signing_key: SigningKey, *, horizon_ms: int = DEFAULT_HORIZON_MS) -> None:
+    def __init__(self, signing_key: SigningKey, *, horizon_ms: int = DEFAULT_HORIZON_MS, writers: WriterRule | None = None) -> None:
         self._key = signing_key
+        self.writers = writers
         self.origin = bytes(signing_key.verify_key)
         self.horizon_ms = horizon_ms
         self.entries: dict[str, Entry] = {}
@@ -204,6 +209,7 @@ class ReplicatedMap:
         self.clock = 0
         self.rejected = 0  # entries dropped: bad signature, or malformed
         self.ahead = 0  # entries dropped for a timestamp too far ahead of our clock (they come again later)
+        self.refused = 0  # entries dropped because their writer may not write that key (``writers``)
         self._changes: list[Entry] = []
         # False only when no entry has a version above its origin's watermark: then a digest
         # equal to our watermarks lacks nothing (the common case between converged nodes)
@@ -223,6 +229,10 @@ class ReplicatedMap:
 
     def _write(self, key: str, value: bytes | None, now_ms: int) -> Entry:
         check_key(key)
+        if self.writers is not None:
+            draft = Entry(key, value, self.origin, 1, self.clock)
+            if (reason := self.writers(draft, self.entries.get(key))) is not None:
+                raise StoreError(f"{key}: {reason}")
         version = self.watermarks.get(self.origin, 0) + 1
         if version > MAX_COUNTER or self.clock >= MAX_COUNTER:
             raise StoreError("this node's store versions or clock are exhausted")
@@ -262,6 +272,9 @@ class ReplicatedMap:
         if current is not None and current.rank() >= entry.rank():
             return False
         if current is not None and current.signature == entry.signature:
+            return False
+        if self.writers is not None and self.writers(entry, current) is not None:
+            self.refused += 1  # seen and refused, as every node refuses it: not a gap to fill
             return False
         self.entries[entry.key] = entry
         self._changes.append(entry)
@@ -338,12 +351,14 @@ class ReplicatedMap:
         and the clock held to that bound. Anti-entropy fills in what is missing. Returns the
         entries set aside."""
         limit = MAX_COUNTER if now_ms is None else now_ms + MAX_CLOCK_SKEW_MS
-        kept = [e for e in entries if e.timestamp <= limit]
+        writers = self.writers
+        kept = [e for e in entries if e.timestamp <= limit and (writers is None or writers(e, None) is None)]
         self.entries = {e.key: e for e in kept}
         self.watermarks = {origin: version for origin, version in watermarks.items() if 0 <= version <= MAX_COUNTER}
         self._beyond_marks = True  # until looked at
         self.clock = min(max(clock, 0), limit)
-        return [e for e in entries if e.timestamp > limit]
+        held = set(map(id, kept))
+        return [e for e in entries if id(e) not in held]
 
     def take_changes(self) -> list[Entry]:
         changes, self._changes = self._changes, []
