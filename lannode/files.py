@@ -48,3 +48,38 @@ def create_private(path: Path) -> None:
         os.fchmod(fd, 0o600)
     finally:
         os.close(fd)
+
+
+def open_folder_beneath(root: str, relative: str) -> tuple[int, str]:
+    """An open descriptor of the folder ``relative`` (parts joined by "/", checked safe by
+    the caller) under the folder ``root``, made where missing, and that folder's path as
+    actually used. No symlink is followed at any step: a part that exists as a symlink or
+    a file is not entered; the folder is made beside it as "name (1)", "name (2)"... (as a
+    file that is in the way gets one), so nothing a peer sends lands outside ``root``
+    however its folders are linked, even when a link is planted while it is written. The
+    caller closes the descriptor."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    used: list[str] = []
+    try:
+        for part in (p for p in relative.split("/") if p):
+            candidate, n = part, 0
+            while True:
+                try:
+                    os.mkdir(candidate, 0o777, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                try:
+                    inner = os.open(candidate, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                    break
+                except (NotADirectoryError, OSError) as exc:  # ELOOP: a symlink; ENOTDIR: a file
+                    if isinstance(exc, FileNotFoundError):
+                        continue  # removed between the two calls: make it again
+                    n += 1
+                    candidate = f"{part} ({n})"
+            os.close(fd)
+            fd = inner
+            used.append(candidate)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, "/".join(used)

@@ -43,7 +43,7 @@ from lannode.core.transfer import (
     hash_chunk,
     safe_relative_path,
 )
-from lannode.files import write_private
+from lannode.files import open_folder_beneath, write_private
 from lannode.config import Config
 from lannode.identity import Identity
 from lannode.uploads import UploadService
@@ -236,6 +236,14 @@ def check_offer(offer: Offer, downloads: Path, *, limit: int, reserve: int = 64 
     return paths
 
 
+def _exists(name: str, folder_fd: int) -> bool:
+    try:
+        os.lstat(name, dir_fd=folder_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
@@ -288,7 +296,6 @@ class Transfer:
     _last: tuple[float, int] = (0.0, 0)
     _began: tuple[float, int] = (0.0, 0)  # when this run of the transfer started, and its bytes then
     offer_saved: bool = False
-    made_dirs: set[str] = field(default_factory=set)  # in: folders already made under downloads
     done_log: Any = None  # in: the open log of finished files
 
     @property
@@ -744,26 +751,28 @@ class TransferService:
 
     def _finish(self, t: Transfer, index: int) -> None:
         """Rename a complete, verified file into place (worker thread). A name already taken
-        gets " (1)", " (2)"... before its extension, as browsers do. Plain strings and a
-        cache of the folders made: a folder of small files spends its time here."""
+        gets " (1)", " (2)"... before its extension, as browsers do. The folders on the way are
+        walked from the downloads folder without following a symlink (``open_folder_beneath``),
+        and the file is renamed into the folder's descriptor."""
         partial = str(self._partial(t))
         relative = t.paths[index] if index < len(t.paths) else safe_relative_path(t.offer.files[index].path)
         folder, _, name = relative.rpartition("/")
-        directory = os.path.join(str(self.downloads), folder) if folder else str(self.downloads)
-        if directory not in t.made_dirs:
-            os.makedirs(directory, exist_ok=True)
-            t.made_dirs.add(directory)
-        candidate, n = os.path.join(directory, name), 0
-        while os.path.lexists(candidate):
-            n += 1
-            stem, dot, ext = name.partition(".") if not name.startswith(".") else (name, "", "")
-            candidate = os.path.join(directory, f"{stem} ({n}){dot}{ext}")
-        part = os.path.join(partial, str(index))
-        os.chmod(part, t.offer.files[index].mode & 0o777 & ~_UMASK)
-        os.rename(part, candidate)
+        folder_fd, folder = open_folder_beneath(str(self.downloads), folder)  # no symlink followed on the way
+        try:
+            candidate, n = name, 0
+            while _exists(candidate, folder_fd):
+                n += 1
+                stem, dot, ext = name.partition(".") if not name.startswith(".") else (name, "", "")
+                candidate = f"{stem} ({n}){dot}{ext}"
+            part = os.path.join(partial, str(index))
+            os.chmod(part, t.offer.files[index].mode & 0o777 & ~_UMASK)
+            os.rename(part, candidate, dst_dir_fd=folder_fd)  # a link planted as the name is replaced, not followed
+        finally:
+            os.close(folder_fd)
+        landed = f"{folder}/{candidate}" if folder else candidate
         if t.done_log is None or t.done_log.closed:
             t.done_log = open(os.path.join(partial, "done"), "a", buffering=1)  # a line at a time
-        t.done_log.write(f"{index}\t{os.path.relpath(candidate, self.downloads)}\n")
+        t.done_log.write(f"{index}\t{landed}\n")
         t.done_files.add(index)
 
     async def _cleanup_partial(self, t: Transfer) -> None:

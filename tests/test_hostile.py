@@ -216,3 +216,27 @@ def test_neither_a_stranger_nor_another_member_can_delete_a_drive_file(nodes: No
     assert b_get and (out / "notes.txt").read_bytes() == src.read_bytes()
     # the owner still can
     assert a.call("drive.rm", file=put["id"])["removed"]
+
+
+def test_a_received_file_is_never_written_through_a_symlinked_folder(nodes: NodeFactory, tmp_path: Any) -> None:
+    from tests.test_transfer import downloads, pair as transfer_pair, wait_state
+
+    a, b = transfer_pair(nodes, trusting=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    landing = downloads(b)
+    landing.mkdir(parents=True, exist_ok=True)
+    (landing / "linkdir").symlink_to(outside, target_is_directory=True)  # as people keep links in ~/Downloads
+    (landing / "photos").mkdir()
+    (landing / "photos" / "deeper").symlink_to(outside, target_is_directory=True)
+    src = tmp_path / "src"
+    (src / "linkdir").mkdir(parents=True)
+    (src / "linkdir" / "pwned.txt").write_text("x")
+    (src / "photos" / "deeper").mkdir(parents=True)
+    (src / "photos" / "deeper" / "a.jpg").write_text("y")
+    sent = a.call("transfer.send", peer="ben", paths=[str(src / "linkdir"), str(src / "photos")])
+    wait_state(b, sent["id"], "done")
+    assert list(outside.iterdir()) == []
+    assert (landing / "linkdir (1)" / "pwned.txt").read_text() == "x"
+    assert (landing / "photos" / "deeper (1)" / "a.jpg").read_text() == "y"
+    assert (landing / "linkdir").is_symlink()  # left as the person made it
