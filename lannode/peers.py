@@ -276,5 +276,7 @@ class PeerService:
     def _on_link(self, link: Link) -> None:
         membership = self.membership
         member = membership.members.get(link.node_id) if membership else None
+        if membership is not None:
+            membership.proven(link.node_id)  # its key is proved: never evicted for a newcomer
         name = member.presence.name if member else ""
         self.bus.publish("peer.link", {"node_id": link.node_id, "name": name, "state": "open", "cipher": link.cipher, "trust": self.trust.level(link.node_id)})

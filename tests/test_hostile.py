@@ -8,6 +8,7 @@ import json
 import socket
 import sqlite3
 import stat
+import time
 from typing import Any
 
 from nacl.signing import SigningKey
@@ -240,3 +241,25 @@ def test_a_received_file_is_never_written_through_a_symlinked_folder(nodes: Node
     assert (landing / "linkdir (1)" / "pwned.txt").read_text() == "x"
     assert (landing / "photos" / "deeper (1)" / "a.jpg").read_text() == "y"
     assert (landing / "linkdir").is_symlink()  # left as the person made it
+
+
+def test_a_flood_of_fake_members_from_one_host_leaves_room_for_a_real_joiner(nodes: NodeFactory) -> None:
+    victim, witness = pair(nodes, "victim", "witness")
+    address = gossip_address(victim)
+    flood = []
+    for i in range(4095):  # each a throwaway key announcing itself, as fast as one machine makes them
+        key = SigningKey.generate()
+        presence = m.Presence(bytes(key.verify_key), 1 << 32, f"fake{i}", "127.0.0.1", 9, 0, 0).signed(key)
+        flood.append(DatagramCodec(key, epoch=1).encode(m.encode_payload([m.encode_message(presence)])))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for i, data in enumerate(flood):
+            sock.sendto(data, address)
+            if i % 32 == 31:
+                time.sleep(0.01)  # about 1.3 s in all, so the socket's buffer does not drop them first
+    victim.wait_until(lambda: dropped(victim, "admission") >= 3000, what="the flood past the budget refused")
+    started = victim.status()["gossip"]["members"]
+    assert sum(started.values()) < 400  # the burst and a few seconds' rate, not 4,095
+    carol = nodes.start("carol")
+    victim.wait_until(lambda: any(p["name"] == "carol" and p["state"] == "alive" for p in victim.call("peer.list")), what="the real joiner admitted")
+    assert victim.call("store.put", key="still/up", value=1)["key"] == "still/up"
+    assert carol.process.poll() is None and witness.process.poll() is None

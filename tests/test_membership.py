@@ -17,6 +17,7 @@ from nacl.signing import SigningKey
 
 from lannode.core import messages as m
 from lannode.core.membership import TRANSITIONS, Membership, MembershipConfig, MemberStateChanged, State, Suspicion
+from lannode.identity import node_id_for
 from lannode.core.wire import MAX_DATAGRAM, MAX_PAYLOAD, DatagramCodec, Dropped
 from sim.virtualnet import SimNode, VirtualNetwork
 
@@ -371,3 +372,71 @@ def test_a_forged_record_in_a_view_refuses_the_whole_view() -> None:
     assert a.membership.presence.incarnation > before
     assert a.state_of(c) is State.SUSPECT
     assert net.run_until(net.now + 10, lambda: a.state_of(c) is State.ALIVE), "c refutes"
+
+
+# -- admission: who gets room in the member table (issue 25) --------------------------------------
+def _stranger(host_port: int = 9) -> tuple[SigningKey, bytes]:
+    """A throwaway node's own datagram announcing it: what a flood of fake members sends."""
+    key = SigningKey.generate()
+    presence = m.Presence(bytes(key.verify_key), 1 << 32, "fake", "127.0.0.66", host_port, 0, 0).signed(key)
+    return key, DatagramCodec(key, epoch=1).encode(m.encode_payload([m.encode_message(presence)]))
+
+
+def _victim(**config: float) -> Membership:
+    victim = Membership(SigningKey.generate(), epoch=1, name="victim", address=("127.0.0.1", 1), config=MembershipConfig(**config))  # type: ignore[arg-type]
+    victim.start(0.0)
+    return victim
+
+
+def test_one_host_brings_strangers_at_its_admission_rate_and_other_hosts_are_not_held_up() -> None:
+    victim = _victim(admission_burst=4, admission_rate=1.0)
+    for _ in range(10):
+        victim.datagram_received(_stranger()[1], ("127.0.0.66", 9), 0.0)
+    assert len(victim.members) == 4
+    assert victim.codec.dropped["admission"] == 6
+    victim.datagram_received(_stranger()[1], ("127.0.0.77", 9), 0.0)  # another host has its own budget
+    assert len(victim.members) == 5
+    for _ in range(10):
+        victim.datagram_received(_stranger()[1], ("127.0.0.66", 9), 3.0)  # three seconds: three more
+    assert len(victim.members) == 8
+
+
+def test_a_full_table_makes_room_for_another_hosts_joiner_from_the_flooders_newcomers() -> None:
+    victim = _victim(max_members=8, admission_burst=100)
+    friend_key, friend = _stranger()
+    victim.datagram_received(friend, ("127.0.0.5", 9), 0.0)
+    friend_id = node_id_of(friend_key)
+    victim.proven(friend_id)  # it answered a probe, or a link authenticated it
+    fakes = []
+    for _ in range(10):
+        key, data = _stranger()
+        victim.datagram_received(data, ("127.0.0.66", 9), 1.0)
+        fakes.append(node_id_of(key))
+    assert len(victim.members) == 8 and victim.codec.dropped["full"] == 3  # the flood never displaces its own
+    joiner_key, joiner = _stranger()
+    victim.datagram_received(joiner, ("127.0.0.7", 9), 2.0)
+    assert node_id_of(joiner_key) in victim.members and len(victim.members) == 8
+    assert fakes[6] not in victim.members  # the newest fake made way
+    assert friend_id in victim.members and victim.counters.evicted == 1
+    events = [e for e in victim.take_events() if isinstance(e, MemberStateChanged) and e.node_id == fakes[6]]
+    assert [e.state for e in events] == [State.ALIVE, State.DEAD]  # the service hears it is gone
+
+
+def test_a_full_table_of_proven_members_refuses_a_stranger_and_a_dead_member_makes_way_first() -> None:
+    victim = _victim(max_members=3, admission_burst=100)
+    ids = []
+    for host in ("127.0.0.5", "127.0.0.6", "127.0.0.7"):
+        key, data = _stranger()
+        victim.datagram_received(data, (host, 9), 0.0)
+        ids.append(node_id_of(key))
+        victim.proven(ids[-1])
+    victim.datagram_received(_stranger()[1], ("127.0.0.66", 9), 1.0)
+    assert victim.codec.dropped["full"] == 1 and set(victim.members) == set(ids)
+    victim._on_claim(ids[1], "dead", victim.members[ids[1]].incarnation, 2.0)
+    key, data = _stranger()
+    victim.datagram_received(data, ("127.0.0.66", 9), 3.0)
+    assert set(victim.members) == {ids[0], ids[2], node_id_of(key)}
+
+
+def node_id_of(key: SigningKey) -> str:
+    return node_id_for(bytes(key.verify_key))

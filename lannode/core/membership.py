@@ -88,6 +88,10 @@ class MembershipConfig:
     leave_copies: int = 3
     max_health: int = 8
     max_members: int = 4096
+    admission_rate: float = 20.0  # strangers a second that gossip datagrams from one host may add to the member table (a view exchange is not limited)
+    admission_burst: float = 256.0  # ... and at once: a group of 250 starting together all fit
+    admission_sources: int = 1024  # hosts whose admission budgets are kept; past that the one heard from longest ago goes
+    settled_after: float = 600.0  # a member alive this long has a long history: never evicted to make room
     evidence_interval: float = 1.0
     forget_after: float = 24 * 3600.0  # dead and left members are forgotten after this
     max_relays: int = 256  # indirect probes we run for others at once
@@ -213,6 +217,7 @@ class Member:
     last_seen: float  # last datagram straight from it
     suspicion: Suspicion | None = None
     told_at: float = -math.inf
+    source: str | None = None  # the host that brought it, while it is an unproven newcomer (Membership._admit)
     shared: bool = False  # part of a view several nodes began with (warm_start): copied before a change
 
     @property
@@ -261,6 +266,7 @@ class _Counters:
     syncs: int = 0  # views merged from a push-pull exchange
     sync_bytes_sent: int = 0
     sync_bytes_received: int = 0
+    evicted: int = 0  # unproven newcomers forgotten to make room in a full table
 
 
 @dataclass(slots=True)
@@ -347,6 +353,8 @@ class Membership:
         self._suspects: dict[str, Member] = {}  # members with a running suspicion
         self._gone: set[str] = set()  # members dead or left: the only ones ever forgotten
         self._alive: tuple[Member, ...] | None = None  # alive_members(), until a member comes, goes or changes state
+        self._admissions: dict[str, tuple[float, float]] = {}  # per source host: (tokens, when), a bucket of strangers it may still bring
+        self._newcomers: dict[str, dict[str, None]] = {}  # per source host: its unproven newcomers, oldest first
 
     # -- the public surface ------------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -397,15 +405,23 @@ class Membership:
             codec.dropped["malformed"] += 1
             return
         sender = datagram.node_id
-        reason = self._check_records(messages, sender)
-        if reason:
-            codec.dropped[reason] += 1
+        checked = self._check_records(messages, sender)
+        if isinstance(checked, str):
+            codec.dropped[checked] += 1
             return
+        strangers = checked
+        if strangers:
+            refused = self._admit(strangers, address[0], now)
+            if refused:
+                codec.dropped[refused] += 1
+                return
         if len(messages) > 1:
             messages.sort(key=_not_presence)  # presence records first; otherwise in the order sent
         handlers = self._HANDLERS
         for message in messages:
             handlers[type(message)](self, message, sender, address, now)
+        if strangers:
+            self._note_newcomers(strangers, address[0])
         member = self.members.get(sender)
         if member is not None:
             if member.shared:
@@ -501,12 +517,15 @@ class Membership:
         except m.RemoteProtocolError:
             self.codec.dropped["malformed"] += 1
             return False
-        reason = self._check_records(messages, sender, room=False)
-        if reason:
-            self.codec.dropped[reason] += 1
+        checked = self._check_records(messages, sender)
+        if isinstance(checked, str):
+            self.codec.dropped[checked] += 1
             return False
         self.counters.syncs += 1
         self._join_sync = None
+        self.proven(sender)
+        source = "view:" + sender  # what a view brings is that member's newcomers, evicted as a host's are
+        strangers: list[str] = []
         for i, message in enumerate(messages):
             if isinstance(message, m.Presence):
                 subject = message.node_id
@@ -516,9 +535,10 @@ class Membership:
                     following = messages[i + 1] if i + 1 < len(messages) else None
                     if isinstance(following, m.Dead) and following.node_id == subject:
                         continue  # dead to the sender and unknown to us: nothing to learn
-                    if len(self.members) >= self.config.max_members:
+                    if len(self.members) >= self.config.max_members and not self._evict_one(source, now):
                         self.codec.dropped["full"] += 1
                         continue
+                    strangers.append(subject)
                 self._on_claim(subject, "alive", message.incarnation, now, presence=message, relayed=subject != sender, quiet=True)
             elif isinstance(message, (m.Suspect, m.Dead)):
                 if not self._plausible(message.node_id, message.incarnation):
@@ -527,6 +547,8 @@ class Membership:
                     self._refute(message.incarnation)
                 elif message.node_id in self.members:
                     self._on_claim(message.node_id, "suspect", message.incarnation, now, accuser=sender, relayed=True)
+        if strangers:
+            self._note_newcomers(strangers, source)
         return True
 
     def next_wakeup(self) -> float:
@@ -625,6 +647,8 @@ class Membership:
             "sync_bytes_sent": c.sync_bytes_sent,
             "sync_bytes_received": c.sync_bytes_received,
             "queued_broadcasts": len(self._broadcasts),
+            "evicted": c.evicted,
+            "newcomers": sum(map(len, self._newcomers.values())),
             "dropped": dict(sorted(self.codec.dropped.items())),
             "replay_senders": len(self.codec.replays.senders),
             "replay_senders_max": self.codec.replays.max_senders,
@@ -632,10 +656,11 @@ class Membership:
         }
 
     # -- receiving ---------------------------------------------------------------------------
-    def _check_records(self, messages: list[m.Message], sender: str, *, room: bool = True) -> str | None:
-        """Check every signed record before acting on any: a forgery drops the datagram
-        (and, with ``room``, a stranger's record when we hold ``max_members`` already)."""
+    def _check_records(self, messages: list[m.Message], sender: str) -> str | list[str]:
+        """Check every signed record before acting on any: a forgery drops the datagram.
+        Why not, or the strangers (node ids we hold no member for) whose presence it brings."""
         members = self.members
+        strangers: list[str] = []
         for message in messages:
             kind = type(message)
             if kind is m.Presence:
@@ -646,14 +671,108 @@ class Membership:
                     continue  # the record we hold, already checked
                 if subject != self.node_id and not message.verify():
                     return "forged"
-                if room and known is None and subject != self.node_id and len(members) >= self.config.max_members:
-                    return "full"
+                if known is None and subject != self.node_id:
+                    strangers.append(subject)
             elif kind is m.Left:
                 assert isinstance(message, m.Left)
                 known = members.get(message.node_id)
                 if known is not None and not message.verify(known.presence.public_key):
                     return "forged"
+        return strangers
+
+    # -- admission: who gets room in the member table -----------------------------------------
+    def _admit(self, strangers: list[str], source: str, now: float) -> str | None:
+        """Room for the strangers a gossip datagram from host ``source`` brings, or why not.
+
+        Each host may bring ``admission_rate`` strangers a second (a token bucket of
+        ``admission_burst``), so a flood of throwaway keys from one machine fills the table
+        slowly. In a full table a stranger takes the place of, in this order: the member dead
+        or gone longest; else the newest unproven member (one that has neither answered a
+        probe of ours nor proved its key over a link, and came less than ``settled_after``
+        ago) of the host that brought the most such members, if that is not ``source``
+        itself. Members that proved themselves or have a long history are never evicted,
+        and a flood from one host only ever displaces its own."""
+        config = self.config
+        buckets = self._admissions
+        tokens, then = buckets.pop(source, (config.admission_burst, now))
+        tokens = min(config.admission_burst, tokens + (now - then) * config.admission_rate)
+        if len(buckets) >= config.admission_sources:
+            del buckets[next(iter(buckets))]  # the host heard from longest ago starts afresh
+        buckets[source] = (tokens, now)
+        if tokens < len(strangers):
+            return "admission"
+        room = config.max_members - len(self.members)
+        for _ in range(len(strangers) - room):
+            if not self._evict_one(source, now):
+                return "full"
+        buckets[source] = (tokens - len(strangers), now)
         return None
+
+    def _evict_one(self, source: str, now: float) -> bool:
+        """Forget one member to make room for a stranger from ``source`` (``_admit``'s order)."""
+        if self._gone:
+            self._drop_member(min(self._gone, key=lambda node_id: self.members[node_id].since))
+            return True
+        newcomers = self._newcomers
+        while newcomers:
+            host = max(newcomers, key=lambda h: len(newcomers[h]))
+            if host == source or len(newcomers[host]) <= len(newcomers.get(source, ())) + 1:
+                return False  # the biggest bringer is the asker, or no bigger than it would become
+            node_id = next(reversed(newcomers[host]))
+            member = self.members[node_id]
+            if now - member.since >= self.config.settled_after and member.state is _ALIVE:
+                del newcomers[host]  # the newest of them has a long history: all of them have
+                continue
+            self.counters.evicted += 1
+            previous = member.state
+            self._drop_member(node_id)
+            self._events.append(MemberStateChanged(node_id, previous, _DEAD))
+            return True
+        return False
+
+    def _note_newcomers(self, strangers: list[str], source: str) -> None:
+        """The strangers a datagram from ``source`` brought that are members now: unproven
+        newcomers of that host until they answer a probe or a link vouches for them."""
+        unproven = self._newcomers.setdefault(source, {})
+        for node_id in strangers:
+            member = self.members.get(node_id)
+            if member is not None and member.source is None and node_id not in unproven:
+                member.source = source
+                unproven[node_id] = None
+        if not unproven:
+            del self._newcomers[source]
+
+    def proven(self, node_id: str) -> None:
+        """``node_id`` showed it holds its key: it answered our probe, or a link authenticated
+        it (the caller says so). From now on it is never evicted to make room."""
+        member = self.members.get(node_id)
+        if member is not None and member.source is not None:
+            self._forget_newcomer(member)
+
+    def _forget_newcomer(self, member: Member) -> None:
+        source = member.source
+        assert source is not None
+        if member.shared:
+            member = self._own(member)
+        member.source = None
+        unproven = self._newcomers.get(source)
+        if unproven is not None:
+            unproven.pop(member.node_id, None)
+            if not unproven:
+                del self._newcomers[source]
+
+    def _drop_member(self, node_id: str) -> None:
+        """Forget a member: dead or gone for ``forget_after``, or evicted to make room."""
+        member = self.members[node_id]
+        if member.source is not None:
+            self._forget_newcomer(member)
+        del self.members[node_id]
+        self._alive = None
+        self._live -= _LIVE[member.state]
+        self._gone.discard(node_id)
+        self._suspects.pop(node_id, None)
+        gone = self._broadcasts.pop(node_id, None)
+        self._multicasts -= gone is not None and gone.multicast
 
     # One handler per message type (``_HANDLERS``, at the end), each given the datagram's
     # authenticated sender, the address it came from and the time.
@@ -931,6 +1050,10 @@ class Membership:
         probe = self._probe
         if probe is not None and probe.seq == seq:
             self._probe = None
+            if sender == probe.target:
+                target = self.members.get(sender)
+                if target is not None and target.source is not None:
+                    self._forget_newcomer(target)
             self.health = max(0, self.health - 1)
             self._count_round(failed=False)
             return
@@ -987,11 +1110,7 @@ class Membership:
         for node_id in list(self._gone):
             member = self.members[node_id]
             if now - member.since > self.config.forget_after:
-                del self.members[node_id]
-                self._alive = None
-                self._gone.discard(node_id)
-                gone = self._broadcasts.pop(node_id, None)
-                self._multicasts -= gone is not None and gone.multicast
+                self._drop_member(node_id)
 
     # -- sending -----------------------------------------------------------------------------
     def _send_joins(self, now: float) -> None:
