@@ -139,6 +139,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("gossip", "unicast_port", 0, "UDP port for this node's probes and replies; 0 picks a free one.", _port),
     Option("zeroconf", "enabled", True, "Advertise the node over mDNS/DNS-SD (_lannode._tcp) and find others that way too.", None),
     Option("links", "port", 0, "TCP port for peer links (encrypted, between daemons); 0 picks a free one.", _port),
+    Option("links", "stall_timeout", 30.0, "Seconds a peer may take none of our bytes on its link before the link is cut.", _seconds),
     Option("transfer", "downloads", "", 'Folder where received files land; "" = the downloads folder in the node\'s home. ~ is expanded.', _downloads),
     Option("transfer", "max_bytes", 100_000_000_000, "Largest transfer accepted, in bytes; a bigger offer is declined.", _positive),
     Option("transfer", "auto_accept", [], "Node ids whose file offers are accepted without asking (people you trust).", _node_ids),

@@ -25,7 +25,7 @@ from lannode.net.api_server import ApiServer, EventBus, require
 from lannode import __version__
 from lannode.net.dnssd import DnsSdService, Found, network_tag
 from lannode.net.gossip import GossipService, GossipSettings, describe, wall_time_of
-from lannode.net.links import Link, LinkError, LinkManager
+from lannode.net.links import Link, LinkError, LinkManager, LinkSettings
 from lannode.trust import TrustStore, normalize_code, safety_code
 
 log = logging.getLogger("lannode.peers")
@@ -49,7 +49,14 @@ class PeerService:
         self.on_store_entry: Callable[[bytes, str], None] | None = None  # set by the store service
         self.state_listeners: list[Callable[[str, State], None]] = []  # (node id, new state), for other services
         self.trust = TrustStore(home.path / "peers.json")
-        self.links = LinkManager(identity.signing_key, identity.node_id, self._link_address, network_key=network_key, on_established=self._on_link)
+        self.links = LinkManager(
+            identity.signing_key,
+            identity.node_id,
+            self._link_address,
+            network_key=network_key,
+            settings=LinkSettings(stall_timeout=config.get("links.stall_timeout")),
+            on_established=self._on_link,
+        )
         self.gossip = GossipService(
             self._membership_for,
             GossipSettings(interface, config.get("gossip.group"), config.get("gossip.port"), config.get("gossip.unicast_port")),

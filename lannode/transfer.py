@@ -33,6 +33,7 @@ from lannode.core.membership import State
 from lannode.core.transfer import (
     chunk_count,
     CHUNK_SIZE,
+    MAX_FILES,
     SECRET_BYTES,
     TOKEN_BYTES,
     BadOffer,
@@ -266,6 +267,12 @@ CHANNEL_TRANSFER = 5
 PARTIAL_DIR = ".lannode-partial"
 RETRY_MIN, RETRY_MAX = 1.0, 30.0
 TERMINAL = ("done", "declined", "cancelled", "failed")
+# What one peer's offers may hold of this node while a person decides, and all peers' together:
+# an offer past them is declined at once, saying why, and neither kept nor listed.
+MAX_PENDING_OFFERS_PER_PEER = 16
+MAX_PENDING_FILES_PER_PEER = MAX_FILES  # one offer of the largest size
+MAX_PENDING_FILES = 2 * MAX_FILES
+MAX_FINISHED = 1000  # finished transfers kept (memory, disk, transfer.list); the oldest go first
 PROGRESS_EVERY = 0.25
 
 
@@ -503,6 +510,7 @@ class TransferService:
         )
         if skipped:
             log.info("transfer %s skips %d entries: %s", t.id[:8], len(skipped), "; ".join(skipped[:5]))
+        self._forget_finished()
         self.transfers[t.id] = t
         self._set_state(t, "offered")
         self._start_out(t)
@@ -631,7 +639,39 @@ class TransferService:
         elif kind == "update":
             await self._on_update(t, message)
 
+    def _offer_budget(self, peer: str, files: int) -> str | None:
+        """Why an offer of ``files`` files from ``peer`` is one too many, or None."""
+        pending = [t for t in self.transfers.values() if t.direction == "in" and t.state == "pending"]
+        theirs = [t for t in pending if t.peer == peer]
+        if len(theirs) >= MAX_PENDING_OFFERS_PER_PEER:
+            return f"refused: {len(theirs)} offers from you already wait for a decision"
+        waiting = sum(len(t.offer.files) for t in theirs)
+        if waiting + files > MAX_PENDING_FILES_PER_PEER:
+            return f"refused: {waiting} files of yours already wait for a decision (at most {MAX_PENDING_FILES_PER_PEER})"
+        if sum(len(t.offer.files) for t in pending) + files > MAX_PENDING_FILES:
+            return f"refused: {MAX_PENDING_FILES} files from all peers already wait for a decision; try again later"
+        return None
+
+    def _forget_finished(self) -> None:
+        """Keep the newest ``MAX_FINISHED`` finished transfers; forget the others, on disk too."""
+        finished = [t for t in self.transfers.values() if t.state in TERMINAL]
+        if len(finished) < MAX_FINISHED:
+            return
+        finished.sort(key=lambda t: t.finished or t.created)
+        for t in finished[: len(finished) - MAX_FINISHED + 1]:
+            del self.transfers[t.id]
+            for suffix in (".json", ".offer"):
+                (self.dir / f"{t.id}{suffix}").unlink(missing_ok=True)
+
     async def _on_offer(self, link: Link, message: dict[str, Any]) -> None:
+        raw = message.get("offer")
+        raw_id, raw_files = (raw.get("id"), raw.get("files")) if isinstance(raw, dict) else (None, None)
+        if not (isinstance(raw_id, str) and raw_id in self.transfers):  # a new offer, not one sent again
+            refused = self._offer_budget(link.node_id, len(raw_files) if isinstance(raw_files, list) else 0)
+            if refused:
+                self._refuse("budget")
+                await self._try_send(link.node_id, {"t": "decline", "id": str(raw_id)[:32], "reason": refused})
+                return
         try:
             offer = Offer.decode(json.dumps(message.get("offer")).encode())
         except BadOffer as exc:
@@ -645,6 +685,7 @@ class TransferService:
                 return
             await self._answer(t)
             return
+        self._forget_finished()
         member = self.peers.membership.members.get(link.node_id) if self.peers.membership else None
         t = Transfer(id=offer.id, direction="in", peer=link.node_id, peer_name=member.presence.name if member else "", offer=offer, state="pending")
         try:

@@ -114,6 +114,19 @@ def write_config(home: Path, name: str, *, webui: bool = False, extra: str = "",
     (home / "config.toml").write_text(text + extra)
 
 
+def set_options(home: Path, **options: object) -> None:
+    """Change options of a written config, named ``section__key`` (``links__stall_timeout=2``)."""
+    path = home / "config.toml"
+    text = path.read_text()
+    for name, value in options.items():
+        section, key = name.split("__")
+        head = text.index(f"\n[{section}]\n")
+        rest, n = re.subn(rf"^{key} = .*$", f"{key} = {value}", text[head:], count=1, flags=re.M)
+        assert n == 1, name
+        text = text[:head] + rest
+    path.write_text(text)
+
+
 def private_gossip() -> tuple[str, int]:
     """A multicast group and port of one's own, so nodes of other tests stay out of earshot."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:

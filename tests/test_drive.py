@@ -26,7 +26,7 @@ from lannode.drive_io import Wire
 from lannode.home import Home
 from lannode.net.api_client import RemoteError
 
-from conftest import NodeFactory, RunningNode, raw_link, run_cli, write_config
+from conftest import NodeFactory, RunningNode, raw_link, run_cli, set_options, write_config
 
 CHANNEL_DRIVE = 6
 MB = 1_000_000
@@ -40,11 +40,7 @@ def cluster(nodes: NodeFactory, count: int, **drive: float) -> list[RunningNode]
         name = "abcdefgh"[i]
         home = Home(nodes.root / f"{name}-{i}")
         write_config(home.path, name, gossip=nodes.gossip)
-        text = home.config_path.read_text()
-        for key, value in drive.items():
-            text, n = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, count=1, flags=re.M)
-            assert n == 1, key
-        home.config_path.write_text(text)
+        set_options(home.path, **{f"drive__{key}": value for key, value in drive.items()})
         started.append(nodes.start_on(home, name=name))
     for node in started:
         node.wait_until(lambda node=node: sum(p["state"] == "alive" for p in node.call("peer.list")) == count - 1 and len(node.call("drive.status")) == count, what="every node alive, with its storage known")

@@ -4,6 +4,7 @@ and counts what it refused (issue 25's list, one test per attack)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import sqlite3
@@ -19,7 +20,8 @@ from lannode.core.store import MAX_CLOCK_SKEW_MS, Entry
 from lannode.core.wire import DatagramCodec
 from lannode.identity import node_id_for
 from lannode.net import api_client
-from tests.conftest import NodeFactory, RunningNode, raw_link, run_cli
+from lannode.home import Home
+from tests.conftest import NodeFactory, RunningNode, raw_link, run_cli, set_options, write_config
 
 CHANNEL_CHAT = 3
 U64_MAX = (1 << 64) - 1
@@ -263,3 +265,91 @@ def test_a_flood_of_fake_members_from_one_host_leaves_room_for_a_real_joiner(nod
     victim.wait_until(lambda: any(p["name"] == "carol" and p["state"] == "alive" for p in victim.call("peer.list")), what="the real joiner admitted")
     assert victim.call("store.put", key="still/up", value=1)["key"] == "still/up"
     assert carol.process.poll() is None and witness.process.poll() is None
+
+
+def rss_peak_mb(node: RunningNode) -> float:
+    """The most memory the node's process ever held resident (VmHWM), in MB."""
+    for line in open(f"/proc/{node.process.pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_peer_that_starts_messages_on_64_channels_and_finishes_none_is_cut_off_within_budget(nodes: NodeFactory) -> None:
+    from lannode.core.link import DEFAULT_MAX_BUFFERED, MAX_RECORD_DATA
+
+    a, b = pair(nodes, "ann", "ben")
+    ann = {p["name"]: p for p in b.call("peer.list")}["ann"]
+    before = rss_peak_mb(a)
+    chunk = b"x" * MAX_RECORD_DATA
+    sent = 0
+    with raw_link(SigningKey.generate(), ann) as (conn, sock):
+        try:
+            for _ in range(16 * 1024 * 1024 // MAX_RECORD_DATA - 1):  # just under 16 MiB on each channel
+                for channel in range(1, 65):
+                    conn.send_record(channel, chunk, more=True)
+                    sock.sendall(conn.data_to_send())
+                    sent += len(chunk)
+        except OSError:
+            pass  # cut off
+    assert sent < 64 * 16 * 1024 * 1024
+    a.wait_until(lambda: a.status()["links"]["refused"].get("budget", 0) >= 1, what="the link refused for its budget")
+    assert rss_peak_mb(a) - before < 2 * DEFAULT_MAX_BUFFERED / 1e6 + 50  # not 1 GB
+    assert a.status()["links"]["buffered"] == 0
+    a.call("chat.send", peer="ben", text="still here")
+    b.wait_until(lambda: [x["text"] for x in b.call("chat.log", peer="ann")] == ["still here"], what="chat goes on")
+
+
+def test_a_peer_that_pings_and_reads_nothing_is_cut_off_when_it_stalls(nodes: NodeFactory) -> None:
+    home = Home(nodes.root / "victim")
+    write_config(home.path, "victim", gossip=nodes.gossip)
+    set_options(home.path, links__stall_timeout=2.0)
+    victim = nodes.start_on(home, name="victim")
+    witness = nodes.start("witness")
+    target = witness.wait_until(lambda: {p["name"]: p for p in witness.call("peer.list")}.get("victim"), what="the victim known")
+    with raw_link(SigningKey.generate(), target) as (conn, sock):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and it never reads
+        sock.settimeout(1.0)
+        try:
+            for _ in range(200):
+                for _ in range(500):
+                    conn.send_ping(b"\x00" * 64)
+                sock.sendall(conn.data_to_send())
+                if victim.status()["links"]["refused"].get("stalled", 0):
+                    break
+        except OSError:
+            pass  # cut off
+        victim.wait_until(lambda: victim.status()["links"]["refused"].get("stalled", 0) >= 1, what="the stalled link cut")
+    assert victim.call("store.put", key="still/up", value=1)["key"] == "still/up"
+
+
+def test_offers_of_100000_files_each_from_one_peer_wait_within_its_budget(nodes: NodeFactory) -> None:
+    from lannode.core.link import MessageReceived
+    from lannode.core.transfer import CHUNK_SIZE, hash_chunk
+    from lannode.transfer import CHANNEL_TRANSFER, MAX_PENDING_FILES_PER_PEER
+
+    a, b = pair(nodes, "ann", "ben")
+    ann = {p["name"]: p for p in b.call("peer.list")}["ann"]
+    empty = base64.b64encode(hash_chunk(b"")).decode()
+    files = [{"path": f"f{i}.txt", "size": 0, "mode": 420, "chunks": empty} for i in range(MAX_PENDING_FILES_PER_PEER)]
+    before = rss_peak_mb(a)
+    declines = []
+    with raw_link(SigningKey.generate(), ann) as (conn, sock):
+        for i in range(5):
+            offer = {"id": f"{i:032x}", "chunk_size": CHUNK_SIZE, "files": files}
+            conn.send_message(CHANNEL_TRANSFER, json.dumps({"t": "offer", "offer": offer}).encode())
+            sock.sendall(conn.data_to_send())
+        sock.settimeout(30)
+        while len(declines) < 4:
+            conn.receive_data(sock.recv(65536))
+            for event in conn.events():
+                if isinstance(event, MessageReceived) and json.loads(event.data)["t"] == "decline":
+                    declines.append(json.loads(event.data))
+    assert all("wait for a decision" in d["reason"] for d in declines), declines
+    pending = [t for t in a.call("transfer.list") if t["state"] == "pending"]
+    assert len(pending) == 1 and pending[0]["files"] == MAX_PENDING_FILES_PER_PEER
+    assert a.status()["transfers"]["refused"]["budget"] == 4
+    assert len(list((a.home.path / "transfers").glob("*.offer"))) == 1
+    print(f"peak RSS grew by {rss_peak_mb(a) - before:.0f} MB")
+    assert rss_peak_mb(a) - before < 400  # not 1 GB
+    assert a.call("store.put", key="still/up", value=1)["key"] == "still/up"

@@ -28,6 +28,13 @@ link. A plaintext is ``channel (1) | flags (1) | data``; a message larger than
 one record is split into fragments (flag MORE), and records of different
 channels may interleave, so a bulk transfer never holds up chat.
 
+**Budgets.** A message is at most ``max_message`` bytes, and the parts of
+unfinished messages on all channels together at most ``max_buffered``: a peer
+that starts messages on many channels and finishes none is refused ("budget"),
+it does not get 16 MiB per channel. A ping that comes while ``MAX_PENDING_CONTROL``
+sealed bytes wait to be written goes unanswered, so a peer that pings and reads
+nothing cannot grow our output.
+
 **Threat model.** An attacker on the LAN may read, drop, alter, replay and inject
 packets and may run its own nodes. It learns who talks to whom and how much
 (node keys travel in the clear, as they do in gossip), but not what; it cannot
@@ -76,6 +83,8 @@ TAG_BYTES = 16
 MAX_RECORD_DATA = 64 * 1024  # data bytes per record
 MAX_RECORD = MAX_RECORD_DATA + _PLAIN_HEADER.size + TAG_BYTES
 DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
+DEFAULT_MAX_BUFFERED = 2 * DEFAULT_MAX_MESSAGE  # parts of unfinished messages held at once, all channels together
+MAX_PENDING_CONTROL = 64 * 1024  # sealed bytes not yet taken by the writer past which a ping goes unanswered
 
 CONTROL = 0  # channel 0 carries the link's own messages
 MORE = 0x01
@@ -139,7 +148,7 @@ class LinkClosed:
 
 
 LinkEvent = Union[LinkEstablished, MessageReceived, Pong, LinkClosed]
-CLOSE_REASONS = ("closed", "magic", "version", "identity", "signature", "decrypt", "oversized", "protocol")
+CLOSE_REASONS = ("closed", "magic", "version", "identity", "signature", "decrypt", "oversized", "budget", "protocol")
 
 
 class RecordCipher:
@@ -237,6 +246,7 @@ class LinkConnection:
         network_key: bytes | None = None,
         expected_node_id: str | None = None,
         max_message: int = DEFAULT_MAX_MESSAGE,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
         aes_gcm: bool = AES_GCM,
     ) -> None:
         self.role = role
@@ -247,6 +257,9 @@ class LinkConnection:
         self._network_key = network_key
         self._expected = expected_node_id
         self._max_message = max_message
+        self._max_buffered = max_buffered
+        self.buffered = 0  # bytes of unfinished messages held, all channels together
+        self.pings_unanswered = 0  # pings that came while we had sealed bytes waiting to be sent
         self._aes_gcm = aes_gcm
         self._eph_public, self._eph_secret = crypto_kx_keypair()
         self._hello = _HELLO.pack(MAGIC, VERSION, FLAG_AES_GCM if aes_gcm else 0, bytes(signing_key.verify_key), self._eph_public)
@@ -407,7 +420,10 @@ class LinkConnection:
                 raise _Refused("protocol", "an empty control record")
             kind, body = data[0], data[1:]
             if kind == C_PING:
-                self._out += self._seal(_PLAIN_HEADER.pack(CONTROL, 0) + bytes([C_PONG]) + body[:64])
+                if len(self._out) >= MAX_PENDING_CONTROL:  # a peer that pings and reads nothing gets no more
+                    self.pings_unanswered += 1
+                else:
+                    self._out += self._seal(_PLAIN_HEADER.pack(CONTROL, 0) + bytes([C_PONG]) + body[:64])
             elif kind == C_PONG:
                 self._events.append(Pong(body))
             elif kind == C_CLOSE:
@@ -418,15 +434,19 @@ class LinkConnection:
         if flags & MORE:
             if partial is None:
                 partial = self._partial[channel] = bytearray()
-            partial += data
-            if len(partial) > self._max_message:
+            if len(partial) + len(data) > self._max_message:
                 raise _Refused("oversized", f"a message over {self._max_message} bytes")
+            if self.buffered + len(data) > self._max_buffered:
+                raise _Refused("budget", f"unfinished messages over {self._max_buffered} bytes on {len(self._partial)} channels")
+            partial += data
+            self.buffered += len(data)
             return
         if partial is not None:
-            partial += data
             del self._partial[channel]
-            if len(partial) > self._max_message:
+            self.buffered -= len(partial)
+            if len(partial) + len(data) > self._max_message:
                 raise _Refused("oversized", f"a message over {self._max_message} bytes")
+            partial += data
             data = bytes(partial)
         self._events.append(MessageReceived(channel, data))
 

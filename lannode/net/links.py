@@ -8,11 +8,19 @@ then keeps the one dialed by the smaller node id, so they agree without talking.
 A ``Link`` has a writer task that interleaves channels record by record (64 KiB
 each), lower channel numbers first within a round, so a bulk transfer on a high
 channel never holds up chat on a low one; ``send`` waits when a channel already
-has ``queue_limit`` messages queued (backpressure). A link that has sent nothing
-for ``keepalive`` seconds sends a ping; one that hears nothing for ``idle_timeout``
-seconds is closed. Messages are handed to the handler registered for their
-channel; a handler that blocks holds up that link's reader, so handlers queue
-work rather than do it.
+has ``queue_limit`` messages queued, or the link ``queue_bytes`` bytes in all
+(backpressure). A link that has sent nothing for ``keepalive`` seconds sends a
+ping; one that hears nothing for ``idle_timeout`` seconds is closed, and so is one
+whose peer takes none of our bytes for ``stall_timeout`` seconds ("stalled"): a
+peer that asks and never reads holds at most ``queue_bytes`` of ours, and not for
+long. Messages are handed to the handler registered for their channel; a handler
+that blocks holds up that link's reader (and so, through TCP, the peer), so
+handlers queue work rather than do it. A handler's exception is counted
+(``handler_errors``) and the link goes on.
+
+Unfinished messages are held within ``max_buffered`` bytes per link (the sans-IO
+connection refuses a peer past it) and ``total_buffered`` across all links: a link
+whose peer would take the node past that is closed ("budget").
 
 A failed dial is not retried before a backoff (0.5 s, doubling to 30 s) has
 passed; a link that breaks while there is nothing to send is simply dialed again
@@ -36,6 +44,7 @@ from nacl.signing import SigningKey
 from lannode.core.transfer import BULK_HELLO_BYTES, BULK_MAGIC, BadOffer, parse_bulk_hello
 from lannode.net.fastio import DirectStream
 from lannode.core.link import (
+    DEFAULT_MAX_BUFFERED,
     MAX_RECORD_DATA,
     LinkClosed,
     LinkConnection,
@@ -69,7 +78,11 @@ class LinkSettings:
     idle_timeout: float = 15.0
     connect_timeout: float = 5.0
     handshake_timeout: float = 5.0
-    queue_limit: int = 64
+    queue_limit: int = 64  # messages queued per channel
+    queue_bytes: int = 32 * 1024 * 1024  # bytes queued per link, all channels (one bigger message still goes alone)
+    stall_timeout: float = 30.0  # a peer that takes none of our bytes this long is cut off
+    max_buffered: int = DEFAULT_MAX_BUFFERED  # bytes of a peer's unfinished messages held per link
+    total_buffered: int = 256 * 1024 * 1024  # ... and across all links
     backoff_min: float = 0.5
     backoff_max: float = 30.0
 
@@ -91,6 +104,9 @@ class Link:
         self._retired = trio.Event()
         self.close_reason = ""
         self._queues: dict[int, deque[_Outgoing]] = {}
+        self._queued_bytes = 0  # of the messages in _queues, not yet sealed
+        self._buffered = 0  # conn.buffered as the manager last counted it
+        self._writing_since: float | None = None  # a write waiting for the peer to take bytes, since then
         self._drained = trio.Event()  # set (and replaced) whenever a queued message leaves, or on close
         self._work = trio.Event()
         self._last_sent = trio.current_time()
@@ -110,7 +126,8 @@ class Link:
             await self.manager.send(self.node_id, channel, data)
             return
         queue = self._queues.setdefault(channel, deque())
-        while self.is_open and len(queue) >= self.manager.settings.queue_limit:
+        settings = self.manager.settings
+        while self.is_open and (len(queue) >= settings.queue_limit or (self._queued_bytes and self._queued_bytes + len(data) > settings.queue_bytes)):
             await self._drained.wait()
         if not self.is_open:
             raise LinkError(f"the link to {self.node_id} is closed ({self.close_reason})")
@@ -124,13 +141,15 @@ class Link:
         if self.retiring or not self.is_open:
             return False
         queue = self._queues.setdefault(channel, deque())
-        if len(queue) >= self.manager.settings.queue_limit:
+        settings = self.manager.settings
+        if len(queue) >= settings.queue_limit or (self._queued_bytes and self._queued_bytes + len(data) > settings.queue_bytes):
             return False
         self._append(queue, data)
         return True
 
     def _append(self, queue: deque[_Outgoing], data: bytes) -> None:
         queue.append(_Outgoing(data))
+        self._queued_bytes += len(data)
         self.messages_sent += 1
         self._work.set()
 
@@ -179,6 +198,9 @@ class Link:
             "messages_sent": self.messages_sent,
             "messages_received": self.messages_received,
             "queued": sum(len(q) for q in self._queues.values()),
+            "queued_bytes": self._queued_bytes,
+            "buffered": self.conn.buffered,
+            "pings_unanswered": self.conn.pings_unanswered,
         }
 
     # -- tasks ---------------------------------------------------------------------------------
@@ -188,6 +210,7 @@ class Link:
                 nursery.start_soon(self._reader)
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._keepalive)
+                nursery.start_soon(self._watch_stall)
                 nursery.start_soon(self._retire_deadline)
                 await self.closed.wait()
                 with trio.move_on_after(1):  # let the writer say goodbye
@@ -195,6 +218,8 @@ class Link:
                 nursery.cancel_scope.cancel()
         finally:
             self.close(self.close_reason or "closed")
+            self.manager.buffered -= self._buffered
+            self._buffered = 0
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.stream)
             self.manager._forget(self)
@@ -213,7 +238,15 @@ class Link:
                 if idle.cancelled_caught:
                     self.close(f"nothing heard for {settings.idle_timeout:g} s")
                     return
-                self.conn.receive_data(data)
+                try:
+                    self.conn.receive_data(data)
+                except Exception:  # a bug of ours a peer's bytes found: this link ends, the node goes on
+                    self.manager.refused["error"] += 1
+                    log.exception("link to %s: the connection failed on what the peer sent", self.node_id)
+                    self.close("error")
+                    return
+                if self.conn.buffered != self._buffered and not self._count_buffered():
+                    return
             queued = False
             for event in self.conn.events():
                 if isinstance(event, MessageReceived):
@@ -259,6 +292,7 @@ class Link:
             item = queue[0]
             chunk = memoryview(item.data)[item.offset : item.offset + MAX_RECORD_DATA]
             item.offset += len(chunk)
+            self._queued_bytes -= len(chunk)
             more = item.offset < len(item.data)
             self.conn.send_record(channel, chunk, more=more)
             sealed = True
@@ -285,12 +319,36 @@ class Link:
             data = self.conn.data_to_send()
             if data:
                 self._last_sent = trio.current_time()
+                self._writing_since = self._last_sent
                 try:
                     await self._io.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     self.close(f"connection lost: {exc}")
+                finally:
+                    self._writing_since = None
         finally:
             self._send_lock.release()
+
+    def _count_buffered(self) -> bool:
+        """Take the connection's unfinished messages into the manager's count across links;
+        False (and the link closed) if they would take it past ``total_buffered``."""
+        manager = self.manager
+        manager.buffered += self.conn.buffered - self._buffered
+        self._buffered = self.conn.buffered
+        if manager.buffered > manager.settings.total_buffered:
+            manager.refused["budget"] += 1
+            self.close(f"budget: the peers' unfinished messages are over {manager.settings.total_buffered} bytes")
+            return False
+        return True
+
+    async def _watch_stall(self) -> None:
+        timeout = self.manager.settings.stall_timeout
+        while self.is_open:
+            await trio.sleep(timeout / 4)
+            since = self._writing_since
+            if since is not None and trio.current_time() - since >= timeout:
+                self.manager.refused["stalled"] += 1
+                self.close(f"stalled: the peer took none of our bytes for {timeout:g} s")
 
     async def _retire_deadline(self) -> None:
         await self._retired.wait()
@@ -338,6 +396,8 @@ class LinkManager:
         self.handlers: dict[int, MessageHandler] = {}
         self._bulk: dict[bytes, Callable[[trio.SocketStream], Awaitable[None]]] = {}  # one-time token -> its handler
         self.refused: Counter[str] = Counter()
+        self.handler_errors: Counter[int] = Counter()  # per channel: messages whose handler raised
+        self.buffered = 0  # bytes of unfinished messages held across all links
         self.port = 0
         self._dials: dict[str, _DialState] = {}
         self._nursery: trio.Nursery | None = None
@@ -405,7 +465,13 @@ class LinkManager:
         await link.send(channel, data)
 
     def statistics(self) -> dict[str, object]:
-        return {"port": self.port, "open": [link.statistics() for link in self.links.values()], "refused": dict(self.refused)}
+        return {
+            "port": self.port,
+            "open": [link.statistics() for link in self.links.values()],
+            "refused": dict(self.refused),
+            "handler_errors": sum(self.handler_errors.values()),
+            "buffered": self.buffered,
+        }
 
     # -- internals -----------------------------------------------------------------------------
     async def _dial(self, node_id: str, address: tuple[str, int]) -> Link:
@@ -414,7 +480,7 @@ class LinkManager:
                 stream = await trio.open_tcp_stream(*address)
         except (OSError, trio.TooSlowError) as exc:
             raise LinkError(f"cannot connect to {node_id} at {address[0]}:{address[1]}: {exc or 'timed out'}") from None
-        conn = LinkConnection(self.key, Role.DIALER, network_key=self.network_key, expected_node_id=node_id)
+        conn = LinkConnection(self.key, Role.DIALER, network_key=self.network_key, expected_node_id=node_id, max_buffered=self.settings.max_buffered)
         return await self._establish(stream, conn, dialed_by=self.node_id)
 
     async def _accept(self, stream: trio.SocketStream) -> None:
@@ -437,7 +503,7 @@ class LinkManager:
         if first.startswith(BULK_MAGIC):
             await self._accept_bulk(stream, first)
             return
-        conn = LinkConnection(self.key, Role.LISTENER, network_key=self.network_key)
+        conn = LinkConnection(self.key, Role.LISTENER, network_key=self.network_key, max_buffered=self.settings.max_buffered)
         conn.receive_data(first)
         try:
             link = await self._establish(stream, conn, dialed_by="")
@@ -524,7 +590,13 @@ class LinkManager:
         try:
             await handler(link, data)
         except Exception:
-            log.exception("handler for channel %d failed on a message from %s", channel, link.node_id)
+            # a peer's message that makes a handler raise is dropped and counted; the first
+            # traceback per channel is logged, so a peer cannot flood the log with them
+            self.handler_errors[channel] += 1
+            if self.handler_errors[channel] == 1:
+                log.exception("handler for channel %d failed on a message from %s (later failures are counted only)", channel, link.node_id)
+            else:
+                log.debug("handler for channel %d failed on a message from %s", channel, link.node_id, exc_info=True)
 
     def _forget(self, link: Link) -> None:
         if self.links.get(link.node_id) is link:
