@@ -508,10 +508,11 @@ def verified_prefix(part: Path, progress: FileProgress) -> int:
 T = TypeVar("T")
 
 
-async def run_in_thread(fn: Callable[[], T], meter: Meter) -> T:
+async def run_in_thread(fn: Callable[[], T], meter: Meter, limiter: trio.CapacityLimiter | None = None) -> T:
     """Run blocking bulk work in a thread; if the caller is cancelled, stop the work
     (``meter.stop()`` shuts its socket) and wait for the thread to return, so no thread
-    writes a file after its transfer was cancelled."""
+    writes a file after its transfer was cancelled. ``limiter``: whose threads it takes
+    (trio's default, shared with the API's own work, unless a peer asked: ``PeerThreads``)."""
     result: list[T] = []
     failure: list[BaseException] = []
 
@@ -525,7 +526,7 @@ async def run_in_thread(fn: Callable[[], T], meter: Meter) -> T:
         nursery.start_soon(watch)
         with trio.CancelScope(shield=True):
             try:
-                result.append(await trio.to_thread.run_sync(fn))
+                result.append(await trio.to_thread.run_sync(fn, limiter=limiter))
             except Exception as exc:  # raised outside the nursery, not as an ExceptionGroup
                 failure.append(exc)
             finally:
@@ -533,3 +534,32 @@ async def run_in_thread(fn: Callable[[], T], meter: Meter) -> T:
     if failure:
         raise failure[0]
     return result[0]
+
+
+class PeerThreads:
+    """Worker threads for bulk work a peer asked for (a drive fragment it puts or gets, a
+    file it sends us): at most ``each`` per peer and ``total`` in all, apart from trio's
+    default limiter, so the API's own work (SQLite, hashing, scans) never waits behind a
+    peer's trickling connections. Work past a peer's share waits for one of its own."""
+
+    def __init__(self, *, each: int = 4, total: int = 32) -> None:
+        self.each = each
+        self.total = trio.CapacityLimiter(total)
+        self._peers: dict[str, trio.CapacityLimiter] = {}
+        self.waited = 0  # works that had to wait for their peer's share
+
+    async def run(self, peer: str, fn: Callable[[], T], meter: Meter) -> T:
+        share = self._peers.get(peer)
+        if share is None:
+            share = self._peers[peer] = trio.CapacityLimiter(self.each)
+        if share.available_tokens == 0:
+            self.waited += 1
+        try:
+            async with share:
+                return await run_in_thread(fn, meter, self.total)
+        finally:
+            if share.borrowed_tokens == 0 and share.statistics().tasks_waiting == 0:
+                self._peers.pop(peer, None)
+
+    def statistics(self) -> dict[str, int]:
+        return {"threads": self.total.borrowed_tokens, "threads_max": int(self.total.total_tokens), "threads_per_peer": self.each, "peers": len(self._peers), "waited": self.waited}

@@ -100,6 +100,7 @@ CHANNEL_DRIVE = 6
 REQUEST_TIMEOUT = 15.0
 TOKEN_LIFETIME = 30.0  # seconds a holder waits for the bulk connection it handed a token for
 MAX_FRAME = 64 * 1024
+MAX_ANSWERING = 16  # a peer's requests answered at once; past that it is told "busy"
 PROGRESS_EVERY = 0.25
 PUT_ATTEMPTS = 2  # a holder that fails mid-put: once more, without it
 HOUSEKEEPING = 2.0  # seconds between passes over the fragments held here (tombstones, orphans)
@@ -169,6 +170,7 @@ class DriveService:
         self.stall_timeout = float(config.get("drive.stall_timeout"))
         self.counters: Counter[str] = Counter()
         self._pending: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self._answering: Counter[str] = Counter()  # per peer: its requests being answered now
         self._gone_since: dict[str, float] = {}
         self._repairing: set[str] = set()  # file ids being repaired here now
         self._needs_repair: set[tuple[str, int]] = set()  # fragments here found corrupt or missing
@@ -342,6 +344,11 @@ class DriveService:
         if handler is None or self._nursery is None:
             self.counters["unknown_request"] += 1
             return
+        if self._answering[link.node_id] >= MAX_ANSWERING:
+            self.counters["busy"] += 1
+            link.send_nowait(CHANNEL_DRIVE, _json_frame({"t": "re", "rid": rid[:64], "error": f"busy: {MAX_ANSWERING} requests of yours are being answered"}))
+            return
+        self._answering[link.node_id] += 1
         self._nursery.start_soon(self._answer, link, rid, handler, message)
 
     async def _answer(self, link: Link, rid: str, handler: Callable[..., Any], message: dict[str, Any]) -> None:
@@ -358,6 +365,10 @@ class DriveService:
             await link.send(CHANNEL_DRIVE, _json_frame({"t": "re", "rid": rid, **reply}))
         except LinkError:
             pass
+        finally:
+            self._answering[link.node_id] -= 1
+            if not self._answering[link.node_id]:
+                del self._answering[link.node_id]
 
     def _grant(self, link: Link, worker: Callable[[socket.socket, bytes, bool], None], on_expiry: Callable[[], None]) -> dict[str, Any]:
         """A one-time token and secret for a bulk connection from ``link``'s peer that runs
@@ -371,7 +382,7 @@ class DriveService:
             sock = socket.socket(fileno=stream.socket.detach())
             meter = Meter()
             try:
-                await run_in_thread(lambda: worker(sock, secret, aes), meter)
+                await self.peers.links.bulk_threads.run(link.node_id, lambda: worker(sock, secret, aes), meter)
             except (BulkError, FragmentError, OSError) as exc:
                 log.info("drive: a bulk connection from %s ended early: %s", self._name_of(link.node_id), exc)
             finally:
@@ -383,7 +394,11 @@ class DriveService:
                 self.peers.links.forget_bulk(token)
                 on_expiry()
 
-        self.peers.links.expect_bulk(token, connected)
+        try:
+            self.peers.links.expect_bulk(token, connected, link.node_id)
+        except LinkError as exc:
+            on_expiry()
+            raise DriveError(str(exc)) from None
         assert self._nursery is not None
         self._nursery.start_soon(expire)
         return {"token": token.hex(), "secret": secret.hex(), "aes": aes}
@@ -408,7 +423,7 @@ class DriveService:
         if not isinstance(start, int) or start < 0:
             raise ValueError("a start segment is a whole number")
         try:
-            reader = await trio.to_thread.run_sync(self.fragments.open, file_id, index)
+            reader = await trio.to_thread.run_sync(self.fragments.open, file_id, index, limiter=self.peers.links.bulk_threads.total)
         except FragmentError as exc:
             if self.fragments.has(file_id, index) or "corrupt" in str(exc):
                 self._found_bad(file_id, index, str(exc))
@@ -426,13 +441,14 @@ class DriveService:
     async def _serve_check(self, link: Link, message: dict[str, Any]) -> dict[str, Any]:
         file_id, index = message["id"], message["index"]
         check_id(file_id, index)
-        return {"state": await self._check_here(file_id, index)}
+        return {"state": await self._check_here(file_id, index, limiter=self.peers.links.bulk_threads.total)}
 
-    async def _check_here(self, file_id: str, index: int) -> str:
-        """"ok", "missing" or "corrupt" for a fragment this node should hold."""
+    async def _check_here(self, file_id: str, index: int, limiter: trio.CapacityLimiter | None = None) -> str:
+        """"ok", "missing" or "corrupt" for a fragment this node should hold (``limiter``:
+        whose threads the check takes, when a peer asked for it)."""
         if not self.fragments.has(file_id, index):
             return "missing"
-        if await trio.to_thread.run_sync(self.fragments.verify, file_id, index):
+        if await trio.to_thread.run_sync(self.fragments.verify, file_id, index, limiter=limiter):
             return "ok"
         self._found_bad(file_id, index, "failed its check")
         return "corrupt"

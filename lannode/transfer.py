@@ -716,8 +716,12 @@ class TransferService:
             secret, token = secrets.token_bytes(SECRET_BYTES), secrets.token_bytes(TOKEN_BYTES)
             if (old := self._tokens.pop(t.id, None)) is not None:
                 self.peers.links.forget_bulk(old)
+            try:
+                self.peers.links.expect_bulk(token, functools.partial(self._on_bulk, t=t, secret=secret, token=token), t.peer)
+            except LinkError as exc:  # the peer holds its share of bulk connections: its next offer gets the accept
+                log.info("transfer %s: %s", t.id[:8], exc)
+                return
             self._tokens[t.id] = token
-            self.peers.links.expect_bulk(token, functools.partial(self._on_bulk, t=t, secret=secret, token=token))
             link = self.peers.links.links.get(t.peer)
             cipher = link.cipher if link is not None else "xchacha20-poly1305"
             await self._try_send(t.peer, {"t": "accept", "id": t.id, "secret": base64.b64encode(secret).decode(), "token": token.hex(), "cipher": cipher})
@@ -874,7 +878,7 @@ class TransferService:
         with trio.CancelScope() as scope:
             t.worker = scope
             try:
-                await run_in_thread(lambda: receive_files(sock, secret, aes, sinks, meter, lambda i: self._finish(t, i)), meter)
+                await self.peers.links.bulk_threads.run(t.peer, lambda: receive_files(sock, secret, aes, sinks, meter, lambda i: self._finish(t, i)), meter)
             except SourceChanged as exc:
                 log.info("transfer %s: file %d changed at the sender; waiting for its new version", t.id[:8], exc.index)
             except BulkError as exc:

@@ -353,3 +353,35 @@ def test_offers_of_100000_files_each_from_one_peer_wait_within_its_budget(nodes:
     print(f"peak RSS grew by {rss_peak_mb(a) - before:.0f} MB")
     assert rss_peak_mb(a) - before < 400  # not 1 GB
     assert a.call("store.put", key="still/up", value=1)["key"] == "still/up"
+
+
+def test_a_stranger_holding_48_drive_grants_open_gets_its_share_and_the_api_goes_on(nodes: NodeFactory) -> None:
+    from lannode.core.transfer import bulk_hello
+    from tests.test_drive import request
+
+    a, b = pair(nodes, "ann", "ben")
+    ann = {p["name"]: p for p in b.call("peer.list")}["ann"]
+    host, port = ann["addresses"]["link"].rsplit(":", 1)
+    grants, refusals, trickles = [], [], []
+    with raw_link(SigningKey.generate(), ann) as (conn, sock):
+        for i in range(48):
+            reply = request(conn, sock, {"t": "put", "rid": str(i), "id": f"{i:032x}", "index": 0, "size": 5000, "k": 2, "m": 1, "segment": 1 << 20})
+            (grants if "token" in reply else refusals).append(reply)
+        assert len(grants) == 8 and all("busy" in r["error"] for r in refusals), refusals[:1]
+        try:
+            for grant in grants:  # each connection comes, and trickles
+                bulk = socket.create_connection((host, int(port)))
+                bulk.sendall(bulk_hello(bytes.fromhex(grant["token"])) + b"\x00")
+                trickles.append(bulk)
+            a.wait_until(lambda: a.status()["links"]["bulk"]["running"] == 8, what="the connections served")
+            bulk_status = a.wait_until(lambda: (s := a.status()["links"]["bulk"])["waited"] == 4 and s, what="four of them waiting for the peer's share")
+            assert bulk_status["threads"] == 4 and bulk_status["threads_per_peer"] == 4
+            for bulk in trickles:
+                bulk.send(b"\x00")
+            # the API's own work takes none of the peer's threads, and the peer's none of its
+            assert a.call("store.put", key="still/up", value=1)["key"] == "still/up"
+            assert a.call("chat.log", peer="ben") == []
+            assert a.status()["links"]["refused"]["bulk_budget"] == 40
+        finally:
+            for bulk in trickles:
+                bulk.close()

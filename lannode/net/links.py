@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import trio
 from nacl.signing import SigningKey
 
+from lannode.bulk import PeerThreads
 from lannode.core.transfer import BULK_HELLO_BYTES, BULK_MAGIC, BadOffer, parse_bulk_hello
 from lannode.net.fastio import DirectStream
 from lannode.core.link import (
@@ -83,6 +84,8 @@ class LinkSettings:
     stall_timeout: float = 30.0  # a peer that takes none of our bytes this long is cut off
     max_buffered: int = DEFAULT_MAX_BUFFERED  # bytes of a peer's unfinished messages held per link
     total_buffered: int = 256 * 1024 * 1024  # ... and across all links
+    bulk_per_peer: int = 8  # bulk connections a peer may hold, granted and not yet come or running
+    bulk_total: int = 64  # ... all peers together
     backoff_min: float = 0.5
     backoff_max: float = 30.0
 
@@ -394,7 +397,9 @@ class LinkManager:
         self.on_established = on_established
         self.links: dict[str, Link] = {}
         self.handlers: dict[int, MessageHandler] = {}
-        self._bulk: dict[bytes, Callable[[trio.SocketStream], Awaitable[None]]] = {}  # one-time token -> its handler
+        self._bulk: dict[bytes, tuple[str, Callable[[trio.SocketStream], Awaitable[None]]]] = {}  # one-time token -> (peer, its handler)
+        self._bulk_running: Counter[str] = Counter()  # per peer: bulk connections being served
+        self.bulk_threads = PeerThreads()  # the worker threads of what peers ask of us
         self.refused: Counter[str] = Counter()
         self.handler_errors: Counter[int] = Counter()  # per channel: messages whose handler raised
         self.buffered = 0  # bytes of unfinished messages held across all links
@@ -405,10 +410,16 @@ class LinkManager:
     def handle(self, channel: int, handler: MessageHandler) -> None:
         self.handlers[channel] = handler
 
-    def expect_bulk(self, token: bytes, handler: Callable[[trio.SocketStream], Awaitable[None]]) -> None:
+    def expect_bulk(self, token: bytes, handler: Callable[[trio.SocketStream], Awaitable[None]], peer: str) -> None:
         """A bulk connection whose hello carries ``token`` goes to ``handler`` (once). The
-        token travelled over a link, so only that peer can present it."""
-        self._bulk[token] = handler
+        token travels over ``peer``'s link, so only that peer can present it. LinkError if
+        the peer holds ``bulk_per_peer`` connections already (granted or running), or all
+        peers ``bulk_total``: a peer's requests cannot take every connection and thread."""
+        theirs = sum(1 for owner, _ in self._bulk.values() if owner == peer) + self._bulk_running[peer]
+        if theirs >= self.settings.bulk_per_peer or len(self._bulk) + sum(self._bulk_running.values()) >= self.settings.bulk_total:
+            self.refused["bulk_budget"] += 1
+            raise LinkError(f"busy: {theirs} bulk connections of {peer} are open or expected already")
+        self._bulk[token] = (peer, handler)
 
     def forget_bulk(self, token: bytes) -> None:
         self._bulk.pop(token, None)
@@ -471,6 +482,7 @@ class LinkManager:
             "refused": dict(self.refused),
             "handler_errors": sum(self.handler_errors.values()),
             "buffered": self.buffered,
+            "bulk": {"expected": len(self._bulk), "running": sum(self._bulk_running.values()), **self.bulk_threads.statistics()},
         }
 
     # -- internals -----------------------------------------------------------------------------
@@ -526,12 +538,19 @@ class LinkManager:
             log.debug("bulk connection refused: %s", exc)
             await trio.aclose_forcefully(stream)
             return
-        handler = self._bulk.pop(token, None)
-        if handler is None:
+        expected = self._bulk.pop(token, None)
+        if expected is None:
             self.refused["bulk_token"] += 1
             await trio.aclose_forcefully(stream)
             return
-        await handler(stream)
+        peer, handler = expected
+        self._bulk_running[peer] += 1
+        try:
+            await handler(stream)
+        finally:
+            self._bulk_running[peer] -= 1
+            if not self._bulk_running[peer]:
+                del self._bulk_running[peer]
 
     async def _establish(self, stream: trio.SocketStream, conn: LinkConnection, dialed_by: str) -> Link:
         try:
