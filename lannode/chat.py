@@ -649,6 +649,9 @@ class ChatService:
         state = self._groups.get(group_id)
         if state is None or message.sender not in state.ever:
             return "later"  # an invitation or a member's invitation has not reached us yet
+        cut = state.cuts.get(message.sender)
+        if cut is not None and message.seq > cut:
+            return "refuse"  # written after its removal, dated however early
         if relayer != message.sender and relayer not in state.members:
             return "refuse"
         return "accept"
@@ -823,7 +826,10 @@ class ChatService:
                 ops.append(ChatMessage.from_json(json.loads(row["body"])))
             except BadFrame:
                 continue  # stored before verification was the rule: an operation must verify to count
-        state = fold(group_id, ops)
+        equivocal: set[tuple[str, int]] = set()
+        if any('"cut"' in op.text for op in ops):  # a removal with a cut: a seq used twice voids both
+            equivocal = {(row["sender"], row["seq"]) for row in self._query(EQUIVOCAL, (conversation,))}
+        state = fold(group_id, ops, equivocal)
         before = self._groups.get(group_id)
         if state is None:
             return None
@@ -862,8 +868,12 @@ class ChatService:
             wanted &= state.members - {self.me}
             if not wanted:
                 raise ChatError("none of them is a member")
+        cut = None
+        if op == "remove":  # what we hold of each: anything of theirs past it, dated however early, has no effect
+            have = await self._digest(group_conversation(group_id))
+            cut = {member: have.get(member, 0) for member in wanted}
         recipients = sorted((state.members | wanted) - {self.me})  # the removed learn they were removed
-        await self._author(group_conversation(group_id), "group", [op_text(op, name=name, members=wanted)], recipients)
+        await self._author(group_conversation(group_id), "group", [op_text(op, name=name, members=wanted, cut=cut)], recipients)
         return self._groups[group_id].to_json(self.me)
 
     def groups(self) -> list[dict[str, Any]]:
@@ -1208,3 +1218,5 @@ def _record(message: ChatMessage, *, outgoing: bool, received_at: int) -> dict[s
 def _row(message: ChatMessage, body: str, *, outgoing: bool, received_at: int) -> tuple[Any, ...]:
     return (message.id, message.conversation, message.sender, message.seq, message.lamport, message.sent_at, received_at, message.text, body, int(outgoing), message.kind)
 
+# (sender, seq) pairs that two different messages of a conversation carry: see lannode.core.groups
+EQUIVOCAL = "SELECT sender, seq FROM messages WHERE conversation = ? GROUP BY sender, seq HAVING COUNT(*) > 1"

@@ -57,6 +57,44 @@ def test_the_fold_applies_operations_by_who_may_do_them() -> None:
     assert fold(gid, [dan.op(gid, 1, op_text("create", name="fake", members=[dan.id]))]) is None
 
 
+def test_a_removed_member_cannot_date_an_invitation_before_its_removal() -> None:
+    ann, mal, sock = Author(), Author(), Author()
+    gid = new_message_id()
+    ops = [
+        ann.op(gid, 1, op_text("create", name="team", members=[mal.id]), message_id=gid),
+        mal.op(gid, 2, op_text("rename", name="mal's"), message_id=None),  # mal's seq 1, before its removal
+        ann.op(gid, 10, op_text("remove", members=[mal.id], cut={mal.id: 1})),
+    ]
+    before = fold(gid, ops)
+    assert before is not None and before.members == {ann.id}
+    # after its removal mal signs an invitation for a node of its own, with a clock before it
+    backdated = mal.op(gid, 3, op_text("invite", members=[sock.id]))  # seq 2: past the cut
+    state = fold(gid, [*ops, backdated])
+    assert state is not None and state.members == {ann.id} and state.name == "mal's"
+    assert state.cuts == {mal.id: 1}
+    # nor under the cut with a seq it used already: both messages of that seq count for nothing
+    mal.seq = 0
+    reused = mal.op(gid, 3, op_text("invite", members=[sock.id]))
+    state = fold(gid, [*ops, reused], equivocal={(mal.id, 1)})
+    assert state is not None and state.members == {ann.id} and state.name == "team"
+    # without the cut (a removal by an older lannode) the fold is as before
+    old = [*ops[:2], ann.op(gid, 11, op_text("remove", members=[mal.id])), mal.op(gid, 3, op_text("invite", members=[sock.id]))]
+    legacy = fold(gid, old)
+    assert legacy is not None and sock.id in legacy.members
+
+
+def test_a_member_removed_and_invited_again_counts_from_its_return() -> None:
+    ann, ben = Author(), Author()
+    gid = new_message_id()
+    ops = [ann.op(gid, 1, op_text("create", name="team", members=[ben.id]), message_id=gid)]
+    ops.append(ben.op(gid, 2, op_text("rename", name="one")))  # ben's seq 1
+    ops.append(ann.op(gid, 3, op_text("remove", members=[ben.id], cut={ben.id: 1})))
+    ops.append(ann.op(gid, 4, op_text("invite", members=[ben.id])))
+    ops.append(ben.op(gid, 5, op_text("rename", name="two")))  # seq 2, after its return: counts
+    state = fold(gid, ops)
+    assert state is not None and state.name == "two" and ben.id in state.members and state.cuts == {}
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.randoms(use_true_random=False))
 def test_the_fold_is_the_same_whatever_order_operations_arrive_in(rng: random.Random) -> None:

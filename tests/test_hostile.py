@@ -385,3 +385,38 @@ def test_a_stranger_holding_48_drive_grants_open_gets_its_share_and_the_api_goes
         finally:
             for bulk in trickles:
                 bulk.close()
+
+
+def test_a_removed_member_cannot_bring_in_a_node_of_its_own_with_a_backdated_invite(nodes: NodeFactory) -> None:
+    from lannode.core.groups import group_conversation, op_text
+    from lannode.identity import Identity
+
+    a, b, mal = pair(nodes, "ann", "ben", "mal")
+    mal_id = mal.status()["node_id"]
+    gid = a.call("group.create", name="team", members=["ben", "mal"])["id"]
+    mal.wait_until(lambda: mal.call("group.list") != [], what="mal in the group")
+    said = mal.call("chat.send", group=gid, text="hello from mal")
+    a.wait_until(lambda: any(x["text"] == "hello from mal" for x in a.call("chat.log", group=gid)), what="mal's message at ann")
+    a.call("group.remove", group=gid, members=["mal"])
+    b.wait_until(lambda: mal_id not in b.call("group.info", group=gid)["members"], what="ben sees mal removed")
+    mal.stop()
+    key = Identity.load_or_create(mal.home.path).signing_key
+    sock = node_id_for(bytes(SigningKey.generate().verify_key))
+    conversation = group_conversation(gid)
+    backdated = [
+        ChatMessage(new_message_id(), conversation, bytes(key.verify_key), said["seq"] + 1, 2, 1000, op_text("invite", members=[sock]), "group").signed(key),
+        ChatMessage(new_message_id(), conversation, bytes(key.verify_key), said["seq"] + 2, 2, 1000, "still here, dated early").signed(key),
+    ]
+    rejected = a.status()["chat"]["rejected"]
+    for node, seen_by, name in ((a, b, "ann"), (b, a, "ben")):
+        target = {p["name"]: p for p in seen_by.call("peer.list")}[name]
+        with raw_link(key, target) as (conn, stream):
+            for message in backdated:
+                conn.send_message(CHANNEL_CHAT, encode_frame(MessageFrame(message)))
+            stream.sendall(conn.data_to_send())
+            node.wait_until(lambda node=node: any(x["id"] == backdated[0].id for x in node.call("chat.log", group=gid)), what="the invitation stored")
+    for node in (a, b):
+        members = node.call("group.info", group=gid)["members"]
+        assert sock not in members and mal_id not in members
+        assert "still here, dated early" not in [x["text"] for x in node.call("chat.log", group=gid)]
+    a.wait_until(lambda: a.status()["chat"]["rejected"] > rejected, what="the backdated text refused")

@@ -8,7 +8,9 @@ A group is the conversation ``group/<id>``. Its operations are ordinary signed
   the same group (it would have a different id), and the creator is its signer.
 * ``{"op": "rename", "name": N}``: any member.
 * ``{"op": "invite", "members": [ids]}``: any member adds nodes.
-* ``{"op": "remove", "members": [ids]}``: the creator removes members.
+* ``{"op": "remove", "members": [ids], "cut": {id: seq}}``: the creator removes
+  members; ``cut`` names, for each, the highest of its seqs the creator held with
+  none missing below it.
 * ``{"op": "leave"}``: a member leaves.
 
 The group's state is the fold of its operations in the conversation's display
@@ -20,16 +22,26 @@ sender's outbox to each member, catch-up from any member).
 
 The fold also remembers everyone who was ever a member, so a message written
 before its author left or was removed is still accepted from a catch-up.
+
+A removed member still holds its key, and a clock is only what its signer says:
+it could sign an invitation after its removal and date it before. The removal's
+``cut`` closes that. An operation by a member with a seq past the cut of a removal
+that comes after it in the order was signed after the creator's view of that
+member was taken, so it has no effect, whatever clock it claims; and a seq at or
+below the cut that two different messages of that member carry (a seq used again,
+to slip a new operation under the cut) voids both (``equivocal``, computed by the
+caller from every message of the conversation). A text message of a removed member
+past its cut is refused by the chat service the same way.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lannode.core.chat import BadFrame, ChatError, ChatMessage
+from lannode.core.chat import MAX_COUNT, BadFrame, ChatError, ChatMessage
 
 GROUP_PREFIX = "group/"
 MAX_NAME_BYTES = 100
@@ -60,13 +72,15 @@ def check_name(name: str) -> str:
     return name
 
 
-def op_text(op: str, *, name: str | None = None, members: Iterable[str] = ()) -> str:
+def op_text(op: str, *, name: str | None = None, members: Iterable[str] = (), cut: dict[str, int] | None = None) -> str:
     body: dict[str, Any] = {"op": op}
     if name is not None:
         body["name"] = name
     members = sorted(set(members))
     if members:
         body["members"] = members
+    if cut:
+        body["cut"] = cut
     return json.dumps(body, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
 
@@ -75,6 +89,7 @@ class GroupOp:
     op: str
     name: str | None = None
     members: tuple[str, ...] = ()
+    cut: tuple[tuple[str, int], ...] = ()  # a removal's (member, the highest seq of it held), in member order
 
 
 def parse_op(message: ChatMessage) -> GroupOp:
@@ -96,7 +111,12 @@ def parse_op(message: ChatMessage) -> GroupOp:
         raise BadFrame(f"{op} needs a name")
     if op in ("invite", "remove") and not members:
         raise BadFrame(f"{op} needs members")
-    return GroupOp(op, name, tuple(members))
+    cut = body.get("cut", {})
+    if not isinstance(cut, dict) or (cut and op != "remove") or not set(cut) <= set(members):
+        raise BadFrame("a cut names removed members")
+    if not all(isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq <= MAX_COUNT for seq in cut.values()):
+        raise BadFrame(f"a cut's seqs are 0 to {MAX_COUNT}")
+    return GroupOp(op, name, tuple(members), tuple(sorted(cut.items())))
 
 
 def _is_node_id(value: Any) -> bool:
@@ -111,6 +131,7 @@ class GroupState:
     members: set[str] = field(default_factory=set)
     ever: set[str] = field(default_factory=set)  # everyone who was a member at some point
     removed: set[str] = field(default_factory=set)
+    cuts: dict[str, int] = field(default_factory=dict)  # of the removed: past this seq nothing of theirs counts
     version: int = 0  # operations that took effect
 
     def to_json(self, me: str) -> dict[str, Any]:
@@ -125,9 +146,10 @@ class GroupState:
         }
 
 
-def fold(group_id: str, messages: Iterable[ChatMessage]) -> GroupState | None:
+def fold(group_id: str, messages: Iterable[ChatMessage], equivocal: Collection[tuple[str, int]] = ()) -> GroupState | None:
     """The group's state from its operations (any order, duplicates harmless), or None
-    while its "create" is not among them."""
+    while its "create" is not among them. ``equivocal``: (sender, seq) pairs that two
+    different messages of the conversation carry."""
     ops = sorted((m for m in messages if m.kind == "group"), key=ChatMessage.order_key)
     create = next((m for m in ops if m.id == group_id), None)
     if create is None:
@@ -142,6 +164,8 @@ def fold(group_id: str, messages: Iterable[ChatMessage]) -> GroupState | None:
     state.members = {create.sender, *first.members}
     state.ever = set(state.members)
     state.version = 1
+    parsed: list[tuple[ChatMessage, GroupOp]] = []
+    removals: dict[str, list[tuple[tuple[int, str, int], int]]] = {}  # member -> (the removal's place, its cut)
     seen = {create.id}
     for message in ops:
         if message.id in seen or message.order_key() < create.order_key():
@@ -151,7 +175,18 @@ def fold(group_id: str, messages: Iterable[ChatMessage]) -> GroupState | None:
             op = parse_op(message)
         except BadFrame:
             continue
-        if apply(state, message.sender, op):
+        parsed.append((message, op))
+        if op.op == "remove" and message.sender == state.creator:
+            for member, seq in op.cut:
+                removals.setdefault(member, []).append((message.order_key(), seq))
+    for message, op in parsed:
+        sender = message.sender
+        if (sender, message.seq) in equivocal:
+            continue
+        place = message.order_key()
+        if any(later > place and message.seq > cut for later, cut in removals.get(sender, ())):
+            continue  # signed after a later removal took its view of this member: dated back
+        if apply(state, sender, op):
             state.version += 1
     return state
 
@@ -169,10 +204,13 @@ def apply(state: GroupState, sender: str, op: GroupOp) -> bool:
         state.members |= added
         state.ever |= added
         state.removed -= added
+        for member in added:
+            state.cuts.pop(member, None)
     elif op.op == "remove" and sender == state.creator:
         gone = set(op.members) & state.members - {sender}
         state.members -= gone
         state.removed |= gone
+        state.cuts.update((member, seq) for member, seq in op.cut if member in gone)
     elif op.op == "leave":
         state.members.discard(sender)
     else:
