@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AbstractSet, Any, Callable
+from typing import AbstractSet, Any, BinaryIO, Callable
 
 import trio
 
@@ -85,7 +85,7 @@ from lannode.drive_io import (
     serve_fragment,
     store_fragment,
 )
-from lannode.files import free_name
+from lannode.files import leaf_name, part_name, write_new_beneath
 from lannode.fragments import FragmentError, FragmentStore, check_id, check_shape
 from lannode.identity import Identity
 from lannode.net.api_server import ApiServer, EventBus, require
@@ -632,7 +632,10 @@ class DriveService:
         return sorted(rows, key=lambda r: (r["name"] is None, r["name"] or "", r["id"]))
 
     # -- get -----------------------------------------------------------------------------------------------
-    async def get(self, text: str, out: Path, *, op: str = "") -> dict[str, Any]:
+    async def get(self, text: str, out: Path | None, *, op: str = "") -> dict[str, Any]:
+        """Fetch and decrypt a file to ``out`` (a local program's path: a folder takes the
+        file's name), or, with None, to a new file in the downloads folder, written beneath
+        it without following a symlink (``write_new_beneath``)."""
         manifest, record = self.resolve(text)
         if record is None:
             raise api.ApiError(api.ErrorCode.FORBIDDEN, f"this node has no read capability for {manifest.file_id}: ask its owner ({self._name_of(manifest.owner)}) to share it")
@@ -643,26 +646,37 @@ class DriveService:
             check_layout(manifest.layout, cap)
         except DriveError as exc:
             raise api.ApiError(api.ErrorCode.BAD_PARAMS, str(exc)) from None
-        if out.is_dir():
-            out = out / Path(record["name"]).name
-        part = out.with_name(f".{out.name}.lannode-part")
+        name = leaf_name(str(record["name"] or manifest.file_id))
+        if out is not None and out.is_dir():
+            out = out / name
         operation = self._begin(op, "get", record["name"], manifest.layout.size)
         report = GetReport()
+        landed: list[Path] = []
         try:
             holdings = self._holdings(manifest)
 
+            def fetch(f: BinaryIO) -> None:
+                get_file(manifest.layout, cap, holdings, f, operation.meter, report)
+
             def work() -> None:
-                with open(part, "wb") as f:
-                    get_file(manifest.layout, cap, holdings, f, operation.meter, report)
-                os.replace(part, out)
+                if out is None:
+                    landed.append(write_new_beneath(self.downloads, name, fetch))
+                    return
+                part = out.with_name(part_name(out.name))
+                try:
+                    with open(part, "wb") as f:
+                        fetch(f)
+                    os.replace(part, out)
+                finally:
+                    part.unlink(missing_ok=True)
+                landed.append(out)
 
             await run_in_thread(work, operation.meter)
         except OSError as exc:
-            raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"cannot write {out}: {exc.strerror or exc}") from None
+            raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"cannot write {out or self.downloads / name}: {exc.strerror or exc}") from None
         except (DriveError, BulkError) as exc:
             raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"the get failed: {exc}") from None
         finally:
-            part.unlink(missing_ok=True)
             self._end(operation)
             self._note_failures(manifest, report)
         self.counters["get"] += 1
@@ -670,7 +684,7 @@ class DriveService:
             "id": manifest.file_id,
             "name": record["name"],
             "size": manifest.layout.size,
-            "path": str(out),
+            "path": str(landed[0]),
             "from": [{"index": i, "node": n, "name": self._name_of(n)} for i, n in report.used],
             "failed": [{"index": i, "node": n, "name": self._name_of(n), "why": why} for i, n, why in report.failed],
         }
@@ -947,8 +961,7 @@ class DriveService:
             manifest, record = self.resolve(require(params, "file", str))
             if record is None:
                 raise api.ApiError(api.ErrorCode.FORBIDDEN, f"this node has no read capability for {manifest.file_id}: ask its owner ({self._name_of(manifest.owner)}) to share it")
-            out = await trio.to_thread.run_sync(free_name, self.downloads, str(record["name"] or manifest.file_id))
-            return await self.get(manifest.file_id, out, op=op)
+            return await self.get(manifest.file_id, None, op=op)
 
         async def drive_ls(params: dict[str, Any], caller: api.Principal) -> Any:
             return self.ls()

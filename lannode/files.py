@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 
 def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -22,21 +23,64 @@ def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
         raise
 
 
-def free_name(folder: Path, name: str) -> Path:
-    """A path in ``folder`` for a file called ``name`` (whatever a peer chose: only its last
-    part, never a dot name) that nothing is using yet: "name", then "name (1).ext", ..."""
+def leaf_name(name: str) -> str:
+    """A single file name from whatever a peer chose: only its last part, printable, never
+    a dot name (so never "." or ".."), at most 200 characters; "file" if nothing is left."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1].strip().lstrip(".") or "file"
-    base = "".join(c for c in base if c.isprintable())[:200] or "file"
-    stem, dot, suffix = base.rpartition(".")
-    if not stem:
-        stem, dot, suffix = base, "", ""
-    folder.mkdir(parents=True, exist_ok=True)
-    candidate = folder / base
-    n = 0
-    while candidate.exists() or candidate.with_name(f".{candidate.name}.lannode-part").exists():
+    return "".join(c for c in base if c.isprintable())[:200] or "file"
+
+
+def numbered(name: str, n: int) -> str:
+    """The n-th other name for a taken ``name``: "photo (1).jpg", "notes (2).tar.gz"."""
+    stem, dot, ext = name.partition(".") if not name.startswith(".") else (name, "", "")
+    return f"{stem} ({n}){dot}{ext}"
+
+
+def exists_in(folder_fd: int, name: str) -> bool:
+    """Whether ``name`` is taken in the open folder: by anything, a symlink too (not followed)."""
+    try:
+        os.lstat(name, dir_fd=folder_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def free_name_in(folder_fd: int, name: str) -> str:
+    """``name``, else the first of "name (1)", "name (2)"... that nothing in the open folder
+    uses yet, nor a download still being written under it (``part_name``)."""
+    candidate, n = name, 0
+    while exists_in(folder_fd, candidate) or exists_in(folder_fd, part_name(candidate)):
         n += 1
-        candidate = folder / f"{stem} ({n}){dot}{suffix}"
+        candidate = numbered(name, n)
     return candidate
+
+
+def part_name(name: str) -> str:
+    """Where a download to ``name`` is written until it is whole."""
+    return f".{name}.lannode-part"
+
+
+def write_new_beneath(folder: Path, name: str, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a new file called ``name`` (or "name (1)"...: an existing one is never touched)
+    in ``folder`` through ``write``, then put it in place; the path it has. It is written as
+    ``part_name`` and renamed, both relative to the folder's descriptor and following no
+    symlink, so a link planted in the folder under either name is never written through."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        final = free_name_in(folder_fd, name)
+        part = part_name(final)
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=folder_fd)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            os.rename(part, final, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+        except BaseException:
+            os.unlink(part, dir_fd=folder_fd)
+            raise
+    finally:
+        os.close(folder_fd)
+    return folder / final
 
 
 def create_private(path: Path) -> None:

@@ -44,7 +44,7 @@ from lannode.core.transfer import (
     hash_chunk,
     safe_relative_path,
 )
-from lannode.files import open_folder_beneath, write_private
+from lannode.files import free_name_in, open_folder_beneath, write_private
 from lannode.config import Config
 from lannode.identity import Identity
 from lannode.uploads import UploadService
@@ -235,14 +235,6 @@ def check_offer(offer: Offer, downloads: Path, *, limit: int, reserve: int = 64 
     if total + reserve > free:
         raise TransferError(f"refused: not enough free space ({human_bytes(total)} offered, {human_bytes(free)} free in the downloads folder)")
     return paths
-
-
-def _exists(name: str, folder_fd: int) -> bool:
-    try:
-        os.lstat(name, dir_fd=folder_fd)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def human_bytes(n: float) -> str:
@@ -804,11 +796,7 @@ class TransferService:
         folder, _, name = relative.rpartition("/")
         folder_fd, folder = open_folder_beneath(str(self.downloads), folder)  # no symlink followed on the way
         try:
-            candidate, n = name, 0
-            while _exists(candidate, folder_fd):
-                n += 1
-                stem, dot, ext = name.partition(".") if not name.startswith(".") else (name, "", "")
-                candidate = f"{stem} ({n}){dot}{ext}"
+            candidate = free_name_in(folder_fd, name)
             part = os.path.join(partial, str(index))
             os.chmod(part, t.offer.files[index].mode & 0o777 & ~_UMASK)
             os.rename(part, candidate, dst_dir_fd=folder_fd)  # a link planted as the name is replaced, not followed

@@ -17,7 +17,8 @@ mid-upload resumes where the node's copy ends. The bytes come either
 
 Bytes are written in order. It never writes outside ``HOME/uploads``, never past the
 size declared at begin, only for the owner that began it (the page's origin, or
-local programs), and one writer at a time. Uploads untouched for a day are removed, unless a transfer still sends them.
+local programs), and one writer at a time; the file is created new and written without
+following a symlink. Uploads untouched for a day are removed, unless a transfer still sends them.
 """
 
 from __future__ import annotations
@@ -127,8 +128,8 @@ class UploadService:
         path = folder / "data" / clean.rsplit("/", 1)[-1]  # on disk by its own name; offered by the whole one
 
         def create() -> None:
-            (folder / "data").mkdir(parents=True, mode=0o700)
-            path.touch(mode=0o600)
+            (folder / "data").mkdir(parents=True, mode=0o700)  # new folders: mkdir follows no link
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
             (folder / "upload.json").write_text(json.dumps({"id": upload_id, "name": clean, "size": size, "owner": owner}))
 
         await trio.to_thread.run_sync(create)
@@ -235,7 +236,7 @@ class UploadService:
 
 
 def _write(path: Path, offset: int, pieces: list[bytes] | list[memoryview], last: bool) -> None:
-    with open(path, "r+b") as f:
+    with os.fdopen(os.open(path, os.O_RDWR | os.O_NOFOLLOW), "r+b") as f:  # a link put in its place is not written through
         f.seek(offset)
         for piece in pieces:
             f.write(piece)

@@ -420,3 +420,24 @@ def test_a_removed_member_cannot_bring_in_a_node_of_its_own_with_a_backdated_inv
         assert sock not in members and mal_id not in members
         assert "still here, dated early" not in [x["text"] for x in node.call("chat.log", group=gid)]
     a.wait_until(lambda: a.status()["chat"]["rejected"] > rejected, what="the backdated text refused")
+
+
+def test_a_drive_get_into_the_downloads_folder_never_writes_through_a_planted_link(nodes: NodeFactory, tmp_path: Any) -> None:
+    from tests.test_drive import cluster
+
+    a, b, c = cluster(nodes, 3)
+    src = tmp_path / "notes.txt"
+    src.write_bytes(b"shared notes" * 1000)
+    put = b.call("drive.put", path=str(src), k=2, m=1, share=["a"])
+    a.wait_until(lambda: any(f["id"] == put["id"] and f["readable"] for f in a.call("drive.ls")), what="the share at a")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    landing = a.home.path / "downloads"
+    landing.mkdir(exist_ok=True)
+    (landing / "notes.txt").symlink_to(outside / "notes.txt")  # dangling: the name looks free
+    (landing / ".notes (1).txt.lannode-part").symlink_to(outside / "part")  # and so does the next one's part
+    got = a.call("drive.get", file=put["id"], to="downloads")
+    assert got["path"] == str(landing / "notes (2).txt")
+    assert (landing / "notes (2).txt").read_bytes() == src.read_bytes()
+    assert list(outside.iterdir()) == []
+    assert (landing / "notes.txt").is_symlink() and (landing / ".notes (1).txt.lannode-part").is_symlink()
