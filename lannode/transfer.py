@@ -381,6 +381,7 @@ class TransferService:
         self._nursery: trio.Nursery | None = None
         self._ready = trio.Event()
         self.refused: dict[str, int] = {}
+        self.set_aside = 0  # broken transfer records found at start, renamed .bad
         self.bytes_sent = 0  # file bytes this process handed to bulk connections (resends included)
         peers.links.handle(CHANNEL_TRANSFER, self._on_frame)
         peers.state_listeners.append(self._on_peer_state)
@@ -410,7 +411,13 @@ class TransferService:
                 t.offer_saved = True
                 loaded.append(t)
             except (OSError, ValueError, KeyError, TypeError, BadOffer) as exc:
-                log.warning("ignoring a broken transfer record %s: %s", path, exc)
+                # set aside (renamed .bad, kept for a person to look at), so it is read once
+                log.warning("setting aside a broken transfer record %s: %s", path, exc)
+                self.set_aside += 1
+                try:
+                    path.rename(path.with_suffix(".bad"))
+                except OSError:
+                    pass
         return loaded
 
     def _save(self, t: Transfer, *, offer: bool = False) -> None:
@@ -448,7 +455,7 @@ class TransferService:
         states: dict[str, int] = {}
         for t in self.transfers.values():
             states[t.state] = states.get(t.state, 0) + 1
-        return {"transfers": states, "refused": dict(self.refused), "downloads": str(self.downloads), "bytes_sent": self.bytes_sent}
+        return {"transfers": states, "refused": dict(self.refused), "downloads": str(self.downloads), "bytes_sent": self.bytes_sent, "set_aside": self.set_aside}
 
     def _refuse(self, why: str) -> None:
         self.refused[why] = self.refused.get(why, 0) + 1

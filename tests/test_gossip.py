@@ -211,3 +211,46 @@ def test_a_joiner_fetches_the_view_over_a_link_and_a_bad_view_harms_nothing(node
         b.wait_until(lambda: b.status()["gossip"]["dropped"].get("forged", 0) >= 1 and b.status()["gossip"]["dropped"].get("malformed", 0) >= 1, what="both views refused and counted")
     states = peer_states(b)
     assert forged.node_id not in states and states[a_id] == "alive" and states[c_id] == "alive"
+
+
+def test_a_datagram_that_finds_a_bug_is_counted_and_the_gossip_goes_on() -> None:
+    """The service around the protocol, with a bug planted in it: the node must not go down."""
+    import trio
+
+    from lannode.core.membership import Membership
+    from lannode.net.gossip import GossipService, GossipSettings
+
+    class Buggy(Membership):
+        def datagram_received(self, data: bytes, address: tuple[str, int], now: float) -> None:
+            if data == b"boom":
+                raise RuntimeError("a planted bug")
+            super().datagram_received(data, address, now)
+
+    events: list[object] = []
+
+    def on_event(event: object) -> None:
+        events.append(event)
+        raise RuntimeError("a listener's bug")
+
+    async def main() -> None:
+        group, port = "239.255.7.9", 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        service = GossipService(lambda address: Buggy(SigningKey.generate(), epoch=1, name="n", address=address), GossipSettings("127.0.0.1", group, port, 0), on_event)
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(service.run)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                for _ in range(3):
+                    sock.sendto(b"boom", address)
+                stranger = SigningKey.generate()
+                presence = m.Presence(bytes(stranger.verify_key), 1 << 32, "stranger", "127.0.0.1", 9, 0, 0).signed(stranger)
+                sock.sendto(DatagramCodec(stranger, epoch=1).encode(m.encode_payload([m.encode_message(presence)])), address)
+            with trio.fail_after(5):
+                while service.membership is None or not service.membership.members:
+                    await trio.sleep(0.01)
+            dropped = service.membership.codec.dropped
+            assert dropped["error"] == 3 and dropped["event_error"] >= 1 and events
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

@@ -441,3 +441,14 @@ def test_a_drive_get_into_the_downloads_folder_never_writes_through_a_planted_li
     assert (landing / "notes (2).txt").read_bytes() == src.read_bytes()
     assert list(outside.iterdir()) == []
     assert (landing / "notes.txt").is_symlink() and (landing / ".notes (1).txt.lannode-part").is_symlink()
+
+
+def test_a_broken_transfer_record_is_set_aside_and_the_node_starts(nodes: NodeFactory) -> None:
+    node = nodes.start("ann")
+    node.stop()
+    records = node.home.path / "transfers"
+    (records / ("ab" * 16 + ".json")).write_text("{not json")
+    again = nodes.start_on(node.home, name="ann")
+    assert again.status()["transfers"]["set_aside"] == 1
+    assert (records / ("ab" * 16 + ".bad")).exists() and not (records / ("ab" * 16 + ".json")).exists()
+    assert again.call("transfer.list") == []

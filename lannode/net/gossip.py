@@ -144,6 +144,16 @@ class GossipService:
             stats.update(self.membership.statistics())
         return stats
 
+    def _failed(self, what: str, about: str, *args: object) -> None:
+        """Count a failure handling ``what`` (its traceback logged the first time only, so a
+        peer cannot flood the log) as the drop reason ``error`` or ``event_error``."""
+        assert self.membership is not None
+        reason = "error" if what == "datagram" else "event_error"
+        dropped = self.membership.codec.dropped
+        dropped[reason] += 1
+        if dropped[reason] == 1:
+            log.exception("gossip: handling " + about + " failed (later failures are counted only)", *args)
+
     # -- the loop ------------------------------------------------------------------------------
     async def _receive(self, sock: socket.socket) -> None:
         assert self.membership is not None
@@ -157,7 +167,10 @@ class GossipService:
                 except OSError as exc:  # e.g. an ICMP error reported on the socket
                     log.debug("gossip receive: %s", exc)
                     continue
-                self.membership.datagram_received(data, (address[0], address[1]), trio.current_time())
+                try:
+                    self.membership.datagram_received(data, (address[0], address[1]), trio.current_time())
+                except Exception:  # a bug a datagram found: it is dropped and counted, the node goes on
+                    self._failed("datagram", "a datagram from %s:%d", *address[:2])
             self.pump()
             await trio.lowlevel.checkpoint()
 
@@ -187,7 +200,10 @@ class GossipService:
                 if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.ECONNREFUSED, errno.EPERM, errno.ENETUNREACH, errno.EHOSTUNREACH):
                     log.warning("gossip send to %s: %s", destination, exc)
         for event in membership.take_events():
-            self._on_event(event)
+            try:
+                self._on_event(event)
+            except Exception:  # a listener's bug must not stop the gossip
+                self._failed("event", "the event %r", event)
         if wake_timer:
             self._changed.set()
 
