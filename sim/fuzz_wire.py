@@ -36,7 +36,7 @@ from nacl.signing import SigningKey
 from lannode.core import messages as m
 from lannode.core.chat import MAX_COUNT, BadFrame, ChatMessage, MessageFrame, SyncFrame, decode_frame, encode_frame, new_message_id
 from lannode.core.drive import DriveError, Manifest, parse_cap
-from lannode.core.groups import parse_op
+from lannode.core.groups import MAX_MEMBERS, fold, group_conversation, op_text, parse_op
 from lannode.core.link import LinkConnection, Role
 from lannode.core.membership import INCARNATION_BOOT_SHIFT, Membership, MembershipConfig
 from lannode.core.store import MAX_CLOCK_SKEW_MS, MAX_COUNTER, BadEntry, Entry, ReplicatedMap, decode_sync, encode_delta, encode_digest
@@ -123,6 +123,7 @@ class _Batch:
         self.store.put("drive/m/" + "a" * 32, b"{}", NOW_MS)
         self.ids = [self.victim.node_id, *(node_id_for(bytes(k.verify_key)) for k in self.keys), node_id_for(rng.randbytes(32))]
         self.link_capture = self._handshake()
+        self.session: tuple[LinkConnection, LinkConnection] | None = None  # an open link whose records the dialer writes
 
     def _handshake(self) -> bytes:
         """What a dialer sends through a real handshake and one message: its hello, its
@@ -203,7 +204,7 @@ class _Batch:
             if rng.random() < 0.1:
                 data = mutate(rng, data)
         self.now += rng.random()
-        self.victim.datagram_received(data, ("10.9.0.2", 4000 + who), self.now)
+        self.victim.datagram_received(data, (f"10.9.0.{2 + rng.randrange(3)}", 4000 + who), self.now)
         self.victim.tick(self.now)
         self.victim.take_outgoing()
         self.victim.take_events()
@@ -236,12 +237,46 @@ class _Batch:
 
     def link(self) -> None:
         rng = self.rng
+        if rng.random() < 0.5:
+            self.link_records()
+            return
         conn = LinkConnection(self.victim_key, Role.LISTENER)
         data = mutate(rng, self.link_capture) if rng.random() < 0.7 else rng.randbytes(rng.randint(0, 300))
         for at in range(0, len(data), max(1, rng.randint(1, 64))):
             conn.receive_data(data[at : at + 64])
         conn.events()
         conn.data_to_send()
+
+    def link_records(self) -> None:
+        """Records of an open link: unfinished messages on many channels, pings, close, odd
+        sizes; the victim's buffers stay within their budget."""
+        rng = self.rng
+        if self.session is None or self.session[1].state.value != "open":
+            dialer = LinkConnection(self.keys[1], Role.DIALER)
+            acceptor = LinkConnection(self.victim_key, Role.LISTENER, max_message=64 * 1024, max_buffered=256 * 1024)
+            for _ in range(3):
+                if sent := dialer.data_to_send():  # (b"" would say the stream ended)
+                    acceptor.receive_data(sent)
+                if reply := acceptor.data_to_send():
+                    dialer.receive_data(reply)
+            acceptor.events()
+            self.session = (dialer, acceptor)
+        dialer, acceptor = self.session
+        for _ in range(rng.randint(1, 8)):
+            roll = rng.random()
+            if roll < 0.1:
+                dialer.send_ping(rng.randbytes(rng.randint(0, 80)))
+            else:
+                dialer.send_record(rng.randint(1, 255), rng.randbytes(rng.choice((0, 1, 4096, 65536))), more=roll < 0.8)
+        data = dialer.data_to_send()
+        if rng.random() < 0.05:
+            data = mutate(rng, data)
+        acceptor.receive_data(data)
+        acceptor.events()
+        if acceptor.buffered > 256 * 1024:
+            raise Violation(f"a link holds {acceptor.buffered} bytes of unfinished messages, over its budget")
+        if rng.random() < 0.5:
+            acceptor.data_to_send()  # a peer that reads now and then
 
     def chat(self) -> None:
         rng = self.rng
@@ -260,7 +295,8 @@ class _Batch:
     def groups(self) -> None:
         rng = self.rng
         key = self.keys[0]
-        body = json.dumps({"op": rng.choice(("create", "invite", "remove", "rename", "leave", "x")), "name": rng.choice((None, "n", "x" * 300, 3)), "members": rng.choice(([], [self.ids[1]], ["x"], None, [1] * 3))})
+        cut = rng.choice((None, {}, {self.ids[1]: _int(rng, 64)}, {self.ids[2]: -1}, {"x": 1}, [1], {self.ids[1]: True}))
+        body = json.dumps({"op": rng.choice(("create", "invite", "remove", "rename", "leave", "x")), "name": rng.choice((None, "n", "x" * 300, 3)), "members": rng.choice(([], [self.ids[1]], ["x"], None, [1] * 3)), "cut": cut})
         if rng.random() < 0.4:
             body = mutate(rng, body.encode()).decode("utf-8", "replace")
         message = ChatMessage(new_message_id(), "g:" + "b" * 32, bytes(key.verify_key), 1, 1, 1, body, kind="group").signed(key)
@@ -268,6 +304,32 @@ class _Batch:
             parse_op(message)
         except BadFrame:
             pass
+        self.group_fold()
+
+    def group_fold(self) -> None:
+        """A group's operations by its creator and two members, with cuts and seqs of any
+        size, in any order: the fold ends within bounds and never raises."""
+        rng = self.rng
+        creator, *others = self.keys[:3]
+        ids = [node_id_for(bytes(k.verify_key)) for k in others]
+        gid = "c" * 32
+        conversation = group_conversation(gid)
+
+        def op(key: SigningKey, text: str, message_id: str | None = None) -> ChatMessage:
+            return ChatMessage(message_id or new_message_id(), conversation, bytes(key.verify_key), _int(rng, 53), _int(rng, 53), 0, text, "group")
+
+        ops = [op(creator, op_text("create", name="g", members=ids), gid)]
+        for _ in range(rng.randint(0, 6)):
+            who = rng.choice((creator, *others))
+            kind = rng.choice(("invite", "remove", "leave", "rename"))
+            members = [rng.choice(ids)]
+            cut = {members[0]: _int(rng, 53)} if kind == "remove" and rng.random() < 0.7 else None
+            ops.append(op(who, op_text(kind, name="n" if kind == "rename" else None, members=members if kind in ("invite", "remove") else (), cut=cut)))
+        rng.shuffle(ops)
+        equivocal = {(rng.choice(ids), _int(rng, 53))} if rng.random() < 0.3 else set()
+        state = fold(gid, ops, equivocal)
+        if state is not None and (not state.members <= state.ever or len(state.members) > MAX_MEMBERS or not set(state.cuts) <= state.removed):
+            raise Violation(f"a group fold out of bounds: {len(state.members)} members, cuts {state.cuts}")
 
     def transfer(self) -> None:
         rng = self.rng
@@ -301,6 +363,9 @@ class _Batch:
             raise Violation(f"{len(victim.members)} members, over the limit of {victim.config.max_members}")
         if len(victim.codec.replays.senders) > victim.codec.replays.max_senders:
             raise Violation("the replay guard is over its budget")
+        newcomers = sum(map(len, victim._newcomers.values()))
+        if newcomers > len(victim.members) or len(victim._admissions) > victim.config.admission_sources:
+            raise Violation(f"admission out of bounds: {newcomers} newcomers of {len(victim.members)} members, {len(victim._admissions)} hosts")
         for member in victim.members.values():
             if not 0 <= member.incarnation < 1 << 64:
                 raise Violation(f"a member at incarnation {member.incarnation}")
