@@ -84,6 +84,7 @@ class LinkSettings:
     stall_timeout: float = 30.0  # a peer that takes none of our bytes this long is cut off
     max_buffered: int = DEFAULT_MAX_BUFFERED  # bytes of a peer's unfinished messages held per link
     total_buffered: int = 256 * 1024 * 1024  # ... and across all links
+    max_links: int = 1024  # open links; a peer's link past it is refused (we still dial out)
     bulk_per_peer: int = 8  # bulk connections a peer may hold, granted and not yet come or running
     bulk_total: int = 64  # ... all peers together
     backoff_min: float = 0.5
@@ -514,6 +515,10 @@ class LinkManager:
             return
         if first.startswith(BULK_MAGIC):
             await self._accept_bulk(stream, first)
+            return
+        if len(self.links) >= self.settings.max_links:
+            self.refused["links_full"] += 1
+            await trio.aclose_forcefully(stream)
             return
         conn = LinkConnection(self.key, Role.LISTENER, network_key=self.network_key, max_buffered=self.settings.max_buffered)
         conn.receive_data(first)
