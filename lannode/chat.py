@@ -85,13 +85,21 @@ from lannode.core.chat import (
     new_message_id,
     next_count,
 )
-from lannode.core.groups import GroupState, check_name, fold, group_conversation, group_id_of, names_me, op_text
+from lannode.core.groups import (
+    GroupState,
+    check_name,
+    fold,
+    group_conversation,
+    group_id_of,
+    names_me,
+    op_text,
+)
 from lannode.core.membership import State
 from lannode.files import create_private
 from lannode.identity import Identity
 from lannode.net.api_server import ApiServer, EventBus, require
 from lannode.net.links import Link, LinkError
-from lannode.peers import PeerService
+from lannode.peers.service import PeerService
 
 log = logging.getLogger("lannode.chat")
 

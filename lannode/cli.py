@@ -222,7 +222,12 @@ def cmd_store(args: argparse.Namespace) -> int:
 def _store_watch(home: Any, args: argparse.Namespace) -> int:
     import trio
 
-    from lannode.net.api_client import ApiRejected, NodeNotRunning, collapse_single_group, connect
+    from lannode.net.api_client import (
+        ApiRejected,
+        NodeNotRunning,
+        collapse_single_group,
+        connect,
+    )
 
     async def watch() -> None:
         async with connect(home) as client:
@@ -337,7 +342,12 @@ def _chat_direct(home: Any, args: argparse.Namespace) -> int:
 def _chat_watch(home: Any, as_json: bool) -> int:
     import trio
 
-    from lannode.net.api_client import ApiRejected, NodeNotRunning, collapse_single_group, connect
+    from lannode.net.api_client import (
+        ApiRejected,
+        NodeNotRunning,
+        collapse_single_group,
+        connect,
+    )
 
     async def watch() -> None:
         async with connect(home) as client:
@@ -413,7 +423,14 @@ def cmd_call(args: argparse.Namespace) -> int:
 
     import trio
 
-    from lannode.calls.participant import CallError, CallSummary, call_peer, check_record_path, join_room, open_participant
+    from lannode.calls.participant import (
+        CallError,
+        CallSummary,
+        call_peer,
+        check_record_path,
+        join_room,
+        open_participant,
+    )
     from lannode.net.api_client import collapse_single_group, connect
 
     room = args.room or (args.target[1:] if args.target and args.target.startswith("#") else None)
@@ -573,7 +590,13 @@ FILE_BARS = 6  # file bars kept on screen; older ones are hidden once complete
 def cmd_send(args: argparse.Namespace) -> int:
     import trio
 
-    from lannode.net.api_client import ApiRejected, NodeNotRunning, RemoteError, collapse_single_group, connect
+    from lannode.net.api_client import (
+        ApiRejected,
+        NodeNotRunning,
+        RemoteError,
+        collapse_single_group,
+        connect,
+    )
 
     if len(args.items) < 2:
         return fail("send takes PATH... PEER", EXIT_USAGE)
@@ -635,7 +658,14 @@ class _TransferView:
     """rich progress bars: one for the whole transfer, one per file as it goes."""
 
     def __init__(self, record: dict[str, Any]) -> None:
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
 
         self.progress = Progress(
             TextColumn("{task.description}", table_column=None),
@@ -681,7 +711,7 @@ def _short(name: str, width: int = 40) -> str:
 
 
 def _bytes(n: float) -> str:
-    from lannode.transfer import human_bytes
+    from lannode.transfer.offers import human_bytes
 
     return human_bytes(n)
 
@@ -821,7 +851,14 @@ def _drive_transfer(home: Any, args: argparse.Namespace) -> int:
             bar = None
             if not args.json and sys.stderr.isatty():
                 from rich.console import Console
-                from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+                from rich.progress import (
+                    BarColumn,
+                    DownloadColumn,
+                    Progress,
+                    TextColumn,
+                    TimeRemainingColumn,
+                    TransferSpeedColumn,
+                )
 
                 bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
                 bar.start()

@@ -22,21 +22,21 @@ from typing import Any
 import trio
 
 from lannode import __version__, systemd
+from lannode.chat import ChatService
 from lannode.config import Config
 from lannode.core import api
+from lannode.drive.service import DriveService
 from lannode.files import write_private
 from lannode.home import Home, HomeLock
 from lannode.identity import Identity
-from lannode.net.api_server import ApiServer, EventBus, require
-from lannode.peers import PeerService
-from lannode.chat import ChatService
-from lannode.drive import DriveService
 from lannode.mail import MailService, settings_of
-from lannode.rtc import RtcService
-from lannode.uploads import UploadService
-from lannode.store import StoreService
-from lannode.transfer import TransferService
+from lannode.net.api_server import ApiServer, EventBus, require
+from lannode.peers.service import PeerService
 from lannode.plugins.supervisor import PluginSupervisor, check_origin
+from lannode.rtc import RtcService
+from lannode.store import StoreService
+from lannode.transfer.service import TransferService
+from lannode.uploads import UploadService
 
 log = logging.getLogger("lannode.node")
 

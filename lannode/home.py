@@ -12,8 +12,8 @@ from __future__ import annotations
 import base64
 import fcntl
 import json
-import os
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass

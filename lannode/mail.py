@@ -37,8 +37,8 @@ import secrets
 import sqlite3
 import time
 from dataclasses import dataclass, field, replace
-from functools import partial
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -46,13 +46,20 @@ import trio
 
 from lannode import __version__
 from lannode.core import api
-from lannode.core.mail import Attachment, MailError, MailSettings, build_message, draft, retry_delay
+from lannode.core.mail import (
+    Attachment,
+    MailError,
+    MailSettings,
+    build_message,
+    draft,
+    retry_delay,
+)
 from lannode.files import create_private, write_private
 from lannode.net.api_server import ApiServer, EventBus, require
 
 if TYPE_CHECKING:
     from lannode.chat import ChatService
-    from lannode.drive import DriveService
+    from lannode.drive.service import DriveService
     from lannode.uploads import UploadService
 
 log = logging.getLogger("lannode.mail")

@@ -33,7 +33,7 @@ from lannode.core.membership import State
 from lannode.identity import Identity
 from lannode.net.api_server import ApiServer, EventBus, require
 from lannode.net.links import Link, LinkError
-from lannode.peers import PeerService
+from lannode.peers.service import PeerService
 from lannode.store import StoreService
 
 log = logging.getLogger("lannode.rtc")

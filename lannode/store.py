@@ -41,7 +41,7 @@ from lannode.files import create_private
 from lannode.identity import Identity
 from lannode.net.api_server import ApiServer, EventBus, require
 from lannode.net.links import Link, LinkError
-from lannode.peers import PeerService
+from lannode.peers.service import PeerService
 
 log = logging.getLogger("lannode.store")
 

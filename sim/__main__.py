@@ -18,7 +18,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from lannode.core.membership import Membership
 from sim.bugs import PLANTED, PLANTED_DRIVE

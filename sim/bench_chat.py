@@ -32,9 +32,7 @@ import base64
 import gc
 import json
 import os
-import random
 import selectors
-import signal
 import socket
 import subprocess
 import sys

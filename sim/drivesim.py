@@ -1,7 +1,7 @@
 """The drive on the virtual network: placement, repair and orphan collection under churn.
 
 Each simulated node has a disk of fragments that outlives its process (as ``fragments/``
-in its home does) and runs what ``lannode/drive.py`` runs, deciding with the same sans-IO
+in its home does) and runs what ``lannode/drive/service.py`` runs, deciding with the same sans-IO
 functions from ``lannode.core.drive`` and its own view of the world:
 
 * **put**: ``place`` over the nodes its membership holds alive, with their free space; a
@@ -30,12 +30,22 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lannode.core.drive import MANIFEST_PREFIX, HASH_BYTES, Layout, Manifest, PlacementError, Unrepairable, place, plan_repair, why_drop
+from lannode.core.drive import (
+    HASH_BYTES,
+    MANIFEST_PREFIX,
+    Layout,
+    Manifest,
+    PlacementError,
+    Unrepairable,
+    place,
+    plan_repair,
+    why_drop,
+)
 from lannode.core.membership import Event, MemberStateChanged, State
 from lannode.core.store import Entry
 from sim.virtualnet import SimNode, VirtualNetwork
 
-HOUSEKEEPING = 2.0  # as lannode/drive.py
+HOUSEKEEPING = 2.0  # as lannode/drive/service.py
 
 
 @dataclass

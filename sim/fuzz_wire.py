@@ -13,7 +13,7 @@ claims and entries. Inputs go to the parsers and protocol objects a peer's bytes
   manifests and capabilities.
 
 After every input the invariants are checked: no exception escapes but the parser's own
-(``RemoteProtocolError``, ``BadEntry``, ``BadFrame``, ``BadOffer``, ``DriveError``); the
+(``RemoteProtocolError``, ``BadEntry``, ``BadFrame``, ``BadOffer``, ``BadBulk``, ``DriveError``); the
 victim's incarnation stays in its boot with room to refute, and it can always refute
 again; the member table and replay guard stay within their budgets; the store's numbers
 stay in range, its clock within the skew of now, and a local write still works.
@@ -34,13 +34,32 @@ from dataclasses import dataclass, field
 from nacl.signing import SigningKey
 
 from lannode.core import messages as m
-from lannode.core.chat import MAX_COUNT, BadFrame, ChatMessage, MessageFrame, SyncFrame, decode_frame, encode_frame, new_message_id
+from lannode.core.bulk import BadBulk, parse_bulk_hello
+from lannode.core.chat import (
+    MAX_COUNT,
+    BadFrame,
+    ChatMessage,
+    MessageFrame,
+    SyncFrame,
+    decode_frame,
+    encode_frame,
+    new_message_id,
+)
 from lannode.core.drive import DriveError, Manifest, parse_cap
 from lannode.core.groups import MAX_MEMBERS, fold, group_conversation, op_text, parse_op
 from lannode.core.link import LinkConnection, Role
 from lannode.core.membership import INCARNATION_BOOT_SHIFT, Membership, MembershipConfig
-from lannode.core.store import MAX_CLOCK_SKEW_MS, MAX_COUNTER, BadEntry, Entry, ReplicatedMap, decode_sync, encode_delta, encode_digest
-from lannode.core.transfer import BadOffer, Offer, parse_bulk_hello, parse_record
+from lannode.core.store import (
+    MAX_CLOCK_SKEW_MS,
+    MAX_COUNTER,
+    BadEntry,
+    Entry,
+    ReplicatedMap,
+    decode_sync,
+    encode_delta,
+    encode_digest,
+)
+from lannode.core.transfer import BadOffer, Offer, parse_record
 from lannode.core.wire import MAX_PAYLOAD, DatagramCodec
 from lannode.core.writers import refusal
 from lannode.identity import node_id_for
@@ -337,7 +356,7 @@ class _Batch:
         for parse, data in ((Offer.decode, offer), (parse_bulk_hello, rng.randbytes(rng.randint(0, 40))), (parse_record, bytes([rng.randrange(4)]) + rng.randbytes(rng.randint(0, 40)))):
             try:
                 parse(mutate(rng, data) if rng.random() < 0.5 else data)
-            except BadOffer:
+            except (BadOffer, BadBulk):
                 pass
 
     def drive(self) -> None:

@@ -30,7 +30,15 @@ from nacl.signing import SigningKey
 
 from lannode.core import messages as m
 from lannode.core import wire
-from lannode.core.membership import Event, GroupView, Membership, MembershipConfig, State, StateSyncWanted, StoreEntryReceived
+from lannode.core.membership import (
+    Event,
+    GroupView,
+    Membership,
+    MembershipConfig,
+    State,
+    StateSyncWanted,
+    StoreEntryReceived,
+)
 from lannode.core.store import ReplicatedMap
 from lannode.core.wire import MAX_DATAGRAM
 
@@ -532,7 +540,7 @@ class VirtualNetwork:
         return peer if peer is not None and peer.attached else None
 
     def _push_pull(self, node: SimNode, node_id: str) -> None:
-        """A membership view exchange over the link (TCP), as lannode/peers.py runs it: our
+        """A membership view exchange over the link (TCP), as lannode/peers/service.py runs it: our
         view goes over, theirs comes back, each a round trip later; a partition, a crash or
         a pause on either side loses it (the protocol retries on its own)."""
         peer = self._peer(node_id)

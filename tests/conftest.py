@@ -8,7 +8,6 @@ node's stderr goes to ``node.log`` in its home and is printed when a test fails.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 import random
 import re
 import shutil
@@ -18,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 

@@ -8,14 +8,13 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 import trio
+from conftest import NodeFactory, RunningNode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from lannode.core import api
 from lannode.net.api_client import ApiRejected, RemoteError, open_client
-
-from conftest import NodeFactory, RunningNode
 
 
 def run(fn: Callable[[], Awaitable[Any]]) -> Any:

@@ -23,13 +23,14 @@ from typing import Any
 import av
 import numpy as np
 import pytest
+from conftest import NodeFactory, run_cli, wait_decoding, write_config
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from conftest import NodeFactory, run_cli, wait_decoding, write_config
 from lannode.config import render_default
 from lannode.home import Home
 from sim.browser import chromium_args
 from sim.netlab import NetLab
+
 
 def answering_config(name: str, record: Path) -> str:
     """The default config with the answer plugin on: h2's calls are answered once verified."""

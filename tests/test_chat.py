@@ -11,14 +11,23 @@ from typing import Any
 
 import pytest
 import trio
+from conftest import NodeFactory, RunningNode, raw_link, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from lannode.core.chat import BadFrame, ChatError, ChatMessage, MessageFrame, check_text, decode_frame, dm_conversation, encode_frame, new_message_id
+from lannode.core.chat import (
+    BadFrame,
+    ChatError,
+    ChatMessage,
+    MessageFrame,
+    check_text,
+    decode_frame,
+    dm_conversation,
+    encode_frame,
+    new_message_id,
+)
 from lannode.net.api_client import RemoteError
-
-from conftest import NodeFactory, RunningNode, raw_link, run_cli
 
 CHANNEL_CHAT = 3
 

@@ -17,16 +17,22 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import (
+    NodeFactory,
+    RunningNode,
+    raw_link,
+    run_cli,
+    set_options,
+    write_config,
+)
 from nacl.signing import SigningKey
 
+from lannode.core.bulk import bulk_hello
 from lannode.core.drive import block_hash, block_lengths, fragment_root
 from lannode.core.link import MessageReceived
-from lannode.core.transfer import bulk_hello
-from lannode.drive_io import Wire
+from lannode.drive.fragment_io import Wire
 from lannode.home import Home
 from lannode.net.api_client import RemoteError
-
-from conftest import NodeFactory, RunningNode, raw_link, run_cli, set_options, write_config
 
 CHANNEL_DRIVE = 6
 MB = 1_000_000

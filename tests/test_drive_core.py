@@ -126,11 +126,11 @@ def test_capabilities_and_layouts_round_trip_and_refuse_garbage() -> None:
     assert storage_index(bytes(32)) != storage_index(b"\x01" + bytes(31))
 
 
-# -- the fragments a node holds (lannode/fragments.py) -------------------------------------------
+# -- the fragments a node holds (lannode/drive/fragments.py) -------------------------------------------
 
 from pathlib import Path  # noqa: E402
 
-from lannode.fragments import FragmentError, FragmentStore  # noqa: E402
+from lannode.drive.fragments import FragmentError, FragmentStore  # noqa: E402
 
 
 def test_a_holder_stores_checked_fragments_and_catches_rot_and_hostile_ids(tmp_path: Path) -> None:
@@ -240,7 +240,14 @@ def test_manifests_round_trip_and_shares_open_only_for_their_node() -> None:
         open_share(me, "not base64 at all!")
 
 
-from lannode.core.drive import HASH_BYTES, Layout, Unrepairable, plan_repair, repairer_of, why_drop  # noqa: E402
+from lannode.core.drive import (  # noqa: E402
+    HASH_BYTES,
+    Layout,
+    Unrepairable,
+    plan_repair,
+    repairer_of,
+    why_drop,
+)
 
 
 def _manifest(holders: list[str], k: int = 4) -> Manifest:

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+from conftest import NodeFactory, RunningNode, raw_link, run_cli, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
@@ -17,9 +18,7 @@ from nacl.signing import SigningKey
 from lannode.core import messages as m
 from lannode.core.wire import DatagramCodec
 from lannode.home import Home
-from lannode.peers import CHANNEL_MEMBERS
-
-from conftest import NodeFactory, RunningNode, raw_link, run_cli, write_config
+from lannode.peers.service import CHANNEL_MEMBERS
 
 
 def peer_states(node: RunningNode) -> dict[str, str]:

@@ -7,17 +7,16 @@ import time
 from typing import Any
 
 import pytest
+from conftest import NodeFactory, RunningNode, raw_link, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
+from test_chat import network
 
 from lannode.core.chat import ChatMessage, SyncFrame, encode_frame, new_message_id
 from lannode.core.groups import fold, group_conversation, op_text
 from lannode.identity import Identity, node_id_for
 from lannode.net.api_client import RemoteError
-
-from conftest import NodeFactory, RunningNode, raw_link, run_cli
-from test_chat import network
 
 CHANNEL_CHAT = 3
 

@@ -7,12 +7,11 @@ import stat
 from pathlib import Path
 
 import pytest
+from conftest import run_cli, write_config
 
 from lannode import config
 from lannode.home import Home, resolve
 from lannode.identity import node_id_for
-
-from conftest import run_cli, write_config
 
 
 def test_home_is_flag_then_environment_then_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -15,13 +15,26 @@ from typing import Any
 from nacl.signing import SigningKey
 
 from lannode.core import messages as m
-from lannode.core.chat import ChatMessage, MessageFrame, dm_conversation, encode_frame, new_message_id
+from lannode.core.chat import (
+    ChatMessage,
+    MessageFrame,
+    dm_conversation,
+    encode_frame,
+    new_message_id,
+)
 from lannode.core.store import MAX_CLOCK_SKEW_MS, Entry
 from lannode.core.wire import DatagramCodec
+from lannode.home import Home
 from lannode.identity import node_id_for
 from lannode.net import api_client
-from lannode.home import Home
-from tests.conftest import NodeFactory, RunningNode, raw_link, run_cli, set_options, write_config
+from tests.conftest import (
+    NodeFactory,
+    RunningNode,
+    raw_link,
+    run_cli,
+    set_options,
+    write_config,
+)
 
 CHANNEL_CHAT = 3
 U64_MAX = (1 << 64) - 1
@@ -222,7 +235,8 @@ def test_neither_a_stranger_nor_another_member_can_delete_a_drive_file(nodes: No
 
 
 def test_a_received_file_is_never_written_through_a_symlinked_folder(nodes: NodeFactory, tmp_path: Any) -> None:
-    from tests.test_transfer import downloads, pair as transfer_pair, wait_state
+    from tests.test_transfer import downloads, wait_state
+    from tests.test_transfer import pair as transfer_pair
 
     a, b = transfer_pair(nodes, trusting=True)
     outside = tmp_path / "outside"
@@ -326,7 +340,7 @@ def test_a_peer_that_pings_and_reads_nothing_is_cut_off_when_it_stalls(nodes: No
 def test_offers_of_100000_files_each_from_one_peer_wait_within_its_budget(nodes: NodeFactory) -> None:
     from lannode.core.link import MessageReceived
     from lannode.core.transfer import CHUNK_SIZE, hash_chunk
-    from lannode.transfer import CHANNEL_TRANSFER, MAX_PENDING_FILES_PER_PEER
+    from lannode.transfer.service import CHANNEL_TRANSFER, MAX_PENDING_FILES_PER_PEER
 
     a, b = pair(nodes, "ann", "ben")
     ann = {p["name"]: p for p in b.call("peer.list")}["ann"]
@@ -356,7 +370,7 @@ def test_offers_of_100000_files_each_from_one_peer_wait_within_its_budget(nodes:
 
 
 def test_a_stranger_holding_48_drive_grants_open_gets_its_share_and_the_api_goes_on(nodes: NodeFactory) -> None:
-    from lannode.core.transfer import bulk_hello
+    from lannode.core.bulk import bulk_hello
     from tests.test_drive import request
 
     a, b = pair(nodes, "ann", "ben")

@@ -12,16 +12,22 @@ from typing import Any
 
 import pytest
 import trio
+from conftest import NodeFactory, RunningNode, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from lannode.core.link import LinkClosed, LinkConnection, LinkEstablished, LinkState, MessageReceived, Role
+from lannode.core.link import (
+    LinkClosed,
+    LinkConnection,
+    LinkEstablished,
+    LinkState,
+    MessageReceived,
+    Role,
+)
 from lannode.identity import node_id_for
 from lannode.net.links import LinkError, LinkManager
-from lannode.trust import safety_code
-
-from conftest import NodeFactory, RunningNode, run_cli
+from lannode.peers.trust import safety_code
 
 
 def node_id(key: SigningKey) -> str:
@@ -342,7 +348,7 @@ def test_bulk_connections_with_a_bad_token_or_garbage_are_refused_and_counted(no
     alice, bob = nodes.start("alice"), nodes.start("bob")
     bob_peer = wait_alive(alice, "bob")
     host, port = bob_peer["addresses"]["link"].rsplit(":", 1)
-    from lannode.core.transfer import bulk_hello
+    from lannode.core.bulk import bulk_hello
 
     for first in (bulk_hello(bytes(16)), b"LNB\x07" + bytes(16), b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: curl\r\nAccept: */*\r\nConnection: close\r\n\r\n"):
         with socket.create_connection((host, int(port))) as sock:

@@ -11,11 +11,21 @@ from email.policy import default as default_policy
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from lannode_mail import classify
 
 from lannode.config import ConfigError, parse, render_default
-from lannode.core.mail import Attachment, MailError, MailSettings, build_message, check_address, check_subject, draft, retry_delay
-from lannode_mail import classify
+from lannode.core.mail import (
+    Attachment,
+    MailError,
+    MailSettings,
+    build_message,
+    check_address,
+    check_subject,
+    draft,
+    retry_delay,
+)
 
 SETTINGS = MailSettings.from_table({"host": "smtp.example.org", "from": "ann@example.org", "username": "ann", "password_env": "PW"})
 

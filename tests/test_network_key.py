@@ -7,9 +7,9 @@ import json
 import stat
 from pathlib import Path
 
-from lannode.home import Home
-
 from conftest import NodeFactory, run_cli
+
+from lannode.home import Home
 
 
 def test_a_new_key_is_saved_privately_and_set_on_another_member(tmp_path: Path) -> None:

@@ -7,10 +7,9 @@ import signal
 import socket
 
 import pytest
+from conftest import NodeFactory, pid_alive, run_cli
 
 from lannode.home import Home
-
-from conftest import NodeFactory, pid_alive, run_cli
 
 
 def port_open(port: int) -> bool:

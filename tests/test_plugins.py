@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from conftest import FIXTURES, NodeFactory, RunningNode, pid_alive
 
 from lannode.net.api_client import connect
-
-from conftest import FIXTURES, NodeFactory, RunningNode, pid_alive
 
 
 def plugin_env(tmp_path: Path) -> tuple[dict[str, str], Path]:

@@ -6,10 +6,9 @@ from typing import Any
 
 import pytest
 import trio
+from conftest import NodeFactory, RunningNode
 
 from lannode.net.api_client import RemoteError, connect
-
-from conftest import NodeFactory, RunningNode
 
 
 def network(nodes: NodeFactory, *names: str) -> list[RunningNode]:

@@ -11,14 +11,22 @@ from typing import Any
 
 import pytest
 import trio
+from conftest import NodeFactory, RunningNode, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from lannode.core import wire
-from lannode.core.store import BadEntry, Entry, ReplicatedMap, StoreError, decode_entry, decode_sync, encode_delta, encode_digest
-
-from conftest import NodeFactory, RunningNode, run_cli
+from lannode.core.store import (
+    BadEntry,
+    Entry,
+    ReplicatedMap,
+    StoreError,
+    decode_entry,
+    decode_sync,
+    encode_delta,
+    encode_digest,
+)
 
 KEYS = [SigningKey(bytes([i]) * 32) for i in range(1, 4)]
 

@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import NodeFactory, RunningNode, raw_link, run_cli, write_config
 
 from lannode.core.transfer import CHUNK_SIZE, hash_chunk
-from lannode.net.api_client import RemoteError
-
 from lannode.home import Home
-
-from conftest import NodeFactory, RunningNode, raw_link, run_cli, write_config
+from lannode.net.api_client import RemoteError
 
 CHANNEL_TRANSFER = 5
 EMPTY_CHUNK = base64.b64encode(hash_chunk(b"")).decode()  # an empty file's one chunk hash, as an offer carries it

@@ -13,13 +13,12 @@ from typing import Any
 
 import pytest
 import trio
+from conftest import NodeFactory, RunningNode
 
 from lannode.core.api import origin_token
 from lannode.net.api_client import ApiClient, RemoteError, connect, open_client
 from lannode.net.api_server import EventBus
 from lannode.uploads import Upload, UploadService
-
-from conftest import NodeFactory, RunningNode
 
 
 def piece(upload: str, offset: int, data: bytes) -> bytes:

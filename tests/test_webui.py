@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from conftest import NodeFactory, RunningNode, browser  # noqa: F401 - the fixture
 from playwright.sync_api import Browser, Page
 
-from conftest import NodeFactory, RunningNode, browser  # noqa: F401 - the fixture
 
 def ui_url(node: RunningNode) -> str:
     return node.wait_until(lambda: node.plugin("webui").get("url"), what="the web UI")  # type: ignore[no-any-return]

@@ -14,7 +14,14 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from lannode.core import wsframes
 from lannode.core.wsframes import FrameCodec, ProtocolError
-from lannode.net.websocket import ConnectionClosed, HandshakeError, Rejected, accept_upgrade, open_websocket, running
+from lannode.net.websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    Rejected,
+    accept_upgrade,
+    open_websocket,
+    running,
+)
 
 LIMIT = 1 << 16
 messages = st.lists(st.one_of(st.text(max_size=300), st.binary(max_size=70000)), min_size=1, max_size=6)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 
+from conftest import NodeFactory, RunningNode, private_gossip, run_cli, write_config
 from zeroconf import IPVersion, ServiceBrowser, Zeroconf
 
 from lannode import __version__
 from lannode.home import Home
 from lannode.net.dnssd import SERVICE_TYPE
-
-from conftest import NodeFactory, RunningNode, private_gossip, run_cli, write_config
 
 
 def start_in_group(nodes: NodeFactory, name: str, group: str, port: int) -> RunningNode:

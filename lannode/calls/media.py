@@ -26,10 +26,15 @@ from pathlib import Path
 from typing import Any, Callable, cast
 
 import av
-from av.video.stream import VideoStream
 import numpy as np
 from aiortc.contrib.media import MediaPlayer, MediaRelay
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack, VideoStreamTrack
+from aiortc.mediastreams import (
+    AudioStreamTrack,
+    MediaStreamError,
+    MediaStreamTrack,
+    VideoStreamTrack,
+)
+from av.video.stream import VideoStream
 
 log = logging.getLogger("lannode.calls")
 

@@ -31,13 +31,16 @@ import hashlib
 import json
 import secrets
 import struct
-from dataclasses import dataclass
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import AbstractSet, Any, Mapping
 
 import numpy as np
 from blake3 import blake3
-from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_decrypt, crypto_aead_xchacha20poly1305_ietf_encrypt
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt,
+)
 from nacl.exceptions import CryptoError
 from nacl.public import SealedBox
 from nacl.signing import SigningKey, VerifyKey
@@ -401,7 +404,7 @@ def place(count: int, free: Mapping[str, int], fragment_bytes: int, *, holding: 
 
 
 # -- repair and orphans: what a node decides from its own view ------------------------------------
-# The trio service (lannode/drive.py) and the simulator (sim/drivesim.py) both ask these.
+# The trio service (lannode/drive/service.py) and the simulator (sim/drivesim.py) both ask these.
 
 
 class Unrepairable(DriveError):

@@ -67,7 +67,8 @@ from nacl.signing import SigningKey, VerifyKey
 from lannode.identity import node_id_for
 
 try:  # libsodium as pynacl binds it, for in-place bulk sealing (RecordCipher.seal_into)
-    from nacl._sodium import ffi as _ffi, lib as _lib
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _lib
 
     _sodium: tuple[Any, Any] | None = (_ffi, _lib)
 except ImportError:  # a pynacl without it: the same records through its public API

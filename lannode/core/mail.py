@@ -21,11 +21,11 @@ import mimetypes
 import re
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, getaddresses, make_msgid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 

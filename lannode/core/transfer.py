@@ -29,6 +29,8 @@ from typing import Any
 
 from blake3 import blake3
 
+from lannode.core.bulk import R_ACK, R_CONTROL, R_DATA
+
 CHUNK_SIZE = 1 << 20
 MAX_COMPONENT_BYTES = 255
 MAX_PATH_BYTES = 4096
@@ -165,50 +167,10 @@ class Offer:
         return cls(offer_id, tuple(parsed), chunk_size)
 
 
-# -- the bulk connection -------------------------------------------------------------------------
-# File data does not travel inside the peer link's own TCP stream: a chunk queued there
-# would sit in the kernel's buffers ahead of every chat message and signal. After the
-# receiver accepts, it sends the sender (over the link, so encrypted and authenticated)
-# a fresh 32-byte secret and a one-time token. The sender opens a second TCP connection
-# to the receiver's link port and sends the bulk hello; both sides derive one key per
-# direction from the secret (keyed BLAKE2b) and exchange the link's AEAD records. A
-# connection per secret and counters from 0 mean no nonce is ever used twice with a key.
-
-BULK_MAGIC = b"LNB"
-BULK_VERSION = 1
-_BULK_HELLO = struct.Struct(">3sB16s")  # magic, version, token
-BULK_HELLO_BYTES = _BULK_HELLO.size
-TOKEN_BYTES = 16
-SECRET_BYTES = 32
-
-R_DATA, R_ACK, R_CONTROL = 1, 2, 3
+# -- file drop's records on a bulk connection (lannode.core.bulk) -------------------------------
 _DATA_HEADER = struct.Struct(">BIQ")  # kind, file index, offset in the file; then the bytes
 _ACK = struct.Struct(">BQ")  # kind, payload bytes written to disk on this connection
 DATA_HEADER_BYTES = _DATA_HEADER.size
-RECORD_DATA = 256 * 1024  # file bytes per record (a record never crosses a chunk boundary)
-
-
-def bulk_hello(token: bytes) -> bytes:
-    return _BULK_HELLO.pack(BULK_MAGIC, BULK_VERSION, token)
-
-
-def parse_bulk_hello(data: bytes) -> bytes:
-    """The token of a bulk hello; BadOffer if it is not one."""
-    if len(data) != _BULK_HELLO.size:
-        raise BadOffer("a truncated bulk hello")
-    magic, version, token = _BULK_HELLO.unpack(data)
-    if magic != BULK_MAGIC or version != BULK_VERSION:
-        raise BadOffer(f"not a lannode bulk connection (version {version})")
-    return bytes(token)
-
-
-def bulk_keys(secret: bytes) -> tuple[bytes, bytes]:
-    """(sender to receiver, receiver to sender) keys for one bulk connection."""
-    if len(secret) != SECRET_BYTES:
-        raise BadOffer("a bulk secret is 32 bytes")
-    return tuple(  # type: ignore[return-value]
-        hashlib.blake2b(b"", key=secret, person=person, digest_size=32).digest() for person in (b"lannode bulk s2r", b"lannode bulk r2s")
-    )
 
 
 def data_header(file_index: int, offset: int) -> bytes:

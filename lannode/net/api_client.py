@@ -17,8 +17,18 @@ import trio
 
 from lannode.core import api
 from lannode.home import Home, resolve
-from lannode.net.websocket import ConnectionClosed, HandshakeError, Rejected, WebSocket, background, open_websocket, running
-from lannode.net.websocket import collapse_single_group as collapse_single_group  # the CLI's, too
+from lannode.net.websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    Rejected,
+    WebSocket,
+    background,
+    open_websocket,
+    running,
+)
+from lannode.net.websocket import (
+    collapse_single_group as collapse_single_group,  # the CLI's, too
+)
 
 MAX_REPLY_BYTES = 64 << 20  # the largest reply or event the client takes (a long chat.log, a big drive.ls)
 CONNECT_TIMEOUT = 5.0

@@ -18,8 +18,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import trio
+
 from lannode.core import api, wsframes
-from lannode.net.websocket import ConnectionClosed, HandshakeError, HttpRequest, WebSocket, read_request, running
+from lannode.net.websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    HttpRequest,
+    WebSocket,
+    read_request,
+    running,
+)
 
 log = logging.getLogger("lannode.api")
 

@@ -41,9 +41,7 @@ from dataclasses import dataclass
 import trio
 from nacl.signing import SigningKey
 
-from lannode.bulk import PeerThreads
-from lannode.core.transfer import BULK_HELLO_BYTES, BULK_MAGIC, BadOffer, parse_bulk_hello
-from lannode.net.fastio import DirectStream
+from lannode.core.bulk import BULK_HELLO_BYTES, BULK_MAGIC, BadBulk, parse_bulk_hello
 from lannode.core.link import (
     DEFAULT_MAX_BUFFERED,
     MAX_RECORD_DATA,
@@ -55,6 +53,8 @@ from lannode.core.link import (
     Pong,
     Role,
 )
+from lannode.net.bulk import PeerThreads
+from lannode.net.fastio import DirectStream
 
 log = logging.getLogger("lannode.links")
 
@@ -535,10 +535,10 @@ class LinkManager:
                 while len(first) < BULK_HELLO_BYTES:
                     more = await stream.receive_some(BULK_HELLO_BYTES - len(first))
                     if not more:
-                        raise BadOffer("the bulk hello ended early")
+                        raise BadBulk("the bulk hello ended early")
                     first += more
             token = parse_bulk_hello(first[:BULK_HELLO_BYTES])
-        except (BadOffer, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
+        except (BadBulk, trio.TooSlowError, trio.BrokenResourceError, OSError) as exc:
             self.refused["bulk_hello"] += 1
             log.debug("bulk connection refused: %s", exc)
             await trio.aclose_forcefully(stream)

@@ -13,11 +13,11 @@ in anything it sends to a browser.
 from __future__ import annotations
 
 import errno
+import importlib.util
 import logging
 import signal
 import socket
 import sys
-import importlib.util
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit

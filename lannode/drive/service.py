@@ -8,11 +8,11 @@ What lives where:
   a name and read capability sealed to one node (``lannode.core.drive.seal_share``),
   ``drive/n/NODE`` a node's quota and usage, which placement reads. ``rm`` deletes
   the manifest: a store tombstone, so every holder drops its fragment.
-* **Each node's disk**: the fragments it holds (``lannode.fragments``).
+* **Each node's disk**: the fragments it holds (``lannode.drive.fragments``).
 * **Link channel 6**: requests between daemons, answered by ``rid``: ``put`` (a
   holder makes room and hands out a one-time bulk token), ``get`` (a holder hands
   out a token to read a fragment from a segment on), ``check`` (a holder verifies
-  a fragment on its disk). The bytes go over bulk connections (``lannode.drive_io``).
+  a fragment on its disk). The bytes go over bulk connections (``lannode.drive.fragment_io``).
 
 A put writes its manifest only after every holder has fsynced its fragment, so a
 putter killed mid-put leaves fragments no manifest names; holders drop those
@@ -39,9 +39,9 @@ from typing import AbstractSet, Any, BinaryIO, Callable
 
 import trio
 
-from lannode.bulk import BulkError, Meter, run_in_thread
 from lannode.config import Config
 from lannode.core import api
+from lannode.core.bulk import SECRET_BYTES, TOKEN_BYTES
 from lannode.core.drive import (
     DEFAULT_K,
     DEFAULT_M,
@@ -55,8 +55,8 @@ from lannode.core.drive import (
     PlacementError,
     ReadCap,
     Unrepairable,
-    fragment_size,
     check_layout,
+    fragment_size,
     new_key,
     open_share,
     parse_cap,
@@ -70,8 +70,7 @@ from lannode.core.erasure import Codec, ErasureError
 from lannode.core.link import AES_GCM
 from lannode.core.membership import State
 from lannode.core.store import Entry
-from lannode.core.transfer import SECRET_BYTES, TOKEN_BYTES
-from lannode.drive_io import (
+from lannode.drive.fragment_io import (
     BlockSource,
     GetReport,
     Holding,
@@ -85,14 +84,15 @@ from lannode.drive_io import (
     serve_fragment,
     store_fragment,
 )
+from lannode.drive.fragments import FragmentError, FragmentStore, check_id, check_shape
 from lannode.files import leaf_name, part_name, write_new_beneath
-from lannode.fragments import FragmentError, FragmentStore, check_id, check_shape
 from lannode.identity import Identity
 from lannode.net.api_server import ApiServer, EventBus, require
+from lannode.net.bulk import BulkError, Meter, run_in_thread
 from lannode.net.links import Link, LinkError
-from lannode.peers import PeerService
-from lannode.uploads import UploadService
+from lannode.peers.service import PeerService
 from lannode.store import StoreService
+from lannode.uploads import UploadService
 
 log = logging.getLogger("lannode.drive")
 
@@ -694,7 +694,6 @@ class DriveService:
         decoding, which costs more CPU than a loopback or gigabit link saves), this node's
         own before others; then parity; holders known to be away go last."""
         alive = self._alive()
-        file_id = manifest.file_id
         order = sorted(
             (i for i in range(len(manifest.holders)) if i not in skip),
             key=lambda i: (manifest.holders[i] not in alive, i >= manifest.layout.k, manifest.holders[i] != self.me, i),

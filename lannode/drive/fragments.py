@@ -28,7 +28,14 @@ from typing import BinaryIO
 
 from blake3 import blake3
 
-from lannode.core.drive import HASH_BYTES, MAX_SEGMENTS, block_hash, block_lengths, fragment_root, fragment_size
+from lannode.core.drive import (
+    HASH_BYTES,
+    MAX_SEGMENTS,
+    block_hash,
+    block_lengths,
+    fragment_root,
+    fragment_size,
+)
 from lannode.core.erasure import MAX_FRAGMENTS
 
 _ID = re.compile(r"[0-9a-f]{32}")

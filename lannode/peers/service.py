@@ -14,19 +14,26 @@ from typing import Any
 
 import trio
 
+from lannode import __version__
 from lannode.config import Config
 from lannode.core import api
 from lannode.core.membership import Event as MembershipEvent
-from lannode.core.membership import Member, Membership, MemberStateChanged, State, StateSyncWanted, StoreEntryReceived
+from lannode.core.membership import (
+    Member,
+    Membership,
+    MemberStateChanged,
+    State,
+    StateSyncWanted,
+    StoreEntryReceived,
+)
 from lannode.core.messages import capability_names
 from lannode.home import Home
 from lannode.identity import Identity
 from lannode.net.api_server import ApiServer, EventBus, require
-from lannode import __version__
 from lannode.net.dnssd import DnsSdService, Found, network_tag
 from lannode.net.gossip import GossipService, GossipSettings, describe, wall_time_of
 from lannode.net.links import Link, LinkError, LinkManager, LinkSettings
-from lannode.trust import TrustStore, normalize_code, safety_code
+from lannode.peers.trust import TrustStore, normalize_code, safety_code
 
 log = logging.getLogger("lannode.peers")
 

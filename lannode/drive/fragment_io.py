@@ -1,9 +1,9 @@
-"""The drive's byte work, as blocking code for worker threads (as ``lannode.bulk`` is
-for file drop): putting a file's fragments on their holders, a holder storing and
-serving one, and getting a file back from any k holders.
+"""The drive's byte work, as blocking code for worker threads (as ``lannode.transfer.stream``
+is for file drop; both stand on ``lannode.net.bulk``): putting a file's fragments on their
+holders, a holder storing and serving one, and getting a file back from any k holders.
 
 Fragment bytes travel on bulk connections: a one-time token and secret go over
-the peer link (``lannode.drive``), the requester connects to the holder's link
+the peer link (``lannode.drive.service``), the requester connects to the holder's link
 port with the token, and both ends seal control records with keys derived from the
 secret (AES-256-GCM where both have it). On a connection fragment bytes go as raw
 frames and control messages as sealed records (see ``Wire``).
@@ -39,11 +39,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from lannode.bulk import MAX_RECORD, BulkError, Meter, Records, ciphers, tune_allocator
-from lannode.core.drive import HASH_BYTES, Decoder, DriveError, Encoder, Layout, ReadCap, check_block, check_block_hashes
+from lannode.core.bulk import MAX_RECORD, R_CONTROL, R_DATA, bulk_hello
+from lannode.core.drive import (
+    HASH_BYTES,
+    Decoder,
+    DriveError,
+    Encoder,
+    Layout,
+    ReadCap,
+    check_block,
+    check_block_hashes,
+)
 from lannode.core.link import TAG_BYTES
-from lannode.core.transfer import R_CONTROL, R_DATA, bulk_hello
-from lannode.fragments import FragmentError, FragmentReader, FragmentWriter
+from lannode.drive.fragments import FragmentError, FragmentReader, FragmentWriter
+from lannode.net.bulk import BulkError, Meter, Records, ciphers, tune_allocator
 
 log = logging.getLogger("lannode.drive")
 
