@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from lannode import __version__, systemd
-from lannode.chat import ChatService
+from lannode.chat.service import ChatService
 from lannode.config import Config
 from lannode.core import api
 from lannode.drive.service import DriveService

@@ -58,7 +58,7 @@ from lannode.files import create_private, write_private
 from lannode.net.api_server import ApiServer, EventBus, require
 
 if TYPE_CHECKING:
-    from lannode.chat import ChatService
+    from lannode.chat.service import ChatService
     from lannode.drive.service import DriveService
     from lannode.uploads import UploadService
 

@@ -16,12 +16,12 @@ import logging
 import random
 import sqlite3
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from lannode.clock import now_ms
 from lannode.core import api, writers
 from lannode.core.messages import StoreEntry, capability_names
 from lannode.core.store import (
@@ -49,9 +49,6 @@ CHANNEL_STORE = 2
 DELTA_CHUNK_BYTES = 4 << 20
 GC_INTERVAL = 3600.0
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class StoreDb:

@@ -71,10 +71,10 @@ def test_any_frame_bytes_decode_or_raise_bad_frame(data: bytes) -> None:
 
 
 def test_the_recipient_queue_resends_in_order_and_skips_what_was_acknowledged() -> None:
-    from lannode.chat import _Pending, _RecipientQueue
+    from lannode.chat.outbox import Pending, RecipientQueue
 
-    q = _RecipientQueue()
-    items = [_Pending(f"m{i}", "msg", b"") for i in range(5)]
+    q = RecipientQueue()
+    items = [Pending(f"m{i}", "msg", b"") for i in range(5)]
     for item in items:
         q.add(item)
     assert [i.id for i in q.due] == ["m0", "m1", "m2", "m3", "m4"]
@@ -102,7 +102,7 @@ def test_sends_ready_together_share_one_commit_led_by_the_first(tmp_path: Path) 
     """The first ticket of a batch commits it after one scheduler pass; whatever is
     queued meanwhile (other sends, a receipt's callback) rides in the same transaction,
     and a bad statement list fails alone."""
-    from lannode.chat import ChatDb, GroupCommit
+    from lannode.chat.db import ChatDb, GroupCommit
 
     async def main() -> None:
         db = ChatDb(tmp_path / "chat.sqlite")
@@ -146,7 +146,7 @@ def test_sends_ready_together_share_one_commit_led_by_the_first(tmp_path: Path) 
 
 
 def test_chat_db_checkpoints_in_a_worker_thread(tmp_path: Path) -> None:
-    from lannode.chat import CHECKPOINT_EVERY, ChatDb, GroupCommit
+    from lannode.chat.db import CHECKPOINT_EVERY, ChatDb, GroupCommit
 
     async def main() -> None:
         db = ChatDb(tmp_path / "chat.sqlite")

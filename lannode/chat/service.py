@@ -44,29 +44,35 @@ catch-up. A member can always pass messages on by hand; no scheme prevents that.
 New members see the group's earlier history (Matrix's default "shared"
 visibility): the catch-up sends everything the digest lacks.
 
-SQLite runs with ``synchronous=NORMAL`` in WAL mode: a committed message survives
-the daemon crashing or being killed; a power cut may lose the last fraction of a
-second (``FULL`` costs an fsync per message, and the 1,000 messages per second
-goal with it).
+How the history is kept on disk: ``lannode.chat.db``.
 """
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import math
 import sqlite3
-import threading
 import time
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import trio
 
+from lannode.chat.db import (
+    EQUIVOCAL,
+    INSERT,
+    INSERT_IGNORE,
+    ChatDb,
+    GroupCommit,
+    Statements,
+    message_record,
+    record_of,
+    row_of,
+)
+from lannode.chat.outbox import Pending, RecipientQueue, message_frame
+from lannode.clock import now_ms
 from lannode.core import api
 from lannode.core.chat import (
     AckFrame,
@@ -95,7 +101,6 @@ from lannode.core.groups import (
     op_text,
 )
 from lannode.core.membership import State
-from lannode.files import create_private
 from lannode.identity import Identity
 from lannode.net.api_server import ApiServer, EventBus, require
 from lannode.net.links import Link, LinkError
@@ -110,278 +115,9 @@ SYNC_BATCH = 1000  # messages per catch-up answer; the requester asks again for 
 SYNC_RETRY = 5.0  # seconds before the same catch-up may be asked of the same member again
 
 
-CHECKPOINT_EVERY = 128  # commits (of about 6 pages each) between WAL checkpoints
 ACK_DELAY = 0.02  # seconds a delivery receipt waits for more messages to acknowledge with it
 DIRECT_GRACE = 2.0  # seconds the link holds a message back while a front's data channel carries it
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id TEXT PRIMARY KEY,
-    conversation TEXT NOT NULL,
-    sender TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    lamport INTEGER NOT NULL,
-    sent_at INTEGER NOT NULL,
-    received_at INTEGER NOT NULL,
-    text TEXT NOT NULL,
-    body TEXT NOT NULL,            -- the signed message as JSON, to relay or re-verify
-    outgoing INTEGER NOT NULL,
-    delivered_at INTEGER,          -- every recipient has it
-    read_at INTEGER,               -- outgoing: every recipient saw it; incoming: we saw it
-    kind TEXT NOT NULL DEFAULT 'text'
-);
-CREATE INDEX IF NOT EXISTS messages_order ON messages (conversation, lamport, sender, seq);
-CREATE TABLE IF NOT EXISTS outbox (
-    id TEXT NOT NULL,
-    recipient TEXT NOT NULL,
-    kind TEXT NOT NULL,            -- 'msg' or 'read'
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_try REAL NOT NULL DEFAULT 0,
-    PRIMARY KEY (id, recipient, kind)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS receipts (   -- per recipient of an outgoing message
-    id TEXT NOT NULL,
-    peer TEXT NOT NULL,
-    delivered_at INTEGER,
-    read_at INTEGER,
-    PRIMARY KEY (id, peer)
-) WITHOUT ROWID;
-"""
-
-
-class ChatDb:
-    """chat.sqlite with three connections: writes and small look-ups run inline on the trio
-    thread (a WAL commit without fsync takes tens of microseconds, far less than a
-    hop to a worker thread); history pages and searches run in worker threads on a
-    reading connection, which WAL lets proceed alongside the writer; and checkpoints
-    (copying the WAL back into the database, with its fsyncs) run in a worker thread
-    on a third, where SQLite would run them inside every thousandth page's commit."""
-
-    def __init__(self, path: Path) -> None:
-        create_private(path)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA wal_autocheckpoint=0")  # see checkpoint()
-        self._migrate()
-        self._db.executescript(SCHEMA)
-        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._reader.row_factory = sqlite3.Row
-        self._read_lock = threading.Lock()
-        self._checkpointer = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._checkpoint_lock = threading.Lock()
-        self._commits = 0  # since the last checkpoint was asked for
-        self.checkpoints = 0
-
-    def _migrate(self) -> None:
-        """A home from before groups: messages gain a kind, outgoing 1:1 messages a receipt row.
-        A home from before WITHOUT ROWID: the outbox and receipts are rebuilt as such (each
-        row then lives in one b-tree, not a table and its key's index: two pages fewer
-        written per message), and messages lose an index."""
-        self._migrate_kind()
-        # (conversation, sender, seq) look-ups are rare (a catch-up's digest, a clock read
-        # once per conversation) and messages_order covers them: one b-tree fewer per message
-        self._db.execute("DROP INDEX IF EXISTS messages_by_sender")
-        for table, columns in (("outbox", "id, recipient, kind, attempts, next_try"), ("receipts", "id, peer, delivered_at, read_at")):
-            rows = self._db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchall()
-            if rows and "WITHOUT ROWID" not in rows[0]["sql"].upper():
-                create = SCHEMA.split(f"CREATE TABLE IF NOT EXISTS {table} (", 1)[1].split(";", 1)[0]
-                self._db.executescript(
-                    f"""
-                    BEGIN;
-                    CREATE TABLE {table}_rebuilt ({create};
-                    INSERT INTO {table}_rebuilt ({columns}) SELECT {columns} FROM {table};
-                    DROP TABLE {table};
-                    ALTER TABLE {table}_rebuilt RENAME TO {table};
-                    COMMIT;
-                    """
-                )
-
-    def _migrate_kind(self) -> None:
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(messages)")}
-        if columns and "kind" not in columns:
-            self._db.executescript(
-                """
-                BEGIN;
-                ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'text';
-                CREATE TABLE receipts (id TEXT NOT NULL, peer TEXT NOT NULL, delivered_at INTEGER, read_at INTEGER, PRIMARY KEY (id, peer));
-                INSERT INTO receipts (id, peer, delivered_at, read_at)
-                    SELECT id, CASE WHEN substr(conversation, 4, 24) = sender THEN substr(conversation, 29) ELSE substr(conversation, 4, 24) END,
-                           delivered_at, read_at
-                    FROM messages WHERE outgoing = 1 AND conversation LIKE 'dm/%';
-                COMMIT;
-                """
-            )
-
-    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        return self._db.execute(sql, params).fetchall()
-
-    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._read_lock:
-            return self._reader.execute(sql, params).fetchall()
-
-    def transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
-        """Run statements atomically; the row counts they changed."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            counts = [self._db.execute(sql, params).rowcount for sql, params in statements]
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._commits += 1
-        return counts
-
-    def checkpoint_due(self) -> bool:
-        """True once per CHECKPOINT_EVERY commits: the caller then runs checkpoint()."""
-        if self._commits < CHECKPOINT_EVERY:
-            return False
-        self._commits = 0
-        return True
-
-    def checkpoint(self) -> None:
-        """Copy the WAL into the database (PASSIVE: never waits for, nor blocks, the writer
-        or a reader). Blocking: run it in a worker thread."""
-        with self._checkpoint_lock:
-            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            self.checkpoints += 1
-
-    def close(self) -> None:
-        with self._checkpoint_lock:
-            self._checkpointer.close()
-        self._db.close()
-        self._reader.close()
-
-
-Statements = list[tuple[str, tuple[Any, ...]]]
-CommitCallback = Callable[[list[int] | None], None]
-
-
-class GroupCommit:
-    """Statements from many tasks committed together: one transaction (one WAL append)
-    per scheduler pass rather than one per message, the way databases group commits.
-
-    ``submit`` queues statements and returns at once; its callback gets their row
-    counts once they are committed (or None if they could not be). ``enqueue`` queues
-    them and returns a ticket to wait on. The first ticket of a batch leads it: its
-    ``wait()`` lets every task that is ready now add to the batch, then commits it on
-    the spot, where a callback's batch is committed by a task started for it (the
-    leader saves that task and a wake-up, per chat.send). A batch that fails is
-    retried statement list by statement list, so one bad list never takes the others
-    down with it.
-    """
-
-    def __init__(self, db: ChatDb, nursery: trio.Nursery) -> None:
-        self._db = db
-        self._nursery = nursery
-        self._batch: list[tuple[Statements, CommitCallback | None]] = []
-        self._leader: Ticket | None = None  # the ticket that will commit the batch forming now
-        self.transactions = 0
-
-    def submit(self, statements: Statements, callback: CommitCallback | None = None) -> None:
-        self._batch.append((statements, callback))
-        if len(self._batch) == 1 and self._leader is None:
-            self._nursery.start_soon(self._flush_soon)  # runs after every task that is ready now
-
-    def enqueue(self, statements: Statements) -> "Ticket":
-        """Queue statements now; await the ticket's ``wait()`` for their row counts."""
-        ticket = Ticket(self)
-        lead = not self._batch and self._leader is None
-        self._batch.append((statements, ticket.finished))
-        if lead:
-            self._leader = ticket
-        return ticket
-
-    async def commit(self, statements: Statements) -> list[int]:
-        return await self.enqueue(statements).wait()
-
-    async def _lead(self) -> None:
-        # never cancelled here: the batch is committed whatever happens to the leader's task
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        self._leader = None
-        self._flush()
-
-    async def _flush_soon(self) -> None:
-        if self._batch and self._leader is None:
-            self._flush()
-
-    def _flush(self) -> None:
-        batch, self._batch = self._batch, []
-        try:
-            counts: list[int] | None = self._db.transaction([s for statements, _ in batch for s in statements])
-            self.transactions += 1
-        except sqlite3.Error:
-            counts = None
-        if self._db.checkpoint_due():
-            self._nursery.start_soon(self._checkpoint)
-        done = 0
-        for statements, callback in batch:
-            if counts is not None:
-                mine: list[int] | None = counts[done : done + len(statements)]
-                done += len(statements)
-            else:
-                try:
-                    mine = self._db.transaction(statements)
-                    self.transactions += 1
-                except sqlite3.Error:
-                    log.exception("chat.sqlite refused a write")
-                    mine = None
-            if callback is not None:
-                callback(mine)
-
-    async def _checkpoint(self) -> None:
-        db = self._db
-        try:
-            await trio.to_thread.run_sync(db.checkpoint)
-        except sqlite3.Error as exc:
-            log.warning("chat.sqlite checkpoint failed (the WAL keeps growing until one works): %s", exc)
-
-
-class Ticket:
-    def __init__(self, commit: GroupCommit) -> None:
-        self._commit = commit
-        self._done = trio.Event()
-        self._counts: list[int] | None = None
-
-    def finished(self, counts: list[int] | None) -> None:
-        self._counts = counts
-        self._done.set()
-
-    async def wait(self) -> list[int]:
-        if self._commit._leader is self:
-            await self._commit._lead()
-        else:
-            await self._done.wait()
-        if self._counts is None:
-            raise ChatError("the message could not be stored (chat.sqlite refused it: see the node's log)")
-        return self._counts
-
-
-def message_record(row: Any, me: str) -> dict[str, Any]:
-    """The API's record of a message: from a ``messages`` row, or anything indexed the same way."""
-    record = {
-        "id": row["id"],
-        "conversation": row["conversation"],
-        "sender": row["sender"],
-        "direction": "out" if row["outgoing"] else "in",
-        "kind": row["kind"],
-        "seq": row["seq"],
-        "lamport": row["lamport"],
-        "sent_at": row["sent_at"],
-        "received_at": row["received_at"],
-        "text": row["text"],
-        "delivered_at": row["delivered_at"],
-        "read_at": row["read_at"],
-    }
-    if row["kind"] == "group":
-        record["op"] = json.loads(row["text"])
-    return record
 
 
 class ChatService:
@@ -400,7 +136,7 @@ class ChatService:
         self.deferred = 0  # group messages left unacknowledged until a catch-up gave their context
         self.syncs_sent = 0
         self.syncs_answered = 0
-        self._queues: dict[str, _RecipientQueue] = {}
+        self._queues: dict[str, RecipientQueue] = {}
         self._clocks: dict[str, tuple[int, int]] = {}
         self._pending_acks: dict[str, list[str]] = {}
         self._groups: dict[str, GroupState] = {}
@@ -482,7 +218,7 @@ class ChatService:
             ).signed_body(self.identity.signing_key)
             self._saw(message)
             messages.append((message, body))
-            statements.append((_INSERT, _row(message, body, outgoing=True, received_at=message.sent_at)))
+            statements.append((INSERT, row_of(message, body, outgoing=True, received_at=message.sent_at)))
             for recipient in recipients:
                 statements.append(("INSERT INTO outbox (id, recipient, kind) VALUES (?, ?, 'msg')", (message.id, recipient)))
                 statements.append(("INSERT INTO receipts (id, peer) VALUES (?, ?)", (message.id, recipient)))
@@ -497,12 +233,12 @@ class ChatService:
         records = []
         group = group_id_of(conversation) is not None
         for message, body in messages:
-            record = _record(message, outgoing=True, received_at=message.sent_at)
+            record = record_of(message, outgoing=True, received_at=message.sent_at)
             self.bus.publish("chat.message", record)
-            frame = _message_frame(body)
+            frame = message_frame(body)
             hold = trio.current_time() + DIRECT_GRACE if direct else -math.inf
             for recipient in recipients:
-                self._enqueue(recipient, _Pending(message.id, "msg", frame, not_before=hold, group=group))
+                self._enqueue(recipient, Pending(message.id, "msg", frame, not_before=hold, group=group))
             records.append({**record, "body": body} if direct else record)
         return records
 
@@ -538,17 +274,17 @@ class ChatService:
             if self.me in group.members and node_id in group.members:
                 self._request_sync(node_id, group_conversation(group.id))
 
-    def _enqueue(self, recipient: str, item: "_Pending") -> None:
+    def _enqueue(self, recipient: str, item: "Pending") -> None:
         queue = self._queues.get(recipient)
         if queue is None:
-            queue = self._queues[recipient] = _RecipientQueue()
+            queue = self._queues[recipient] = RecipientQueue()
             if self._nursery is not None:
                 self._nursery.start_soon(self._deliver_to, recipient, queue)
         elif item.kind == "msg" and not queue.due and self._send_now(recipient, queue, item):
             return
         queue.add(item)
 
-    def _send_now(self, recipient: str, queue: "_RecipientQueue", item: "_Pending") -> bool:
+    def _send_now(self, recipient: str, queue: "RecipientQueue", item: "Pending") -> bool:
         """Hand a message straight to an open link when nothing is due before it: what the
         delivery task would do next, without waking it (a scheduler pass and its loop, per
         message). False when it must go the usual way: no open link, a backoff, a hold for
@@ -574,11 +310,11 @@ class ChatService:
         )
         for row in rows:
             if row["kind"] == "msg" and row["body"] is not None:
-                self._enqueue(row["recipient"], _Pending(row["id"], "msg", _message_frame(row["body"]), group=group_id_of(row["conversation"]) is not None))
+                self._enqueue(row["recipient"], Pending(row["id"], "msg", message_frame(row["body"]), group=group_id_of(row["conversation"]) is not None))
             elif row["kind"] == "read":
-                self._enqueue(row["recipient"], _Pending(row["id"], "read", b""))
+                self._enqueue(row["recipient"], Pending(row["id"], "read", b""))
 
-    async def _deliver_to(self, recipient: str, queue: "_RecipientQueue") -> None:
+    async def _deliver_to(self, recipient: str, queue: "RecipientQueue") -> None:
         """One task per recipient: send what is due in order, resend what was not
         acknowledged within ack_timeout, back off while the peer cannot be reached."""
         while True:
@@ -678,7 +414,7 @@ class ChatService:
             return
         assert self._commit is not None
         received_at = now_ms()
-        statements: Statements = [(_INSERT_IGNORE, _row(message, message.body(), outgoing=False, received_at=received_at))]
+        statements: Statements = [(INSERT_IGNORE, row_of(message, message.body(), outgoing=False, received_at=received_at))]
         if message.kind == "group":
             # the next frame's admission may depend on this operation: fold it before reading on
             try:
@@ -707,7 +443,7 @@ class ChatService:
             raise ChatError("this node does not take that message from its author")
         assert self._commit is not None
         received_at = now_ms()
-        counts = await self._commit.commit([(_INSERT_IGNORE, _row(message, message.body(), outgoing=False, received_at=received_at))])
+        counts = await self._commit.commit([(INSERT_IGNORE, row_of(message, message.body(), outgoing=False, received_at=received_at))])
         self._stored(message.sender, message, received_at, counts, via="direct")
         return {"id": message.id, "new": bool(counts[0])}
 
@@ -725,7 +461,7 @@ class ChatService:
             if message.kind == "group" and names_me(message, self.me) and not was_member:
                 self._request_sync(relayer, message.conversation)  # invited: fetch the group
             if group_id is None or (state is not None and self.me in state.ever):
-                self.bus.publish("chat.message", {**_record(message, outgoing=False, received_at=received_at), "via": via})
+                self.bus.publish("chat.message", {**record_of(message, outgoing=False, received_at=received_at), "via": via})
         else:
             self.duplicates += 1
         # acknowledge in batches: every message stored while a batch is on its way joins the next
@@ -818,7 +554,7 @@ class ChatService:
         if statements:
             self._tx(statements)
             for row in rows:
-                self._enqueue(row["sender"], _Pending(row["id"], "read", b""))
+                self._enqueue(row["sender"], Pending(row["id"], "read", b""))
         return len(rows)
 
     # -- groups ----------------------------------------------------------------------------------
@@ -948,7 +684,7 @@ class ChatService:
                         if sent == SYNC_BATCH:
                             more = True
                             break
-                        await link.send(CHANNEL_CHAT, _message_frame(row["body"]))
+                        await link.send(CHANNEL_CHAT, message_frame(row["body"]))
                         sent += 1
                 self.syncs_answered += 1
             else:
@@ -1128,103 +864,3 @@ class ChatService:
             server.method(name, chat_errors(handler), doc)
 
 
-@dataclass(slots=True)
-class _Pending:
-    id: str
-    kind: str  # "msg" or "read"
-    frame: bytes
-    deadline: float = 0.0
-    attempts: int = 0
-    not_before: float = -math.inf  # a message on its way over a front's data channel: the link waits till then
-    acknowledged: bool = False
-    group: bool = False  # a group message (its receipts are counted per member)
-
-
-@dataclass
-class _RecipientQueue:
-    """A recipient's outbox in memory; the outbox table is its durable copy. Every
-    operation on it is O(1) or O(log n) per message: at a thousand messages a second
-    a backlog must not make each one slower."""
-
-    due: deque[_Pending] = field(default_factory=deque)  # to send, in order
-    waiting: dict[str, _Pending] = field(default_factory=dict)  # sent, not yet acknowledged
-    messages: dict[str, _Pending] = field(default_factory=dict)  # every "msg" item, due or waiting
-    deadlines: list[tuple[float, str]] = field(default_factory=list)  # a heap over waiting's deadlines; stale entries are skipped
-    failures: int = 0
-    backoff_until: float = -math.inf
-    wake: trio.Event = field(default_factory=trio.Event)
-
-    def add(self, item: _Pending) -> None:
-        if item.kind == "msg":
-            self.messages[item.id] = item
-        self.due.append(item)
-        self.wake.set()
-
-    def wait_for_receipt(self, item: _Pending) -> None:
-        self.waiting[item.id] = item
-        heapq.heappush(self.deadlines, (item.deadline, item.id))
-
-    def acknowledge(self, message_id: str) -> None:
-        item = self.messages.pop(message_id, None)
-        if item is not None:
-            item.acknowledged = True  # if it is still due (its direct copy arrived first), the sender skips it
-            self.waiting.pop(message_id, None)
-
-    def drop_acknowledged(self) -> None:
-        while self.due and self.due[0].acknowledged:
-            self.due.popleft()
-
-    def _live(self, deadline: float, message_id: str) -> _Pending | None:
-        item = self.waiting.get(message_id)
-        return item if item is not None and item.deadline == deadline else None
-
-    def expired(self, now: float) -> list[_Pending]:
-        """The waiting items whose deadline passed, oldest first, taken out of waiting."""
-        out = []
-        while self.deadlines and self.deadlines[0][0] <= now:
-            deadline, message_id = heapq.heappop(self.deadlines)
-            item = self._live(deadline, message_id)
-            if item is not None:
-                del self.waiting[message_id]
-                out.append(item)
-        return out
-
-    def next_deadline(self) -> float:
-        while self.deadlines:
-            deadline, message_id = self.deadlines[0]
-            if self._live(deadline, message_id) is not None:
-                return deadline
-            heapq.heappop(self.deadlines)
-        return math.inf
-
-    def retry_now(self) -> None:
-        """The peer is back: no more backoff, and resend whatever waits for a receipt."""
-        self.backoff_until = -math.inf
-        self.failures = 0
-        for item in self.waiting.values():
-            item.deadline = -math.inf
-            heapq.heappush(self.deadlines, (item.deadline, item.id))
-        self.wake.set()
-
-
-def _message_frame(body: str) -> bytes:
-    # the stored body was checked when it was written: no re-parse, no re-verify
-    return b'{"t":"msg","m":' + body.encode() + b"}"
-
-
-_COLUMNS = ("id", "conversation", "sender", "seq", "lamport", "sent_at", "received_at", "text", "body", "outgoing", "kind")
-_INSERT = f"INSERT INTO messages ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
-_INSERT_IGNORE = _INSERT.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
-
-
-def _record(message: ChatMessage, *, outgoing: bool, received_at: int) -> dict[str, Any]:
-    """The API's record of a message just stored, without reading it back."""
-    row = dict(zip(_COLUMNS, _row(message, "", outgoing=outgoing, received_at=received_at)), delivered_at=None, read_at=None)
-    return message_record(row, "")
-
-
-def _row(message: ChatMessage, body: str, *, outgoing: bool, received_at: int) -> tuple[Any, ...]:
-    return (message.id, message.conversation, message.sender, message.seq, message.lamport, message.sent_at, received_at, message.text, body, int(outgoing), message.kind)
-
-# (sender, seq) pairs that two different messages of a conversation carry: see lannode.core.groups
-EQUIVOCAL = "SELECT sender, seq FROM messages WHERE conversation = ? GROUP BY sender, seq HAVING COUNT(*) > 1"
