@@ -4,14 +4,11 @@ what is due, what waits for a receipt, deadlines and backoff."""
 from __future__ import annotations
 
 import heapq
-import logging
 import math
 from collections import deque
 from dataclasses import dataclass, field
 
 import trio
-
-log = logging.getLogger("lannode.chat")
 
 
 @dataclass(slots=True)

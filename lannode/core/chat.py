@@ -18,7 +18,7 @@ Identity and order:
 Frames on the link's chat channel are compact JSON objects: ``msg`` (one
 message), ``ack`` (message ids stored: the delivery receipt), ``read``
 (message ids a person has seen in a front: the read receipt), ``sync`` and
-``synced`` (a group catch-up, see ``lannode.chat``). Every field is checked; a
+``synced`` (a group catch-up, see ``lannode.chat.service``). Every field is checked; a
 bad frame raises ``BadFrame`` and never anything else. ``decode_frame`` does not
 verify a message's signature: a message that arrives over its author's own
 link is already authenticated by the link, and verifying costs more than the
