@@ -31,6 +31,7 @@ from blake3 import blake3
 
 from lannode.core.bulk import R_ACK, R_CONTROL, R_DATA
 
+TERMINAL = ("done", "declined", "cancelled", "failed")  # the states a transfer ends in
 CHUNK_SIZE = 1 << 20
 MAX_COMPONENT_BYTES = 255
 MAX_PATH_BYTES = 4096

@@ -31,6 +31,7 @@ from lannode.core.link import AES_GCM
 from lannode.core.membership import State
 from lannode.core.transfer import (
     MAX_FILES,
+    TERMINAL,
     BadOffer,
     FileProgress,
     Offer,
@@ -77,7 +78,6 @@ log = logging.getLogger("lannode.transfer")
 CHANNEL_TRANSFER = 5
 PARTIAL_DIR = ".lannode-partial"
 RETRY_MIN, RETRY_MAX = 1.0, 30.0
-TERMINAL = ("done", "declined", "cancelled", "failed")
 # What one peer's offers may hold of this node while a person decides, and all peers' together:
 # an offer past them is declined at once, saying why, and neither kept nor listed.
 MAX_PENDING_OFFERS_PER_PEER = 16
