@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from lannode.core.ids import is_node_id
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -99,11 +101,10 @@ def _downloads(value: Any) -> str | None:
     return None
 
 
-_BASE32 = set("abcdefghijklmnopqrstuvwxyz234567")
 
 
 def _node_ids(value: Any) -> str | None:
-    if not isinstance(value, list) or not all(isinstance(v, str) and len(v) == 24 and set(v) <= _BASE32 for v in value):
+    if not isinstance(value, list) or not all(is_node_id(v) for v in value):
         return "expected a list of node ids (24 characters each, as `lannode peers` shows them)"
     return None
 

@@ -29,16 +29,16 @@ from typing import Any
 import trio
 
 from lannode.core import api
+from lannode.core.link import CHANNEL_SIGNAL
 from lannode.core.membership import State
 from lannode.identity import Identity
 from lannode.net.api_server import ApiServer, EventBus, require
-from lannode.net.links import Link, LinkError
+from lannode.net.links import Link, LinkError, Replies
 from lannode.peers.service import PeerService
 from lannode.store import StoreService
 
 log = logging.getLogger("lannode.rtc")
 
-CHANNEL_SIGNAL = 4
 KINDS = ("hello", "offer", "answer", "candidate", "hangup")  # hello: a front looks for the peer's fronts, to offer to each
 MAX_SIGNAL_BYTES = 64 * 1024
 REPLY_TIMEOUT = 5.0
@@ -56,7 +56,7 @@ class RtcService:
         self.rejected = 0
         self.delivered = 0
         self._request_ids = itertools.count(1)
-        self._waiting: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self._replies = Replies()  # our signals' answers
         self._rooms_of_fronts: dict[str, set[str]] = {}  # front ("" for the node itself) -> rooms it joined
         self._nursery: trio.Nursery | None = None
         peers.links.handle(CHANNEL_SIGNAL, self._on_frame)
@@ -91,19 +91,13 @@ class RtcService:
         encoded = json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
         if len(encoded) > MAX_SIGNAL_BYTES:
             raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"a signaling message is at most {MAX_SIGNAL_BYTES} bytes")
-        send, receive = trio.open_memory_channel[dict[str, Any]](1)
-        self._waiting[request_id] = send
         try:
             link = await self.peers.links.link_to(member.node_id)
-            await link.send(CHANNEL_SIGNAL, encoded)
-            with trio.fail_after(REPLY_TIMEOUT):
-                reply = await receive.receive()
+            reply = await self._replies.request(link, CHANNEL_SIGNAL, request_id, encoded, REPLY_TIMEOUT)
         except LinkError as exc:
             raise api.ApiError(api.ErrorCode.UNAVAILABLE, str(exc)) from None
-        except trio.TooSlowError:
-            raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"{member.presence.name} did not answer within {REPLY_TIMEOUT:g} s") from None
-        finally:
-            del self._waiting[request_id]
+        if reply is None:
+            raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"{member.presence.name} did not answer within {REPLY_TIMEOUT:g} s")
         if reply.get("error"):
             raise api.ApiError(api.ErrorCode.NOT_FOUND, str(reply["error"]))
         return {"peer": member.node_id, "delivered_to": reply.get("fronts", [])}
@@ -118,9 +112,7 @@ class RtcService:
             self.rejected += 1
             return
         if frame["t"] == "sig_reply":
-            waiter = self._waiting.get(frame["rid"])
-            if waiter is not None:
-                waiter.send_nowait(frame)
+            self._replies.deliver(frame["rid"], frame)
             return
         reply: dict[str, Any] = {"t": "sig_reply", "rid": frame["rid"]}
         kind, to_front, from_front = frame.get("kind"), frame.get("to_front"), frame.get("from_front")

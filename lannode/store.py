@@ -23,6 +23,7 @@ import trio
 
 from lannode.clock import now_ms
 from lannode.core import api, writers
+from lannode.core.link import CHANNEL_STORE
 from lannode.core.messages import StoreEntry, capability_names
 from lannode.core.store import (
     MAX_VALUE_BYTES,
@@ -45,7 +46,6 @@ from lannode.peers.service import PeerService
 
 log = logging.getLogger("lannode.store")
 
-CHANNEL_STORE = 2
 DELTA_CHUNK_BYTES = 4 << 20
 GC_INTERVAL = 3600.0
 

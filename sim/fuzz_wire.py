@@ -47,6 +47,7 @@ from lannode.core.chat import (
 )
 from lannode.core.drive import DriveError, Manifest, parse_cap
 from lannode.core.groups import MAX_MEMBERS, fold, group_conversation, op_text, parse_op
+from lannode.core.ids import node_id_for
 from lannode.core.link import LinkConnection, Role
 from lannode.core.membership import INCARNATION_BOOT_SHIFT, Membership, MembershipConfig
 from lannode.core.store import (
@@ -62,7 +63,6 @@ from lannode.core.store import (
 from lannode.core.transfer import BadOffer, Offer, parse_record
 from lannode.core.wire import MAX_PAYLOAD, DatagramCodec
 from lannode.core.writers import refusal
-from lannode.identity import node_id_for
 
 BATCH = 1000
 TARGETS = ("membership", "view", "store", "link", "chat", "groups", "transfer", "drive")

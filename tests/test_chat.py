@@ -27,9 +27,8 @@ from lannode.core.chat import (
     encode_frame,
     new_message_id,
 )
+from lannode.core.link import CHANNEL_CHAT
 from lannode.net.api_client import RemoteError
-
-CHANNEL_CHAT = 3
 
 
 def message(key: SigningKey, to: str, text: str = "hi", seq: int = 1) -> ChatMessage:

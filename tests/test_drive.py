@@ -29,12 +29,11 @@ from nacl.signing import SigningKey
 
 from lannode.core.bulk import bulk_hello
 from lannode.core.drive import block_hash, block_lengths, fragment_root
-from lannode.core.link import MessageReceived
+from lannode.core.link import CHANNEL_DRIVE, MessageReceived
 from lannode.drive.fragment_io import Wire
 from lannode.home import Home
 from lannode.net.api_client import RemoteError
 
-CHANNEL_DRIVE = 6
 MB = 1_000_000
 
 

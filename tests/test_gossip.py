@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from lannode.core import messages as m
+from lannode.core.link import CHANNEL_MEMBERS
 from lannode.core.wire import DatagramCodec
 from lannode.home import Home
-from lannode.peers.service import CHANNEL_MEMBERS
 
 
 def peer_states(node: RunningNode) -> dict[str, str]:

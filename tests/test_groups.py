@@ -15,10 +15,10 @@ from test_chat import network
 
 from lannode.core.chat import ChatMessage, SyncFrame, encode_frame, new_message_id
 from lannode.core.groups import fold, group_conversation, op_text
-from lannode.identity import Identity, node_id_for
+from lannode.core.ids import node_id_for
+from lannode.core.link import CHANNEL_CHAT
+from lannode.identity import Identity
 from lannode.net.api_client import RemoteError
-
-CHANNEL_CHAT = 3
 
 
 class Author:

@@ -10,8 +10,8 @@ import pytest
 from conftest import run_cli, write_config
 
 from lannode import config
+from lannode.core.ids import node_id_for
 from lannode.home import Home, resolve
-from lannode.identity import node_id_for
 
 
 def test_home_is_flag_then_environment_then_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

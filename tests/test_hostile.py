@@ -22,11 +22,11 @@ from lannode.core.chat import (
     encode_frame,
     new_message_id,
 )
+from lannode.core.ids import node_id_for
+from lannode.core.link import CHANNEL_CHAT
 from lannode.core.store import MAX_CLOCK_SKEW_MS, Entry
 from lannode.core.wire import DatagramCodec
 from lannode.home import Home
-from lannode.identity import node_id_for
-from lannode.net import api_client
 from tests.conftest import (
     NodeFactory,
     RunningNode,
@@ -36,7 +36,6 @@ from tests.conftest import (
     write_config,
 )
 
-CHANNEL_CHAT = 3
 U64_MAX = (1 << 64) - 1
 
 
@@ -338,9 +337,9 @@ def test_a_peer_that_pings_and_reads_nothing_is_cut_off_when_it_stalls(nodes: No
 
 
 def test_offers_of_100000_files_each_from_one_peer_wait_within_its_budget(nodes: NodeFactory) -> None:
-    from lannode.core.link import MessageReceived
+    from lannode.core.link import CHANNEL_TRANSFER, MessageReceived
     from lannode.core.transfer import CHUNK_SIZE, hash_chunk
-    from lannode.transfer.service import CHANNEL_TRANSFER, MAX_PENDING_FILES_PER_PEER
+    from lannode.transfer.service import MAX_PENDING_FILES_PER_PEER
 
     a, b = pair(nodes, "ann", "ben")
     ann = {p["name"]: p for p in b.call("peer.list")}["ann"]

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
+from lannode.core.ids import node_id_for
 from lannode.core.link import (
     LinkClosed,
     LinkConnection,
@@ -25,7 +26,6 @@ from lannode.core.link import (
     MessageReceived,
     Role,
 )
-from lannode.identity import node_id_for
 from lannode.net.links import LinkError, LinkManager
 from lannode.peers.trust import safety_code
 

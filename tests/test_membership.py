@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from lannode.core import messages as m
+from lannode.core.ids import node_id_for
 from lannode.core.membership import (
     TRANSITIONS,
     Membership,
@@ -25,7 +26,6 @@ from lannode.core.membership import (
     Suspicion,
 )
 from lannode.core.wire import MAX_DATAGRAM, MAX_PAYLOAD, DatagramCodec, Dropped
-from lannode.identity import node_id_for
 from sim.virtualnet import SimNode, VirtualNetwork
 
 

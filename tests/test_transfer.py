@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from conftest import NodeFactory, RunningNode, raw_link, run_cli, write_config
 
+from lannode.core.link import CHANNEL_TRANSFER
 from lannode.core.transfer import CHUNK_SIZE, hash_chunk
 from lannode.home import Home
 from lannode.net.api_client import RemoteError
 
-CHANNEL_TRANSFER = 5
 EMPTY_CHUNK = base64.b64encode(hash_chunk(b"")).decode()  # an empty file's one chunk hash, as an offer carries it
 
 

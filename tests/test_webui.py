@@ -6,8 +6,6 @@ import http.server
 import threading
 import urllib.error
 import urllib.request
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 from conftest import NodeFactory, RunningNode, browser  # noqa: F401 - the fixture

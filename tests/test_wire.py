@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from lannode.core import wire
-from lannode.identity import node_id_for
+from lannode.core.ids import node_id_for
 
 NETWORK_KEY = bytes(range(32))
 

@@ -100,6 +100,7 @@ from lannode.core.groups import (
     names_me,
     op_text,
 )
+from lannode.core.link import CHANNEL_CHAT
 from lannode.core.membership import State
 from lannode.identity import Identity
 from lannode.net.api_server import ApiServer, EventBus, require
@@ -108,7 +109,6 @@ from lannode.peers.service import PeerService
 
 log = logging.getLogger("lannode.chat")
 
-CHANNEL_CHAT = 3
 MAX_PAGE = 500
 MAX_BATCH = 100  # messages in one chat.send
 SYNC_BATCH = 1000  # messages per catch-up answer; the requester asks again for more
@@ -624,20 +624,17 @@ class ChatService:
         return sorted((g.to_json(self.me) for g in self._groups.values() if self.me in g.ever), key=lambda g: (not g["member"], g["name"], g["id"]))
 
     def resolve_group(self, text: str) -> GroupState:
-        """A group by id, unique id prefix (4+) or unique name; '#' in front is allowed."""
+        """A group by id, unique name or unique id prefix (``api.resolve``); '#' in front is allowed."""
         text = text.removeprefix("#")
-        mine = [g for g in self._groups.values() if self.me in g.ever]
-        for candidates in (
-            [g for g in mine if g.id == text.lower()],
-            [g for g in mine if g.name == text],
-            [g for g in mine if len(text) >= 4 and g.id.startswith(text.lower())],
-        ):
-            if len(candidates) == 1:
-                return candidates[0]
-            if len(candidates) > 1:
-                ids = ", ".join(g.id[:8] for g in candidates)
-                raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"{len(candidates)} groups match {text!r} ({ids}); give more of an id")
-        raise api.ApiError(api.ErrorCode.NOT_FOUND, f"no group {text!r} on this node (lannode group ls lists them)")
+        return api.resolve(
+            text,
+            [g for g in self._groups.values() if self.me in g.ever],
+            id_of=lambda g: g.id,
+            name_of=lambda g: g.name,
+            what="group",
+            what_plural="groups",
+            not_found=f"no group {text!r} on this node (lannode group ls lists them)",
+        )
 
     def _request_sync(self, member: str, conversation: str) -> None:
         now = time.monotonic()

@@ -33,7 +33,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 API_VERSION = 1
 API_PATH = f"/v{API_VERSION}"
@@ -212,3 +212,37 @@ def _same_token(presented: str, expected: str) -> bool:
 
 def hello(node_id: str, name: str, version: str) -> str:
     return event("hello", {"api": API_VERSION, "node_id": node_id, "name": name, "version": version})
+
+
+# -- naming things: a peer, a group, a file, a transfer ---------------------------------------
+MIN_ID_PREFIX = 4  # characters of an id that may name it, when no other id starts so
+T = TypeVar("T")
+
+
+def resolve(
+    text: str,
+    items: Sequence[T],
+    *,
+    id_of: Callable[[T], str],
+    name_of: Callable[[T], str | None] | None,
+    what: str,
+    what_plural: str,
+    not_found: str,
+) -> T:
+    """The one item ``text`` names: its whole id, else its name (if unique), else a unique
+    prefix of ``MIN_ID_PREFIX`` or more characters of its id. ApiError otherwise, naming
+    the candidates when there are several; ``not_found`` is the whole message for none."""
+    lowered = text.lower()
+    exact = [x for x in items if id_of(x) == lowered]
+    if exact:
+        return exact[0]
+    for candidates in (
+        [x for x in items if name_of is not None and name_of(x) == text],
+        [x for x in items if len(text) >= MIN_ID_PREFIX and id_of(x).startswith(lowered)],
+    ):
+        if len(candidates) == 1:
+            return candidates[0]
+        if candidates:
+            ids = ", ".join(id_of(x)[:12] for x in candidates[:8])
+            raise ApiError(ErrorCode.BAD_PARAMS, f"{len(candidates)} {what_plural} match {text!r} ({ids}); give more of the {what}'s id")
+    raise ApiError(ErrorCode.NOT_FOUND, not_found)

@@ -38,7 +38,7 @@ from typing import Any
 from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
-from lannode.identity import node_id_for
+from lannode.core.ids import node_id_for
 
 MAX_TEXT_BYTES = 16 * 1024
 MAX_FRAME_BYTES = 64 * 1024

@@ -46,6 +46,7 @@ from nacl.public import SealedBox
 from nacl.signing import SigningKey, VerifyKey
 
 from lannode.core.erasure import Codec, ErasureError
+from lannode.core.ids import is_node_id
 
 KEY_BYTES = 32
 ID_BYTES = 16
@@ -328,10 +329,6 @@ SHARE_PREFIX = "drive/s/"  # drive/s/NODE-ID/FILE-ID -> a name and read cap, sea
 NODE_PREFIX = "drive/n/"  # drive/n/NODE-ID -> that node's quota and usage
 
 
-def _node_id(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 24 and value.isalnum() and value.islower()
-
-
 @dataclass(frozen=True, slots=True)
 class Manifest:
     """A file as every node sees it: its layout, which node holds each fragment, and a
@@ -356,7 +353,7 @@ class Manifest:
             manifest = cls(Layout.from_json(data["layout"]), tuple(data["holders"]), int(data["version"]), str(data["owner"]), float(data["created"]))
         except (KeyError, TypeError, ValueError):
             raise DriveError("a malformed manifest") from None
-        if len(manifest.holders) != manifest.layout.k + manifest.layout.m or not all(_node_id(h) for h in manifest.holders) or not _node_id(manifest.owner):
+        if len(manifest.holders) != manifest.layout.k + manifest.layout.m or not all(is_node_id(h) for h in manifest.holders) or not is_node_id(manifest.owner):
             raise DriveError("a manifest whose holders do not add up")
         return manifest
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lannode.core.chat import MAX_COUNT, BadFrame, ChatError, ChatMessage
+from lannode.core.ids import is_node_id
 
 GROUP_PREFIX = "group/"
 MAX_NAME_BYTES = 100
@@ -105,7 +106,7 @@ def parse_op(message: ChatMessage) -> GroupOp:
     members = body.get("members", [])
     if name is not None and (not isinstance(name, str) or len(name.encode()) > MAX_NAME_BYTES):
         raise BadFrame("a group name is a short string")
-    if not isinstance(members, list) or len(members) > MAX_MEMBERS or not all(_is_node_id(m) for m in members):
+    if not isinstance(members, list) or len(members) > MAX_MEMBERS or not all(is_node_id(m) for m in members):
         raise BadFrame("group members are a list of node ids")
     if op in ("create", "rename") and not name:
         raise BadFrame(f"{op} needs a name")
@@ -117,10 +118,6 @@ def parse_op(message: ChatMessage) -> GroupOp:
     if not all(isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq <= MAX_COUNT for seq in cut.values()):
         raise BadFrame(f"a cut's seqs are 0 to {MAX_COUNT}")
     return GroupOp(op, name, tuple(members), tuple(sorted(cut.items())))
-
-
-def _is_node_id(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 24 and value.isalnum() and value.islower()
 
 
 @dataclass(slots=True)

@@ -64,7 +64,7 @@ from nacl.bindings import (
 from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
-from lannode.identity import node_id_for
+from lannode.core.ids import node_id_for
 
 try:  # libsodium as pynacl binds it, for in-place bulk sealing (RecordCipher.seal_into)
     from nacl._sodium import ffi as _ffi
@@ -88,6 +88,13 @@ DEFAULT_MAX_BUFFERED = 2 * DEFAULT_MAX_MESSAGE  # parts of unfinished messages h
 MAX_PENDING_CONTROL = 64 * 1024  # sealed bytes not yet taken by the writer past which a ping goes unanswered
 
 CONTROL = 0  # channel 0 carries the link's own messages
+# The channels of the services above, one each: every number in one place.
+CHANNEL_STORE = 2  # the replicated store's anti-entropy (lannode.store)
+CHANNEL_CHAT = 3  # chat frames (lannode.chat)
+CHANNEL_SIGNAL = 4  # WebRTC signaling and meeting rooms (lannode.rtc)
+CHANNEL_TRANSFER = 5  # file drop's offers and decisions (lannode.transfer)
+CHANNEL_DRIVE = 6  # the drive's requests and replies (lannode.drive)
+CHANNEL_MEMBERS = 7  # membership view exchanges, push-pull: a flags byte, then Membership.state() (lannode.peers)
 MORE = 0x01
 C_AUTH, C_PING, C_PONG, C_CLOSE = 1, 2, 3, 4
 SIGNATURE_CONTEXT = b"lannode link v1 "

@@ -34,8 +34,8 @@ from typing import Any, Union
 from nacl.signing import SigningKey
 
 from lannode.core import wire
-from lannode.identity import NODE_ID_BYTES, node_id_for, raw_node_id
-from lannode.identity import node_id_from_raw as _id_from_raw
+from lannode.core.ids import NODE_ID_BYTES, node_id_for, raw_node_id
+from lannode.core.ids import node_id_from_raw as _id_from_raw
 
 PAYLOAD_VERSION = 1
 MAX_NAME_BYTES = 64

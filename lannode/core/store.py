@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from nacl.signing import SigningKey
 
 from lannode.core import wire
-from lannode.identity import node_id_for
+from lannode.core.ids import node_id_for
 
 MAX_KEY_BYTES = 255
 MAX_COUNTER = (1 << 63) - 1  # versions and timestamps: what SQLite's INTEGER holds

@@ -37,7 +37,7 @@ from nacl.bindings import (
 from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
-from lannode.identity import node_id_for
+from lannode.core.ids import node_id_for
 
 MAX_DATAGRAM = 1400
 VERSION = 1

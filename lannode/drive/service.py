@@ -67,7 +67,7 @@ from lannode.core.drive import (
 )
 from lannode.core.erasure import BACKEND as erasure_backend
 from lannode.core.erasure import Codec, ErasureError
-from lannode.core.link import AES_GCM
+from lannode.core.link import AES_GCM, CHANNEL_DRIVE
 from lannode.core.membership import State
 from lannode.core.store import Entry
 from lannode.drive.fragment_io import (
@@ -89,14 +89,13 @@ from lannode.files import leaf_name, part_name, write_new_beneath
 from lannode.identity import Identity
 from lannode.net.api_server import ApiServer, EventBus, require
 from lannode.net.bulk import BulkError, Meter, run_in_thread
-from lannode.net.links import Link, LinkError
+from lannode.net.links import Link, LinkError, Replies
 from lannode.peers.service import PeerService
 from lannode.store import StoreService
 from lannode.uploads import UploadService
 
 log = logging.getLogger("lannode.drive")
 
-CHANNEL_DRIVE = 6
 REQUEST_TIMEOUT = 15.0
 TOKEN_LIFETIME = 30.0  # seconds a holder waits for the bulk connection it handed a token for
 MAX_FRAME = 64 * 1024
@@ -169,7 +168,7 @@ class DriveService:
         self.orphan_grace = float(config.get("drive.orphan_grace"))
         self.stall_timeout = float(config.get("drive.stall_timeout"))
         self.counters: Counter[str] = Counter()
-        self._pending: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self._replies = Replies()  # our requests' answers
         self._answering: Counter[str] = Counter()  # per peer: its requests being answered now
         self._gone_since: dict[str, float] = {}
         self._repairing: set[str] = set()  # file ids being repaired here now
@@ -304,22 +303,16 @@ class DriveService:
     # -- requests between daemons ------------------------------------------------------------------------
     async def _request(self, node: str, message: dict[str, Any], timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
         rid = secrets.token_hex(8)
-        send, receive = trio.open_memory_channel[dict[str, Any]](1)
-        self._pending[rid] = send
         try:
-            try:
-                link = await self.peers.links.link_to(node)
-                await link.send(CHANNEL_DRIVE, _json_frame({**message, "rid": rid}))
-            except LinkError as exc:
-                raise Unavailable(f"{self._name_of(node)} cannot be reached: {exc}") from None
-            with trio.move_on_after(timeout):
-                reply = await receive.receive()
-                if reply.get("error"):
-                    raise Unavailable(f"{self._name_of(node)}: {reply['error']}")
-                return reply
+            link = await self.peers.links.link_to(node)
+            reply = await self._replies.request(link, CHANNEL_DRIVE, rid, _json_frame({**message, "rid": rid}), timeout)
+        except LinkError as exc:
+            raise Unavailable(f"{self._name_of(node)} cannot be reached: {exc}") from None
+        if reply is None:
             raise Unavailable(f"{self._name_of(node)} did not answer within {timeout:.0f} s")
-        finally:
-            del self._pending[rid]
+        if reply.get("error"):
+            raise Unavailable(f"{self._name_of(node)}: {reply['error']}")
+        return reply
 
     async def _on_frame(self, link: Link, data: bytes) -> None:
         try:
@@ -333,12 +326,7 @@ class DriveService:
             return
         kind, rid = message["t"], message["rid"]
         if kind == "re":
-            waiting = self._pending.get(rid)
-            if waiting is not None:
-                try:
-                    waiting.send_nowait(message)
-                except trio.WouldBlock:
-                    pass
+            self._replies.deliver(rid, message)
             return
         handler = {"put": self._serve_put, "get": self._serve_get, "check": self._serve_check}.get(kind)
         if handler is None or self._nursery is None:
@@ -592,18 +580,16 @@ class DriveService:
             record = shares.get(cap.file_id) or ({"name": cap.file_id, "cap": text} if isinstance(cap, ReadCap) else None)
             return manifest, record
         manifests = self._manifests()
-        named = [i for i, r in shares.items() if r["name"] == text and i in manifests]
-        if text in manifests:
-            matches = [text]
-        elif named:
-            matches = named
-        else:
-            matches = [i for i in manifests if len(text) >= 4 and i.startswith(text.lower())]
-        if not matches:
-            raise api.ApiError(api.ErrorCode.NOT_FOUND, f"no file {text!r} in the drive (lannode drive ls lists them)")
-        if len(matches) > 1:
-            raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"{len(matches)} files match {text!r} ({', '.join(m[:8] for m in matches)}); give more of an id")
-        return manifests[matches[0]], shares.get(matches[0])
+        file_id = api.resolve(
+            text,
+            list(manifests),
+            id_of=lambda i: i,
+            name_of=lambda i: (shares.get(i) or {}).get("name"),
+            what="file",
+            what_plural="files",
+            not_found=f"no file {text!r} in the drive (lannode drive ls lists them)",
+        )
+        return manifests[file_id], shares.get(file_id)
 
     def _listing(self, manifest: Manifest, shares: dict[str, dict[str, Any]]) -> dict[str, Any]:
         layout = manifest.layout

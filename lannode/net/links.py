@@ -37,6 +37,7 @@ import socket
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 from nacl.signing import SigningKey
@@ -628,4 +629,34 @@ class LinkManager:
             log.info("link to %s closed: %s", link.node_id, link.close_reason)
 
 
-__all__ = ["Link", "LinkError", "LinkManager", "LinkSettings"]
+class Replies:
+    """Requests over a link channel that are answered by one reply each (the drive's,
+    and signaling's): a request carries an id, and the reply with that id goes to the
+    caller waiting for it; a reply nobody waits for (late, or never asked) is dropped."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[object, trio.MemorySendChannel[dict[str, Any]]] = {}
+
+    async def request(self, link: Link, channel: int, rid: object, frame: bytes, timeout: float) -> dict[str, Any] | None:
+        """Send ``frame`` (which carries ``rid``) and wait for its reply; None if none came
+        within ``timeout`` seconds. LinkError if the link closed."""
+        send, receive = trio.open_memory_channel[dict[str, Any]](1)
+        self._waiting[rid] = send
+        try:
+            await link.send(channel, frame)
+            with trio.move_on_after(timeout):
+                return await receive.receive()
+            return None
+        finally:
+            del self._waiting[rid]
+
+    def deliver(self, rid: object, reply: dict[str, Any]) -> None:
+        waiter = self._waiting.get(rid)
+        if waiter is not None:
+            try:
+                waiter.send_nowait(reply)
+            except trio.WouldBlock:  # a second reply with the same id
+                pass
+
+
+__all__ = ["Link", "LinkError", "LinkManager", "LinkSettings", "Replies"]

@@ -17,6 +17,7 @@ import trio
 from lannode import __version__
 from lannode.config import Config
 from lannode.core import api
+from lannode.core.link import CHANNEL_MEMBERS
 from lannode.core.membership import Event as MembershipEvent
 from lannode.core.membership import (
     Member,
@@ -38,8 +39,6 @@ from lannode.peers.trust import TrustStore, normalize_code, safety_code
 log = logging.getLogger("lannode.peers")
 
 CAPABILITIES = ("links", "store")
-MIN_ID_PREFIX = 4
-CHANNEL_MEMBERS = 7  # membership view exchanges (push-pull): a flags byte, then Membership.state()
 REPLY_WANTED = 1
 
 
@@ -137,25 +136,18 @@ class PeerService:
         return member.presence.name if member else node_id[:8]
 
     def resolve(self, text: str) -> Member:
-        """A member by name or unique node id prefix; ApiError naming the candidates otherwise."""
+        """A member by node id, name or unique node id prefix (``api.resolve``)."""
         membership = self.membership
         members = list(membership.members.values()) if membership else []
-        exact = [x for x in members if x.node_id == text.lower()]
-        if exact:
-            return exact[0]
-        named = [x for x in members if x.presence.name == text]
-        if len(named) == 1:
-            return named[0]
-        if len(named) > 1:
-            choices = ", ".join(f"{x.node_id} ({x.state.value})" for x in named)
-            raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"{len(named)} peers are named {text!r}: {choices}; give a node id prefix")
-        if len(text) >= MIN_ID_PREFIX:
-            prefixed = [x for x in members if x.node_id.startswith(text.lower())]
-            if len(prefixed) == 1:
-                return prefixed[0]
-            if len(prefixed) > 1:
-                raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"{text!r} matches {len(prefixed)} node ids; give more of it")
-        raise api.ApiError(api.ErrorCode.NOT_FOUND, f"no peer named {text!r} or with a node id starting so (lannode peers lists them)")
+        return api.resolve(
+            text,
+            members,
+            id_of=lambda x: x.node_id,
+            name_of=lambda x: x.presence.name,
+            what="peer",
+            what_plural="peers",
+            not_found=f"no peer named {text!r} or with a node id starting so (lannode peers lists them)",
+        )
 
     # -- API -----------------------------------------------------------------------------------
     def register_methods(self, server: ApiServer) -> None:

@@ -27,7 +27,7 @@ import trio
 from lannode.config import Config
 from lannode.core import api
 from lannode.core.bulk import SECRET_BYTES, TOKEN_BYTES
-from lannode.core.link import AES_GCM
+from lannode.core.link import AES_GCM, CHANNEL_TRANSFER
 from lannode.core.membership import State
 from lannode.core.transfer import (
     MAX_FILES,
@@ -75,7 +75,6 @@ log = logging.getLogger("lannode.transfer")
 #   done    receiver -> sender: every file is in place
 # The data itself goes over the bulk connection (lannode.transfer.stream, on lannode.net.bulk).
 
-CHANNEL_TRANSFER = 5
 PARTIAL_DIR = ".lannode-partial"
 RETRY_MIN, RETRY_MAX = 1.0, 30.0
 # What one peer's offers may hold of this node while a person decides, and all peers' together:
@@ -280,15 +279,15 @@ class TransferService:
         self.refused[why] = self.refused.get(why, 0) + 1
 
     def find(self, text: str) -> Transfer:
-        t = self.transfers.get(text)
-        if t is not None:
-            return t
-        matches = [t for i, t in self.transfers.items() if len(text) >= 4 and i.startswith(text.lower())]
-        if len(matches) == 1:
-            return matches[0]
-        if matches:
-            raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"{text!r} matches {len(matches)} transfers; give more of the id")
-        raise api.ApiError(api.ErrorCode.NOT_FOUND, f"no transfer {text!r} (lannode transfers lists them)")
+        return api.resolve(
+            text,
+            list(self.transfers.values()),
+            id_of=lambda t: t.id,
+            name_of=None,
+            what="transfer",
+            what_plural="transfers",
+            not_found=f"no transfer {text!r} (lannode transfers lists them)",
+        )
 
     async def _link_send(self, peer: str, message: dict[str, Any]) -> None:
         await self.peers.links.send(peer, CHANNEL_TRANSFER, json.dumps(message, separators=(",", ":")).encode())
