@@ -25,12 +25,14 @@ from lannode import __version__, systemd
 from lannode.chat.service import ChatService
 from lannode.config import Config
 from lannode.core import api
+from lannode.core.api import require
 from lannode.drive.service import DriveService
+from lannode.events import EventBus
 from lannode.files import write_private
 from lannode.home import Home, HomeLock
 from lannode.identity import Identity
 from lannode.mail import MailService, settings_of
-from lannode.net.api_server import ApiServer, EventBus, require
+from lannode.net.api_server import ApiServer
 from lannode.peers.service import PeerService
 from lannode.plugins.supervisor import PluginSupervisor, check_origin
 from lannode.rtc import RtcService

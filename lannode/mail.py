@@ -46,6 +46,7 @@ import trio
 
 from lannode import __version__
 from lannode.core import api
+from lannode.core.api import require
 from lannode.core.mail import (
     Attachment,
     MailError,
@@ -54,8 +55,8 @@ from lannode.core.mail import (
     draft,
     retry_delay,
 )
+from lannode.events import EventBus
 from lannode.files import create_private, write_private
-from lannode.net.api_server import ApiServer, EventBus, require
 
 if TYPE_CHECKING:
     from lannode.chat.service import ChatService
@@ -224,7 +225,7 @@ class MailService:
         message_id = secrets.token_hex(8)
         domain = d.sender.domain
         raw = await trio.to_thread.run_sync(  # up to max_attachment_bytes to encode: not on the event loop
-            partial(build_message, replace(d, body=body), attachments, message_id=f"<{message_id}.{secrets.token_hex(6)}@{domain}>", mailer=f"lannode {__version__}")
+            partial(build_message, replace(d, body=body), attachments, now=time.time(), message_id=f"<{message_id}.{secrets.token_hex(6)}@{domain}>", mailer=f"lannode {__version__}")
         )
         now = time.time()
         row = (
@@ -437,7 +438,7 @@ class MailService:
             **self.counters,
         }
 
-    def register_methods(self, server: ApiServer) -> None:
+    def register_methods(self, server: api.Methods) -> None:
         async def mail_send(params: dict[str, Any], caller: api.Principal) -> Any:
             return await self.send(params, caller)
 

@@ -29,10 +29,11 @@ from typing import Any
 import trio
 
 from lannode.core import api
+from lannode.core.api import require
 from lannode.core.link import CHANNEL_SIGNAL
 from lannode.core.membership import State
+from lannode.events import EventBus
 from lannode.identity import Identity
-from lannode.net.api_server import ApiServer, EventBus, require
 from lannode.net.links import Link, LinkError, Replies
 from lannode.peers.service import PeerService
 from lannode.store import StoreService
@@ -46,7 +47,7 @@ MAX_ROOM_BYTES = 64
 
 
 class RtcService:
-    def __init__(self, identity: Identity, name: str, peers: PeerService, store: StoreService, bus: EventBus, server: ApiServer) -> None:
+    def __init__(self, identity: Identity, name: str, peers: PeerService, store: StoreService, bus: EventBus, server: api.Methods) -> None:
         self.me = identity.node_id
         self.name = name
         self.peers = peers
@@ -177,7 +178,7 @@ class RtcService:
         return {"fronts": len(self.fronts), "delivered": self.delivered, "rejected": self.rejected}
 
     # -- API -------------------------------------------------------------------------------------
-    def register_methods(self, server: ApiServer) -> None:
+    def register_methods(self, server: api.Methods) -> None:
         async def rtc_register(params: dict[str, Any], caller: api.Principal) -> Any:
             front = self._front_of(caller)
             if front is None:

@@ -23,6 +23,7 @@ import trio
 
 from lannode.clock import now_ms
 from lannode.core import api, writers
+from lannode.core.api import require
 from lannode.core.link import CHANNEL_STORE
 from lannode.core.messages import StoreEntry, capability_names
 from lannode.core.store import (
@@ -38,9 +39,9 @@ from lannode.core.store import (
     encode_delta,
     encode_digest,
 )
+from lannode.events import EventBus
 from lannode.files import create_private
 from lannode.identity import Identity
-from lannode.net.api_server import ApiServer, EventBus, require
 from lannode.net.links import Link, LinkError
 from lannode.peers.service import PeerService
 
@@ -314,7 +315,7 @@ class StoreService:
         }
 
     # -- API -------------------------------------------------------------------------------------
-    def register_methods(self, server: ApiServer) -> None:
+    def register_methods(self, server: api.Methods) -> None:
         async def store_put(params: dict[str, Any], caller: api.Principal) -> Any:
             key = require(params, "key", str)
             if "value" not in params:

@@ -37,8 +37,10 @@ from typing import Any, AsyncIterator, Callable
 import trio
 
 from lannode.core import api
+from lannode.core.api import require
 from lannode.core.transfer import UnsafeName, safe_relative_path
-from lannode.net.api_server import ApiServer, EventBus, require
+from lannode.events import EventBus
+from lannode.net.api_server import ApiServer
 
 log = logging.getLogger("lannode.uploads")
 

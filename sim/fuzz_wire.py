@@ -43,7 +43,7 @@ from lannode.core.chat import (
     SyncFrame,
     decode_frame,
     encode_frame,
-    new_message_id,
+    make_message_id,
 )
 from lannode.core.drive import DriveError, Manifest, parse_cap
 from lannode.core.groups import MAX_MEMBERS, fold, group_conversation, op_text, parse_op
@@ -300,7 +300,7 @@ class _Batch:
     def chat(self) -> None:
         rng = self.rng
         key = self.keys[rng.randrange(len(self.keys))]
-        message = ChatMessage(new_message_id(), "dm:" + "a" * 24, bytes(key.verify_key), _int(rng, 64) % (2**63), _int(rng, 64) % (2**63), _int(rng, 63), "hi").signed(key)
+        message = ChatMessage(make_message_id(NOW_MS), "dm:" + "a" * 24, bytes(key.verify_key), _int(rng, 64) % (2**63), _int(rng, 64) % (2**63), _int(rng, 63), "hi").signed(key)
         frame = encode_frame(MessageFrame(message)) if rng.random() < 0.7 else encode_frame(SyncFrame("g:" + "b" * 32, {self.ids[1]: _int(rng, 53)}))
         try:
             decoded = decode_frame(mutate(rng, frame) if rng.random() < 0.6 else frame)
@@ -318,7 +318,7 @@ class _Batch:
         body = json.dumps({"op": rng.choice(("create", "invite", "remove", "rename", "leave", "x")), "name": rng.choice((None, "n", "x" * 300, 3)), "members": rng.choice(([], [self.ids[1]], ["x"], None, [1] * 3)), "cut": cut})
         if rng.random() < 0.4:
             body = mutate(rng, body.encode()).decode("utf-8", "replace")
-        message = ChatMessage(new_message_id(), "g:" + "b" * 32, bytes(key.verify_key), 1, 1, 1, body, kind="group").signed(key)
+        message = ChatMessage(make_message_id(NOW_MS), "g:" + "b" * 32, bytes(key.verify_key), 1, 1, 1, body, kind="group").signed(key)
         try:
             parse_op(message)
         except BadFrame:
@@ -335,7 +335,7 @@ class _Batch:
         conversation = group_conversation(gid)
 
         def op(key: SigningKey, text: str, message_id: str | None = None) -> ChatMessage:
-            return ChatMessage(message_id or new_message_id(), conversation, bytes(key.verify_key), _int(rng, 53), _int(rng, 53), 0, text, "group")
+            return ChatMessage(message_id or make_message_id(NOW_MS), conversation, bytes(key.verify_key), _int(rng, 53), _int(rng, 53), 0, text, "group")
 
         ops = [op(creator, op_text("create", name="g", members=ids), gid)]
         for _ in range(rng.randint(0, 6)):

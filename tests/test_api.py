@@ -8,11 +8,11 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 import trio
-from conftest import NodeFactory, RunningNode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from conftest import NodeFactory, RunningNode
 from lannode.core import api
 from lannode.net.api_client import ApiRejected, RemoteError, open_client
 

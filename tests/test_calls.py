@@ -23,9 +23,9 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-from conftest import NodeFactory, run_cli, wait_decoding, write_config
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from conftest import NodeFactory, run_cli, wait_decoding, write_config
 from lannode.config import render_default
 from lannode.home import Home
 from sim.browser import chromium_args

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import NodeFactory, RunningNode, raw_link, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
+from conftest import NodeFactory, RunningNode, raw_link, run_cli
+from lannode.chat.service import new_message_id
 from lannode.core.chat import (
     BadFrame,
     ChatError,
@@ -25,7 +26,6 @@ from lannode.core.chat import (
     decode_frame,
     dm_conversation,
     encode_frame,
-    new_message_id,
 )
 from lannode.core.link import CHANNEL_CHAT
 from lannode.net.api_client import RemoteError

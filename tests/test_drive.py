@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from nacl.signing import SigningKey
+
 from conftest import (
     NodeFactory,
     RunningNode,
@@ -25,8 +27,6 @@ from conftest import (
     set_options,
     write_config,
 )
-from nacl.signing import SigningKey
-
 from lannode.core.bulk import bulk_hello
 from lannode.core.drive import block_hash, block_lengths, fragment_root
 from lannode.core.link import CHANNEL_DRIVE, MessageReceived

@@ -242,7 +242,6 @@ def test_manifests_round_trip_and_shares_open_only_for_their_node() -> None:
 
 from lannode.core.drive import (  # noqa: E402
     HASH_BYTES,
-    Layout,
     Unrepairable,
     plan_repair,
     repairer_of,

@@ -10,11 +10,11 @@ import time
 from typing import Any
 
 import pytest
-from conftest import NodeFactory, RunningNode, raw_link, run_cli, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
+from conftest import NodeFactory, RunningNode, raw_link, run_cli, write_config
 from lannode.core import messages as m
 from lannode.core.link import CHANNEL_MEMBERS
 from lannode.core.wire import DatagramCodec

@@ -7,18 +7,19 @@ import time
 from typing import Any
 
 import pytest
-from conftest import NodeFactory, RunningNode, raw_link, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
-from test_chat import network
 
-from lannode.core.chat import ChatMessage, SyncFrame, encode_frame, new_message_id
+from conftest import NodeFactory, RunningNode, raw_link, run_cli
+from lannode.chat.service import new_message_id
+from lannode.core.chat import ChatMessage, SyncFrame, encode_frame
 from lannode.core.groups import fold, group_conversation, op_text
 from lannode.core.ids import node_id_for
 from lannode.core.link import CHANNEL_CHAT
 from lannode.identity import Identity
 from lannode.net.api_client import RemoteError
+from test_chat import network
 
 
 class Author:

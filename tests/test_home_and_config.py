@@ -7,8 +7,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, write_config
 
+from conftest import run_cli, write_config
 from lannode import config
 from lannode.core.ids import node_id_for
 from lannode.home import Home, resolve

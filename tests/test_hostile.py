@@ -14,13 +14,13 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
+from lannode.chat.service import new_message_id
 from lannode.core import messages as m
 from lannode.core.chat import (
     ChatMessage,
     MessageFrame,
     dm_conversation,
     encode_frame,
-    new_message_id,
 )
 from lannode.core.ids import node_id_for
 from lannode.core.link import CHANNEL_CHAT

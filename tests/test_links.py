@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import NodeFactory, RunningNode, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
+from conftest import NodeFactory, RunningNode, run_cli
 from lannode.core.ids import node_id_for
 from lannode.core.link import (
     LinkClosed,
@@ -324,7 +324,7 @@ def test_a_known_name_under_a_new_identity_raises_a_warning(nodes: NodeFactory) 
 def test_a_message_sent_in_the_same_write_as_the_handshake_is_not_lost(nodes: NodeFactory) -> None:
     """A dialer's signature and its first message often arrive in one read; the listener
     must dispatch the message, not drop it with the handshake's other events."""
-    alice, bob = nodes.start("alice"), nodes.start("bob")
+    alice, _bob = nodes.start("alice"), nodes.start("bob")
     bob_peer = wait_alive(alice, "bob")
     host, port = bob_peer["addresses"]["link"].rsplit(":", 1)
     conn = LinkConnection(alice.home.identity().signing_key, Role.DIALER, expected_node_id=bob_peer["node_id"])

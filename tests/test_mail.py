@@ -25,11 +25,12 @@ from typing import Any, Iterator
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
-from conftest import NodeFactory, RunningNode
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from conftest import NodeFactory, RunningNode
 
 USER, PASSWORD = "ann", "correct horse battery staple"
 

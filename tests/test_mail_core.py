@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import smtplib
 import ssl
+import time
 from email.message import EmailMessage
 from email.policy import default as default_policy
 from pathlib import Path
@@ -13,7 +14,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lannode_mail import classify
 
 from lannode.config import ConfigError, parse, render_default
 from lannode.core.mail import (
@@ -26,6 +26,7 @@ from lannode.core.mail import (
     draft,
     retry_delay,
 )
+from lannode_mail import classify
 
 SETTINGS = MailSettings.from_table({"host": "smtp.example.org", "from": "ann@example.org", "username": "ann", "password_env": "PW"})
 
@@ -50,7 +51,7 @@ def test_a_line_break_anywhere_in_a_subject_or_address_is_refused(before: str, b
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), max_size=120))
 def test_any_printable_subject_comes_back_as_the_one_subject_header(subject: str) -> None:
-    raw = build_message(draft("Ann <ann@example.org>", ["bob@example.org"], subject, "hi"), [])
+    raw = build_message(draft("Ann <ann@example.org>", ["bob@example.org"], subject, "hi"), [], now=time.time())
     message = parsed(raw)
     assert message.get_all("Subject") == [subject] or (message.get_all("Subject") == [subject.strip()] and subject != subject.strip())
     assert sorted(k.lower() for k in message.keys()) == sorted(["from", "to", "subject", "date", "message-id", "x-mailer", "content-type", "content-transfer-encoding", "mime-version"])
@@ -60,7 +61,7 @@ def test_any_printable_subject_comes_back_as_the_one_subject_header(subject: str
 @settings(max_examples=100, deadline=None)
 @given(st.binary(max_size=3000), st.text(max_size=80))
 def test_attachments_come_back_byte_for_byte_under_a_clean_name(data: bytes, name: str) -> None:
-    message = parsed(build_message(draft("ann@example.org", "bob@example.org", "s", "b"), [Attachment(name, data)]))
+    message = parsed(build_message(draft("ann@example.org", "bob@example.org", "s", "b"), [Attachment(name, data)], now=time.time()))
     [part] = list(message.iter_attachments())
     assert part.get_payload(decode=True) == data
     filename = part.get_filename()

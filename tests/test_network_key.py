@@ -8,7 +8,6 @@ import stat
 from pathlib import Path
 
 from conftest import NodeFactory, run_cli
-
 from lannode.home import Home
 
 

@@ -7,8 +7,8 @@ import signal
 import socket
 
 import pytest
-from conftest import NodeFactory, pid_alive, run_cli
 
+from conftest import NodeFactory, pid_alive, run_cli
 from lannode.home import Home
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from conftest import FIXTURES, NodeFactory, RunningNode, pid_alive
 
+from conftest import FIXTURES, NodeFactory, RunningNode, pid_alive
 from lannode.net.api_client import connect
 
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import NodeFactory, RunningNode
 
+from conftest import NodeFactory, RunningNode
 from lannode.net.api_client import RemoteError, connect
 
 

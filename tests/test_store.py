@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import NodeFactory, RunningNode, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
+from conftest import NodeFactory, RunningNode, run_cli
 from lannode.core import wire
 from lannode.core.store import (
     BadEntry,

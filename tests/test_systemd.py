@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from conftest import NodeFactory, NotifySocket, run_cli
 
 

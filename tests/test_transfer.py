@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NodeFactory, RunningNode, raw_link, run_cli, write_config
 
+from conftest import NodeFactory, RunningNode, raw_link, run_cli, write_config
 from lannode.core.link import CHANNEL_TRANSFER
 from lannode.core.transfer import CHUNK_SIZE, hash_chunk
 from lannode.home import Home
@@ -235,7 +235,7 @@ def test_a_cancel_leaves_no_partial_file(nodes: NodeFactory, tmp_path: Path) -> 
 
 def test_the_cli_sends_with_progress_and_decides_offers(nodes: NodeFactory, tmp_path: Path) -> None:
     a, b = pair(nodes, trusting=True)
-    ahome, bhome = ("--home", str(a.home.path)), ("--home", str(b.home.path))
+    ahome = ("--home", str(a.home.path))
     big = write_random(tmp_path / "clip.bin", 60_000_000)
     small = write_random(tmp_path / "dir" / "a.txt", 100)
     sent = run_cli("send", str(big), str(small.parent), "ben", "--json", *ahome, timeout=120)

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import NodeFactory, RunningNode
 
+from conftest import NodeFactory, RunningNode
 from lannode.core.api import origin_token
 from lannode.net.api_client import ApiClient, RemoteError, connect, open_client
 from lannode.net.api_server import EventBus

@@ -10,8 +10,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from conftest import NodeFactory, RunningNode, browser, screenshot, wait_decoding  # noqa: F401 - the fixture
 from playwright.sync_api import Browser, Page
+
+from conftest import (  # (the browser fixture comes from conftest)
+    NodeFactory,
+    RunningNode,
+    screenshot,
+    wait_decoding,
+)
 
 # A page whose data channels cannot open: ICE may use relay servers only, and there are none.
 NO_DATA_CHANNEL = """

@@ -8,8 +8,12 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import NodeFactory, RunningNode, browser  # noqa: F401 - the fixture
 from playwright.sync_api import Browser, Page
+
+from conftest import (  # (the browser fixture comes from conftest)
+    NodeFactory,
+    RunningNode,
+)
 
 
 def ui_url(node: RunningNode) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from conftest import NodeFactory, RunningNode, private_gossip, run_cli, write_config
 from zeroconf import IPVersion, ServiceBrowser, Zeroconf
 
+from conftest import NodeFactory, RunningNode, private_gossip, run_cli, write_config
 from lannode import __version__
 from lannode.home import Home
 from lannode.net.dnssd import SERVICE_TYPE

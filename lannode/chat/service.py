@@ -74,6 +74,7 @@ from lannode.chat.db import (
 from lannode.chat.outbox import Pending, RecipientQueue, message_frame
 from lannode.clock import now_ms
 from lannode.core import api
+from lannode.core.api import require
 from lannode.core.chat import (
     AckFrame,
     BadFrame,
@@ -88,7 +89,7 @@ from lannode.core.chat import (
     dm_conversation,
     dm_peer,
     encode_frame,
-    new_message_id,
+    make_message_id,
     next_count,
 )
 from lannode.core.groups import (
@@ -102,12 +103,17 @@ from lannode.core.groups import (
 )
 from lannode.core.link import CHANNEL_CHAT
 from lannode.core.membership import State
+from lannode.events import EventBus
 from lannode.identity import Identity
-from lannode.net.api_server import ApiServer, EventBus, require
 from lannode.net.links import Link, LinkError
 from lannode.peers.service import PeerService
 
 log = logging.getLogger("lannode.chat")
+
+
+def new_message_id() -> str:
+    """A message id made now (``lannode.core.chat.make_message_id``)."""
+    return make_message_id(now_ms())
 
 MAX_PAGE = 500
 MAX_BATCH = 100  # messages in one chat.send
@@ -777,7 +783,7 @@ class ChatService:
             raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"members" is a list of peer names or node ids')
         return [self.peers.resolve(n).node_id for n in names]
 
-    def register_methods(self, server: ApiServer) -> None:
+    def register_methods(self, server: api.Methods) -> None:
         def chat_errors(handler: Any) -> Any:
             async def wrapped(params: dict[str, Any], caller: api.Principal) -> Any:
                 try:

@@ -33,7 +33,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, Protocol, Sequence, TypeVar
 
 API_VERSION = 1
 API_PATH = f"/v{API_VERSION}"
@@ -246,3 +246,31 @@ def resolve(
             ids = ", ".join(id_of(x)[:12] for x in candidates[:8])
             raise ApiError(ErrorCode.BAD_PARAMS, f"{len(candidates)} {what_plural} match {text!r} ({ids}); give more of the {what}'s id")
     raise ApiError(ErrorCode.NOT_FOUND, not_found)
+
+
+# -- what a service registers ------------------------------------------------------------------
+Handler = Callable[[dict[str, Any], "Principal"], Awaitable[Any]]
+
+
+class Methods(Protocol):
+    """Where a service registers its API methods (the API server is one; services need
+    nothing else of the transport)."""
+
+    on_disconnect: list[Callable[[int], None]]  # told a connection's number when it closes
+
+    def method(self, name: str, handler: Handler | None, doc: str, *, local_only: bool = False) -> None: ...
+
+    def subscription(self, name: str, doc: str, topics_from: Callable[[dict[str, Any]], list[str]], *, unsubscribe: bool = False) -> None: ...
+
+
+def require(params: dict[str, Any], name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
+    """A handler's check of one parameter; raises a bad_params error naming it."""
+    if name not in params:
+        if optional:
+            return None
+        raise ApiError(ErrorCode.BAD_PARAMS, f'missing parameter "{name}"')
+    value = params[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise ApiError(ErrorCode.BAD_PARAMS, f'parameter "{name}" has the wrong type')
+    return value

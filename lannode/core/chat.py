@@ -31,7 +31,6 @@ import base64
 import json
 import os
 import re
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,12 +77,13 @@ def dm_peer(conversation: str, me: str) -> str | None:
     return parts[2] if parts[1] == me else parts[1]
 
 
-def new_message_id() -> str:
-    """32 hex digits: the time in ms (48 bits), then 80 random bits. Ids made about the
-    same time sort together, so each node's history b-tree takes new ids at its right
-    edge instead of on a random page each (a page written per message fewer, and a
-    cache that stays warm as the history grows); still unguessable."""
-    return f"{time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF:012x}{os.urandom(10).hex()}"
+def make_message_id(now_ms: int) -> str:
+    """A new message id for a message made at ``now_ms``: 32 hex digits, the time in ms (48
+    bits), then 80 random bits. Ids made about the same time sort together, so each
+    node's history b-tree takes new ids at its right edge instead of on a random page
+    each (a page written per message fewer, and a cache that stays warm as the history
+    grows); still unguessable."""
+    return f"{now_ms & 0xFFFF_FFFF_FFFF:012x}{os.urandom(10).hex()}"
 
 
 def check_text(text: str) -> None:

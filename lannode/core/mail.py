@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import mimetypes
 import re
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.headerregistry import Address
@@ -152,7 +151,7 @@ def draft(sender: str, to: Any, subject: Any, body: Any, cc: Any = (), bcc: Any 
     )
 
 
-def build_message(d: Draft, attachments: list[Attachment], *, message_id: str | None = None, now: float | None = None, mailer: str = "lannode") -> bytes:
+def build_message(d: Draft, attachments: list[Attachment], *, now: float, message_id: str | None = None, mailer: str = "lannode") -> bytes:
     """The RFC 5322 message, CRLF line ends, ready for SMTP DATA."""
     msg = EmailMessage(policy=SMTP)
     msg["From"] = d.sender
@@ -160,7 +159,7 @@ def build_message(d: Draft, attachments: list[Attachment], *, message_id: str | 
     if d.cc:
         msg["Cc"] = d.cc
     msg["Subject"] = d.subject
-    msg["Date"] = format_datetime(datetime.fromtimestamp(time.time() if now is None else now, timezone.utc))
+    msg["Date"] = format_datetime(datetime.fromtimestamp(now, timezone.utc))
     msg["Message-ID"] = message_id or make_msgid(domain=d.sender.domain)
     msg["X-Mailer"] = mailer
     msg.set_content(d.body if d.body.endswith("\n") or not d.body else d.body + "\n")

@@ -26,7 +26,6 @@ Ed25519 verification. No I/O, no clock.
 from __future__ import annotations
 
 import ipaddress
-import socket
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -87,8 +86,8 @@ def capability_names(bits: int) -> list[str]:
 
 def _pack_host(host: str) -> bytes:
     try:
-        return b"\x04" + socket.inet_pton(socket.AF_INET, host)
-    except OSError:
+        return b"\x04" + ipaddress.IPv4Address(host).packed
+    except ipaddress.AddressValueError:
         addr = ipaddress.ip_address(host)  # IPv6, or a mistake it names
         return bytes([addr.version]) + addr.packed
 
@@ -149,7 +148,7 @@ class Presence:
         reader = _Reader(body)
         public_key, incarnation, capabilities, family = reader.unpack(_PRESENCE_FIXED)
         if family == 4:
-            host = socket.inet_ntop(socket.AF_INET, reader.take(4))
+            host = "%d.%d.%d.%d" % tuple(reader.take(4))
         elif family == 6:
             host = str(ipaddress.IPv6Address(reader.take(16)))  # the compressed form, as ip_address() gives
         else:

@@ -41,6 +41,7 @@ import trio
 
 from lannode.config import Config
 from lannode.core import api
+from lannode.core.api import require
 from lannode.core.bulk import SECRET_BYTES, TOKEN_BYTES
 from lannode.core.drive import (
     DEFAULT_K,
@@ -85,9 +86,9 @@ from lannode.drive.fragment_io import (
     store_fragment,
 )
 from lannode.drive.fragments import FragmentError, FragmentStore, check_id, check_shape
+from lannode.events import EventBus
 from lannode.files import leaf_name, part_name, write_new_beneath
 from lannode.identity import Identity
-from lannode.net.api_server import ApiServer, EventBus, require
 from lannode.net.bulk import BulkError, Meter, run_in_thread
 from lannode.net.links import Link, LinkError, Replies
 from lannode.peers.service import PeerService
@@ -910,7 +911,7 @@ class DriveService:
             rows.append({"node": node, "name": self._name_of(node), "alive": node in alive, "fragments": s["fragments"], "bytes": s["used"], "quota": s["quota"], "free": max(0, s["quota"] - s["used"])})
         return sorted(rows, key=lambda r: (r["name"], r["node"]))
 
-    def register_methods(self, server: ApiServer) -> None:
+    def register_methods(self, server: api.Methods) -> None:
         async def drive_put(params: dict[str, Any], caller: api.Principal) -> Any:
             if "upload" in params:  # a file a page handed to this node (lannode.uploads)
                 if self.uploads is None:

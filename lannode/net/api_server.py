@@ -1,7 +1,7 @@
 """The local API server: WebSockets (``lannode.net.websocket``) on 127.0.0.1, speaking ``lannode.core.api``.
 
-Services register methods here (``ApiServer.method``) and publish events on the
-``EventBus``; every front (CLI, plugins, browser) reaches the daemon only through
+Services register methods here (``ApiServer.method``, through ``lannode.core.api.Methods``)
+and publish events on the ``lannode.events.EventBus``; every front (CLI, plugins, browser) reaches the daemon only through
 this server. A connection's bad input — a rejected handshake, a frame that is not
 JSON, an unknown method, a frame over the size limit — is answered with a clear
 error and counted in ``statistics()``; it never takes the server down.
@@ -12,14 +12,16 @@ that does disk or CPU work uses ``trio.to_thread``.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import trio
 
 from lannode.core import api, wsframes
+from lannode.events import EventBus, Subscriber, SubscriberGone
 from lannode.net.websocket import (
     ConnectionClosed,
     HandshakeError,
@@ -31,7 +33,8 @@ from lannode.net.websocket import (
 
 log = logging.getLogger("lannode.api")
 
-Handler = Callable[[dict[str, Any], api.Principal], Awaitable[Any]]
+Handler = api.Handler
+require = api.require  # (services import it from lannode.core.api)
 
 EVENT_QUEUE_BYTES = 4 << 20  # events queued per connection before they are dropped (and counted)
 HANDSHAKE_TIMEOUT = 10.0
@@ -46,56 +49,6 @@ class Method:
     local_only: bool
     topics_from: Callable[[dict[str, Any]], list[str]] | None = None  # subscriptions: params -> patterns
     unsubscribe: bool = False
-
-
-class EventBus:
-    """Fan-out of events to subscribers; a slow subscriber loses events, never stalls us."""
-
-    def __init__(self) -> None:
-        self._subscribers: set[_Subscriber] = set()
-        self.dropped = 0
-
-    def publish(self, topic: str, data: Any) -> None:
-        frame: str | None = None
-        for sub in list(self._subscribers):
-            if any(api.topic_matches(p, topic) for p in sub.patterns):
-                frame = frame or api.event(topic, data)
-                self._deliver(sub, frame)
-
-    def publish_to(self, connection: int, topic: str, data: Any) -> bool:
-        """An event for one connection only, subscribed or not; False if it is gone."""
-        for sub in list(self._subscribers):
-            if sub.connection == connection:
-                self._deliver(sub, api.event(topic, data))
-                return True
-        return False
-
-    def _deliver(self, sub: "_Subscriber", frame: str) -> None:
-        try:
-            sent = sub.ws.send_nowait(frame, limit=EVENT_QUEUE_BYTES)
-        except ConnectionClosed:
-            self._subscribers.discard(sub)
-            return
-        if not sent:
-            self.dropped += 1
-            sub.dropped += 1
-
-    def _add(self, sub: "_Subscriber") -> None:
-        self._subscribers.add(sub)
-
-    def _remove(self, sub: "_Subscriber") -> None:
-        self._subscribers.discard(sub)
-
-    def statistics(self) -> dict[str, int]:
-        return {"subscribers": len(self._subscribers), "dropped": self.dropped}
-
-
-@dataclass(eq=False, slots=True)
-class _Subscriber:
-    ws: WebSocket
-    patterns: set[str] = field(default_factory=set)
-    dropped: int = 0
-    connection: int = 0
 
 
 class ApiServer:
@@ -251,6 +204,14 @@ class ApiServer:
         await request.respond(status, body.encode(), cors)
 
 
+def _send_event(ws: WebSocket, frame: str) -> bool:
+    """Queue an event frame on a connection (``lannode.events.Subscriber.send``)."""
+    try:
+        return ws.send_nowait(frame, limit=EVENT_QUEUE_BYTES)
+    except ConnectionClosed:
+        raise SubscriberGone from None
+
+
 class _Connection:
     """One API connection: requests read in order, each handled in a task of its own
     (at most MAX_IN_FLIGHT at once); replies and events share the socket's writer."""
@@ -259,14 +220,14 @@ class _Connection:
         self.server = server
         self.ws = ws
         self.principal = principal
-        self.subscriber = _Subscriber(ws, connection=principal.connection)
+        self.subscriber = Subscriber(functools.partial(_send_event, ws), connection=principal.connection)
         self.in_flight = trio.Semaphore(MAX_IN_FLIGHT)
 
     async def run(self) -> None:
         server = self.server
         ws = self.ws
         ws.send_nowait(api.hello(server.node_id, server.node_name, server.version))
-        server.bus._add(self.subscriber)
+        server.bus.add(self.subscriber)
         try:
             async with trio.open_nursery() as nursery:
                 while True:
@@ -290,7 +251,7 @@ class _Connection:
                     nursery.start_soon(self._dispatch, request)
                 nursery.cancel_scope.cancel()
         finally:
-            server.bus._remove(self.subscriber)
+            server.bus.remove(self.subscriber)
 
     async def _answer(self, frame: str) -> None:
         try:
@@ -335,16 +296,3 @@ def _topics_param(params: dict[str, Any]) -> list[str]:
     if not isinstance(topics, list) or not all(isinstance(t, str) and 0 < len(t) <= api.MAX_TOPIC_PATTERN for t in topics):
         raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"topics" must be a list of topic patterns such as ["plugin.*"]')
     return topics
-
-
-def require(params: dict[str, Any], name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
-    """A handler's check of one parameter; raises a bad_params error naming it."""
-    if name not in params:
-        if optional:
-            return None
-        raise api.ApiError(api.ErrorCode.BAD_PARAMS, f'missing parameter "{name}"')
-    value = params[name]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise api.ApiError(api.ErrorCode.BAD_PARAMS, f'parameter "{name}" has the wrong type')
-    return value

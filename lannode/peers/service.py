@@ -3,7 +3,7 @@
 It starts the link listener first (presence announces the link port), then the
 gossip; it turns membership and link happenings into API events, and serves
 the API methods about peers: ``peer.list``, ``peer.ping`` and ``peer.trust``.
-A peer is named by its name or by a unique prefix of its node id (DESIGN.md).
+A peer is named by its name or by a unique prefix of its node id (``lannode.core.api.resolve``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import trio
 from lannode import __version__
 from lannode.config import Config
 from lannode.core import api
+from lannode.core.api import require
 from lannode.core.link import CHANNEL_MEMBERS
 from lannode.core.membership import Event as MembershipEvent
 from lannode.core.membership import (
@@ -28,9 +29,9 @@ from lannode.core.membership import (
     StoreEntryReceived,
 )
 from lannode.core.messages import capability_names
+from lannode.events import EventBus
 from lannode.home import Home
 from lannode.identity import Identity
-from lannode.net.api_server import ApiServer, EventBus, require
 from lannode.net.dnssd import DnsSdService, Found, network_tag
 from lannode.net.gossip import GossipService, GossipSettings, describe, wall_time_of
 from lannode.net.links import Link, LinkError, LinkManager, LinkSettings
@@ -150,7 +151,7 @@ class PeerService:
         )
 
     # -- API -----------------------------------------------------------------------------------
-    def register_methods(self, server: ApiServer) -> None:
+    def register_methods(self, server: api.Methods) -> None:
         async def peer_list(params: dict[str, Any], caller: api.Principal) -> Any:
             return self.peer_list()
 

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-from lannode.net.api_server import EventBus
+from lannode.events import EventBus
 from lannode.plugins import discover
 
 log = logging.getLogger("lannode.plugins")

@@ -26,6 +26,7 @@ import trio
 
 from lannode.config import Config
 from lannode.core import api
+from lannode.core.api import require
 from lannode.core.bulk import SECRET_BYTES, TOKEN_BYTES
 from lannode.core.link import AES_GCM, CHANNEL_TRANSFER
 from lannode.core.membership import State
@@ -38,9 +39,9 @@ from lannode.core.transfer import (
     OfferedFile,
     safe_relative_path,
 )
+from lannode.events import EventBus
 from lannode.files import free_name_in, open_folder_beneath, write_private
 from lannode.identity import Identity
-from lannode.net.api_server import ApiServer, EventBus, require
 from lannode.net.bulk import BulkError, Meter, run_in_thread
 from lannode.net.links import Link, LinkError
 from lannode.peers.service import PeerService
@@ -739,7 +740,7 @@ class TransferService:
                     self.bus.publish("transfer.progress", t.record())
 
     # -- API ---------------------------------------------------------------------------------------
-    def register_methods(self, server: ApiServer) -> None:
+    def register_methods(self, server: api.Methods) -> None:
         async def transfer_send(params: dict[str, Any], caller: api.Principal) -> Any:
             peer = require(params, "peer", str)
             if "uploads" in params:  # files a page handed to this node (lannode.uploads)
