@@ -86,6 +86,7 @@ class Node:
         self.mail = MailService(settings.home.path, mail_settings, self.bus, self.chat, self.drive, self.uploads, plugin_state=self._plugin_state("mail"), problem=mail_problem)
         self.mail.register_methods(self.api)
         self.rtc = RtcService(settings.identity, settings.name, self.peers, self.store, self.bus, self.api)
+        self.peers.capabilities += ["store", "chat", "calls", "drop", "drive"] + (["mail"] if mail_settings is not None else [])
         self.started_wall = time.time()
         self.started = time.monotonic()
         self._stop = trio.Event()

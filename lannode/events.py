@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 from lannode.core import api
 
+PROGRESS_EVERY = 0.25  # seconds between two progress events of one long piece of work (a transfer, a put, a get)
+
 
 class SubscriberGone(Exception):
     """Raised by a subscriber's ``send`` once its connection is closed."""

@@ -45,7 +45,7 @@ from lannode.net.api_server import ApiServer
 log = logging.getLogger("lannode.uploads")
 
 HEADER = struct.Struct("!16sQ")
-PROGRESS_EVERY = 4 << 20
+PROGRESS_BYTES = 4 << 20
 WRITE_BATCH = 4 << 20  # body bytes gathered before one write in a worker thread
 MAX_UPLOAD = 1 << 40
 STALE_AFTER = 24 * 3600.0
@@ -165,7 +165,7 @@ class UploadService:
             upload.busy = False
         upload.written += len(piece)
         self.bytes += len(piece)
-        if upload.complete or upload.written - upload.reported >= PROGRESS_EVERY:
+        if upload.complete or upload.written - upload.reported >= PROGRESS_BYTES:
             upload.reported = upload.written
             self.bus.publish_to(caller.connection, "upload.progress", upload.record())
 

@@ -260,6 +260,7 @@ def test_a_sender_restarted_with_a_full_outbox_still_delivers(nodes: NodeFactory
 
 
 OLD_TABLES = """
+PRAGMA user_version = 0;  -- session 9 kept no schema version
 BEGIN;
 CREATE TABLE outbox_old (id TEXT NOT NULL, recipient TEXT NOT NULL, kind TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
                          next_try REAL NOT NULL DEFAULT 0, PRIMARY KEY (id, recipient, kind));

@@ -5,6 +5,7 @@ repository does not hold (docs/architecture.md has the map these rules come from
 from __future__ import annotations
 
 import ast
+import fnmatch
 import re
 from pathlib import Path
 
@@ -62,3 +63,17 @@ def test_no_file_cites_a_document_outside_the_repository() -> None:
                 if outside.search(line):
                     offences.append(f"{path.relative_to(ROOT)}:{n}")
     assert offences == []
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    named = set(re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", page, flags=re.S)))
+    missing = []
+    for top in ("lannode", "plugins", "ui", "sim"):
+        for path in sorted((ROOT / top).rglob("*")):
+            if path.suffix not in (".py", ".js", ".html", ".css") or "__pycache__" in path.parts:
+                continue
+            relative = path.relative_to(ROOT / top).as_posix()
+            if relative not in page and path.name not in named and f"{path.parent.name}/" not in named and not any(fnmatch.fnmatch(path.name, n) for n in named if "*" in n):
+                missing.append(f"{top}/{relative}")
+    assert missing == []

@@ -75,10 +75,6 @@ class AsyncioThread:
             raise
         return future.result()
 
-    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run the plain function ``fn(*args)`` on the asyncio loop, without waiting."""
-        self.loop.call_soon_threadsafe(fn, *args)
-
     def to_trio(self, deliver: Callable[[Any], None]) -> Callable[[Any], None]:
         """A callable for the asyncio side: each call runs ``deliver(item)`` in trio."""
         token = self._token

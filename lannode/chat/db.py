@@ -28,6 +28,7 @@ log = logging.getLogger("lannode.chat")
 CHECKPOINT_EVERY = 128  # commits (of about 6 pages each) between WAL checkpoints
 
 
+SCHEMA_VERSION = 3  # 1: 1:1 chat; 2: groups (messages.kind, receipts); 3: the outbox and receipts WITHOUT ROWID
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY,
@@ -80,6 +81,7 @@ class ChatDb:
         self._db.execute("PRAGMA wal_autocheckpoint=0")  # see checkpoint()
         self._migrate()
         self._db.executescript(SCHEMA)
+        self._db.execute(f"PRAGMA user_version = {max(SCHEMA_VERSION, self._db.execute('PRAGMA user_version').fetchone()[0])}")
         self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._reader.row_factory = sqlite3.Row
         self._read_lock = threading.Lock()
@@ -89,41 +91,57 @@ class ChatDb:
         self.checkpoints = 0
 
     def _migrate(self) -> None:
-        """A home from before groups: messages gain a kind, outgoing 1:1 messages a receipt row.
-        A home from before WITHOUT ROWID: the outbox and receipts are rebuilt as such (each
-        row then lives in one b-tree, not a table and its key's index: two pages fewer
-        written per message), and messages lose an index."""
-        self._migrate_kind()
-        # (conversation, sender, seq) look-ups are rare (a catch-up's digest, a clock read
-        # once per conversation) and messages_order covers them: one b-tree fewer per message
+        """Bring an older chat.sqlite to ``SCHEMA_VERSION``, one step per version, each in a
+        transaction; the version is SQLite's ``user_version``. A database from before
+        versions were kept says its version by its shape, once."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            version = self._version_by_shape()
+        if version < 2:
+            self._to_groups()
+        if version < 3:
+            self._to_without_rowid()
+        if version > SCHEMA_VERSION:
+            log.warning("chat.sqlite is of a newer lannode (schema %d, this one knows %d); going on with what both know", version, SCHEMA_VERSION)
+
+    def _version_by_shape(self) -> int:
+        tables = {row["name"]: row["sql"] for row in self._db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'")}
+        if "messages" not in tables:
+            return SCHEMA_VERSION  # a new database
+        if "kind" not in {row["name"] for row in self._db.execute("PRAGMA table_info(messages)")}:
+            return 1
+        return 3 if "WITHOUT ROWID" in (tables.get("outbox") or "").upper() else 2
+
+    def _to_groups(self) -> None:
+        """Version 2: messages gain a kind, outgoing 1:1 messages a receipt row."""
+        self._db.executescript(
+            """
+            BEGIN;
+            ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'text';
+            CREATE TABLE receipts (id TEXT NOT NULL, peer TEXT NOT NULL, delivered_at INTEGER, read_at INTEGER, PRIMARY KEY (id, peer));
+            INSERT INTO receipts (id, peer, delivered_at, read_at)
+                SELECT id, CASE WHEN substr(conversation, 4, 24) = sender THEN substr(conversation, 29) ELSE substr(conversation, 4, 24) END,
+                       delivered_at, read_at
+                FROM messages WHERE outgoing = 1 AND conversation LIKE 'dm/%';
+            COMMIT;
+            """
+        )
+
+    def _to_without_rowid(self) -> None:
+        """Version 3: the outbox and receipts are rebuilt WITHOUT ROWID (each row then lives
+        in one b-tree, not a table and its key's index: two pages fewer written per
+        message), and messages lose an index ((conversation, sender, seq) look-ups are
+        rare, and messages_order covers them)."""
         self._db.execute("DROP INDEX IF EXISTS messages_by_sender")
         for table, columns in (("outbox", "id, recipient, kind, attempts, next_try"), ("receipts", "id, peer, delivered_at, read_at")):
-            rows = self._db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchall()
-            if rows and "WITHOUT ROWID" not in rows[0]["sql"].upper():
-                create = SCHEMA.split(f"CREATE TABLE IF NOT EXISTS {table} (", 1)[1].split(";", 1)[0]
-                self._db.executescript(
-                    f"""
-                    BEGIN;
-                    CREATE TABLE {table}_rebuilt ({create};
-                    INSERT INTO {table}_rebuilt ({columns}) SELECT {columns} FROM {table};
-                    DROP TABLE {table};
-                    ALTER TABLE {table}_rebuilt RENAME TO {table};
-                    COMMIT;
-                    """
-                )
-
-    def _migrate_kind(self) -> None:
-        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(messages)")}
-        if columns and "kind" not in columns:
+            create = SCHEMA.split(f"CREATE TABLE IF NOT EXISTS {table} (", 1)[1].split(";", 1)[0]
             self._db.executescript(
-                """
+                f"""
                 BEGIN;
-                ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'text';
-                CREATE TABLE receipts (id TEXT NOT NULL, peer TEXT NOT NULL, delivered_at INTEGER, read_at INTEGER, PRIMARY KEY (id, peer));
-                INSERT INTO receipts (id, peer, delivered_at, read_at)
-                    SELECT id, CASE WHEN substr(conversation, 4, 24) = sender THEN substr(conversation, 29) ELSE substr(conversation, 4, 24) END,
-                           delivered_at, read_at
-                    FROM messages WHERE outgoing = 1 AND conversation LIKE 'dm/%';
+                CREATE TABLE {table}_rebuilt ({create};
+                INSERT INTO {table}_rebuilt ({columns}) SELECT {columns} FROM {table};
+                DROP TABLE {table};
+                ALTER TABLE {table}_rebuilt RENAME TO {table};
                 COMMIT;
                 """
             )

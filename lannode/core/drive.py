@@ -47,11 +47,11 @@ from nacl.signing import SigningKey, VerifyKey
 
 from lannode.core.erasure import Codec, ErasureError
 from lannode.core.ids import is_node_id
+from lannode.core.link import TAG_BYTES
 
 KEY_BYTES = 32
 ID_BYTES = 16
 HASH_BYTES = 32
-TAG_BYTES = 16
 SEGMENT = 1 << 20
 DEFAULT_K, DEFAULT_M = 4, 2
 

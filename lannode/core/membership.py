@@ -592,19 +592,6 @@ class Membership:
         events, self._events = self._events, []
         return events
 
-    def set_presence(self, *, name: str | None = None, address: Address | None = None, link_port: int | None = None, capabilities: Iterable[str] | None = None) -> None:
-        """Change what we announce; it spreads like a refutation (a higher incarnation)."""
-        changes: dict[str, object] = {}
-        if name is not None:
-            changes["name"] = name
-        if address is not None:
-            changes["host"], changes["gossip_port"] = address
-        if link_port is not None:
-            changes["link_port"] = link_port
-        if capabilities is not None:
-            changes["capabilities"] = m.capability_bits(tuple(capabilities))
-        self._announce_new_incarnation(self.presence.incarnation + 1, **changes)
-
     def alive_members(self) -> tuple[Member, ...]:
         """The members held alive (not suspect, dead or left), in the order we met them:
         kept until one comes, goes or changes state (the store picks a sync partner from
@@ -970,8 +957,8 @@ class Membership:
         self.health = min(self.config.max_health, self.health + 1)
         self._announce_new_incarnation(ours + 1)
 
-    def _announce_new_incarnation(self, incarnation: int, **changes: object) -> None:
-        self.presence = replace(self.presence, incarnation=incarnation, **changes).signed(self._key)  # type: ignore[arg-type]
+    def _announce_new_incarnation(self, incarnation: int) -> None:
+        self.presence = replace(self.presence, incarnation=incarnation).signed(self._key)
         self._presence_message = m.encode_message(self.presence)
         self._queue(self.node_id, self._presence_message, multicast=True)
 

@@ -38,6 +38,7 @@ from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
 from lannode.core.ids import node_id_for
+from lannode.core.link import TAG_BYTES
 
 MAX_DATAGRAM = 1400
 VERSION = 1
@@ -46,7 +47,6 @@ FLAG_SEALED = 0x01
 KNOWN_FLAGS = FLAG_SEALED
 NETWORK_KEY_BYTES = 32
 NONCE_BYTES = 24
-TAG_BYTES = 16
 REPLAY_WINDOW = 64
 _WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 
@@ -155,9 +155,6 @@ class ReplayGuard:
         if seen >> behind & 1:
             raise Dropped("replay", f"counter {counter} was seen")
         return (epoch, highest, seen | 1 << behind)
-
-    def forget(self, sender: bytes) -> None:
-        self.senders.pop(sender, None)
 
 
 class DatagramCodec:

@@ -86,7 +86,7 @@ from lannode.drive.fragment_io import (
     store_fragment,
 )
 from lannode.drive.fragments import FragmentError, FragmentStore, check_id, check_shape
-from lannode.events import EventBus
+from lannode.events import PROGRESS_EVERY, EventBus
 from lannode.files import leaf_name, part_name, write_new_beneath
 from lannode.identity import Identity
 from lannode.net.bulk import BulkError, Meter, run_in_thread
@@ -101,7 +101,6 @@ REQUEST_TIMEOUT = 15.0
 TOKEN_LIFETIME = 30.0  # seconds a holder waits for the bulk connection it handed a token for
 MAX_FRAME = 64 * 1024
 MAX_ANSWERING = 16  # a peer's requests answered at once; past that it is told "busy"
-PROGRESS_EVERY = 0.25
 PUT_ATTEMPTS = 2  # a holder that fails mid-put: once more, without it
 HOUSEKEEPING = 2.0  # seconds between passes over the fragments held here (tombstones, orphans)
 

@@ -39,7 +39,6 @@ from lannode.peers.trust import TrustStore, normalize_code, safety_code
 
 log = logging.getLogger("lannode.peers")
 
-CAPABILITIES = ("links", "store")
 REPLY_WANTED = 1
 
 
@@ -53,6 +52,7 @@ class PeerService:
         self.bus = bus
         self.config = config
         self._link_port = 0
+        self.capabilities: list[str] = ["links"]  # what this node runs, announced in its presence (the daemon adds its services')
         self.on_store_entry: Callable[[bytes, str], None] | None = None  # set by the store service
         self.state_listeners: list[Callable[[str, State], None]] = []  # (node id, new state), for other services
         self.trust = TrustStore(home.path / "peers.json")
@@ -197,7 +197,7 @@ class PeerService:
             name=self.name,
             address=address,
             link_port=self._link_port,
-            capabilities=CAPABILITIES,
+            capabilities=self.capabilities,
             network_key=self.network_key,
         )
 

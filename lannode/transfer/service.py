@@ -39,7 +39,7 @@ from lannode.core.transfer import (
     OfferedFile,
     safe_relative_path,
 )
-from lannode.events import EventBus
+from lannode.events import PROGRESS_EVERY, EventBus
 from lannode.files import free_name_in, open_folder_beneath, write_private
 from lannode.identity import Identity
 from lannode.net.bulk import BulkError, Meter, run_in_thread
@@ -84,7 +84,6 @@ MAX_PENDING_OFFERS_PER_PEER = 16
 MAX_PENDING_FILES_PER_PEER = MAX_FILES  # one offer of the largest size
 MAX_PENDING_FILES = 2 * MAX_FILES
 MAX_FINISHED = 1000  # finished transfers kept (memory, disk, transfer.list); the oldest go first
-PROGRESS_EVERY = 0.25
 
 
 def new_transfer_id() -> str:
