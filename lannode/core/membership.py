@@ -56,11 +56,12 @@ import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Final, Literal, NamedTuple, Union
+from typing import Any, ClassVar, Literal, NamedTuple, Union
 
 from nacl.signing import SigningKey
 
 from lannode.core import messages as m
+from lannode.core.broadcasts import BroadcastQueue
 from lannode.core.wire import MAX_PAYLOAD, DatagramCodec, Dropped, LocalProtocolError
 
 Address = tuple[str, int]
@@ -109,14 +110,7 @@ class State(enum.Enum):
     LEFT = "left"
 
 
-# The states as module names: an enum member read through its class costs a lookup in
-# the enum's machinery on Python 3.11 (about 0.1 us), and the hot paths read them often.
-_ALIVE: Final = State.ALIVE
-_SUSPECT: Final = State.SUSPECT
-_DEAD: Final = State.DEAD
-_LEFT: Final = State.LEFT
-
-_LIVE = {_ALIVE: 1, _SUSPECT: 1, _DEAD: 0, _LEFT: 0}
+_LIVE = {State.ALIVE: 1, State.SUSPECT: 1, State.DEAD: 0, State.LEFT: 0}  # counted in Membership._live
 
 Claim = Literal["alive", "suspect", "dead", "left"]
 
@@ -124,17 +118,17 @@ Claim = Literal["alive", "suspect", "dead", "left"]
 # incarnation must compare with the one we hold, and the state it leads to.
 # A pair that is not in the table is ignored. (SWIM, section 4.2.)
 TRANSITIONS: dict[tuple[State, Claim], tuple[Literal[">", ">="], State]] = {
-    (_ALIVE, "alive"): (">", _ALIVE),  # a newer record: name or address changed
-    (_SUSPECT, "alive"): (">", _ALIVE),  # refuted
-    (_DEAD, "alive"): (">", _ALIVE),  # refuted, or restarted
-    (_LEFT, "alive"): (">", _ALIVE),  # restarted
-    (_ALIVE, "suspect"): (">=", _SUSPECT),
-    (_SUSPECT, "suspect"): (">=", _SUSPECT),  # a confirmation
-    (_ALIVE, "dead"): (">=", _DEAD),
-    (_SUSPECT, "dead"): (">=", _DEAD),
-    (_ALIVE, "left"): (">=", _LEFT),
-    (_SUSPECT, "left"): (">=", _LEFT),
-    (_DEAD, "left"): (">=", _LEFT),
+    (State.ALIVE, "alive"): (">", State.ALIVE),  # a newer record: name or address changed
+    (State.SUSPECT, "alive"): (">", State.ALIVE),  # refuted
+    (State.DEAD, "alive"): (">", State.ALIVE),  # refuted, or restarted
+    (State.LEFT, "alive"): (">", State.ALIVE),  # restarted
+    (State.ALIVE, "suspect"): (">=", State.SUSPECT),
+    (State.SUSPECT, "suspect"): (">=", State.SUSPECT),  # a confirmation
+    (State.ALIVE, "dead"): (">=", State.DEAD),
+    (State.SUSPECT, "dead"): (">=", State.DEAD),
+    (State.ALIVE, "left"): (">=", State.LEFT),
+    (State.SUSPECT, "left"): (">=", State.LEFT),
+    (State.DEAD, "left"): (">=", State.LEFT),
 }
 
 
@@ -187,7 +181,6 @@ class Outgoing(NamedTuple):
     address: Address | None  # None: the multicast group
 
 
-_new_tuple = tuple.__new__  # makes an Outgoing without the Python-level __new__ a NamedTuple has
 
 # -- state ---------------------------------------------------------------------------------------
 
@@ -246,14 +239,6 @@ class _Relay:
 
 
 @dataclass(slots=True)
-class _Broadcast:
-    about: str  # node id; a newer claim about the same node replaces this one
-    data: bytes  # one encoded message
-    multicast: bool  # ours to spread: also multicast it every gossip interval
-    transmits: int = 0
-
-
-@dataclass(slots=True)
 class _Counters:
     datagrams_sent: int = 0
     bytes_sent: int = 0
@@ -279,7 +264,7 @@ class GroupView:
 
     @classmethod
     def of(cls, presences: Iterable[m.Presence], now: float, rng: random.Random) -> GroupView:
-        members = {p.node_id: Member(p, _ALIVE, p.incarnation, since=now, last_seen=now, shared=True) for p in presences}
+        members = {p.node_id: Member(p, State.ALIVE, p.incarnation, since=now, last_seen=now, shared=True) for p in presences}
         order = list(members)
         rng.shuffle(order)
         return cls(members, len(members), order)
@@ -325,8 +310,7 @@ class Membership:
         self.counters = _Counters()
         self._outgoing: list[Outgoing] = []
         self._events: list[Event] = []
-        self._broadcasts: dict[str, _Broadcast] = {}
-        self._multicasts = 0  # of the broadcasts, those of ours that also go out in gossip rounds
+        self._broadcasts = BroadcastQueue()
         self._seq = self._rng.randrange(1 << 32)
         self._probe: _Probe | None = None
         self._probe_order: list[str] = []
@@ -427,7 +411,7 @@ class Membership:
             if member.shared:
                 member = self._own(member)
             member.last_seen = now
-            if member.state is not _ALIVE:
+            if member.state is not State.ALIVE:
                 self._tell_about_itself(member, now)
             elif self._join_sync is not None and now >= self._join_sync and not any(type(x) is m.Hello for x in messages):
                 # the first member to talk to us, unless it is joining itself (it will ask someone)
@@ -449,7 +433,7 @@ class Membership:
         self._run_relays(now)
         self._run_suspicions(now)
         if now >= self._next_gossip:
-            if self._multicasts:
+            if self._broadcasts.multicasts:
                 self._multicast([])
                 self._last_gossip = now
                 self._next_gossip = now + self.config.gossip_interval
@@ -492,12 +476,12 @@ class Membership:
         that left are not passed on."""
         parts = [self._presence_message]
         for member in self.members.values():
-            if member.state is _LEFT:
+            if member.state is State.LEFT:
                 continue
             parts.append(m.encode_message(member.presence))
-            if member.state is _SUSPECT:
+            if member.state is State.SUSPECT:
                 parts.append(m.encode_message(m.Suspect(member.node_id, member.incarnation)))
-            elif member.state is _DEAD:
+            elif member.state is State.DEAD:
                 parts.append(m.encode_message(m.Dead(member.node_id, member.incarnation)))
         data = m.encode_payload(parts)
         self.counters.sync_bytes_sent += len(data)
@@ -576,7 +560,7 @@ class Membership:
             for member in self._suspects.values():
                 if member.suspicion is not None:
                     soonest = min(soonest, member.suspicion.deadline())
-        if self._multicasts and self._next_gossip < soonest:
+        if self._broadcasts.multicasts and self._next_gossip < soonest:
             soonest = self._next_gossip
         return soonest
 
@@ -602,12 +586,12 @@ class Membership:
             if self._live == len(members) and not self._suspects:  # every member is: no look at each
                 alive = tuple(members.values())
             else:
-                alive = tuple([x for x in members.values() if x.state is _ALIVE])
+                alive = tuple([x for x in members.values() if x.state is State.ALIVE])
             self._alive = alive
         return alive
 
     def live_members(self) -> list[Member]:
-        return [x for x in self.members.values() if x.state in (_ALIVE, _SUSPECT)]
+        return [x for x in self.members.values() if x.state in (State.ALIVE, State.SUSPECT)]
 
     def live_count(self) -> int:
         """How many members are alive or suspect (kept as they change: no scan)."""
@@ -707,13 +691,13 @@ class Membership:
                 return False  # the biggest bringer is the asker, or no bigger than it would become
             node_id = next(reversed(newcomers[host]))
             member = self.members[node_id]
-            if now - member.since >= self.config.settled_after and member.state is _ALIVE:
+            if now - member.since >= self.config.settled_after and member.state is State.ALIVE:
                 del newcomers[host]  # the newest of them has a long history: all of them have
                 continue
             self.counters.evicted += 1
             previous = member.state
             self._drop_member(node_id)
-            self._events.append(MemberStateChanged(node_id, previous, _DEAD))
+            self._events.append(MemberStateChanged(node_id, previous, State.DEAD))
             return True
         return False
 
@@ -758,8 +742,7 @@ class Membership:
         self._live -= _LIVE[member.state]
         self._gone.discard(node_id)
         self._suspects.pop(node_id, None)
-        gone = self._broadcasts.pop(node_id, None)
-        self._multicasts -= gone is not None and gone.multicast
+        self._broadcasts.drop(node_id)
 
     # One handler per message type (``_HANDLERS``, at the end), each given the datagram's
     # authenticated sender, the address it came from and the time.
@@ -839,11 +822,11 @@ class Membership:
         if member is None:
             if presence is None:
                 return  # a claim about a node we never saw: nothing to hold it against
-            self.members[node_id] = Member(presence, _ALIVE, incarnation, since=now, last_seen=now)
+            self.members[node_id] = Member(presence, State.ALIVE, incarnation, since=now, last_seen=now)
             self._alive = None
             self._live += 1
             self._probe_order.insert(self._rng.randrange(len(self._probe_order) + 1), node_id)
-            self._events.append(MemberStateChanged(node_id, None, _ALIVE))
+            self._events.append(MemberStateChanged(node_id, None, State.ALIVE))
             if relayed and not quiet:
                 self._queue(node_id, m.encode_message(presence), multicast=False)
             return
@@ -860,8 +843,8 @@ class Membership:
             member.presence = presence
         same_boot = member.incarnation >> INCARNATION_BOOT_SHIFT == incarnation >> INCARNATION_BOOT_SHIFT
         member.incarnation = incarnation
-        if new_state is _SUSPECT:
-            if previous is _SUSPECT and member.suspicion is not None:
+        if new_state is State.SUSPECT:
+            if previous is State.SUSPECT and member.suspicion is not None:
                 if accuser is not None:
                     member.suspicion.accusers.add(accuser)
             else:
@@ -876,7 +859,7 @@ class Membership:
             member.suspicion = None
             self._suspects.pop(node_id, None)
         if new_state is not previous:
-            if previous is _DEAD and new_state is _ALIVE and same_boot:
+            if previous is State.DEAD and new_state is State.ALIVE and same_boot:
                 self._mend(node_id, now)  # it lived through our verdict: cut off, or paused
             self._live += _LIVE[new_state] - _LIVE[previous]
             if _LIVE[new_state]:
@@ -964,12 +947,12 @@ class Membership:
 
     def _tell_about_itself(self, member: Member, now: float) -> None:
         """It talks to us while we hold it suspect or dead: tell it, so it can refute."""
-        if member.state not in (_SUSPECT, _DEAD):
+        if member.state not in (State.SUSPECT, State.DEAD):
             return
         if now - member.told_at < self.config.evidence_interval:
             return
         member.told_at = now
-        claim: m.Message = m.Suspect(member.node_id, member.incarnation) if member.state is _SUSPECT else m.Dead(member.node_id, member.incarnation)
+        claim: m.Message = m.Suspect(member.node_id, member.incarnation) if member.state is State.SUSPECT else m.Dead(member.node_id, member.incarnation)
         self._send(member.presence.gossip_address, [m.encode_message(claim)], piggyback=False)
 
     # -- probing -----------------------------------------------------------------------------
@@ -977,13 +960,13 @@ class Membership:
         while self._probe_soon:
             node_id = self._probe_soon.pop(0)
             member = self.members.get(node_id)
-            if member is not None and member.state is _SUSPECT:
+            if member is not None and member.state is State.SUSPECT:
                 return node_id
         for _ in range(2):
             while self._probe_order:
                 node_id = self._probe_order.pop()
                 member = self.members.get(node_id)
-                if member is not None and member.state in (_ALIVE, _SUSPECT):
+                if member is not None and member.state in (State.ALIVE, State.SUSPECT):
                     return node_id
             self._probe_order = [x.node_id for x in self.live_members()]
             self._rng.shuffle(self._probe_order)
@@ -1011,7 +994,7 @@ class Membership:
                 again = self.members.get(self._recheck[0]) if self._recheck is not None else None
                 failed = self._recheck[1] if self._recheck is not None else 0
                 self._recheck = None
-                if again is not None and again.state in (_ALIVE, _SUSPECT):
+                if again is not None and again.state in (State.ALIVE, State.SUSPECT):
                     self._start_probe(again.node_id, now, scale, attempt=failed + 1)
                 else:
                     next_target = self._next_target()
@@ -1056,13 +1039,13 @@ class Membership:
             missed = 1
         self.health = min(self.config.max_health, self.health + missed)
         member = self.members.get(probe.target)
-        if member is None or member.state not in (_ALIVE, _SUSPECT):
+        if member is None or member.state not in (State.ALIVE, State.SUSPECT):
             return
-        if member.state is _ALIVE:
+        if member.state is State.ALIVE:
             # the rate of false failures is what we estimate: a target others already suspect
             # (probed to confirm it) says more about itself than about the network
             self._count_round(failed=True)
-        if member.state is _ALIVE and probe.attempt < self._rounds_to_accuse():
+        if member.state is State.ALIVE and probe.attempt < self._rounds_to_accuse():
             self._recheck = (probe.target, probe.attempt)  # one more round before we accuse it
             self.counters.rechecks += 1
             return
@@ -1120,12 +1103,10 @@ class Membership:
         counters = self.counters
         counters.datagrams_sent += 1
         counters.bytes_sent += len(data)
-        self._outgoing.append(_new_tuple(Outgoing, (data, address)))
+        self._outgoing.append(Outgoing(data, address))
 
     def _queue(self, about: str, data: bytes, *, multicast: bool) -> None:
-        old = self._broadcasts.get(about)
-        self._multicasts += multicast - (old is not None and old.multicast)
-        self._broadcasts[about] = _Broadcast(about, data, multicast)
+        self._broadcasts.queue(about, data, multicast=multicast)
         if multicast:  # soon, but never more than four multicast rounds per gossip interval
             self._next_gossip = min(self._next_gossip, self._last_gossip + self.config.gossip_interval / 4)
 
@@ -1135,20 +1116,7 @@ class Membership:
     def _piggyback(self, space: int, about: str | None, multicast_round: bool) -> list[bytes]:
         if not self._broadcasts:
             return []
-        limit = self._retransmit_limit()
-        chosen: list[bytes] = []
-        # news about the destination first (Lifeguard's buddy system), then the least sent
-        order = sorted(self._broadcasts.values(), key=lambda b: (b.about != about, not (multicast_round and b.multicast), b.transmits))
-        for broadcast in order:
-            if len(broadcast.data) > space:
-                continue
-            chosen.append(broadcast.data)
-            space -= len(broadcast.data)
-            broadcast.transmits += 1
-            if broadcast.transmits >= limit:
-                del self._broadcasts[broadcast.about]
-                self._multicasts -= broadcast.multicast
-        return chosen
+        return self._broadcasts.take(space, about=about, multicast_round=multicast_round, limit=self._retransmit_limit())
 
     # -- small helpers -----------------------------------------------------------------------
     def _presence_interval(self) -> float:
@@ -1197,7 +1165,7 @@ class Membership:
             chosen: dict[str, Member] = {}
             for _ in range(8 * count):
                 member = self.members.get(ids[self._rng.randrange(len(ids))])
-                if member is not None and member.state is _ALIVE and member.node_id != exclude:
+                if member is not None and member.state is State.ALIVE and member.node_id != exclude:
                     chosen[member.node_id] = member
                     if len(chosen) == count:
                         return list(chosen.values())

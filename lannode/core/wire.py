@@ -266,7 +266,6 @@ def open_datagram(data: bytes, network_key: bytes | None) -> Opened:
     start = base + _INNER.size
     end = start + length
     signed = header + inner[:end] if sealed else data[:end]
-    return _new_tuple(Opened, (public_key, epoch, counter, inner[start:end], signed, inner[end:], node_id_for(public_key)))
+    return Opened(public_key, epoch, counter, inner[start:end], signed, inner[end:], node_id_for(public_key))
 
 
-_new_tuple = tuple.__new__  # makes an Opened without the Python-level __new__ a NamedTuple has

@@ -1,9 +1,12 @@
-"""File drop on this node's disk: what a sender offers and where a receiver may write.
+"""File drop as a service: offers, a person's decisions, resumable transfers, progress,
+and the ``transfer.*`` API.
 
-The protocol objects are in ``lannode.core.transfer``; this module reads and
-hashes the sender's files and checks a received offer against the downloads
-folder. The transfer service (the peer-link channel, resume, progress, the
-``send``/``transfers`` API) builds on these.
+A sender offers files (``lannode.transfer.offers`` reads and hashes them); the
+offer and the decisions travel on the peer link (``CHANNEL_TRANSFER``); the files'
+bytes go over a bulk connection the receiver grants (``lannode.transfer.stream``).
+What one peer's offers may hold of this node while a person decides is budgeted.
+A transfer survives either side's restart: the sender offers again, and the
+receiver resumes from the chunks it verified.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ log = logging.getLogger("lannode.transfer")
 
 
 # -- the service -----------------------------------------------------------------------------------
-# Control messages travel on the peer link (channel 5) as JSON objects with a "t":
+# Control messages travel on the peer link (CHANNEL_TRANSFER) as JSON objects with a "t":
 #   offer   sender -> receiver: the offer; sent again after any failure or restart
 #   pending receiver -> sender: a person has to decide
 #   accept  receiver -> sender: a fresh secret and one-time token for a bulk connection
