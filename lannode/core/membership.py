@@ -408,8 +408,7 @@ class Membership:
             self._note_newcomers(strangers, address[0])
         member = self.members.get(sender)
         if member is not None:
-            if member.shared:
-                member = self._own(member)
+            member = self._writable(member)
             member.last_seen = now
             if member.state is not State.ALIVE:
                 self._tell_about_itself(member, now)
@@ -723,8 +722,7 @@ class Membership:
     def _forget_newcomer(self, member: Member) -> None:
         source = member.source
         assert source is not None
-        if member.shared:
-            member = self._own(member)
+        member = self._writable(member)
         member.source = None
         unproven = self._newcomers.get(source)
         if unproven is not None:
@@ -836,8 +834,7 @@ class Membership:
         needed, new_state = rule
         if not (incarnation > member.incarnation if needed == ">" else incarnation >= member.incarnation):
             return
-        if member.shared:
-            member = self._own(member)
+        member = self._writable(member)
         previous = member.state
         if presence is not None:
             member.presence = presence
@@ -899,6 +896,12 @@ class Membership:
             return
         self._next_mend = now + self.config.sync_timeout
         self._events.append(StateSyncWanted(node_id))
+
+    def _writable(self, member: Member) -> Member:
+        """The member to change: itself, or, for one that ``warm_start`` shares with other
+        nodes (the simulator's ten thousand), our own copy of it first. The one place the
+        copy-on-write shows: everything that changes a member asks here."""
+        return self._own(member) if member.shared else member
 
     def _own(self, member: Member) -> Member:
         """Our own copy of a member shared with other nodes (``warm_start``), before a change."""
