@@ -6,7 +6,9 @@ with ``python -m sim fuzz --plant NAME``. The real core is never touched.
 
 from __future__ import annotations
 
-from lannode.core.drive import Manifest
+from typing import Any
+
+from lannode.core.drive import DriveDecisions, Manifest
 from lannode.core.membership import Membership
 from sim.drivesim import DriveWorld
 
@@ -23,10 +25,9 @@ class DropsWhatItHolds(DriveWorld):
     """Orphan collection that forgets to ask whether the manifest names the fragment here:
     every fragment older than the orphan grace goes, and files die with k holders up."""
 
-    def decide_drop(self, manifest: Manifest | None, **facts: object) -> str | None:
-        age, grace = facts["age"], facts["orphan_grace"]
-        assert isinstance(age, float) and isinstance(grace, float)
-        return "old" if age >= grace and not facts["busy"] else None
+    def decide_drop(self, decisions: DriveDecisions, manifest: Manifest | None, **facts: Any) -> str | None:
+        busy = facts["file_id"] in decisions.repairing or not facts["synced"]
+        return "old" if facts["age"] >= decisions.orphan_grace and not busy else None
 
 
 PLANTED: dict[str, type[Membership]] = {

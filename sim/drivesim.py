@@ -28,18 +28,18 @@ import functools
 import json
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 from lannode.core.drive import (
     HASH_BYTES,
     MANIFEST_PREFIX,
+    DriveDecisions,
     Layout,
     Manifest,
     PlacementError,
-    Unrepairable,
     place,
-    plan_repair,
-    why_drop,
+    rebuilt,
 )
 from lannode.core.membership import Event, MemberStateChanged, State
 from lannode.core.store import Entry
@@ -64,8 +64,7 @@ class DriveSettings:
 
 @dataclass
 class _NodeDrive:
-    gone_since: dict[str, float] = field(default_factory=dict)  # as the node itself noticed
-    repairing: set[str] = field(default_factory=set)
+    decisions: DriveDecisions  # the node's own view, as the service holds it
     token: int = 0  # the SimNode its timers run for; a restart begins new ones
 
 
@@ -86,7 +85,8 @@ class DriveWorld:
     # -- the nodes' own work ------------------------------------------------------------------
     def attach(self, node: SimNode) -> None:
         """A node (re)started: its timers begin; what it noticed before is forgotten."""
-        state = self.state[node.node_id] = _NodeDrive(token=self.state.get(node.node_id, _NodeDrive()).token + 1)
+        old = self.state.get(node.node_id)
+        state = self.state[node.node_id] = _NodeDrive(self._decisions(node.node_id), token=(old.token if old else 0) + 1)
         self.disks.setdefault(node.node_id, {})
         for period, work in ((self.s.repair_interval, self._repair_pass), (HOUSEKEEPING, self._housekeeping)):
             self.net.at(self.net.now + period * self.net.rng.uniform(0.5, 1.0), functools.partial(self._every, node, state.token, period, work))
@@ -101,13 +101,13 @@ class DriveWorld:
         if not node.paused:
             work(node, state)
 
+    def _decisions(self, me: str) -> DriveDecisions:
+        return DriveDecisions(me, grace=self.s.grace, orphan_grace=self.s.orphan_grace)
+
     def on_event(self, node: SimNode, event: Event) -> None:
         if isinstance(event, MemberStateChanged):
-            seen = self.state.setdefault(node.node_id, _NodeDrive()).gone_since
-            if event.state is State.ALIVE:
-                seen.pop(event.node_id, None)
-            else:
-                seen.setdefault(event.node_id, self.net.now)
+            state = self.state.setdefault(node.node_id, _NodeDrive(self._decisions(node.node_id)))
+            state.decisions.peer_state(event.node_id, alive=event.state is State.ALIVE, now=self.net.now)
 
     def put(self, node: SimNode) -> str | None:
         """A put at ``node``: its fragments placed and written, its manifest stored. None if
@@ -141,27 +141,13 @@ class DriveWorld:
         return file_id
 
     def _repair_pass(self, node: SimNode, state: _NodeDrive) -> None:
-        me = node.node_id
-        alive = self._alive(node)
-
-        def gone_for(other: str) -> float:
-            if other in alive:
-                state.gone_since.pop(other, None)
-                return 0.0
-            return self.net.now - state.gone_since.setdefault(other, self.net.now)
-
-        for manifest in self._manifests(node).values():
-            file_id = manifest.file_id
-            if file_id in state.repairing:
-                continue
-            mine = {i for i, holder in enumerate(manifest.holders) if holder == me and (file_id, i) not in self.disks[me]}
-            try:
-                bad = plan_repair(manifest, me=me, alive=alive, gone_for=gone_for, grace=self.s.grace, mine=mine)
-            except Unrepairable:
-                self.counters["unrepairable"] += 1
-                continue
-            if bad:
-                self._rebuild(node, state, manifest, bad, mine)
+        disk = self.disks[node.node_id]
+        decisions = state.decisions
+        before = decisions.unrepairable
+        plans = decisions.repairs(self._manifests(node).values(), alive=self._alive(node), now=self.net.now, missing_here=lambda file_id, index: (file_id, index) not in disk)
+        self.counters["unrepairable"] += decisions.unrepairable - before
+        for manifest, bad, mine in plans:
+            self._rebuild(node, state, manifest, bad, mine)
 
     def _rebuild(self, node: SimNode, state: _NodeDrive, manifest: Manifest, bad: list[int], mine: set[int]) -> None:
         me, file_id = node.node_id, manifest.file_id
@@ -184,11 +170,11 @@ class DriveWorld:
             targets[index] = chosen
             holding[chosen] += 1
             free[chosen] -= self.s.fragment_bytes
-        state.repairing.add(file_id)
+        state.decisions.repairing.add(file_id)
         seconds = self.s.fragment_bytes * (manifest.layout.k + len(bad)) / self.s.rate
 
         def done() -> None:
-            state.repairing.discard(file_id)
+            state.decisions.repairing.discard(file_id)
             if not node.attached or self.state.get(me) is not state or node.paused:  # that process is gone, or stopped
                 self.counters["repairs_interrupted"] += 1
                 return
@@ -200,10 +186,7 @@ class DriveWorld:
             current = self._manifests(node).get(file_id)
             if current is None:
                 return  # removed meanwhile: what was written is an orphan now
-            updated = current
-            for index, target in targets.items():
-                if updated.holders[index] != target:
-                    updated = updated.moved(index, target)
+            updated = rebuilt(current, targets)
             if updated is not current:
                 self._write_manifest(node, updated)
             self.counters["repaired_fragments"] += len(targets)
@@ -219,16 +202,15 @@ class DriveWorld:
             entry = node.store.entries.get(MANIFEST_PREFIX + file_id)
             removed = entry is not None and entry.deleted
             manifest = None if removed else _manifest_of(entry)
-            busy = file_id in state.repairing or not node.syncs
-            why = self.decide_drop(manifest, removed=removed, me=me, index=index, age=self.net.now - written, orphan_grace=self.s.orphan_grace, busy=busy)
+            why = self.decide_drop(state.decisions, manifest, file_id=file_id, removed=removed, index=index, age=self.net.now - written, synced=bool(node.syncs))
             if why is not None:
                 del self.disks[me][(file_id, index)]
                 self.counters["dropped"] += 1
                 self.note(f"{node.name} drops {file_id[:8]}.{index}: {why}")
 
-    def decide_drop(self, manifest: Manifest | None, **facts: object) -> str | None:
-        """``why_drop``, the service's own decision; a planted bug replaces it (sim/bugs.py)."""
-        return why_drop(manifest, **facts)  # type: ignore[arg-type]
+    def decide_drop(self, decisions: DriveDecisions, manifest: Manifest | None, **facts: Any) -> str | None:
+        """The node's own decision (``DriveDecisions.drop``); a planted bug replaces it (sim/bugs.py)."""
+        return decisions.drop(manifest, **facts)
 
     # -- the truth ----------------------------------------------------------------------------
     def newest(self, running: list[SimNode]) -> dict[str, Manifest]:

@@ -456,6 +456,72 @@ def why_drop(manifest: Manifest | None, *, removed: bool, me: str, index: int, a
     return "no manifest names it here"
 
 
+class DriveDecisions:
+    """What one node decides about the drive from its own view, sans-IO: which holders
+    have been gone how long, which fragments it should rebuild now, which to delete, and
+    what a rebuild makes of a manifest. The trio service (lannode/drive/service.py) and
+    the simulator (sim/drivesim.py) each hold one per node and do the I/O it asks for."""
+
+    def __init__(self, me: str, *, grace: float, orphan_grace: float) -> None:
+        self.me = me
+        self.grace = grace
+        self.orphan_grace = orphan_grace
+        self.gone_since: dict[str, float] = {}  # holders away, since this node noticed
+        self.repairing: set[str] = set()  # file ids being rebuilt here now
+        self.unrepairable = 0  # repair passes that found a file beyond rebuilding
+
+    def peer_state(self, node: str, *, alive: bool, now: float) -> None:
+        """The membership says ``node`` is alive, or not."""
+        if alive:
+            self.gone_since.pop(node, None)
+        else:
+            self.gone_since.setdefault(node, now)
+
+    def gone_for(self, node: str, *, alive: AbstractSet[str], now: float) -> float:
+        """Seconds ``node`` has been away (0 if alive); counted from when this node first
+        noticed, at the latest from its own start."""
+        if node in alive:
+            self.gone_since.pop(node, None)
+            return 0.0
+        return now - self.gone_since.setdefault(node, now)
+
+    def repairs(self, manifests: Iterable[Manifest], *, alive: AbstractSet[str], now: float, missing_here: Callable[[str, int], bool]) -> list[tuple[Manifest, list[int], set[int]]]:
+        """The rebuilds this node should start now: (manifest, the fragments to rebuild,
+        those of them that go back onto this node). ``missing_here(file, index)``: a
+        fragment named here that this node no longer holds whole."""
+        out = []
+        for manifest in manifests:
+            file_id = manifest.file_id
+            if file_id in self.repairing:
+                continue
+            mine = {i for i, holder in enumerate(manifest.holders) if holder == self.me and missing_here(file_id, i)}
+            try:
+                bad = plan_repair(manifest, me=self.me, alive=alive, gone_for=lambda node: self.gone_for(node, alive=alive, now=now), grace=self.grace, mine=mine)
+            except Unrepairable:
+                self.unrepairable += 1
+                continue
+            if bad:
+                out.append((manifest, bad, mine))
+        return out
+
+    def drop(self, manifest: Manifest | None, *, file_id: str, removed: bool, index: int, age: float, synced: bool) -> str | None:
+        """Why to delete the held fragment ``index`` of ``file_id`` (``why_drop``), or None;
+        a file being rebuilt here, or a node that has not heard the store since it started
+        (not ``synced``), keeps what it holds."""
+        busy = file_id in self.repairing or not synced
+        return why_drop(manifest, removed=removed, me=self.me, index=index, age=age, orphan_grace=self.orphan_grace, busy=busy)
+
+
+def rebuilt(current: Manifest, targets: Mapping[int, str]) -> Manifest:
+    """The manifest once fragments ``targets`` (index -> node) are rebuilt where they say;
+    ``current`` itself if that changes nothing."""
+    updated = current
+    for index, node in targets.items():
+        if updated.holders[index] != node:
+            updated = updated.moved(index, node)
+    return updated
+
+
 # -- shares: names and read caps, readable only by the nodes they are for ------------------------------
 
 

@@ -50,21 +50,20 @@ from lannode.core.drive import (
     NODE_PREFIX,
     SEGMENT,
     SHARE_PREFIX,
+    DriveDecisions,
     DriveError,
     Encoder,
     Manifest,
     PlacementError,
     ReadCap,
-    Unrepairable,
     check_layout,
     fragment_size,
     new_key,
     open_share,
     parse_cap,
     place,
-    plan_repair,
+    rebuilt,
     seal_share,
-    why_drop,
 )
 from lannode.core.erasure import BACKEND as erasure_backend
 from lannode.core.erasure import Codec, ErasureError
@@ -170,8 +169,8 @@ class DriveService:
         self.counters: Counter[str] = Counter()
         self._replies = Replies()  # our requests' answers
         self._answering: Counter[str] = Counter()  # per peer: its requests being answered now
-        self._gone_since: dict[str, float] = {}
-        self._repairing: set[str] = set()  # file ids being repaired here now
+        self.decisions = DriveDecisions(identity.node_id, grace=self.grace, orphan_grace=self.orphan_grace)
+        self._repairing = self.decisions.repairing  # file ids being repaired here now
         self._needs_repair: set[tuple[str, int]] = set()  # fragments here found corrupt or missing
         self._shares: dict[bytes, dict[str, Any] | None] = {}  # share entry signature -> its opened record
         self._operations: dict[str, Operation] = {}
@@ -202,7 +201,7 @@ class DriveService:
             "quota": self.fragments.quota,
             "files": len(self._manifests()),
             "erasure": erasure_backend,  # "isa-l" or "numpy": see lannode.core.erasure
-            "counters": dict(self.counters),
+            "counters": dict(self.counters) | ({"unrepairable": self.decisions.unrepairable} if self.decisions.unrepairable else {}),
         }
 
     # -- the store's view ------------------------------------------------------------------------------
@@ -287,18 +286,7 @@ class DriveService:
             self._published = status
 
     def _on_peer_state(self, node: str, state: State) -> None:
-        if state is State.ALIVE:
-            self._gone_since.pop(node, None)
-        else:
-            self._gone_since.setdefault(node, trio.current_time())
-
-    def _gone_for(self, node: str) -> float:
-        """Seconds this holder has been away (0 if alive); counted from when this node
-        first noticed, at the latest its own start."""
-        if node in self._alive():
-            self._gone_since.pop(node, None)
-            return 0.0
-        return trio.current_time() - self._gone_since.setdefault(node, trio.current_time())
+        self.decisions.peer_state(node, alive=state is State.ALIVE, now=trio.current_time())
 
     # -- requests between daemons ------------------------------------------------------------------------
     async def _request(self, node: str, message: dict[str, Any], timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
@@ -824,11 +812,9 @@ class DriveService:
             current = self._manifest(file_id)
             if current is None:  # removed meanwhile: what was rebuilt is an orphan now
                 return []
-            updated = current
             for outlet in outlets:
                 self._needs_repair.discard((file_id, outlet.index))
-                if updated.holders[outlet.index] != outlet.node:
-                    updated = updated.moved(outlet.index, outlet.node)
+            updated = rebuilt(current, {outlet.index: outlet.node for outlet in outlets})
             if updated is not current:
                 await self.store.put(MANIFEST_PREFIX + file_id, updated.to_json())
             await self._publish_status()
@@ -844,21 +830,11 @@ class DriveService:
             await self._repair_pass()
 
     async def _repair_pass(self) -> None:
-        for manifest in list(self._manifests().values()):
-            file_id = manifest.file_id
-            mine = {i for (f, i) in self._needs_repair if f == file_id and manifest.holders[i] == self.me}
-            mine |= {  # named here but not on this disk (lost with a disk, or deleted by hand)
-                i for i, node in enumerate(manifest.holders) if node == self.me and not self.fragments.has(file_id, i) and not self.fragments.writing(file_id, i)
-            }
-            if file_id in self._repairing:
-                continue
-            try:
-                bad = plan_repair(manifest, me=self.me, alive=self._alive(), gone_for=self._gone_for, grace=self.grace, mine=mine)
-            except Unrepairable:
-                self.counters["unrepairable"] += 1
-                continue
-            if not bad:
-                continue
+        def missing_here(file_id: str, index: int) -> bool:
+            # found bad, or not on this disk (lost with a disk, or deleted by hand)
+            return (file_id, index) in self._needs_repair or (not self.fragments.has(file_id, index) and not self.fragments.writing(file_id, index))
+
+        for manifest, bad, mine in self.decisions.repairs(list(self._manifests().values()), alive=self._alive(), now=trio.current_time(), missing_here=missing_here):
             try:
                 await self._rebuild(manifest, bad=bad, same_holder=mine)
             except api.ApiError as exc:
@@ -894,8 +870,7 @@ class DriveService:
             entry = self.store.map.entries.get(MANIFEST_PREFIX + h.file_id)
             removed = entry is not None and entry.deleted
             manifest = None if removed else self._manifest_of(entry)
-            busy = h.file_id in self._repairing or not self.store.syncs
-            why = why_drop(manifest, removed=removed, me=self.me, index=h.index, age=now - h.mtime, orphan_grace=self.orphan_grace, busy=busy)
+            why = self.decisions.drop(manifest, file_id=h.file_id, removed=removed, index=h.index, age=now - h.mtime, synced=bool(self.store.syncs))
             if why is None:
                 continue
             await trio.to_thread.run_sync(self.fragments.delete, h.file_id, h.index)
