@@ -14,6 +14,7 @@
 const ICE = { iceServers: [] }; // a LAN with no server: host candidates only
 const STUCK_CHECK_MS = 1000;
 const STUCK_CHECKS = 4; // seconds of "new" after a finished negotiation before an ICE restart
+const CONNECT_WITHIN_MS = 15000; // a session not connected by then is given up and opened afresh
 
 export class Session {
   constructor(mesh, node, front) {
@@ -52,6 +53,7 @@ export class Session {
     };
     this.pc.onconnectionstatechange = () => {
       const s = this.pc.connectionState;
+      if (s === "connected") this.connectedOnce = true;
       if (s === "failed") {
         this.#setState("failed");
         this.pc.restartIce(); // a network blip: try again with fresh ICE credentials
@@ -64,6 +66,8 @@ export class Session {
     // a new RTCPeerConnection mends it: the stalled side hangs up, and both open afresh
     // (a room re-adds the front on its next poll).
     this.stuck = 0;
+    this.created = Date.now();
+    this.connectedOnce = false;
     this.watch = setInterval(() => {
       const idle = this.pc.connectionState === "new" && this.pc.signalingState === "stable" && this.pc.remoteDescription;
       this.stuck = idle ? this.stuck + 1 : 0;
@@ -71,6 +75,11 @@ export class Session {
       // the other side does not make the stalled one gather again
       if (this.stuck >= STUCK_CHECKS && this.pc.iceGatheringState !== "complete") {
         console.warn("lannode rtc: ICE never started with", this.front, "; opening a new session");
+        this.close(true);
+      } else if (!this.connectedOnce && Date.now() - this.created > CONNECT_WITHIN_MS) {
+        // whatever else stalled (a negotiation that never finished, ICE stuck "connecting"):
+        // a session that never connected is given up; a room opens a new one on its next poll
+        console.warn("lannode rtc: no connection with", this.front, "after", CONNECT_WITHIN_MS, "ms; opening a new session");
         this.close(true);
       }
     }, STUCK_CHECK_MS);

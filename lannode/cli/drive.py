@@ -12,6 +12,7 @@ from lannode.cli.render import (
     EXIT_OK,
     fail,
     home_of,
+    progress_bars,
     short,
     show_bytes,
     table,
@@ -107,17 +108,7 @@ def _drive_transfer(home: Any, args: argparse.Namespace) -> int:
             await client.subscribe("drive.progress")
             bar = None
             if not args.json and sys.stderr.isatty():
-                from rich.console import Console
-                from rich.progress import (
-                    BarColumn,
-                    DownloadColumn,
-                    Progress,
-                    TextColumn,
-                    TimeRemainingColumn,
-                    TransferSpeedColumn,
-                )
-
-                bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+                bar = progress_bars()
                 bar.start()
             task = None
             try:

@@ -14,6 +14,7 @@ from lannode.cli.render import (
     EXIT_USAGE,
     fail,
     home_of,
+    progress_bars,
     short,
     show_bytes,
     table,
@@ -94,23 +95,7 @@ class _TransferView:
     """rich progress bars: one for the whole transfer, one per file as it goes."""
 
     def __init__(self, record: dict[str, Any]) -> None:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("{task.description}", table_column=None),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            transient=False,
-        )
+        self.progress = progress_bars()
         who = record.get("peer_name") or record["peer"]
         self.overall = self.progress.add_task(f"to {who}: waiting for them to accept", total=record["total"])
         self.who = who

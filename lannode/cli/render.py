@@ -37,10 +37,39 @@ def ago(then: float) -> str:
     return duration(max(0.0, time.time() - then)) + " ago"
 
 
+def console(*, stderr: bool = False) -> Any:
+    """The rich console every command prints tables and bars through, configured once:
+    plain text, no highlighting guessed from content, and, when the output is not a
+    terminal (a pipe, a script), no wrapping at 80 columns."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(file=stream, highlight=False, soft_wrap=not stream.isatty(), width=None if stream.isatty() else 10_000)
+
+
 def table(rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    """Rows under a header, in aligned columns (no borders), as ``ls -l`` prints."""
+    from rich.table import Table
+
+    grid = Table(box=None, pad_edge=False, show_edge=False, header_style="bold", padding=(0, 1))
+    for header in rows[0]:
+        grid.add_column(header, no_wrap=True)
+    for row in rows[1:]:
+        grid.add_row(*row)
+    out = console()
+    if out.is_terminal:
+        out.print(grid)
+        return
+    with out.capture() as captured:  # for a pipe: the same lines, without the padding after the last column
+        out.print(grid)
+    print("\n".join(line.rstrip() for line in captured.get().splitlines()))
+
+
+def progress_bars() -> Any:
+    """Progress bars for bytes on their way (a transfer, a drive put or get), on stderr."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    return Progress(TextColumn("{task.description}", table_column=None), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(), console=console(stderr=True))
 
 
 def short(name: str, width: int = 40) -> str:
