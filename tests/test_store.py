@@ -252,3 +252,32 @@ def test_a_node_that_was_down_catches_up_and_its_data_survives_restarts(nodes: N
     b2.stop()
     alone = nodes.start_on(b.home, name="b")
     assert get(alone, "while-down/29") == 29, "what was stored survives a restart"
+
+
+def test_the_watch_commands_print_writes_and_messages_as_they_come(nodes: NodeFactory) -> None:
+    import select
+    import subprocess
+    import sys
+
+    a, b = nodes.start("ann"), nodes.start("ben")
+    a.wait_until(lambda: any(p["name"] == "ben" and p["state"] == "alive" for p in a.call("peer.list")), what="ben alive")
+    store_watch = subprocess.Popen([sys.executable, "-m", "lannode", "store", "watch", "--home", str(a.home.path)], stdout=subprocess.PIPE, text=True)
+    chat_watch = subprocess.Popen([sys.executable, "-m", "lannode", "chat", "watch", "--home", str(b.home.path)], stdout=subprocess.PIPE, text=True)
+
+    def first_line(watcher: subprocess.Popen[str], act: Any) -> str:
+        """Act until the watcher (which may not have subscribed yet) prints a line."""
+        assert watcher.stdout is not None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            act()
+            if select.select([watcher.stdout], [], [], 0.5)[0]:
+                return watcher.stdout.readline()
+        raise AssertionError("the watcher printed nothing")
+
+    try:
+        assert first_line(store_watch, lambda: a.call("store.put", key="hello", value="world")) == 'hello\t"world"\n'
+        assert first_line(chat_watch, lambda: a.call("chat.send", peer="ben", text="hi ben")).rstrip().endswith(": hi ben")
+    finally:
+        for watcher in (store_watch, chat_watch):
+            watcher.terminate()
+            watcher.wait(timeout=10)

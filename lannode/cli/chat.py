@@ -11,6 +11,7 @@ from lannode.cli.render import (
     EXIT_USAGE,
     fail,
     home_of,
+    watch,
 )
 
 
@@ -105,27 +106,7 @@ def _chat_direct(home: Any, args: argparse.Namespace) -> int:
 
 
 def _chat_watch(home: Any, as_json: bool) -> int:
-    import trio
-
-    from lannode.net.api_client import (
-        ApiRejected,
-        NodeNotRunning,
-        collapse_single_group,
-        connect,
-    )
-
-    async def watch() -> None:
-        async with connect(home) as client:
-            await client.subscribe("chat.message")
-            async for topic, data in client.events():
-                _print_message(data, as_json)
-
-    try:
-        with collapse_single_group():
-            trio.run(watch)
-    except (NodeNotRunning, ApiRejected) as exc:
-        return fail(str(exc))
-    return EXIT_OK
+    return watch(home, lambda client: client.subscribe("chat.message"), lambda topic, data: _print_message(data, as_json))
 
 
 GROUP_USAGE = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -81,3 +81,24 @@ def show_bytes(n: float) -> str:
     from lannode.transfer.offers import human_bytes
 
     return human_bytes(n)
+
+
+def watch(home: Any, start: Callable[[Any], Awaitable[Any]], show: Callable[[str, Any], None]) -> int:
+    """Follow the node's events until interrupted: ``start(client)`` subscribes (or asks for
+    a watch), then every event goes to ``show(topic, data)``."""
+    import trio
+
+    from lannode.net.api_client import ApiRejected, NodeNotRunning, collapse_single_group, connect
+
+    async def follow() -> None:
+        async with connect(home) as client:
+            await start(client)
+            async for topic, data in client.events():
+                show(topic, data)
+
+    try:
+        with collapse_single_group():
+            trio.run(follow)
+    except (NodeNotRunning, ApiRejected) as exc:
+        return fail(str(exc))
+    return EXIT_OK

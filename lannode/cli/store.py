@@ -11,6 +11,7 @@ from lannode.cli.render import (
     EXIT_USAGE,
     fail,
     home_of,
+    watch,
 )
 
 
@@ -49,31 +50,14 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 
 def _store_watch(home: Any, args: argparse.Namespace) -> int:
-    import trio
+    def show(topic: str, data: Any) -> None:
+        if args.json:
+            print(json.dumps(data, ensure_ascii=False), flush=True)
+        elif data["deleted"]:
+            print(f"deleted {data['key']}", flush=True)
+        else:
+            print(f"{data['key']}\t{json.dumps(data['value'], ensure_ascii=False)}", flush=True)
 
-    from lannode.net.api_client import (
-        ApiRejected,
-        NodeNotRunning,
-        collapse_single_group,
-        connect,
-    )
-
-    async def watch() -> None:
-        async with connect(home) as client:
-            await client.call("store.watch", prefix=args.key or "")
-            async for topic, data in client.events():
-                if args.json:
-                    print(json.dumps(data, ensure_ascii=False), flush=True)
-                elif data["deleted"]:
-                    print(f"deleted {data['key']}", flush=True)
-                else:
-                    print(f"{data['key']}\t{json.dumps(data['value'], ensure_ascii=False)}", flush=True)
-
-    try:
-        with collapse_single_group():
-            trio.run(watch)
-    except (NodeNotRunning, ApiRejected) as exc:
-        return fail(str(exc))
-    return EXIT_OK
+    return watch(home, lambda client: client.call("store.watch", prefix=args.key or ""), show)
 
 
