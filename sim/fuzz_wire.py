@@ -135,7 +135,7 @@ class _Batch:
         self.codecs = [DatagramCodec(key, epoch=rng.randrange(1, 2**32)) for key in self.keys]
         self.victim_key = SigningKey(rng.randbytes(32))
         config = MembershipConfig(max_members=64)
-        self.victim = Membership(self.victim_key, epoch=VICTIM_EPOCH, name="victim", address=("10.9.0.1", 4000), link_port=4001, config=config, rng=random.Random(rng.random()))
+        self.victim = Membership(self.victim_key, epoch=VICTIM_EPOCH, name="victim", address=("127.0.9.1", 4000), link_port=4001, config=config, rng=random.Random(rng.random()))
         self.now = 1000.0
         self.victim.start(self.now)
         self.store = ReplicatedMap(SigningKey(rng.randbytes(32)), writers=refusal)
@@ -166,7 +166,7 @@ class _Batch:
     def presence(self, i: int) -> m.Presence:
         rng = self.rng
         name = rng.choice(("mallory", "é" * 32, "x" * 64, "a\u200bb"))
-        return m.Presence(bytes(self.keys[i].verify_key), _int(rng, 64), name, rng.choice(("10.9.0.2", "::1", "255.255.255.255")), _int(rng, 16), _int(rng, 16), _int(rng, 16)).signed(self.keys[i])
+        return m.Presence(bytes(self.keys[i].verify_key), _int(rng, 64), name, rng.choice(("127.0.9.2", "::1", "255.255.255.255")), _int(rng, 16), _int(rng, 16), _int(rng, 16)).signed(self.keys[i])
 
     def message(self) -> m.Message:
         rng = self.rng
@@ -223,7 +223,7 @@ class _Batch:
             if rng.random() < 0.1:
                 data = mutate(rng, data)
         self.now += rng.random()
-        self.victim.datagram_received(data, (f"10.9.0.{2 + rng.randrange(3)}", 4000 + who), self.now)
+        self.victim.datagram_received(data, (f"127.0.9.{2 + rng.randrange(3)}", 4000 + who), self.now)
         self.victim.tick(self.now)
         self.victim.take_outgoing()
         self.victim.take_events()
@@ -402,7 +402,7 @@ class _Batch:
         victim = self.victim
         before = victim.presence.incarnation
         codec = self.codecs[1]
-        victim.datagram_received(codec.encode(m.encode_payload([m.encode_message(m.Suspect(victim.node_id, before))])), ("10.9.0.2", 4001), self.now)
+        victim.datagram_received(codec.encode(m.encode_payload([m.encode_message(m.Suspect(victim.node_id, before))])), ("127.0.9.2", 4001), self.now)
         if victim.presence.incarnation != before + 1:
             raise Violation(f"the victim did not refute a suspicion at its incarnation ({before:#x} -> {victim.presence.incarnation:#x})")
         self.store.put("fuzz/after", b"1", NOW_MS)
