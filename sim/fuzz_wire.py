@@ -382,9 +382,9 @@ class _Batch:
             raise Violation(f"{len(victim.members)} members, over the limit of {victim.config.max_members}")
         if len(victim.codec.replays.senders) > victim.codec.replays.max_senders:
             raise Violation("the replay guard is over its budget")
-        newcomers = sum(map(len, victim._newcomers.values()))
-        if newcomers > len(victim.members) or len(victim._admissions) > victim.config.admission_sources:
-            raise Violation(f"admission out of bounds: {newcomers} newcomers of {len(victim.members)} members, {len(victim._admissions)} hosts")
+        admission = victim.admission
+        if len(admission) > len(victim.members) or admission.sources > victim.config.admission_sources:
+            raise Violation(f"admission out of bounds: {len(admission)} newcomers of {len(victim.members)} members, {admission.sources} hosts")
         for member in victim.members.values():
             if not 0 <= member.incarnation < 1 << 64:
                 raise Violation(f"a member at incarnation {member.incarnation}")

@@ -61,6 +61,7 @@ from typing import Any, ClassVar, Literal, NamedTuple, Union
 from nacl.signing import SigningKey
 
 from lannode.core import messages as m
+from lannode.core.admission import Admission
 from lannode.core.broadcasts import BroadcastQueue
 from lannode.core.wire import MAX_PAYLOAD, DatagramCodec, Dropped, LocalProtocolError
 
@@ -210,7 +211,6 @@ class Member:
     last_seen: float  # last datagram straight from it
     suspicion: Suspicion | None = None
     told_at: float = -math.inf
-    source: str | None = None  # the host that brought it, while it is an unproven newcomer (Membership._admit)
     shared: bool = False  # part of a view several nodes began with (warm_start): copied before a change
 
     @property
@@ -337,8 +337,7 @@ class Membership:
         self._suspects: dict[str, Member] = {}  # members with a running suspicion
         self._gone: set[str] = set()  # members dead or left: the only ones ever forgotten
         self._alive: tuple[Member, ...] | None = None  # alive_members(), until a member comes, goes or changes state
-        self._admissions: dict[str, tuple[float, float]] = {}  # per source host: (tokens, when), a bucket of strangers it may still bring
-        self._newcomers: dict[str, dict[str, None]] = {}  # per source host: its unproven newcomers, oldest first
+        self.admission = Admission(rate=self.config.admission_rate, burst=self.config.admission_burst, sources=self.config.admission_sources)
 
     # -- the public surface ------------------------------------------------------------------
     def start(self, now: float) -> None:
@@ -618,7 +617,7 @@ class Membership:
             "sync_bytes_received": c.sync_bytes_received,
             "queued_broadcasts": len(self._broadcasts),
             "evicted": c.evicted,
-            "newcomers": sum(map(len, self._newcomers.values())),
+            "newcomers": len(self.admission),
             "dropped": dict(sorted(self.codec.dropped.items())),
             "replay_senders": len(self.codec.replays.senders),
             "replay_senders_max": self.codec.replays.max_senders,
@@ -650,92 +649,54 @@ class Membership:
                     return "forged"
         return strangers
 
-    # -- admission: who gets room in the member table -----------------------------------------
+    # -- admission: who gets room in the member table (core/admission.py) ---------------------
     def _admit(self, strangers: list[str], source: str, now: float) -> str | None:
-        """Room for the strangers a gossip datagram from host ``source`` brings, or why not.
-
-        Each host may bring ``admission_rate`` strangers a second (a token bucket of
-        ``admission_burst``), so a flood of throwaway keys from one machine fills the table
-        slowly. In a full table a stranger takes the place of, in this order: the member dead
-        or gone longest; else the newest unproven member (one that has neither answered a
-        probe of ours nor proved its key over a link, and came less than ``settled_after``
-        ago) of the host that brought the most such members, if that is not ``source``
-        itself. Members that proved themselves or have a long history are never evicted,
-        and a flood from one host only ever displaces its own."""
-        config = self.config
-        buckets = self._admissions
-        tokens, then = buckets.pop(source, (config.admission_burst, now))
-        tokens = min(config.admission_burst, tokens + (now - then) * config.admission_rate)
-        if len(buckets) >= config.admission_sources:
-            del buckets[next(iter(buckets))]  # the host heard from longest ago starts afresh
-        buckets[source] = (tokens, now)
-        if tokens < len(strangers):
+        """Room for the strangers a gossip datagram from host ``source`` brings, or why not."""
+        admission = self.admission
+        if not admission.allowed(source, len(strangers), now):
             return "admission"
-        room = config.max_members - len(self.members)
+        room = self.config.max_members - len(self.members)
         for _ in range(len(strangers) - room):
             if not self._evict_one(source, now):
                 return "full"
-        buckets[source] = (tokens - len(strangers), now)
+        admission.spend(source, len(strangers), now)
         return None
 
     def _evict_one(self, source: str, now: float) -> bool:
-        """Forget one member to make room for a stranger from ``source`` (``_admit``'s order)."""
+        """Forget one member to make room for a stranger from ``source``: the one dead or
+        gone longest, else the victim ``Admission`` names."""
         if self._gone:
             self._drop_member(min(self._gone, key=lambda node_id: self.members[node_id].since))
             return True
-        newcomers = self._newcomers
-        while newcomers:
-            host = max(newcomers, key=lambda h: len(newcomers[h]))
-            if host == source or len(newcomers[host]) <= len(newcomers.get(source, ())) + 1:
-                return False  # the biggest bringer is the asker, or no bigger than it would become
-            node_id = next(reversed(newcomers[host]))
-            member = self.members[node_id]
-            if now - member.since >= self.config.settled_after and member.state is State.ALIVE:
-                del newcomers[host]  # the newest of them has a long history: all of them have
-                continue
-            self.counters.evicted += 1
-            previous = member.state
-            self._drop_member(node_id)
-            self._events.append(MemberStateChanged(node_id, previous, State.DEAD))
-            return True
-        return False
+        members = self.members
+        settled_after = self.config.settled_after
+
+        def settled(node_id: str) -> bool:
+            member = members[node_id]
+            return now - member.since >= settled_after and member.state is State.ALIVE
+
+        node_id = self.admission.victim(source, settled)
+        if node_id is None:
+            return False
+        self.counters.evicted += 1
+        previous = members[node_id].state
+        self._drop_member(node_id)
+        self._events.append(MemberStateChanged(node_id, previous, State.DEAD))
+        return True
 
     def _note_newcomers(self, strangers: list[str], source: str) -> None:
-        """The strangers a datagram from ``source`` brought that are members now: unproven
-        newcomers of that host until they answer a probe or a link vouches for them."""
-        unproven = self._newcomers.setdefault(source, {})
-        for node_id in strangers:
-            member = self.members.get(node_id)
-            if member is not None and member.source is None and node_id not in unproven:
-                member.source = source
-                unproven[node_id] = None
-        if not unproven:
-            del self._newcomers[source]
+        """The strangers a datagram from ``source`` brought that are members now."""
+        self.admission.note((node_id for node_id in strangers if node_id in self.members), source)
 
     def proven(self, node_id: str) -> None:
         """``node_id`` showed it holds its key: it answered our probe, or a link authenticated
         it (the caller says so). From now on it is never evicted to make room."""
-        member = self.members.get(node_id)
-        if member is not None and member.source is not None:
-            self._forget_newcomer(member)
-
-    def _forget_newcomer(self, member: Member) -> None:
-        source = member.source
-        assert source is not None
-        member = self._writable(member)
-        member.source = None
-        unproven = self._newcomers.get(source)
-        if unproven is not None:
-            unproven.pop(member.node_id, None)
-            if not unproven:
-                del self._newcomers[source]
+        self.admission.proven(node_id)
 
     def _drop_member(self, node_id: str) -> None:
         """Forget a member: dead or gone for ``forget_after``, or evicted to make room."""
-        member = self.members[node_id]
-        if member.source is not None:
-            self._forget_newcomer(member)
-        del self.members[node_id]
+        member = self.members.pop(node_id)
+        self.admission.forget(node_id)
         self._alive = None
         self._live -= _LIVE[member.state]
         self._gone.discard(node_id)
@@ -1024,9 +985,7 @@ class Membership:
         if probe is not None and probe.seq == seq:
             self._probe = None
             if sender == probe.target:
-                target = self.members.get(sender)
-                if target is not None and target.source is not None:
-                    self._forget_newcomer(target)
+                self.admission.proven(sender)
             self.health = max(0, self.health - 1)
             self._count_round(failed=False)
             return
