@@ -47,6 +47,8 @@ import trio
 from lannode import __version__
 from lannode.core import api
 from lannode.core.api import require
+from lannode.core.chat import dm_conversation
+from lannode.core.groups import group_conversation
 from lannode.core.mail import (
     Attachment,
     MailError,
@@ -291,10 +293,10 @@ class MailService:
         """A conversation's whole history as text, oldest first."""
         if target.startswith("#"):
             group = self.chat.resolve_group(target)
-            conversation, title = self.chat._conversation_of({"group": group.id}), f"#{group.name}"
+            conversation, title = group_conversation(group.id), f"#{group.name}"
         else:
             peer = self.chat.peers.resolve(target).node_id
-            conversation, title = self.chat._conversation_of({"peer": peer}), self.chat.peers.name_of(peer)
+            conversation, title = dm_conversation(self.chat.me, peer), self.chat.peers.name_of(peer)
         pages: list[list[dict[str, Any]]] = []
         before: str | None = None
         count = 0

@@ -71,10 +71,9 @@ from lannode.chat.db import (
     record_of,
     row_of,
 )
-from lannode.chat.outbox import Pending, RecipientQueue, message_frame
+from lannode.chat.outbox import Delivery, Pending, message_frame
 from lannode.clock import now_ms
 from lannode.core import api
-from lannode.core.api import require
 from lannode.core.chat import (
     AckFrame,
     BadFrame,
@@ -115,8 +114,6 @@ def new_message_id() -> str:
     """A message id made now (``lannode.core.chat.make_message_id``)."""
     return make_message_id(now_ms())
 
-MAX_PAGE = 500
-MAX_BATCH = 100  # messages in one chat.send
 SYNC_BATCH = 1000  # messages per catch-up answer; the requester asks again for more
 SYNC_RETRY = 5.0  # seconds before the same catch-up may be asked of the same member again
 
@@ -142,7 +139,7 @@ class ChatService:
         self.deferred = 0  # group messages left unacknowledged until a catch-up gave their context
         self.syncs_sent = 0
         self.syncs_answered = 0
-        self._queues: dict[str, RecipientQueue] = {}
+        self.delivery = Delivery(peers.links, ack_timeout=ack_timeout, reads_sent=self._reads_sent, reached=peers.pin)
         self._clocks: dict[str, tuple[int, int]] = {}
         self._pending_acks: dict[str, list[str]] = {}
         self._groups: dict[str, GroupState] = {}
@@ -159,6 +156,7 @@ class ChatService:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._commit = GroupCommit(self.db, nursery)
+                self.delivery.start(nursery)
                 for row in self._query("SELECT DISTINCT conversation FROM messages WHERE kind = 'group'"):
                     self._refold(row["conversation"])
                 self._load_outbox()
@@ -244,7 +242,7 @@ class ChatService:
             frame = message_frame(body)
             hold = trio.current_time() + DIRECT_GRACE if direct else -math.inf
             for recipient in recipients:
-                self._enqueue(recipient, Pending(message.id, "msg", frame, not_before=hold, group=group))
+                self.delivery.enqueue(recipient, Pending(message.id, "msg", frame, not_before=hold, group=group))
             records.append({**record, "body": body} if direct else record)
         return records
 
@@ -272,43 +270,11 @@ class ChatService:
     def _on_peer_state(self, node_id: str, state: State) -> None:
         if state is not State.ALIVE:
             return
-        queue = self._queues.get(node_id)
-        if queue is not None:
-            queue.retry_now()
+        self.delivery.retry_now(node_id)
         # a member is back: catch up on every group we share with it
         for group in self._groups.values():
             if self.me in group.members and node_id in group.members:
                 self._request_sync(node_id, group_conversation(group.id))
-
-    def _enqueue(self, recipient: str, item: "Pending") -> None:
-        queue = self._queues.get(recipient)
-        if queue is None:
-            queue = self._queues[recipient] = RecipientQueue()
-            if self._nursery is not None:
-                self._nursery.start_soon(self._deliver_to, recipient, queue)
-        elif item.kind == "msg" and not queue.due and self._send_now(recipient, queue, item):
-            return
-        queue.add(item)
-
-    def _send_now(self, recipient: str, queue: "RecipientQueue", item: "Pending") -> bool:
-        """Hand a message straight to an open link when nothing is due before it: what the
-        delivery task would do next, without waking it (a scheduler pass and its loop, per
-        message). False when it must go the usual way: no open link, a backoff, a hold for
-        a data channel, or a full link queue."""
-        now = trio.current_time()
-        if item.not_before > now or now < queue.backoff_until:
-            return False
-        link = self.peers.links.open_link(recipient)
-        if link is None or not link.send_nowait(CHANNEL_CHAT, item.frame):
-            return False
-        item.deadline = now + self.ack_timeout
-        item.attempts = 1
-        queue.messages[item.id] = item
-        soonest = queue.next_deadline()
-        queue.wait_for_receipt(item)
-        if item.deadline < soonest:
-            queue.wake.set()  # the delivery task sleeps until a later deadline: it must wake for this one
-        return True
 
     def _load_outbox(self) -> None:
         rows = self._query(
@@ -316,53 +282,13 @@ class ChatService:
         )
         for row in rows:
             if row["kind"] == "msg" and row["body"] is not None:
-                self._enqueue(row["recipient"], Pending(row["id"], "msg", message_frame(row["body"]), group=group_id_of(row["conversation"]) is not None))
+                self.delivery.enqueue(row["recipient"], Pending(row["id"], "msg", message_frame(row["body"]), group=group_id_of(row["conversation"]) is not None))
             elif row["kind"] == "read":
-                self._enqueue(row["recipient"], Pending(row["id"], "read", b""))
+                self.delivery.enqueue(row["recipient"], Pending(row["id"], "read", b""))
 
-    async def _deliver_to(self, recipient: str, queue: "RecipientQueue") -> None:
-        """One task per recipient: send what is due in order, resend what was not
-        acknowledged within ack_timeout, back off while the peer cannot be reached."""
-        while True:
-            now = trio.current_time()
-            queue.due.extendleft(reversed(queue.expired(now)))  # unacknowledged: send again, in order
-            queue.drop_acknowledged()
-            if queue.due and now >= queue.backoff_until:
-                try:
-                    link = await self.peers.links.link_to(recipient)
-                    reads = []
-                    while queue.due:
-                        item = queue.due[0]
-                        if item.acknowledged:
-                            queue.due.popleft()  # by a data channel's receipt, or after its resend was queued
-                            continue
-                        if item.not_before > trio.current_time():
-                            break  # its direct copy may be acknowledged yet; what follows keeps its order
-                        if item.kind == "read":
-                            reads.append(item.id)
-                        else:
-                            await link.send(CHANNEL_CHAT, item.frame)
-                            # resent on silence, less often each time (a peer that will not take it)
-                            item.deadline = trio.current_time() + self.ack_timeout * 2 ** min(item.attempts, 4)
-                            item.attempts += 1
-                            queue.wait_for_receipt(item)
-                        queue.due.popleft()
-                    if reads:
-                        await link.send(CHANNEL_CHAT, encode_frame(ReadFrame(tuple(reads))))
-                        # a read receipt is a courtesy: once handed to the link it is done
-                        self._tx([("DELETE FROM outbox WHERE id = ? AND recipient = ? AND kind = 'read'", (i, recipient)) for i in reads])
-                    queue.failures = 0
-                    self.peers.pin(link)  # this person wrote to them: trust on first use
-                except LinkError as exc:
-                    queue.failures += 1
-                    backoff = min(60.0, 2.0 ** (queue.failures - 1))
-                    queue.backoff_until = trio.current_time() + backoff
-                    log.debug("chat to %s: %s; retry in %.0f s", recipient, exc, backoff)
-            queue.drop_acknowledged()
-            wake_at = min(queue.next_deadline(), max(queue.backoff_until, queue.due[0].not_before) if queue.due else math.inf)
-            with trio.move_on_at(wake_at):
-                await queue.wake.wait()
-            queue.wake = trio.Event()
+    def _reads_sent(self, recipient: str, ids: list[str]) -> None:
+        # a read receipt is a courtesy: once handed to the link it is done
+        self._tx([("DELETE FROM outbox WHERE id = ? AND recipient = ? AND kind = 'read'", (i, recipient)) for i in ids])
 
     # -- receiving -------------------------------------------------------------------------------
     async def _on_frame(self, link: Link, data: bytes) -> None:
@@ -500,7 +426,7 @@ class ChatService:
         # covers every message of the last ACK_DELAY) take three statements in all, not
         # three each; the peer is their one recipient, so each is then complete.
         plain: list[str] = []
-        queue = self._queues.get(peer) if column == "delivered_at" else None
+        queue = self.delivery.queues.get(peer) if column == "delivered_at" else None
         if queue is not None:
             plain = [i for i in ids if (item := queue.messages.get(i)) is not None and not item.group]
             conversation = dm_conversation(self.me, peer)
@@ -560,7 +486,7 @@ class ChatService:
         if statements:
             self._tx(statements)
             for row in rows:
-                self._enqueue(row["sender"], Pending(row["id"], "read", b""))
+                self.delivery.enqueue(row["sender"], Pending(row["id"], "read", b""))
         return len(rows)
 
     # -- groups ----------------------------------------------------------------------------------
@@ -625,6 +551,11 @@ class ChatService:
         recipients = sorted((state.members | wanted) - {self.me})  # the removed learn they were removed
         await self._author(group_conversation(group_id), "group", [op_text(op, name=name, members=wanted, cut=cut)], recipients)
         return self._groups[group_id].to_json(self.me)
+
+    def visible(self, conversation: str) -> bool:
+        """Whether this node shows ``conversation``: a 1:1 of its own, or a group it was ever in."""
+        group = self._groups.get(group_id_of(conversation) or "")
+        return dm_peer(conversation, self.me) is not None or (group is not None and self.me in group.ever)
 
     def groups(self) -> list[dict[str, Any]]:
         return sorted((g.to_json(self.me) for g in self._groups.values() if self.me in g.ever), key=lambda g: (not g["member"], g["name"], g["id"]))
@@ -754,7 +685,7 @@ class ChatService:
 
     def statistics(self) -> dict[str, Any]:
         return {
-            "outbox": sum(len(q.due) + len(q.waiting) for q in self._queues.values()),
+            "outbox": self.delivery.pending(),
             "received": self.received,
             "delivered": self.delivered,
             "duplicates": self.duplicates,
@@ -764,106 +695,7 @@ class ChatService:
             "catch_ups": {"asked": self.syncs_sent, "answered": self.syncs_answered},
         }
 
-    # -- API -------------------------------------------------------------------------------------
-    def _conversation_of(self, params: dict[str, Any]) -> str:
-        if "conversation" in params:
-            conversation: str = require(params, "conversation", str)
-            group = self._groups.get(group_id_of(conversation) or "")
-            if dm_peer(conversation, self.me) is None and (group is None or self.me not in group.ever):
-                raise api.ApiError(api.ErrorCode.NOT_FOUND, f"no conversation {conversation!r} on this node")
-            return conversation
-        if "group" in params:
-            return group_conversation(self.resolve_group(require(params, "group", str)).id)
-        peer = self.peers.resolve(require(params, "peer", str))
-        return dm_conversation(self.me, peer.node_id)
-
-    def _members(self, params: dict[str, Any], *, optional: bool = False) -> list[str]:
-        names = require(params, "members", list, optional=optional) or []
-        if not all(isinstance(n, str) for n in names) or len(names) > 255:
-            raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"members" is a list of peer names or node ids')
-        return [self.peers.resolve(n).node_id for n in names]
-
     def register_methods(self, server: api.Methods) -> None:
-        def chat_errors(handler: Any) -> Any:
-            async def wrapped(params: dict[str, Any], caller: api.Principal) -> Any:
-                try:
-                    return await handler(params)
-                except ChatError as exc:
-                    raise api.ApiError(api.ErrorCode.BAD_PARAMS, str(exc)) from None
+        from lannode.chat.methods import register  # the chat.* and group.* surface, kept apart
 
-            return wrapped
-
-        async def chat_send(params: dict[str, Any]) -> Any:
-            # "text": one message, answered with its record; "texts": several in order, one commit
-            many = "texts" in params
-            texts = require(params, "texts", list) if many else [require(params, "text", str)]
-            if not texts or len(texts) > MAX_BATCH or not all(isinstance(t, str) for t in texts):
-                raise api.ApiError(api.ErrorCode.BAD_PARAMS, f'"texts" is a list of 1 to {MAX_BATCH} strings')
-            direct = require(params, "direct", bool, optional=True) or False
-            if "group" in params:
-                records = await self.send_group(self.resolve_group(require(params, "group", str)).id, texts)
-            else:
-                records = await self.send(self.peers.resolve(require(params, "peer", str)).node_id, texts, direct=direct)
-            return records if many else records[0]
-
-        async def chat_deliver(params: dict[str, Any]) -> Any:
-            return await self.deliver_direct(require(params, "body", (str, dict)))
-
-        async def chat_log(params: dict[str, Any]) -> Any:
-            limit = require(params, "limit", int, optional=True) or 50
-            if not 1 <= limit <= MAX_PAGE:
-                raise api.ApiError(api.ErrorCode.BAD_PARAMS, f'"limit" is 1 to {MAX_PAGE}')
-            return await self.history(
-                self._conversation_of(params),
-                limit=limit,
-                before=require(params, "before", str, optional=True),
-                search=require(params, "search", str, optional=True),
-            )
-
-        async def chat_read(params: dict[str, Any]) -> Any:
-            ids = require(params, "ids", list)
-            if not all(isinstance(i, str) for i in ids) or len(ids) > 512:
-                raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"ids" is a list of at most 512 message ids')
-            return {"marked": await self.mark_read(ids)}
-
-        async def chat_conversations(params: dict[str, Any]) -> Any:
-            return await self.conversations()
-
-        async def group_create(params: dict[str, Any]) -> Any:
-            return await self.create_group(require(params, "name", str), self._members(params, optional=True))
-
-        async def group_rename(params: dict[str, Any]) -> Any:
-            return await self.group_op(self.resolve_group(require(params, "group", str)).id, "rename", name=require(params, "name", str))
-
-        async def group_invite(params: dict[str, Any]) -> Any:
-            return await self.group_op(self.resolve_group(require(params, "group", str)).id, "invite", members=self._members(params))
-
-        async def group_remove(params: dict[str, Any]) -> Any:
-            return await self.group_op(self.resolve_group(require(params, "group", str)).id, "remove", members=self._members(params))
-
-        async def group_leave(params: dict[str, Any]) -> Any:
-            return await self.group_op(self.resolve_group(require(params, "group", str)).id, "leave")
-
-        async def group_list(params: dict[str, Any]) -> Any:
-            return self.groups()
-
-        async def group_info(params: dict[str, Any]) -> Any:
-            return self.resolve_group(require(params, "group", str)).to_json(self.me)
-
-        for name, handler, doc in (
-            ("chat.send", chat_send, '{"peer" or "group", "text" or "texts"}: send a message (or up to 100 in order); each is kept in the outbox until every recipient has it. "direct": true when the front also sends it over a data channel (the link then waits 2 s for the receipt). Also the relay path of a browser whose data channel is down.'),
-            ("chat.deliver", chat_deliver, '{"body"}: a signed message this front received over a data channel from its author\'s front: stored once, acknowledged to the author.'),
-            ("chat.log", chat_log, '{"peer", "group" or "conversation", "limit"?, "before"?, "search"?}: a page of history, oldest first.'),
-            ("chat.read", chat_read, '{"ids"}: mark received messages as seen; their authors get a read receipt.'),
-            ("chat.conversations", chat_conversations, "Conversations with message and unread counts, newest first."),
-            ("group.create", group_create, '{"name", "members"?}: a new group with these peers (names or ids).'),
-            ("group.rename", group_rename, '{"group", "name"}: any member renames the group.'),
-            ("group.invite", group_invite, '{"group", "members"}: any member adds peers; they receive the history.'),
-            ("group.remove", group_remove, '{"group", "members"}: the creator removes members.'),
-            ("group.leave", group_leave, '{"group"}: leave; the history stays on this node.'),
-            ("group.list", group_list, "The groups this node is or was in."),
-            ("group.info", group_info, '{"group"}: one group: name, creator, members.'),
-        ):
-            server.method(name, chat_errors(handler), doc)
-
-
+        register(self, server)
