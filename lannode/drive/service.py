@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import secrets
-import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,8 +40,6 @@ import trio
 
 from lannode.config import Config
 from lannode.core import api
-from lannode.core.api import require
-from lannode.core.bulk import SECRET_BYTES, TOKEN_BYTES
 from lannode.core.drive import (
     DEFAULT_K,
     DEFAULT_M,
@@ -67,7 +64,6 @@ from lannode.core.drive import (
 )
 from lannode.core.erasure import BACKEND as erasure_backend
 from lannode.core.erasure import Codec, ErasureError
-from lannode.core.link import AES_GCM, CHANNEL_DRIVE
 from lannode.core.membership import State
 from lannode.core.store import Entry
 from lannode.drive.fragment_io import (
@@ -81,31 +77,21 @@ from lannode.drive.fragment_io import (
     get_file,
     put_file,
     repair_file,
-    serve_fragment,
-    store_fragment,
 )
-from lannode.drive.fragments import FragmentError, FragmentStore, check_id, check_shape
+from lannode.drive.fragments import FragmentError, FragmentStore
+from lannode.drive.requests import Requests, Unavailable
 from lannode.events import PROGRESS_EVERY, EventBus
 from lannode.files import leaf_name, part_name, write_new_beneath
 from lannode.identity import Identity
 from lannode.net.bulk import BulkError, Meter, run_in_thread
-from lannode.net.links import Link, LinkError, Replies
 from lannode.peers.service import PeerService
 from lannode.store import StoreService
 from lannode.uploads import UploadService
 
 log = logging.getLogger("lannode.drive")
 
-REQUEST_TIMEOUT = 15.0
-TOKEN_LIFETIME = 30.0  # seconds a holder waits for the bulk connection it handed a token for
-MAX_FRAME = 64 * 1024
-MAX_ANSWERING = 16  # a peer's requests answered at once; past that it is told "busy"
 PUT_ATTEMPTS = 2  # a holder that fails mid-put: once more, without it
 HOUSEKEEPING = 2.0  # seconds between passes over the fragments held here (tombstones, orphans)
-
-
-class Unavailable(Exception):
-    """A holder could not be asked or refused; the message says which and why."""
 
 
 @dataclass(slots=True)
@@ -133,10 +119,6 @@ class Operation:
             "eta": 0 if done else (round((self.total - done_bytes) / rate, 1) if rate > 0 else None),
             "done": done,
         }
-
-
-def _json_frame(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode()
 
 
 class DriveService:
@@ -167,18 +149,16 @@ class DriveService:
         self.orphan_grace = float(config.get("drive.orphan_grace"))
         self.stall_timeout = float(config.get("drive.stall_timeout"))
         self.counters: Counter[str] = Counter()
-        self._replies = Replies()  # our requests' answers
-        self._answering: Counter[str] = Counter()  # per peer: its requests being answered now
         self.decisions = DriveDecisions(identity.node_id, grace=self.grace, orphan_grace=self.orphan_grace)
         self._repairing = self.decisions.repairing  # file ids being repaired here now
-        self._needs_repair: set[tuple[str, int]] = set()  # fragments here found corrupt or missing
+        self.requests = Requests(peers, self.fragments, self.counters, stall_timeout=self.stall_timeout)
+        self._needs_repair = self.requests.needs_repair  # fragments here found corrupt or missing
         self._shares: dict[bytes, dict[str, Any] | None] = {}  # share entry signature -> its opened record
         self._operations: dict[str, Operation] = {}
         self._published: dict[str, Any] | None = None
         self._nursery: trio.Nursery | None = None
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self._verify_at = 0
-        peers.links.handle(CHANNEL_DRIVE, self._on_frame)
         peers.state_listeners.append(self._on_peer_state)
 
     # -- life ----------------------------------------------------------------------------------------
@@ -186,6 +166,7 @@ class DriveService:
         self._trio_token = trio.lowlevel.current_trio_token()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self.requests.start(nursery)
             await self._publish_status()
             nursery.start_soon(self._housekeeping)
             nursery.start_soon(self._verifier)
@@ -288,154 +269,6 @@ class DriveService:
     def _on_peer_state(self, node: str, state: State) -> None:
         self.decisions.peer_state(node, alive=state is State.ALIVE, now=trio.current_time())
 
-    # -- requests between daemons ------------------------------------------------------------------------
-    async def _request(self, node: str, message: dict[str, Any], timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
-        rid = secrets.token_hex(8)
-        try:
-            link = await self.peers.links.link_to(node)
-            reply = await self._replies.request(link, CHANNEL_DRIVE, rid, _json_frame({**message, "rid": rid}), timeout)
-        except LinkError as exc:
-            raise Unavailable(f"{self._name_of(node)} cannot be reached: {exc}") from None
-        if reply is None:
-            raise Unavailable(f"{self._name_of(node)} did not answer within {timeout:.0f} s")
-        if reply.get("error"):
-            raise Unavailable(f"{self._name_of(node)}: {reply['error']}")
-        return reply
-
-    async def _on_frame(self, link: Link, data: bytes) -> None:
-        try:
-            if len(data) > MAX_FRAME:
-                raise ValueError("too big")
-            message = json.loads(data)
-            if not isinstance(message, dict) or not isinstance(message.get("t"), str) or not isinstance(message.get("rid"), str):
-                raise ValueError("not a request")
-        except ValueError:
-            self.counters["malformed"] += 1
-            return
-        kind, rid = message["t"], message["rid"]
-        if kind == "re":
-            self._replies.deliver(rid, message)
-            return
-        handler = {"put": self._serve_put, "get": self._serve_get, "check": self._serve_check}.get(kind)
-        if handler is None or self._nursery is None:
-            self.counters["unknown_request"] += 1
-            return
-        if self._answering[link.node_id] >= MAX_ANSWERING:
-            self.counters["busy"] += 1
-            link.send_nowait(CHANNEL_DRIVE, _json_frame({"t": "re", "rid": rid[:64], "error": f"busy: {MAX_ANSWERING} requests of yours are being answered"}))
-            return
-        self._answering[link.node_id] += 1
-        self._nursery.start_soon(self._answer, link, rid, handler, message)
-
-    async def _answer(self, link: Link, rid: str, handler: Callable[..., Any], message: dict[str, Any]) -> None:
-        try:
-            reply = await handler(link, message)
-        except (FragmentError, DriveError, ValueError, KeyError, TypeError) as exc:
-            self.counters[f"refused_{message['t']}"] += 1
-            reply = {"error": str(exc) or type(exc).__name__}
-        except Exception:  # a bug here must not take the node down with it
-            log.exception("drive: answering %s from %s failed", message["t"], self._name_of(link.node_id))
-            self.counters["internal_error"] += 1
-            reply = {"error": "internal error"}
-        try:
-            await link.send(CHANNEL_DRIVE, _json_frame({"t": "re", "rid": rid, **reply}))
-        except LinkError:
-            pass
-        finally:
-            self._answering[link.node_id] -= 1
-            if not self._answering[link.node_id]:
-                del self._answering[link.node_id]
-
-    def _grant(self, link: Link, worker: Callable[[socket.socket, bytes, bool], None], on_expiry: Callable[[], None]) -> dict[str, Any]:
-        """A one-time token and secret for a bulk connection from ``link``'s peer that runs
-        ``worker(sock, secret, aes)`` in a thread; ``on_expiry`` if it never comes."""
-        token, secret = secrets.token_bytes(TOKEN_BYTES), secrets.token_bytes(SECRET_BYTES)
-        aes = link.cipher == "aes-256-gcm" and AES_GCM
-        used = trio.Event()
-
-        async def connected(stream: trio.SocketStream) -> None:
-            used.set()
-            sock = socket.socket(fileno=stream.socket.detach())
-            meter = Meter()
-            try:
-                await self.peers.links.bulk_threads.run(link.node_id, lambda: worker(sock, secret, aes), meter)
-            except (BulkError, FragmentError, OSError) as exc:
-                log.info("drive: a bulk connection from %s ended early: %s", self._name_of(link.node_id), exc)
-            finally:
-                sock.close()
-
-        async def expire() -> None:
-            await trio.sleep(TOKEN_LIFETIME)
-            if not used.is_set():
-                self.peers.links.forget_bulk(token)
-                on_expiry()
-
-        try:
-            self.peers.links.expect_bulk(token, connected, link.node_id)
-        except LinkError as exc:
-            on_expiry()
-            raise DriveError(str(exc)) from None
-        assert self._nursery is not None
-        self._nursery.start_soon(expire)
-        return {"token": token.hex(), "secret": secret.hex(), "aes": aes}
-
-    async def _serve_put(self, link: Link, message: dict[str, Any]) -> dict[str, Any]:
-        file_id, index = message["id"], message["index"]
-        check_id(file_id, index)
-        size, k, m, segment = (message[x] for x in ("size", "k", "m", "segment"))
-        check_shape(size, k, m, segment)
-        writer = self.fragments.writer(file_id, index, size, k, m, segment)
-
-        def work(sock: socket.socket, secret: bytes, aes: bool) -> None:
-            store_fragment(sock, secret, aes, writer, Meter(), stall=self.stall_timeout)
-            self.counters["stored"] += 1
-            self._needs_repair.discard((file_id, index))
-
-        return self._grant(link, work, writer.abort)
-
-    async def _serve_get(self, link: Link, message: dict[str, Any]) -> dict[str, Any]:
-        file_id, index, start = message["id"], message["index"], message["start"]
-        check_id(file_id, index)
-        if not isinstance(start, int) or start < 0:
-            raise ValueError("a start segment is a whole number")
-        try:
-            reader = await trio.to_thread.run_sync(self.fragments.open, file_id, index, limiter=self.peers.links.bulk_threads.total)
-        except FragmentError as exc:
-            if self.fragments.has(file_id, index) or "corrupt" in str(exc):
-                self._found_bad(file_id, index, str(exc))
-            raise
-
-        def work(sock: socket.socket, secret: bytes, aes: bool) -> None:
-            try:
-                serve_fragment(sock, secret, aes, reader, start, Meter(), stall=self.stall_timeout)
-                self.counters["served"] += 1
-            except FragmentError as exc:
-                trio.from_thread.run_sync(self._found_bad, file_id, index, str(exc), trio_token=self._trio_token)
-
-        return self._grant(link, work, reader.close)
-
-    async def _serve_check(self, link: Link, message: dict[str, Any]) -> dict[str, Any]:
-        file_id, index = message["id"], message["index"]
-        check_id(file_id, index)
-        return {"state": await self._check_here(file_id, index, limiter=self.peers.links.bulk_threads.total)}
-
-    async def _check_here(self, file_id: str, index: int, limiter: trio.CapacityLimiter | None = None) -> str:
-        """"ok", "missing" or "corrupt" for a fragment this node should hold (``limiter``:
-        whose threads the check takes, when a peer asked for it)."""
-        if not self.fragments.has(file_id, index):
-            return "missing"
-        if await trio.to_thread.run_sync(self.fragments.verify, file_id, index, limiter=limiter):
-            return "ok"
-        self._found_bad(file_id, index, "failed its check")
-        return "corrupt"
-
-    def _found_bad(self, file_id: str, index: int, why: str) -> None:
-        """A fragment here rotted: drop it and rebuild it from the others."""
-        log.warning("drive: fragment %s.%d on this disk %s; deleting it and rebuilding it", file_id[:8], index, why)
-        self.counters["corrupt_found"] += 1
-        self.fragments.delete(file_id, index)
-        self._needs_repair.add((file_id, index))
-
     # -- put -----------------------------------------------------------------------------------------------
     async def put(self, path: Path, *, k: int = DEFAULT_K, m: int = DEFAULT_M, name: str | None = None, share: list[str] | None = None, allow_fewer: bool = False, op: str = "") -> dict[str, Any]:
         try:
@@ -526,10 +359,10 @@ class DriveService:
         size, k, m, segment = shape
         if node == self.me:
             return Outlet(index, node, writer=self.fragments.writer(file_id, index, size, k, m, segment))
-        address = self.peers._link_address(node)
+        address = self.peers.link_address(node)
         if address is None:
             raise Unavailable(f"no address known for {self._name_of(node)}")
-        reply = await self._request(node, {"t": "put", "id": file_id, "index": index, "size": size, "k": k, "m": m, "segment": segment})
+        reply = await self.requests.request(node, {"t": "put", "id": file_id, "index": index, "size": size, "k": k, "m": m, "segment": segment})
         return Outlet(index, node, address, bytes.fromhex(reply["token"]), bytes.fromhex(reply["secret"]), bool(reply.get("aes")))
 
     def _recipients(self, share: list[str]) -> set[str]:
@@ -683,11 +516,11 @@ class DriveService:
         file_id = manifest.file_id
         if node == self.me:
             return LocalSource(manifest.layout, self.fragments.open(file_id, index), start)
-        address = self.peers._link_address(node)
+        address = self.peers.link_address(node)
         if address is None:
             raise DriveError(f"no address known for {self._name_of(node)}")
         try:
-            reply = trio.from_thread.run(self._request, node, {"t": "get", "id": file_id, "index": index, "start": start}, trio_token=self._trio_token)
+            reply = trio.from_thread.run(self.requests.request, node, {"t": "get", "id": file_id, "index": index, "start": start}, trio_token=self._trio_token)
         except Unavailable as exc:
             raise DriveError(str(exc)) from None
         return RemoteSource(manifest.layout, index, start, address, bytes.fromhex(reply["token"]), bytes.fromhex(reply["secret"]), bool(reply.get("aes")))
@@ -695,7 +528,7 @@ class DriveService:
     def _note_failures(self, manifest: Manifest, report: GetReport) -> None:
         for index, node, why in report.failed:
             if node == self.me and "corrupt" in why:
-                self._found_bad(manifest.file_id, index, why)
+                self.requests.found_bad(manifest.file_id, index, why)
 
     # -- progress ------------------------------------------------------------------------------------------
     def _begin(self, op: str, kind: str, name: str, total: int) -> Operation:
@@ -746,10 +579,10 @@ class DriveService:
 
             async def check(index: int, node: str, manifest: Manifest = manifest, states: list[dict[str, Any]] = states) -> None:
                 if node == self.me:
-                    state = await self._check_here(manifest.file_id, index)
+                    state = await self.requests.check_here(manifest.file_id, index)
                 else:
                     try:
-                        state = str((await self._request(node, {"t": "check", "id": manifest.file_id, "index": index}))["state"])
+                        state = str((await self.requests.request(node, {"t": "check", "id": manifest.file_id, "index": index}))["state"])
                     except (Unavailable, KeyError):
                         state = "unreachable"
                 states[index] = {"index": index, "node": node, "name": self._name_of(node), "state": state}
@@ -851,7 +684,7 @@ class DriveService:
             self._verify_at += 1
             manifest = self._manifest(h.file_id)
             if manifest is not None and h.index < len(manifest.holders) and manifest.holders[h.index] == self.me:
-                if await self._check_here(h.file_id, h.index) == "ok":
+                if await self.requests.check_here(h.file_id, h.index) == "ok":
                     self.counters["verified"] += 1
 
     # -- housekeeping: tombstones and orphans -------------------------------------------------------------
@@ -885,79 +718,14 @@ class DriveService:
             rows.append({"node": node, "name": self._name_of(node), "alive": node in alive, "fragments": s["fragments"], "bytes": s["used"], "quota": s["quota"], "free": max(0, s["quota"] - s["used"])})
         return sorted(rows, key=lambda r: (r["name"], r["node"]))
 
+    def info(self, text: str) -> dict[str, Any]:
+        """One file's listing, with its read and verify capabilities where this node has them."""
+        manifest, record = self.resolve(text)
+        listing = self._listing(manifest, {manifest.file_id: record} if record else {})
+        cap = parse_cap(record["cap"]) if record else None
+        return {**listing, "read_cap": record["cap"] if record else None, "verify_cap": str(cap.verify_cap()) if isinstance(cap, ReadCap) else None}
+
     def register_methods(self, server: api.Methods) -> None:
-        async def drive_put(params: dict[str, Any], caller: api.Principal) -> Any:
-            if "upload" in params:  # a file a page handed to this node (lannode.uploads)
-                if self.uploads is None:
-                    raise api.ApiError(api.ErrorCode.UNAVAILABLE, "this node takes no uploads")
-                path = self.uploads.complete_path(require(params, "upload", str))
-            else:
-                if not caller.is_local:
-                    raise api.ApiError(api.ErrorCode.FORBIDDEN, 'a web page puts a file it uploaded ("upload"), not a path on this machine')
-                path = Path(require(params, "path", str)).expanduser()
-            k = require(params, "k", int, optional=True) or DEFAULT_K
-            m = require(params, "m", int, optional=True)
-            share = require(params, "share", list, optional=True) or []
-            if not all(isinstance(s, str) for s in share):
-                raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"share" is a list of peers and #groups')
-            return await self.put(
-                path,
-                k=k,
-                m=DEFAULT_M if m is None else m,
-                name=require(params, "name", str, optional=True),
-                share=share,
-                allow_fewer=bool(require(params, "allow_fewer", bool, optional=True)),
-                op=require(params, "op", str, optional=True) or "",
-            )
+        from lannode.drive.methods import register  # the drive.* surface, kept apart
 
-        async def drive_get(params: dict[str, Any], caller: api.Principal) -> Any:
-            op = require(params, "op", str, optional=True) or ""
-            if "out" in params:
-                if not caller.is_local:
-                    raise api.ApiError(api.ErrorCode.FORBIDDEN, 'a web page saves to this node\'s downloads folder ({"to": "downloads"}), not to a path it names')
-                return await self.get(require(params, "file", str), Path(require(params, "out", str)).expanduser(), op=op)
-            if require(params, "to", str) != "downloads":
-                raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"to" is "downloads" (or give "out", from a local program)')
-            manifest, record = self.resolve(require(params, "file", str))
-            if record is None:
-                raise api.ApiError(api.ErrorCode.FORBIDDEN, f"this node has no read capability for {manifest.file_id}: ask its owner ({self._name_of(manifest.owner)}) to share it")
-            return await self.get(manifest.file_id, None, op=op)
-
-        async def drive_ls(params: dict[str, Any], caller: api.Principal) -> Any:
-            return self.ls()
-
-        async def drive_rm(params: dict[str, Any], caller: api.Principal) -> Any:
-            return await self.rm(require(params, "file", str))
-
-        async def drive_share(params: dict[str, Any], caller: api.Principal) -> Any:
-            targets = require(params, "with", list)
-            if not targets or not all(isinstance(t, str) for t in targets):
-                raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"with" is a list of peers and #groups')
-            return await self.share(require(params, "file", str), targets)
-
-        async def drive_verify(params: dict[str, Any], caller: api.Principal) -> Any:
-            return await self.verify(require(params, "file", str, optional=True))
-
-        async def drive_repair(params: dict[str, Any], caller: api.Principal) -> Any:
-            return await self.repair(require(params, "file", str, optional=True))
-
-        async def drive_status(params: dict[str, Any], caller: api.Principal) -> Any:
-            return self.status()
-
-        async def drive_info(params: dict[str, Any], caller: api.Principal) -> Any:
-            manifest, record = self.resolve(require(params, "file", str))
-            listing = self._listing(manifest, {manifest.file_id: record} if record else {})
-            cap = parse_cap(record["cap"]) if record else None
-            return {**listing, "read_cap": record["cap"] if record else None, "verify_cap": str(cap.verify_cap()) if isinstance(cap, ReadCap) else None}
-
-        # A page (the person at this machine) may put what it uploaded, get into the downloads
-        # folder, share and remove; only local programs name paths.
-        server.method("drive.put", drive_put, '{"path" (local programs) or "upload", "k"?, "m"?, "name"?, "share"?: [peer|#group], "allow_fewer"?, "op"?}: encrypt, code and place a file; progress as drive.progress events.')
-        server.method("drive.get", drive_get, '{"file": id|name|cap, "out" (local programs) or "to": "downloads", "op"?}: fetch from the k best holders and decrypt.')
-        server.method("drive.ls", drive_ls, "Every file in the drive: id, size, k, m, health and holders; the name where it was shared with this node.")
-        server.method("drive.rm", drive_rm, '{"file"}: remove a file shared with this node; its holders drop their fragments.')
-        server.method("drive.share", drive_share, '{"file", "with": [peer|#group]}: give nodes the name and read capability.')
-        server.method("drive.info", drive_info, '{"file"}: one file, with its read and verify capabilities where this node has them.', local_only=True)
-        server.method("drive.verify", drive_verify, '{"file"?}: every holder checks its fragments now; per fragment ok, missing, corrupt or unreachable.')
-        server.method("drive.repair", drive_repair, '{"file"?}: verify, then rebuild every fragment that is not ok (no grace period).', local_only=True)
-        server.method("drive.status", drive_status, "Per node: fragments, bytes and quota of drive storage.")
+        register(self, server)

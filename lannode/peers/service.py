@@ -59,7 +59,7 @@ class PeerService:
         self.links = LinkManager(
             identity.signing_key,
             identity.node_id,
-            self._link_address,
+            self.link_address,
             network_key=network_key,
             settings=LinkSettings(stall_timeout=config.get("links.stall_timeout")),
             on_established=self._on_link,
@@ -210,7 +210,7 @@ class PeerService:
             log.debug("zeroconf found %s (%s) at %s:%d; saying hello", found.name, found.node_id, *found.gossip)
             self.gossip.contact(found.gossip)
 
-    def _link_address(self, node_id: str) -> tuple[str, int] | None:
+    def link_address(self, node_id: str) -> tuple[str, int] | None:
         membership = self.membership
         member = membership.members.get(node_id) if membership else None
         if member is None or not member.presence.link_port:

@@ -389,7 +389,7 @@ class TransferService:
         except (KeyError, ValueError, TypeError):
             self._refuse("bad_accept")
             return "retry"
-        address = self.peers._link_address(t.peer)
+        address = self.peers.link_address(t.peer)
         if address is None:
             return "retry"
         sources = [Source(Path(p), size, mtime, t.offer.chunk_size) for p, size, mtime in t.sources]
