@@ -40,7 +40,6 @@ from lannode.core import api
 from lannode.core.api import require
 from lannode.core.transfer import UnsafeName, safe_relative_path
 from lannode.events import EventBus
-from lannode.net.api_server import ApiServer
 
 log = logging.getLogger("lannode.uploads")
 
@@ -217,7 +216,7 @@ class UploadService:
     def statistics(self) -> dict[str, Any]:
         return {"uploads": len(self.uploads), "bytes": self.bytes, "refused": self.refused}
 
-    def register_methods(self, server: ApiServer) -> None:
+    def register_methods(self, server: api.ByteMethods) -> None:
         async def upload_begin(params: dict[str, Any], caller: api.Principal) -> Any:
             try:
                 upload = await self.begin(require(params, "name", str), require(params, "size", int), caller.origin or "", require(params, "resume", str, optional=True))

@@ -33,7 +33,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable, Protocol, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Protocol, Sequence, TypeVar
 
 API_VERSION = 1
 API_PATH = f"/v{API_VERSION}"
@@ -261,6 +261,16 @@ class Methods(Protocol):
     def method(self, name: str, handler: Handler | None, doc: str, *, local_only: bool = False) -> None: ...
 
     def subscription(self, name: str, doc: str, topics_from: Callable[[dict[str, Any]], list[str]], *, unsubscribe: bool = False) -> None: ...
+
+
+class ByteMethods(Methods, Protocol):
+    """Methods, and the two ways a page hands a file's bytes to the node: binary
+    WebSocket messages, handled in order on the reading task (their backpressure),
+    and ``PUT API_PATH/uploads/ID`` (caller, upload id, offset, body chunks), which
+    answers with the upload's record. Only uploads take them."""
+
+    binary_handler: Callable[[Principal, bytes], Awaitable[None]] | None
+    http_upload: Callable[[Principal, str, int, AsyncIterator[bytes]], Awaitable[Any]] | None
 
 
 def require(params: dict[str, Any], name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
