@@ -122,14 +122,13 @@ class Transfer:
     def total(self) -> int:
         return self.offer.total
 
+    def _who_and_state(self) -> dict[str, Any]:
+        """What the record on disk and the record a front sees both begin with."""
+        return {"id": self.id, "direction": self.direction, "peer": self.peer, "peer_name": self.peer_name, "state": self.state, "reason": self.reason}
+
     def to_disk(self) -> dict[str, Any]:
         return {
-            "id": self.id,
-            "direction": self.direction,
-            "peer": self.peer,
-            "peer_name": self.peer_name,
-            "state": self.state,
-            "reason": self.reason,
+            **self._who_and_state(),
             "created": self.created,
             "finished": self.finished,
             "sources": self.sources,
@@ -157,12 +156,7 @@ class Transfer:
         done = self.total if self.state == "done" else self.meter.bytes_done
         remaining = max(0, self.total - done)
         return {
-            "id": self.id,
-            "direction": self.direction,
-            "peer": self.peer,
-            "peer_name": self.peer_name,
-            "state": self.state,
-            "reason": self.reason,
+            **self._who_and_state(),
             "files": len(self.offer.files),
             "files_done": len(self.offer.files) if self.state == "done" else len(self.done_files) if self.direction == "in" else self.meter.files_done,
             "bytes": done,
