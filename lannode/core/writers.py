@@ -10,6 +10,10 @@ fragment. The rules, by key:
   unless the owner writes it (a repair moves fragments, it never changes what the file
   is), and its tombstone is the owner's alone. A manifest we do not hold yet is taken
   from anyone: a node that joins late learns repaired manifests from their repairers.
+* ``guests/HOST/GUEST``: only HOST, and only with the record GUEST signed naming HOST
+  (``core.guests.GuestRecord``): a host announces and drops its own guests, and no
+  node can claim another's guest, nor make one up. ``door/HOST``: only HOST (its
+  guest door's address and certificate fingerprint).
 * every other key: anyone (groups are signed operations of their own, ``core.groups``).
 
 A rule sees the entry and the one we hold for its key; it returns why it refuses, or None.
@@ -20,9 +24,12 @@ from __future__ import annotations
 import json
 
 from lannode.core.drive import MANIFEST_PREFIX, NODE_PREFIX, DriveError, Manifest
+from lannode.core.guests import GuestError, GuestRecord
 from lannode.core.store import Entry
 
 ROOMS_PREFIX = "rooms/"
+GUESTS_PREFIX = "guests/"
+DOOR_PREFIX = "door/"
 
 
 def refusal(entry: Entry, current: Entry | None) -> str | None:
@@ -35,7 +42,37 @@ def refusal(entry: Entry, current: Entry | None) -> str | None:
         return None if key.rsplit("/", 1)[-1] == writer else "a room member's entry is its own to write"
     if key.startswith(MANIFEST_PREFIX):
         return _manifest_refusal(entry, current, writer)
+    if key.startswith(GUESTS_PREFIX):
+        return _guest_refusal(entry, writer)
+    if key.startswith(DOOR_PREFIX):
+        return None if key[len(DOOR_PREFIX) :] == writer else "a node's guest door is its own to announce"
     return None
+
+
+def _guest_refusal(entry: Entry, writer: str) -> str | None:
+    parts = entry.key.split("/")
+    if len(parts) != 3 or parts[1] != writer:
+        return "a host announces only its own guests"
+    if entry.value is None:
+        return None
+    try:
+        record = guest_of(entry)
+    except GuestError as exc:
+        return str(exc)
+    if record.host != writer or record.node_id != parts[2]:
+        return "the guest's record names another host or another guest"
+    return None
+
+
+def guest_of(entry: Entry) -> GuestRecord:
+    """The guest record a ``guests/HOST/GUEST`` entry carries: ``{"record": ..., "online": bool}``."""
+    try:
+        value = json.loads(entry.value or b"null")
+    except (ValueError, RecursionError):
+        raise GuestError("malformed", "not JSON") from None
+    if not isinstance(value, dict) or not isinstance(value.get("online"), bool):
+        raise GuestError("malformed", "a guest entry is {record, online}")
+    return GuestRecord.from_json(value.get("record"))
 
 
 def _manifest_refusal(entry: Entry, current: Entry | None, writer: str) -> str | None:
