@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lannode.core.ids import is_node_id
+from lannode.files import write_private
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -150,6 +151,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("drive", "repair_interval", 30.0, "Seconds between two passes of the repairer over the drive's files.", _seconds),
     Option("drive", "stall_timeout", 30.0, "Seconds a holder may take no bytes during a put or a repair (four times that for its last answer) before it is given up on and the fragment placed elsewhere; and seconds a holder waits on a putter or reader that went quiet before it hangs up.", _seconds),
     Option("drive", "orphan_grace", 600.0, "Seconds a fragment that no manifest names is kept (its put may still be finishing).", _seconds),
+    Option("guests", "enabled", False, "Let browsers on the LAN (phones) join as guests through this node: `lannode guests on`, then `lannode guests invite`.", None),
+    Option("guests", "port", 47680, "HTTPS port of the guest door on the node's LAN address (the same port keeps a phone's link to it working).", _port),
+    Option("guests", "max_guests", 64, "Guests this node hosts at most.", _positive),
+    Option("guests", "allow_loopback", False, "Open the guest door on a node bound to a loopback address too (a phone cannot reach it there).", None),
 )
 
 OPTIONS_BY_KEY: dict[str, Option] = {option.dotted: option for option in OPTIONS}
@@ -307,6 +312,33 @@ def parse(path: Path, text: str) -> Config:
         merged.update(table)
         config.plugins[name] = merged
     return config
+
+
+def set_option(path: Path, dotted: str, value: Any) -> None:
+    """Change one option in a config file, keeping everything else of it (comments too):
+    its line in its section is rewritten, or added at the section's end, or the section
+    is added. The result is checked as the daemon would check it before it is written."""
+    option = OPTIONS_BY_KEY[dotted]
+    if option.check and (problem := option.check(value)):
+        raise ConfigError(path, dotted, f"{problem}, got {value!r}")
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    lines = text.splitlines()
+    new_line = f"{option.key} = {_toml_value(value)}"
+    section_at = next((i for i, line in enumerate(lines) if line.strip() == f"[{option.section}]"), None)
+    if section_at is None:
+        lines += ["", f"[{option.section}]", new_line]
+    else:
+        end = next((i for i in range(section_at + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+        at = next((i for i in range(section_at + 1, end) if lines[i].split("=", 1)[0].strip() == option.key), None)
+        if at is not None:
+            lines[at] = new_line
+        else:
+            while end > section_at + 1 and not lines[end - 1].strip():
+                end -= 1
+            lines.insert(end, new_line)
+    text = "\n".join(lines) + "\n"
+    parse(path, text)
+    write_private(path, text.encode())
 
 
 def load(path: Path) -> Config:

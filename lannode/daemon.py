@@ -29,6 +29,9 @@ from lannode.core.api import require
 from lannode.drive.service import DriveService
 from lannode.events import EventBus
 from lannode.files import write_private
+from lannode.guests.directory import GuestDirectory
+from lannode.guests.routes import Router
+from lannode.guests.service import GuestService
 from lannode.home import Home, HomeLock
 from lannode.identity import Identity
 from lannode.mail import MailService, settings_of
@@ -73,7 +76,9 @@ class Node:
         self.peers.register_methods(self.api)
         self.store = StoreService(settings.home.path, settings.identity, self.peers, self.bus)
         self.store.register_methods(self.api)
-        self.chat = ChatService(settings.home.path, settings.identity, self.peers, self.bus)
+        self.peers.guests = GuestDirectory(self.store.map)
+        self.router = Router(self.peers.links, settings.identity.node_id, settings.identity.public_key, self.peers.guests.host_of, self.peers.guests.key_of)
+        self.chat = ChatService(settings.home.path, settings.identity, self.peers, self.bus, links=self.router.view(settings.identity.node_id))
         self.chat.register_methods(self.api)
         self.uploads = UploadService(settings.home.path, self.bus)
         self.uploads.register_methods(self.api)
@@ -85,6 +90,8 @@ class Node:
         mail_settings, mail_problem = settings_of(settings.config.plugins.get("mail"))
         self.mail = MailService(settings.home.path, mail_settings, self.bus, self.chat, self.drive, self.uploads, plugin_state=self._plugin_state("mail"), problem=mail_problem)
         self.mail.register_methods(self.api)
+        self.guests = GuestService(settings.home.path, settings.config, settings.identity, settings.name, self.peers, self.store, self.bus, self.router)
+        self.guests.register_methods(self.api)
         self.rtc = RtcService(settings.identity, settings.name, self.peers, self.store, self.bus, self.api)
         self.peers.capabilities += ["store", "chat", "calls", "drop", "drive"] + (["mail"] if mail_settings is not None else [])
         self.started_wall = time.time()
@@ -116,6 +123,7 @@ class Node:
             "uploads": self.uploads.statistics(),
             "drive": self.drive.statistics(),
             "mail": self.mail.statistics(),
+            "guests": self.guests.statistics(),
             "zeroconf": self.peers.dnssd.statistics() if self.peers.dnssd else {"enabled": False},
         }
 
@@ -168,6 +176,7 @@ class Node:
                 await nursery.start(self.transfers.run)
                 await nursery.start(self.drive.run)
                 await nursery.start(self.mail.run)
+                await nursery.start(self.guests.run)
                 self.rtc.attach(nursery)
                 port = await nursery.start(self.api.serve, s.config.get("api.port"))
                 url = f"ws://127.0.0.1:{port}{api.API_PATH}"

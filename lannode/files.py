@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 from pathlib import Path
@@ -127,3 +128,13 @@ def open_folder_beneath(root: str, relative: str) -> tuple[int, str]:
         os.close(fd)
         raise
     return fd, "/".join(used)
+
+
+def ui_root() -> Path:
+    """Where the page's files (ui/) live: packaged as ``lannode_ui``, or beside the
+    package in a checkout. The web UI plugin and the guest door both serve them."""
+    spec = importlib.util.find_spec("lannode_ui")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "index.html").is_file():
+            return Path(location)
+    return Path(__file__).resolve().parents[1] / "ui"

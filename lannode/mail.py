@@ -295,7 +295,7 @@ class MailService:
             group = self.chat.resolve_group(target)
             conversation, title = group_conversation(group.id), f"#{group.name}"
         else:
-            peer = self.chat.peers.resolve(target).node_id
+            peer = self.chat.peers.resolve_id(target)
             conversation, title = dm_conversation(self.chat.me, peer), self.chat.peers.name_of(peer)
         pages: list[list[dict[str, Any]]] = []
         before: str | None = None

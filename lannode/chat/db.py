@@ -290,8 +290,9 @@ class Ticket:
         return self._counts
 
 
-def message_record(row: Any, me: str) -> dict[str, Any]:
-    """The API's record of a message: from a ``messages`` row, or anything indexed the same way."""
+def message_record(row: Any, me: str, *, body: bool = False) -> dict[str, Any]:
+    """The API's record of a message: from a ``messages`` row, or anything indexed the same
+    way. ``body``: with the signed message, for a page that checks signatures itself."""
     record = {
         "id": row["id"],
         "conversation": row["conversation"],
@@ -308,6 +309,8 @@ def message_record(row: Any, me: str) -> dict[str, Any]:
     }
     if row["kind"] == "group":
         record["op"] = json.loads(row["text"])
+    if body:
+        record["body"] = row["body"]
     return record
 
 
@@ -317,10 +320,11 @@ INSERT = f"INSERT INTO messages ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * 
 INSERT_IGNORE = INSERT.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
 
 
-def record_of(message: ChatMessage, *, outgoing: bool, received_at: int) -> dict[str, Any]:
-    """The API's record of a message just stored, without reading it back."""
-    row = dict(zip(COLUMNS, row_of(message, "", outgoing=outgoing, received_at=received_at)), delivered_at=None, read_at=None)
-    return message_record(row, "")
+def record_of(message: ChatMessage, *, outgoing: bool, received_at: int, body: str = "") -> dict[str, Any]:
+    """The API's record of a message just stored, without reading it back (with ``body``,
+    if given: see ``message_record``)."""
+    row = dict(zip(COLUMNS, row_of(message, body, outgoing=outgoing, received_at=received_at)), delivered_at=None, read_at=None)
+    return message_record(row, "", body=bool(body))
 
 
 def row_of(message: ChatMessage, body: str, *, outgoing: bool, received_at: int) -> tuple[Any, ...]:

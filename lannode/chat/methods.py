@@ -25,15 +25,14 @@ def conversation_of(chat: ChatService, params: dict[str, Any]) -> str:
         return conversation
     if "group" in params:
         return group_conversation(chat.resolve_group(require(params, "group", str)).id)
-    peer = chat.peers.resolve(require(params, "peer", str))
-    return dm_conversation(chat.me, peer.node_id)
+    return dm_conversation(chat.me, chat.peers.resolve_id(require(params, "peer", str)))
 
 
 def members_of(chat: ChatService, params: dict[str, Any], *, optional: bool = False) -> list[str]:
     names = require(params, "members", list, optional=optional) or []
     if not all(isinstance(n, str) for n in names) or len(names) > 255:
         raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"members" is a list of peer names or node ids')
-    return [chat.peers.resolve(n).node_id for n in names]
+    return [chat.peers.resolve_id(n) for n in names]
 
 
 def register(chat: ChatService, server: api.Methods) -> None:
@@ -47,6 +46,11 @@ def register(chat: ChatService, server: api.Methods) -> None:
         return wrapped
 
     async def chat_send(params: dict[str, Any]) -> Any:
+        if "bodies" in params:  # signed by the author's page (chat.draft)
+            bodies = require(params, "bodies", list)
+            if not bodies or len(bodies) > MAX_BATCH:
+                raise api.ApiError(api.ErrorCode.BAD_PARAMS, f'"bodies" is a list of 1 to {MAX_BATCH} signed messages')
+            return await chat.send_signed(conversation_of(chat, params), bodies, direct=bool(require(params, "direct", bool, optional=True)))
         # "text": one message, answered with its record; "texts": several in order, one commit
         many = "texts" in params
         texts = require(params, "texts", list) if many else [require(params, "text", str)]
@@ -56,8 +60,16 @@ def register(chat: ChatService, server: api.Methods) -> None:
         if "group" in params:
             records = await chat.send_group(chat.resolve_group(require(params, "group", str)).id, texts)
         else:
-            records = await chat.send(chat.peers.resolve(require(params, "peer", str)).node_id, texts, direct=direct)
+            records = await chat.send(chat.peers.resolve_id(require(params, "peer", str)), texts, direct=direct)
         return records if many else records[0]
+
+    async def chat_draft(params: dict[str, Any]) -> Any:
+        texts = require(params, "texts", list)
+        if not texts or len(texts) > MAX_BATCH or not all(isinstance(t, str) for t in texts):
+            raise api.ApiError(api.ErrorCode.BAD_PARAMS, f'"texts" is a list of 1 to {MAX_BATCH} strings')
+        conversation = conversation_of(chat, params)
+        chat.recipients_of(conversation)  # a conversation this author may write in
+        return {"conversation": conversation, "drafts": chat.draft(conversation, texts)}
 
     async def chat_deliver(params: dict[str, Any]) -> Any:
         return await chat.deliver_direct(require(params, "body", (str, dict)))
@@ -105,6 +117,7 @@ def register(chat: ChatService, server: api.Methods) -> None:
 
     for name, handler, doc in (
         ("chat.send", chat_send, '{"peer" or "group", "text" or "texts"}: send a message (or up to 100 in order); each is kept in the outbox until every recipient has it. "direct": true when the front also sends it over a data channel (the link then waits 2 s for the receipt). Also the relay path of a browser whose data channel is down.'),
+        ("chat.draft", chat_draft, '{"peer" or "group", "texts"}: the next messages, unsigned, for a page that signs its own (a guest\'s); then chat.send {"peer" or "group", "bodies"}.'),
         ("chat.deliver", chat_deliver, '{"body"}: a signed message this front received over a data channel from its author\'s front: stored once, acknowledged to the author.'),
         ("chat.log", chat_log, '{"peer", "group" or "conversation", "limit"?, "before"?, "search"?}: a page of history, oldest first.'),
         ("chat.read", chat_read, '{"ids"}: mark received messages as seen; their authors get a read receipt.'),

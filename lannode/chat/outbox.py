@@ -15,7 +15,7 @@ import trio
 
 from lannode.core.chat import ReadFrame, encode_frame
 from lannode.core.link import CHANNEL_CHAT
-from lannode.net.links import Link, LinkError, LinkManager
+from lannode.net.links import LinkError, Links, PeerLink
 
 log = logging.getLogger("lannode.chat")
 
@@ -113,7 +113,7 @@ class Delivery:
     be reached. ``reads_sent(recipient, ids)`` is told of read receipts handed to a
     link (a courtesy: done once sent); ``reached(link)`` of every link a queue used."""
 
-    def __init__(self, links: LinkManager, *, ack_timeout: float, reads_sent: Callable[[str, list[str]], None], reached: Callable[[Link], None]) -> None:
+    def __init__(self, links: Links, *, ack_timeout: float, reads_sent: Callable[[str, list[str]], None], reached: Callable[[PeerLink], None]) -> None:
         self.links = links
         self.ack_timeout = ack_timeout
         self.queues: dict[str, RecipientQueue] = {}

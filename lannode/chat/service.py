@@ -56,9 +56,10 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import trio
+from nacl.signing import SigningKey
 
 from lannode.chat.db import (
     EQUIVOCAL,
@@ -103,9 +104,7 @@ from lannode.core.groups import (
 from lannode.core.link import CHANNEL_CHAT
 from lannode.core.membership import State
 from lannode.events import EventBus
-from lannode.identity import Identity
-from lannode.net.links import Link, LinkError
-from lannode.peers.service import PeerService
+from lannode.net.links import LinkError, Links, PeerLink
 
 log = logging.getLogger("lannode.chat")
 
@@ -120,14 +119,47 @@ SYNC_RETRY = 5.0  # seconds before the same catch-up may be asked of the same me
 
 ACK_DELAY = 0.02  # seconds a delivery receipt waits for more messages to acknowledge with it
 DIRECT_GRACE = 2.0  # seconds the link holds a message back while a front's data channel carries it
+MAX_DRAFTS = 100  # messages in one chat.draft
 
+
+class Author(Protocol):
+    """Who writes: a node (it signs here) or a guest (its page signs: ``signing_key`` is None)."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def public_key(self) -> bytes: ...
+
+    @property
+    def signing_key(self) -> SigningKey | None: ...
+
+
+class ChatPeers(Protocol):
+    """What chat needs to know of the others (``PeerService``; a guest's view of it)."""
+
+    state_listeners: list[Callable[[str, State], None]]
+
+    def states(self) -> list[tuple[str, State]]: ...
+
+    def pin(self, link: PeerLink) -> None: ...
+
+    def resolve_id(self, text: str) -> str: ...
+
+    def name_of(self, node_id: str) -> str: ...
+
+    def name_if_known(self, node_id: str) -> str | None: ...
+
+    def key_of(self, node_id: str) -> bytes | None: ...
 
 
 class ChatService:
-    def __init__(self, home_path: Path, identity: Identity, peers: PeerService, bus: EventBus, *, ack_timeout: float = 5.0) -> None:
+    def __init__(self, home_path: Path, identity: Author, peers: ChatPeers, bus: EventBus, *, links: Links, ack_timeout: float = 5.0) -> None:
         self.identity = identity
         self.me = identity.node_id
         self.peers = peers
+        self.links = links
+        self.with_bodies = identity.signing_key is None  # a guest's page checks every signature it shows
         self.bus = bus
         self.ack_timeout = ack_timeout
         self.db_path = home_path / "chat.sqlite"
@@ -139,14 +171,14 @@ class ChatService:
         self.deferred = 0  # group messages left unacknowledged until a catch-up gave their context
         self.syncs_sent = 0
         self.syncs_answered = 0
-        self.delivery = Delivery(peers.links, ack_timeout=ack_timeout, reads_sent=self._reads_sent, reached=peers.pin)
+        self.delivery = Delivery(links, ack_timeout=ack_timeout, reads_sent=self._reads_sent, reached=peers.pin)
         self._clocks: dict[str, tuple[int, int]] = {}
         self._pending_acks: dict[str, list[str]] = {}
         self._groups: dict[str, GroupState] = {}
         self._syncing: dict[tuple[str, str], float] = {}  # (member, conversation) -> when asked
         self._nursery: trio.Nursery | None = None
         self._commit: GroupCommit | None = None
-        peers.links.handle(CHANNEL_CHAT, self._on_frame)
+        links.handle(CHANNEL_CHAT, self._on_frame)
         peers.state_listeners.append(self._on_peer_state)
 
     # -- life ------------------------------------------------------------------------------------
@@ -160,9 +192,8 @@ class ChatService:
                 for row in self._query("SELECT DISTINCT conversation FROM messages WHERE kind = 'group'"):
                     self._refold(row["conversation"])
                 self._load_outbox()
-                membership = self.peers.membership
-                for member in list(membership.members.values()) if membership else []:
-                    self._on_peer_state(member.node_id, member.state)  # peers seen before chat was up
+                for node_id, state in self.peers.states():
+                    self._on_peer_state(node_id, state)  # peers seen before chat was up
                 task_status.started()
                 await trio.sleep_forever()  # the recipients' delivery tasks live in this nursery
         finally:
@@ -201,13 +232,12 @@ class ChatService:
     async def _author(
         self, conversation: str, kind: str, texts: list[str], recipients: list[str], *, message_id: str | None = None, direct: bool = False
     ) -> list[dict[str, Any]]:
-        """Write messages, their outbox and receipt rows in one transaction, then hand them
-        to each recipient's delivery task. Sends running at the same time share a commit."""
-        assert self._commit is not None
+        """Make and sign messages with this node's key, then commit and send them."""
+        key = self._signing_key()
         messages = []
-        statements: Statements = []
-        # No await from here to the enqueue: seq and lamport are taken and queued for the
-        # commit in order, with no other send in between (trio switches tasks only at an await).
+        # No await from here to the commit's enqueue (in _commit_authored): seq and lamport are
+        # taken and queued in order, with no other send in between (trio switches tasks only
+        # at an await).
         for text in texts:
             lamport, seq = self._clock(conversation)
             message, body = ChatMessage(
@@ -219,9 +249,69 @@ class ChatService:
                 sent_at=now_ms(),
                 text=text,
                 kind=kind,
-            ).signed_body(self.identity.signing_key)
+            ).signed_body(key)
             self._saw(message)
             messages.append((message, body))
+        return await self._commit_authored(conversation, kind, messages, recipients, direct=direct)
+
+    def draft(self, conversation: str, texts: list[str], *, kind: str = "text") -> list[dict[str, Any]]:
+        """The next messages of ours in ``conversation``, unsigned, for a page that signs for
+        itself (a guest's): the canonical JSON of each (keys sorted, no spaces), after
+        ``SIGN_DOMAIN``, is what it signs; ``send_signed`` takes them back. Nothing is
+        reserved: a message of ours that lands first makes these stale."""
+        if len(texts) > MAX_DRAFTS:
+            raise ChatError(f"at most {MAX_DRAFTS} messages at once")
+        lamport, seq = self._clock(conversation)
+        drafts = []
+        for text in texts:
+            if kind == "text":
+                check_text(text)
+            lamport, seq = next_count(lamport), next_count(seq)
+            message = ChatMessage(new_message_id(), conversation, self.identity.public_key, seq, lamport, now_ms(), text, kind)
+            drafts.append(message.signed_fields())
+        return drafts
+
+    def recipients_of(self, conversation: str) -> list[str]:
+        """Whom a text message in ``conversation`` goes to: the peer, or the group's other members."""
+        group_id = group_id_of(conversation)
+        if group_id is not None:
+            return sorted(self._member_of(group_id).members - {self.me})
+        peer = dm_peer(conversation, self.me)
+        if peer is None or peer == self.me:
+            raise ChatError("not a conversation of this author")
+        return [peer]
+
+    async def send_signed(self, conversation: str, bodies: list[Any], *, kind: str = "text", direct: bool = False) -> list[dict[str, Any]]:
+        """Store and send messages their author signed elsewhere (``draft``): each must be
+        ours, in ``conversation``, signed, and next in our order there."""
+        recipients = self.recipients_of(conversation)
+        lamport, seq = self._clock(conversation)
+        messages = []
+        for data in bodies:
+            try:
+                message = ChatMessage.from_json(data, verify=True)
+            except BadFrame as exc:
+                raise ChatError(f"not a signed message of this author: {exc}") from None
+            if message.sender != self.me or message.conversation != conversation or message.kind != kind:
+                raise ChatError("a message of another author, conversation or kind")
+            if kind == "text":
+                check_text(message.text)
+            if message.seq != next_count(seq) or message.lamport <= lamport:
+                raise ChatError("stale: another message of yours came first; draft them again")
+            lamport, seq = message.lamport, message.seq
+            messages.append((message, message.body()))
+        for message, _ in messages:
+            self._saw(message)
+        return await self._commit_authored(conversation, kind, messages, recipients, direct=direct)
+
+    async def _commit_authored(
+        self, conversation: str, kind: str, messages: list[tuple[ChatMessage, str]], recipients: list[str], *, direct: bool = False
+    ) -> list[dict[str, Any]]:
+        """Write messages, their outbox and receipt rows in one transaction, then hand them
+        to each recipient's delivery task. Sends running at the same time share a commit."""
+        assert self._commit is not None
+        statements: Statements = []
+        for message, body in messages:
             statements.append((INSERT, row_of(message, body, outgoing=True, received_at=message.sent_at)))
             for recipient in recipients:
                 statements.append(("INSERT INTO outbox (id, recipient, kind) VALUES (?, ?, 'msg')", (message.id, recipient)))
@@ -237,7 +327,7 @@ class ChatService:
         records = []
         group = group_id_of(conversation) is not None
         for message, body in messages:
-            record = record_of(message, outgoing=True, received_at=message.sent_at)
+            record = record_of(message, outgoing=True, received_at=message.sent_at, body=body if self.with_bodies else "")
             self.bus.publish("chat.message", record)
             frame = message_frame(body)
             hold = trio.current_time() + DIRECT_GRACE if direct else -math.inf
@@ -245,6 +335,12 @@ class ChatService:
                 self.delivery.enqueue(recipient, Pending(message.id, "msg", frame, not_before=hold, group=group))
             records.append({**record, "body": body} if direct else record)
         return records
+
+    def _signing_key(self) -> SigningKey:
+        key = self.identity.signing_key
+        if key is None:
+            raise ChatError("a guest signs its own messages: chat.draft, then chat.send with the signed bodies")
+        return key
 
     def _clock(self, conversation: str) -> tuple[int, int]:
         """(highest lamport seen, our last seq) in a conversation: cached, read once from disk
@@ -265,7 +361,7 @@ class ChatService:
         rows = self._query("SELECT * FROM messages WHERE id = ?", (message_id,))
         if not rows:
             raise api.ApiError(api.ErrorCode.NOT_FOUND, f"no message {message_id}")
-        return message_record(rows[0], self.me)
+        return message_record(rows[0], self.me, body=self.with_bodies)
 
     def _on_peer_state(self, node_id: str, state: State) -> None:
         if state is not State.ALIVE:
@@ -291,7 +387,7 @@ class ChatService:
         self._tx([("DELETE FROM outbox WHERE id = ? AND recipient = ? AND kind = 'read'", (i, recipient)) for i in ids])
 
     # -- receiving -------------------------------------------------------------------------------
-    async def _on_frame(self, link: Link, data: bytes) -> None:
+    async def _on_frame(self, link: PeerLink, data: bytes) -> None:
         try:
             frame = decode_frame(data)
         except BadFrame as exc:
@@ -332,10 +428,10 @@ class ChatService:
             return "refuse"
         return "accept"
 
-    async def _on_message(self, link: Link, message: ChatMessage) -> None:
+    async def _on_message(self, link: PeerLink, message: ChatMessage) -> None:
         verdict = self._admit(link.node_id, message)
-        if verdict == "accept" and (link.node_id != message.sender or message.kind == "group") and not message.verify():
-            verdict = "refuse"  # relayed, or an operation others will fold: the author's signature must hold
+        if verdict == "accept" and (not link.vouched or link.node_id != message.sender or message.kind == "group") and not message.verify():
+            verdict = "refuse"  # relayed, from a guest, or an operation others will fold: the author's signature must hold
         if verdict == "refuse":
             self.rejected += 1
             log.info("refused a chat message from %s in %s", link.node_id, message.conversation)
@@ -366,8 +462,7 @@ class ChatService:
         except (BadFrame, ValueError) as exc:
             self.rejected += 1
             raise ChatError(f"not a signed chat message: {exc}") from None
-        member = self.peers.membership.members.get(message.sender) if self.peers.membership else None
-        if member is None or member.presence.public_key != message.sender_key:
+        if self.peers.key_of(message.sender) != message.sender_key:
             self.rejected += 1
             raise ChatError("the message's author is not a peer this node knows")
         if message.kind != "text" or self._admit(message.sender, message) != "accept":
@@ -393,7 +488,8 @@ class ChatService:
             if message.kind == "group" and names_me(message, self.me) and not was_member:
                 self._request_sync(relayer, message.conversation)  # invited: fetch the group
             if group_id is None or (state is not None and self.me in state.ever):
-                self.bus.publish("chat.message", {**record_of(message, outgoing=False, received_at=received_at), "via": via})
+                body = message.body() if self.with_bodies else ""
+                self.bus.publish("chat.message", {**record_of(message, outgoing=False, received_at=received_at, body=body), "via": via})
         else:
             self.duplicates += 1
         # acknowledge in batches: every message stored while a batch is on its way joins the next
@@ -409,7 +505,7 @@ class ChatService:
         await trio.sleep(ACK_DELAY)
         ids = self._pending_acks.pop(relayer, [])
         try:
-            link = await self.peers.links.link_to(relayer)  # open already, unless the message came directly
+            link = await self.links.link_to(relayer)  # open already, unless the message came directly
             for start in range(0, len(ids), 512):
                 frame = encode_frame(AckFrame(tuple(ids[start : start + 512])))
                 if not link.send_nowait(CHANNEL_CHAT, frame):
@@ -584,7 +680,7 @@ class ChatService:
     async def _send_sync(self, member: str, conversation: str) -> None:
         have = await self._digest(conversation)
         try:
-            link = await self.peers.links.link_to(member)
+            link = await self.links.link_to(member)
             await link.send(CHANNEL_CHAT, encode_frame(SyncFrame(conversation, have)))
             self.syncs_sent += 1
         except LinkError as exc:
@@ -601,7 +697,7 @@ class ChatService:
                 have[row["sender"]] = next((i for i, seq in enumerate(seqs) if seq != i + 1), len(seqs))
         return have
 
-    async def _answer_sync(self, link: Link, frame: SyncFrame) -> None:
+    async def _answer_sync(self, link: PeerLink, frame: SyncFrame) -> None:
         """Send a member what it lacks of a group: operations first, so every message after
         them finds its author a member."""
         group_id = group_id_of(frame.conversation)
@@ -643,7 +739,7 @@ class ChatService:
             f"SELECT * FROM messages WHERE {' AND '.join(where)} ORDER BY lamport DESC, sender DESC, seq DESC LIMIT ?",
             (*params, limit),
         )
-        records = [message_record(row, self.me) for row in reversed(rows)]
+        records = [message_record(row, self.me, body=self.with_bodies) for row in reversed(rows)]
         if group_id_of(conversation):
             outgoing = [r["id"] for r in records if r["direction"] == "out"]
             receipts: dict[str, dict[str, Any]] = {}
@@ -668,8 +764,7 @@ class ChatService:
             group = self._groups.get(group_id_of(row["conversation"]) or "")
             if peer is None and (group is None or self.me not in group.ever):
                 continue  # operations of a group this node was never in
-            member = self.peers.membership.members.get(peer) if peer and self.peers.membership else None
-            name = group.name if group else member.presence.name if member else None
+            name = group.name if group else self.peers.name_if_known(peer) if peer else None
             result.append(
                 {
                     "conversation": row["conversation"],

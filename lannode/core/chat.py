@@ -113,7 +113,7 @@ class ChatMessage:
     def order_key(self) -> tuple[int, str, int]:
         return (self.lamport, self.sender, self.seq)
 
-    def _signed_fields(self) -> dict[str, Any]:
+    def signed_fields(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "conversation": self.conversation,
@@ -126,7 +126,7 @@ class ChatMessage:
         }
 
     def _canonical(self) -> bytes:
-        return json.dumps(self._signed_fields(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps(self.signed_fields(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
     def signed(self, key: SigningKey) -> "ChatMessage":
         return self.with_signature(key.sign(SIGN_DOMAIN + self._canonical()).signature)
@@ -149,7 +149,7 @@ class ChatMessage:
         return True
 
     def to_json(self) -> dict[str, Any]:
-        return {**self._signed_fields(), "signature": base64.b64encode(self.signature).decode()}
+        return {**self.signed_fields(), "signature": base64.b64encode(self.signature).decode()}
 
     def body(self) -> str:
         """``to_json`` as compact JSON text: the signed form plus the signature, serialized once."""

@@ -95,6 +95,7 @@ CHANNEL_SIGNAL = 4  # WebRTC signaling and meeting rooms (lannode.rtc)
 CHANNEL_TRANSFER = 5  # file drop's offers and decisions (lannode.transfer)
 CHANNEL_DRIVE = 6  # the drive's requests and replies (lannode.drive)
 CHANNEL_MEMBERS = 7  # membership view exchanges, push-pull: a flags byte, then Membership.state() (lannode.peers)
+CHANNEL_GUEST = 8  # envelopes to and from guests, carried by their hosts (lannode.guests.routes)
 MORE = 0x01
 C_AUTH, C_PING, C_PONG, C_CLOSE = 1, 2, 3, 4
 SIGNATURE_CONTEXT = b"lannode link v1 "

@@ -37,7 +37,7 @@ import socket
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 from nacl.signing import SigningKey
@@ -92,7 +92,39 @@ class LinkSettings:
     backoff_max: float = 30.0
 
 
+class PeerLink(Protocol):
+    """What a service needs of a link to a peer: a ``Link`` between two daemons, or a
+    ``lannode.guests.routes.RoutedLink`` when a guest is at either end. ``vouched``: the
+    link itself proves the remote's identity (a routed link to a guest is only its
+    host's word, so what the guest says must carry the guest's own signature)."""
+
+    node_id: str
+    public_key: bytes
+    cipher: str
+    vouched: bool
+
+    @property
+    def is_open(self) -> bool: ...
+
+    async def send(self, channel: int, data: bytes) -> None: ...
+
+    def send_nowait(self, channel: int, data: bytes) -> bool: ...
+
+
+class Links(Protocol):
+    """The links of one identity, as services use them (``LinkManager`` for the node,
+    ``lannode.guests.routes.LinksView`` for the node or a guest it hosts)."""
+
+    def handle(self, channel: int, handler: Callable[[Any, bytes], Awaitable[None]]) -> None: ...
+
+    def open_link(self, node_id: str) -> PeerLink | None: ...
+
+    async def link_to(self, node_id: str) -> PeerLink: ...
+
+
 class Link:
+    vouched = True  # the peer proved its key in the handshake
+
     def __init__(self, manager: "LinkManager", stream: trio.SocketStream, conn: LinkConnection, dialed_by: str) -> None:
         assert conn.peer_node_id is not None and conn.peer_public_key is not None
         self.manager = manager

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -30,16 +30,60 @@ from lannode.core.membership import (
 )
 from lannode.core.messages import capability_names
 from lannode.events import EventBus
+from lannode.guests.directory import GuestDirectory
 from lannode.home import Home
 from lannode.identity import Identity
 from lannode.net.dnssd import DnsSdService, Found, network_tag
 from lannode.net.gossip import GossipService, GossipSettings, describe, wall_time_of
-from lannode.net.links import Link, LinkError, LinkManager, LinkSettings
+from lannode.net.links import Link, LinkError, LinkManager, LinkSettings, PeerLink
 from lannode.peers.trust import TrustStore, normalize_code, safety_code
 
 log = logging.getLogger("lannode.peers")
 
 REPLY_WANTED = 1
+
+
+class PeerIndex(Protocol):
+    """Who is who: ids by name, keys and names by id (``PeerService``; a guest's view of it)."""
+
+    def resolve_id(self, text: str) -> str: ...
+
+    def key_of(self, node_id: str) -> bytes | None: ...
+
+    def name_of(self, node_id: str) -> str: ...
+
+
+def register_trust(server: api.Methods, my_key: bytes, trust: TrustStore, peers: PeerIndex, publish: Callable[[dict[str, Any]], None]) -> None:
+    """``peer.safety_code`` and ``peer.trust`` for one identity (this node, or a guest it
+    hosts: ``my_key`` and ``trust`` are then the guest's), about any node or guest."""
+
+    def who(params: dict[str, Any]) -> tuple[str, bytes, str]:
+        node_id = peers.resolve_id(require(params, "peer", str))
+        key = peers.key_of(node_id)
+        if key is None or key == my_key:
+            raise api.ApiError(api.ErrorCode.BAD_PARAMS, "no safety code with yourself")
+        return node_id, key, peers.name_of(node_id)
+
+    async def peer_safety_code(params: dict[str, Any], caller: api.Principal) -> Any:
+        node_id, key, name = who(params)
+        return {"node_id": node_id, "name": name, "safety_code": safety_code(my_key, key), "trust": trust.level(node_id)}
+
+    async def peer_trust(params: dict[str, Any], caller: api.Principal) -> Any:
+        node_id, key, name = who(params)
+        code = safety_code(my_key, key)
+        given = params.get("code")
+        if given is not None:
+            if not isinstance(given, str):
+                raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"code" must be a string of digits')
+            if normalize_code(given) != normalize_code(code):
+                raise api.ApiError(api.ErrorCode.BAD_PARAMS, "the safety codes differ: this is not the node the other person sees; it stays unverified")
+        trust.verify(node_id, key, name)
+        publish({"node_id": node_id, "name": name, "trust": "verified"})
+        return {"node_id": node_id, "name": name, "safety_code": code, "trust": "verified"}
+
+    server.method("peer.safety_code", peer_safety_code, '{"peer"}: the safety code to compare with the other person, and the trust so far.')
+    # Open to the node's own web UI (its origin token), which is the person at this machine.
+    server.method("peer.trust", peer_trust, '{"peer", "code"?}: the safety code; marks the peer verified (refused if a given code differs).')
 
 
 class PeerService:
@@ -56,6 +100,8 @@ class PeerService:
         self.on_store_entry: Callable[[bytes, str], None] | None = None  # set by the store service
         self.state_listeners: list[Callable[[str, State], None]] = []  # (node id, new state), for other services
         self.trust = TrustStore(home.path / "peers.json")
+        self.guests: GuestDirectory | None = None  # the guests the network knows (set by the daemon, from the store)
+        self.address = ""  # the address gossip and links use, once running
         self.links = LinkManager(
             identity.signing_key,
             identity.node_id,
@@ -89,6 +135,7 @@ class PeerService:
             link_port = await nursery.start(self.links.serve, self.interface or "0.0.0.0", self.config.get("links.port"))
             self._link_port = link_port
             host, port = await nursery.start(self.gossip.run)
+            self.address = host
             log.info("gossip on %s:%d (group %s:%d), links on port %d", host, port, self.config.get("gossip.group"), self.config.get("gossip.port"), link_port)
             if self.dnssd is not None:  # in the background: readiness never waits for zeroconf
                 nursery.start_soon(self.dnssd.run, host, port, link_port)
@@ -107,7 +154,33 @@ class PeerService:
         if membership is None:
             return []
         members = sorted(membership.members.values(), key=lambda x: (x.presence.name, x.node_id))
-        return [self._record(member) for member in members]
+        return [self._record(member) for member in members] + self._guest_records()
+
+    def _guest_records(self) -> list[dict[str, Any]]:
+        """The guests the network knows, as people: reachable while a page of theirs is open
+        on a host that is up; "away" otherwise (what is sent to them waits on the host)."""
+        if self.guests is None:
+            return []
+        membership = self.membership
+        records = []
+        for guest in sorted(self.guests.all(), key=lambda g: (g.record.name, g.node_id)):
+            host = membership.members.get(guest.host) if membership else None
+            host_up = guest.host == self.identity.node_id or (host is not None and host.state is State.ALIVE)
+            record: dict[str, Any] = {
+                "node_id": guest.node_id,
+                "name": guest.record.name,
+                "state": "alive" if guest.online and host_up else "away",
+                "guest_via": guest.host,
+                "guest_via_name": self.name_of(guest.host),
+                "capabilities": ["chat"],
+                "trust": self.trust.level(guest.node_id),
+                "link": None,
+                "warning": None,
+            }
+            if record["trust"] == "new" and (pinned := self.trust.same_name_elsewhere(guest.node_id, guest.record.name)):
+                record["warning"] = f"new identity: the name {guest.record.name!r} belongs to pinned node {pinned}"
+            records.append(record)
+        return records
 
     def _record(self, member: Member) -> dict[str, Any]:
         p = member.presence
@@ -131,10 +204,49 @@ class PeerService:
 
     def name_of(self, node_id: str) -> str:
         """A node's name as its presence says, this node's own, or the id's start if unknown."""
+        return self.name_if_known(node_id) or node_id[:8]
+
+    def name_if_known(self, node_id: str) -> str | None:
+        """The name of this node, a member, or a guest the network knows; None for a stranger."""
         if node_id == self.identity.node_id:
             return self.name
         member = self.membership.members.get(node_id) if self.membership else None
-        return member.presence.name if member else node_id[:8]
+        if member is not None:
+            return member.presence.name
+        guest = self.guests.get(node_id) if self.guests is not None else None
+        return guest.record.name if guest is not None else None
+
+    def key_of(self, node_id: str) -> bytes | None:
+        """The public key of this node, a member, or a guest the network knows."""
+        if node_id == self.identity.node_id:
+            return self.identity.public_key
+        member = self.membership.members.get(node_id) if self.membership else None
+        if member is not None:
+            return member.presence.public_key
+        guest = self.guests.get(node_id) if self.guests is not None else None
+        return guest.record.guest_key if guest is not None else None
+
+    def states(self) -> list[tuple[str, State]]:
+        """Every member and the state we hold it in (for a service that starts late)."""
+        membership = self.membership
+        return [(member.node_id, member.state) for member in membership.members.values()] if membership else []
+
+    def resolve_id(self, text: str) -> str:
+        """A member's or a guest's node id, by id, name or unique id prefix (``api.resolve``)."""
+        membership = self.membership
+        people = [(member.node_id, member.presence.name) for member in membership.members.values()] if membership else []
+        if self.guests is not None:
+            people += [(guest.node_id, guest.record.name) for guest in self.guests.all()]
+        found: tuple[str, str] = api.resolve(
+            text,
+            people,
+            id_of=lambda x: x[0],
+            name_of=lambda x: x[1],
+            what="peer",
+            what_plural="peers",
+            not_found=f"no peer named {text!r} or with a node id starting so (lannode peers lists them)",
+        )
+        return found[0]
 
     def resolve(self, text: str) -> Member:
         """A member by node id, name or unique node id prefix (``api.resolve``)."""
@@ -165,29 +277,9 @@ class PeerService:
             self.pin(link)
             return {"node_id": member.node_id, "name": member.presence.name, "rtt_ms": round(rtt * 1000, 3), "cipher": link.cipher}
 
-        async def peer_trust(params: dict[str, Any], caller: api.Principal) -> Any:
-            member = self.resolve(require(params, "peer", str))
-            code = safety_code(self.identity.public_key, member.presence.public_key)
-            given = params.get("code")
-            if given is not None:
-                if not isinstance(given, str):
-                    raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"code" must be a string of digits')
-                if normalize_code(given) != normalize_code(code):
-                    raise api.ApiError(api.ErrorCode.BAD_PARAMS, "the safety codes differ: this is not the node the other person sees; it stays unverified")
-            self.trust.verify(member.node_id, member.presence.public_key, member.presence.name)
-            self.bus.publish("peer.trust", {"node_id": member.node_id, "name": member.presence.name, "trust": "verified"})
-            return {"node_id": member.node_id, "name": member.presence.name, "safety_code": code, "trust": "verified"}
-
         server.method("peer.list", peer_list, "Every node this one knows: id, name, state, addresses, trust, link, last_seen.")
         server.method("peer.ping", peer_ping, '{"peer"}: round trip over the encrypted peer link (dialing it if need be).')
-        async def peer_safety_code(params: dict[str, Any], caller: api.Principal) -> Any:
-            member = self.resolve(require(params, "peer", str))
-            code = safety_code(self.identity.public_key, member.presence.public_key)
-            return {"node_id": member.node_id, "name": member.presence.name, "safety_code": code, "trust": self.trust.level(member.node_id)}
-
-        server.method("peer.safety_code", peer_safety_code, '{"peer"}: the safety code to compare with the other person, and the trust so far.')
-        # Open to the node's own web UI (its origin token), which is the person at this machine.
-        server.method("peer.trust", peer_trust, '{"peer", "code"?}: the safety code; marks the peer verified (refused if a given code differs).')
+        register_trust(server, self.identity.public_key, self.trust, self, lambda record: self.bus.publish("peer.trust", record))
 
     # -- wiring --------------------------------------------------------------------------------
     def _membership_for(self, address: tuple[str, int]) -> Membership:
@@ -271,7 +363,7 @@ class PeerService:
             except LinkError as exc:
                 log.debug("membership view back to %s: %s", link.node_id, exc)
 
-    def pin(self, link: Link) -> None:
+    def pin(self, link: PeerLink) -> None:
         """This node's person dealt with the peer (pinged, messaged, sent a file): pin it on first use.
         Links the node opens by itself (anti-entropy) pin nobody."""
         membership = self.membership

@@ -13,7 +13,6 @@ in anything it sends to a browser.
 from __future__ import annotations
 
 import errno
-import importlib.util
 import logging
 import signal
 import socket
@@ -25,18 +24,10 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, abort, jsonify, request, send_from_directory
 
 from lannode.core.api import origin_token
+from lannode.files import ui_root
 from lannode.plugins.kit import PluginContext, start
 
 log = logging.getLogger("lannode.webui")
-
-
-def ui_root() -> Path:
-    """Where ui/ lives: packaged as ``lannode_ui``, or beside plugins/ in a checkout."""
-    spec = importlib.util.find_spec("lannode_ui")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        if (Path(location) / "index.html").is_file():
-            return Path(location)
-    return Path(__file__).resolve().parents[2] / "ui"
 
 
 def create_app(ctx: PluginContext, root: Path | None = None) -> Flask:

@@ -1,0 +1,179 @@
+"""Guests through real daemons: a browser's protocol spoken by sim/guest_client.py (the
+phone's own page is driven by Chromium in tests/test_guest_phone.py), over loopback:
+the door is opened on 127.0.0.1 with guests.allow_loopback, which is what that option is for."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from lannode.core.chat import ChatMessage
+from lannode.home import Home
+from sim.guest_client import GuestClient, GuestRefused
+from tests.conftest import NodeFactory, RunningNode, set_options, write_config
+
+
+def host_node(nodes: NodeFactory, name: str) -> RunningNode:
+    home = Home(nodes.root / name)
+    write_config(home.path, name, gossip=nodes.gossip)
+    set_options(home.path, guests__enabled="true", guests__port=0, guests__allow_loopback="true")
+    return nodes.start_on(home, name=name)
+
+
+def guest_of(host: RunningNode, name: str) -> GuestClient:
+    invite = host.call("guests.invite")
+    guest = GuestClient(invite["door"], invite["fingerprint"])
+    guest.join(host=host.status()["node_id"], name=name, token=invite["url"].split("#invite=", 1)[1])
+    guest.open_session()
+    return guest
+
+
+def test_a_guest_joins_by_invite_and_chats_with_another_node_both_ways_in_its_own_name(nodes: NodeFactory) -> None:
+    host = host_node(nodes, "ann")
+    bob = nodes.start("bob")
+    status = host.call("guests.status")
+    assert status["enabled"] and status["url"].startswith("https://127.0.0.1:") and len(status["fingerprint"]) == 95
+    phone = guest_of(host, "Ann's phone")
+    assert phone.hello["host_name"] == "ann" and phone.hello["node_id"] == phone.guest_id
+
+    # every node lists the guest, marked as reachable through its host
+    def listed() -> dict[str, object] | None:
+        return next((p for p in bob.call("peer.list") if p["node_id"] == phone.guest_id), None)
+
+    record = bob.wait_until(listed, timeout=30, what="bob to list the guest")
+    assert record["name"] == "Ann's phone" and record["guest_via"] == host.status()["node_id"] and record["guest_via_name"] == "ann"
+    people = {p["name"]: p for p in phone.call("peer.list")}
+    assert people["ann"].get("host") and "bob" in people and "Ann's phone" not in people
+    bob.wait_until(lambda: any(p["name"] == "ann" and p["state"] == "alive" for p in phone.call("peer.list")), what="ann alive")
+
+    phone.send_chat(peer="bob", texts=["hello from the phone"])
+    got = bob.wait_until(lambda: [m for m in bob.call("chat.log", peer="Ann's phone") if m["direction"] == "in"], timeout=30, what="bob to get the guest's message")
+    assert got[0]["text"] == "hello from the phone" and got[0]["sender"] == phone.guest_id
+    bob.call("chat.send", peer="Ann's phone", text="hi phone")
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        history = phone.call("chat.log", peer="bob")
+        if any(m["text"] == "hi phone" for m in history):
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the guest never got bob's answer: {history}")
+    for message in history:  # what the phone shows carries each author's own signature
+        assert ChatMessage.from_json(json.loads(message["body"]), verify=True).text == message["text"]
+    assert [m["direction"] for m in history] == ["out", "in"]
+    bob.wait_until(lambda: bob.call("chat.log", peer="Ann's phone")[-1]["direction"] == "out", what="bob's own copy")
+    mine = [m for m in bob.call("chat.log", peer="Ann's phone") if m["direction"] == "out"]
+    assert mine
+    bob.wait_until(lambda: phone.call("chat.log", peer="bob")[0]["delivered_at"], what="the guest's message to show as delivered to bob")
+
+
+def test_wrong_codes_spent_or_stale_invites_replays_and_reaches_beyond_the_guest_are_refused_and_counted(nodes: NodeFactory) -> None:
+    host = host_node(nodes, "ann")
+    host_id = host.status()["node_id"]
+    invite = host.call("guests.invite")
+    stranger = GuestClient(invite["door"], invite["fingerprint"])
+    wrong = f"{(int(invite['code']) + 1) % 1_000_000:06d}"
+    for attempt in range(5):
+        with pytest.raises(GuestRefused) as refused:
+            stranger.join(host=host_id, name="guesser", code=wrong)
+        assert refused.value.reason == "wrong_code"
+    with pytest.raises(GuestRefused):
+        stranger.join(host=host_id, name="guesser", code=invite["code"])  # void now, even with the right code
+    assert host.call("guests.list")["invites"] == []
+
+    short = host.call("guests.invite", minutes=0.02)
+    time.sleep(1.5)
+    with pytest.raises(GuestRefused) as expired:
+        stranger.join(host=host_id, name="late", token=short["url"].split("#invite=")[1])
+    assert expired.value.reason == "unknown_token"
+
+    phone = guest_of(host, "phone")
+    token_used = host.call("guests.invite")
+    GuestClient(token_used["door"], token_used["fingerprint"]).join(host=host_id, name="tablet", token=token_used["url"].split("#invite=")[1])
+    with pytest.raises(GuestRefused) as spent:
+        stranger.join(host=host_id, name="copycat", token=token_used["url"].split("#invite=")[1])
+    assert spent.value.reason == "unknown_token"
+
+    # a signed request sent again is a replay; one signed by another key is a forgery
+    body = json.dumps({"method": "peer.list", "params": {}}).encode()
+    headers = phone.signed_headers(body)
+    assert phone.request("POST", "/guest/api", body, headers)[0] == 200
+    status, answer = phone.request("POST", "/guest/api", body, headers)
+    assert status == 403 and json.loads(answer)["reason"] == "replayed"
+    forged = {**phone.signed_headers(body)}
+    forged["X-Lannode-Signature"] = stranger.signed_headers(body)["X-Lannode-Signature"] if stranger.session else forged["X-Lannode-Signature"][::-1]
+    assert phone.request("POST", "/guest/api", body, forged)[0] in (400, 403)
+    assert phone.request("POST", "/guest/api", body, {})[0] == 401  # no session at all
+
+    # a guest reaches what a node of its own would see, and nothing of the host's
+    for method, params in (("guests.invite", {}), ("node.status", {}), ("store.put", {"key": "x", "value": 1}), ("drive.put", {"path": "/etc/passwd"}), ("node.stop", {})):
+        with pytest.raises(GuestRefused, match="not for guests"):
+            phone.call(method, **params)
+    tablet_id = next(g["guest"] for g in host.call("guests.list")["guests"] if g["name"] == "tablet")
+    with pytest.raises(GuestRefused, match="no conversation"):
+        phone.call("chat.log", conversation=f"dm/{tablet_id}/{host_id}" if tablet_id < host_id else f"dm/{host_id}/{tablet_id}")
+    refused = host.status()["guests"]
+    assert refused["invite_counters"]["voided"] == 1 and refused["invite_counters"]["wrong_code"] == 6  # the right code, once void, is wrong too
+    assert refused["session_counters"]["replayed"] == 1 and refused["refused"]["refused_method"] >= 5
+
+
+def test_guests_of_two_hosts_chat_and_a_removed_guest_is_gone_everywhere(nodes: NodeFactory) -> None:
+    ann, cat = host_node(nodes, "ann"), host_node(nodes, "cat")
+    bob = nodes.start("bob")
+    phone, tablet, laptop = guest_of(ann, "phone"), guest_of(ann, "tablet"), guest_of(cat, "laptop")
+    bob.wait_until(lambda: {"phone", "tablet", "laptop"} <= {p["name"] for p in bob.call("peer.list")}, timeout=30, what="bob to list the three guests")
+    cat.wait_until(lambda: "phone" in {p["name"] for p in laptop.call("peer.list")}, timeout=30, what="the laptop to see the phone")
+    phone.send_chat(peer="tablet", texts=["same host"])
+    phone.send_chat(peer="laptop", texts=["other host"])
+    laptop.send_chat(peer="phone", texts=["back across"])
+
+    def texts(guest: GuestClient, peer: str) -> list[str]:
+        return sorted(m["text"] for m in guest.call("chat.log", peer=peer))  # written at once on both sides: in either order
+
+    ann.wait_until(lambda: texts(tablet, "phone") == ["same host"], timeout=30, what="the tablet to get the phone's message")
+    ann.wait_until(lambda: texts(laptop, "phone") == ["back across", "other host"], timeout=30, what="the laptop to get the phone's message")
+    ann.wait_until(lambda: texts(phone, "laptop") == ["back across", "other host"], timeout=30, what="the phone to get the laptop's answer")
+
+    ann.call("guests.remove", guest="tablet")
+    for node in (bob, cat):
+        node.wait_until(lambda n=node: "tablet" not in {p["name"] for p in n.call("peer.list")}, timeout=30, what="every node to see the tablet go")
+    with pytest.raises(GuestRefused) as gone:
+        tablet.call("peer.list")
+    assert gone.value.status == 401
+    with pytest.raises(GuestRefused):
+        tablet.open_session()
+
+
+def test_a_guest_is_here_while_its_page_is_open_and_what_came_meanwhile_waits_on_its_host(nodes: NodeFactory) -> None:
+    import threading
+
+    host = host_node(nodes, "ann")
+    bob = nodes.start("bob")
+    phone = guest_of(host, "phone")
+    bob.wait_until(lambda: any(p["name"] == "phone" for p in bob.call("peer.list")), timeout=30, what="bob to list the phone")
+    assert next(p for p in bob.call("peer.list") if p["name"] == "phone")["state"] == "away"  # no page open yet
+    seen: list[dict[str, object]] = []
+    stream = phone.events(timeout=20)
+    first = next(stream)
+    assert first["event"] == "hello" and first["data"]["node_id"] == phone.guest_id
+
+    def read() -> None:
+        for event in stream:
+            seen.append(event)
+            if event["event"] == "chat.message":
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    bob.wait_until(lambda: next(p for p in bob.call("peer.list") if p["name"] == "phone")["state"] == "alive", timeout=30, what="the phone to be here")
+    bob.call("chat.send", peer="phone", text="are you there?")
+    reader.join(timeout=30)
+    message = next(e for e in seen if e["event"] == "chat.message")["data"]
+    assert message["text"] == "are you there?" and ChatMessage.from_json(json.loads(message["body"]), verify=True)
+    stream.close()
+    bob.wait_until(lambda: next(p for p in bob.call("peer.list") if p["name"] == "phone")["state"] == "away", timeout=60, what="the phone to be away once its page closed")
+    bob.call("chat.send", peer="phone", text="while you were away")
+    phone.open_session()  # the phone comes back later, without a new invite
+    host.wait_until(lambda: [m["text"] for m in phone.call("chat.log", peer="bob")] == ["are you there?", "while you were away"], timeout=30, what="what waited")
