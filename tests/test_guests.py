@@ -63,6 +63,7 @@ def test_a_guest_joins_by_invite_and_chats_with_another_node_both_ways_in_its_ow
     for message in history:  # what the phone shows carries each author's own signature
         assert ChatMessage.from_json(json.loads(message["body"]), verify=True).text == message["text"]
     assert [m["direction"] for m in history] == ["out", "in"]
+    assert [(c["name"], c["peer"]) for c in phone.call("chat.conversations")] == [("bob", bob.status()["node_id"])]
     bob.wait_until(lambda: bob.call("chat.log", peer="Ann's phone")[-1]["direction"] == "out", what="bob's own copy")
     mine = [m for m in bob.call("chat.log", peer="Ann's phone") if m["direction"] == "out"]
     assert mine

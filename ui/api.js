@@ -10,10 +10,13 @@ export class NodeApi extends EventTarget {
   #backoff = 250;
   state = "connecting";
 
+  constructor(config) {
+    super();
+    this.config = config; // /config.json: the API's address and this page's token
+  }
+
   async start() {
-    const response = await fetch("/config.json", { cache: "no-store" });
-    if (!response.ok) throw new Error(`config.json: ${response.status}`);
-    this.config = await response.json();
+    if (this.config.error) throw new Error(this.config.error);
     this.#open();
   }
 

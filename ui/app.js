@@ -1,5 +1,8 @@
 // The node's page: who is around, chat, and how this node is doing, live from the API.
+// The same page is a guest's (a phone's) when the host's guest door serves it: then it
+// talks to the door (GuestApi) and shows what guests can do so far.
 import { NodeApi } from "/api.js";
+import { GuestApi } from "/guestapi.js";
 import { Calls } from "/calls.js";
 import { Chat } from "/chat.js";
 import { $ } from "/dom.js";
@@ -10,10 +13,22 @@ import { Mail } from "/mail.js";
 import { People } from "/people.js";
 import { Mesh } from "/rtc.js";
 import { Uploader } from "/upload.js";
+import { Invites } from "/invites.js";
 
-const api = new NodeApi();
+// A guest's page has no data channels of its own yet: its messages go through its host.
+class NoMesh extends EventTarget {
+  sessionsWith() { return []; }
+  openSessionsWith() { return []; }
+  connect() { return Promise.resolve(); }
+  start() {}
+}
+
+const config = await fetch("/config.json", { cache: "no-store" }).then((r) => (r.ok ? r.json() : Promise.reject(new Error(`config.json: ${r.status}`)))).catch((err) => ({ error: err.message }));
+const guest = config.guest === true;
+document.body.dataset.mode = guest ? "guest" : "node";
+const api = guest ? new GuestApi(config) : new NodeApi(config);
 const people = new People(api);
-const mesh = new Mesh(api);
+const mesh = guest ? new NoMesh() : new Mesh(api);
 const chat = new Chat(api, mesh, people);
 const calls = new Calls(api, mesh, people);
 const uploader = new Uploader(api);
@@ -21,6 +36,8 @@ const direct = new DirectDrop(mesh, people);
 const files = new Files(api, people, uploader, direct);
 const mail = new Mail(api, uploader);
 const drive = new Drive(api, people, uploader, mail);
+const invites = new Invites(api);
+if (guest) chat.verify = GuestApi.verifyMessage;
 let status = null;
 let statusAt = 0;
 
@@ -56,6 +73,14 @@ function render() {
 }
 
 async function refresh() {
+  if (guest) {
+    const hello = api.hello;
+    if (!hello) return;
+    $("node-name").textContent = hello.name;
+    document.title = `${hello.name} · lannode`;
+    $("node-id").textContent = `${hello.node_id} · a guest of ${hello.host_name}`;
+    return;
+  }
   try {
     status = await api.call("node.status");
     statusAt = performance.now();
@@ -68,7 +93,8 @@ async function refresh() {
 // #people, #chat, #chat/NODE_ID, #chat/group/GROUP_ID, #calls, #files, #drive, #mail, #node
 function route() {
   const [tab, ...rest] = (location.hash.slice(1) || "people").split("/");
-  const known = ["people", "chat", "calls", "files", "drive", "mail", "node"].includes(tab) ? tab : "people";
+  const tabs = guest ? ["people", "chat"] : ["people", "chat", "calls", "files", "drive", "mail", "node"];
+  const known = tabs.includes(tab) ? tab : "people";
   for (const section of document.querySelectorAll("[data-section]")) section.hidden = section.dataset.section !== known;
   for (const link of document.querySelectorAll("nav a")) link.toggleAttribute("aria-current", link.dataset.tab === known);
   document.querySelector("nav a[aria-current]")?.setAttribute("aria-current", "page");
@@ -82,7 +108,8 @@ function route() {
 api.addEventListener("state", (e) => {
   const line = $("connection");
   line.dataset.state = e.detail.state;
-  line.textContent = e.detail.state === "up" ? "connected to the node" : "the node does not answer; retrying…";
+  const node = guest ? config.host_name : "the node";
+  line.textContent = e.detail.state === "up" ? `connected to ${node}` : e.detail.state === "signing-in" ? `joining ${node}` : `${node} does not answer; retrying…`;
   if (e.detail.state === "up") {
     refresh();
     if (!chat.current) route();
@@ -95,12 +122,15 @@ window.addEventListener("hashchange", route);
 
 people.start();
 chat.start();
-calls.start();
-direct.start();
-files.start();
-drive.start();
-mail.start();
-mesh.start();
+if (!guest) {
+  calls.start();
+  direct.start();
+  files.start();
+  drive.start();
+  mail.start();
+  mesh.start();
+  invites.start();
+}
 $("conversation-mail").addEventListener("click", () => {
   const c = chat.current;
   const name = c && (c.group ? c.name : people.name(c.peer)); // the name now: the page may have opened before the people list came
@@ -108,7 +138,9 @@ $("conversation-mail").addEventListener("click", () => {
 });
 people.addEventListener("call", (e) => { location.hash = "#calls"; calls.callPeer(e.detail); });
 route();
-setInterval(renderUptime, 1000);
-setInterval(refresh, 5000);
+if (!guest) {
+  setInterval(renderUptime, 1000);
+  setInterval(refresh, 5000);
+}
 api.start().catch((err) => { $("connection").textContent = `cannot reach this page's server: ${err.message}`; });
-window.lannode = { api, people, mesh, chat, calls, files, drive, mail }; // for the browser's console, and the tests
+window.lannode = { api, people, mesh, chat, calls, files, drive, mail, invites }; // for the browser's console, and the tests

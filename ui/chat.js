@@ -191,7 +191,18 @@ export class Chat {
         path === "direct" ? el("span", { class: "via", title: "sent over a data channel between the pages", text: "⇄ " }) : null,
         record.direction === "out" ? el("span", { class: "tick", dataset: { state }, "aria-label": state, role: "img" }) : null));
     this.items.set(record.id, li);
+    if (this.verify && record.body) this.#check(record, li);
     return li;
+  }
+
+  // A guest's page checks every message it shows against its author's own signature
+  // (what its host hands it could otherwise be anything).
+  async #check(record, li) {
+    let signed = null;
+    try { signed = JSON.parse(record.body); } catch { /* shown as not holding */ }
+    const ok = signed && signed.id === record.id && signed.text === record.text && signed.conversation === record.conversation && (await this.verify(signed));
+    li.dataset.verified = ok ? "yes" : "no";
+    if (!ok) li.append(el("span", { class: "forged", role: "alert", text: "⚠ its author's signature does not hold: not from them" }));
   }
 
   #tick(id, state) {

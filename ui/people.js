@@ -50,7 +50,9 @@ export class People extends EventTarget {
   render() {
     const items = [...this.peers.values()].map((p) =>
       el("li", { class: "peer", dataset: { node: p.node_id, state: p.state, trust: p.trust } },
-        el("div", { class: "who" }, el("strong", { text: p.name }), el("code", { text: p.node_id })),
+        el("div", { class: "who" }, el("strong", { text: p.name }),
+          p.host ? el("span", { class: "via", text: "your host" }) : p.guest_via ? el("span", { class: "via", text: `guest via ${p.guest_via_name}` }) : null,
+          el("code", { text: p.node_id })),
         el("span", { class: "state", dataset: { state: p.state }, text: p.state }),
         el("span", { class: "trust", dataset: { trust: p.trust }, text: p.trust, title: "new: never dealt with; pinned: known key; verified: safety codes compared" }),
         el("button", { type: "button", class: "chat-with", "aria-label": `Chat with ${p.name}`, onclick: () => this.dispatchEvent(new CustomEvent("chat", { detail: p.node_id })), text: "Chat" }),

@@ -89,7 +89,10 @@ def make_message_id(now_ms: int) -> str:
 def check_text(text: str) -> None:
     if not text.strip():
         raise ChatError("a message needs some text")
-    size = len(text.encode())
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:
+        raise ChatError("a message is text: it has a lone surrogate, which UTF-8 cannot carry") from None
     if size > MAX_TEXT_BYTES:
         raise ChatError(f"a message is at most {MAX_TEXT_BYTES} bytes of UTF-8; this one is {size}")
 
@@ -279,7 +282,13 @@ def _hex_id(value: Any) -> str:
 
 
 def _string(value: Any, limit: int) -> str:
-    if not isinstance(value, str) or len(value.encode()) > limit:
+    if not isinstance(value, str):
+        raise BadFrame(f"expected a string of at most {limit} bytes")
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:  # a lone surrogate: JSON can carry it, UTF-8 cannot
+        raise BadFrame("expected text (a lone surrogate is not)") from None
+    if size > limit:
         raise BadFrame(f"expected a string of at most {limit} bytes")
     return value
 

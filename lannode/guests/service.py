@@ -526,7 +526,7 @@ class GuestService:
             "url": url,
             "door": self.url,
             "fingerprint": self.certificate.fingerprint,
-            "qr_svg": qr.svg_inline(scale=6, border=2),
+            "qr": qr.svg_data_uri(scale=6, border=2),  # an image URL the page shows as it is
             "warning": "The phone's browser will warn once that the certificate is not trusted: no authority vouches for a home network. "
             f"It is this node's own; its SHA-256 fingerprint is {self.certificate.fingerprint}.",
         }
@@ -584,7 +584,7 @@ class GuestService:
             return await self.set_enabled(require(params, "on", bool))
 
         server.method("guests.status", guests_status, "The guest door: on or off, its address and certificate fingerprint, or why it is closed.")
-        server.method("guests.invite", guests_invite, '{"minutes"?}: a one-time invitation for a phone: its URL (a QR code of it, as SVG) and a 6-digit code; 10 minutes unless "minutes".')
+        server.method("guests.invite", guests_invite, '{"minutes"?}: a one-time invitation for a phone: its URL (a QR code of it, as an SVG data URL) and a 6-digit code; 10 minutes unless "minutes".')
         server.method("guests.list", guests_list, "This node's guests, and the open invitations.")
         server.method("guests.remove", guests_remove, '{"guest"}: remove a guest (name or id); every node sees it go, and its history here is deleted.')
         server.method("guests.revoke", guests_revoke, '{"invite"}: void an open invitation.')
