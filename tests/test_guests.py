@@ -5,6 +5,7 @@ the door is opened on 127.0.0.1 with guests.allow_loopback, which is what that o
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from lannode.core.chat import ChatMessage
 from lannode.home import Home
 from sim.guest_client import GuestClient, GuestRefused
-from tests.conftest import NodeFactory, RunningNode, set_options, write_config
+from tests.conftest import NodeFactory, RunningNode, run_cli, set_options, write_config
 
 
 def host_node(nodes: NodeFactory, name: str) -> RunningNode:
@@ -178,3 +179,28 @@ def test_a_guest_is_here_while_its_page_is_open_and_what_came_meanwhile_waits_on
     bob.call("chat.send", peer="phone", text="while you were away")
     phone.open_session()  # the phone comes back later, without a new invite
     host.wait_until(lambda: [m["text"] for m in phone.call("chat.log", peer="bob")] == ["are you there?", "while you were away"], timeout=30, what="what waited")
+
+
+def test_the_cli_invites_with_a_qr_code_lists_revokes_and_closes_and_opens_the_door(nodes: NodeFactory) -> None:
+    host = host_node(nodes, "ann")
+    home = str(host.home.path)
+    shown = run_cli("guests", "invite", "--minutes", "5", "--home", home)
+    assert shown.returncode == 0, shown.stderr
+    assert "▄" in shown.stdout or "█" in shown.stdout  # the QR code, drawn in the terminal
+    code = re.search(r"type the code (\d{3}) (\d{3})", shown.stdout)
+    assert code and "good for 5 minutes" in shown.stdout and host.call("guests.status")["fingerprint"] in shown.stdout
+    listing = json.loads(run_cli("guests", "ls", "--json", "--home", home).stdout)
+    invite = listing["invites"][0]
+    assert invite["code"] == code.group(1) + code.group(2) and listing["guests"] == []
+    assert run_cli("guests", "revoke", invite["id"], "--home", home).returncode == 0
+    assert json.loads(run_cli("guests", "ls", "--json", "--home", home).stdout)["invites"] == []
+    fingerprint = host.call("guests.status")["fingerprint"]
+
+    closed = run_cli("guests", "off", "--home", home)
+    assert closed.returncode == 0 and "closed" in closed.stdout
+    assert host.call("guests.status")["url"] == "" and "enabled = false" in (host.home.path / "config.toml").read_text()
+    assert run_cli("guests", "invite", "--home", home).returncode != 0  # no door, no invitation
+    opened = json.loads(run_cli("guests", "on", "--json", "--home", home).stdout)
+    assert opened["url"].startswith("https://127.0.0.1:") and opened["fingerprint"] == fingerprint  # the same certificate
+    bad = run_cli("guests", "invite", "--minutes", "-1", "--home", home)
+    assert bad.returncode == 1 and "invite lasts" in bad.stderr

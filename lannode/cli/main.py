@@ -11,6 +11,7 @@ from lannode.cli.calls import cmd_call
 from lannode.cli.chat import GROUP_USAGE, cmd_chat, cmd_group
 from lannode.cli.drive import cmd_drive
 from lannode.cli.files import cmd_decide, cmd_send, cmd_transfers
+from lannode.cli.guests import cmd_guests
 from lannode.cli.mail import cmd_mail
 from lannode.cli.node import (
     cmd_lab,
@@ -155,6 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
     mcancel = mail_sub.add_parser("cancel", parents=[common], help="drop a message that is not being sent")
     mcancel.add_argument("id")
     mail.set_defaults(func=cmd_mail)
+
+    guests = sub.add_parser("guests", parents=[common], help="phones and other browsers on the LAN as guests of this node: on, off, invite, ls, remove, revoke")
+    guests_sub = guests.add_subparsers(dest="guests_command", metavar="ACTION", required=True)
+    guests_sub.add_parser("on", parents=[common], help="open the guest door (HTTPS on this node's LAN address) and keep it open across restarts")
+    guests_sub.add_parser("off", parents=[common], help="close the guest door; guests stay and come back when it opens")
+    ginvite = guests_sub.add_parser("invite", parents=[common], help="a one-time invitation: a QR code to scan and a 6-digit code to type")
+    ginvite.add_argument("--minutes", type=float, default=10.0, help="how long it is good for (default 10)")
+    guests_sub.add_parser("ls", parents=[common], help="this node's guests and open invitations")
+    gremove = guests_sub.add_parser("remove", parents=[common], help="remove a guest; every node sees it go")
+    gremove.add_argument("guest", help="its name or id")
+    grevoke = guests_sub.add_parser("revoke", parents=[common], help="void an open invitation")
+    grevoke.add_argument("invite", help="its id (guests ls shows it)")
+    guests.set_defaults(func=cmd_guests)
 
     lab = sub.add_parser("lab", parents=[common], help="run a few nodes on loopback to try lannode out")
     lab.add_argument("--nodes", type=int, default=3, help="how many nodes (default 3)")

@@ -47,7 +47,7 @@ import trio
 from nacl.signing import SigningKey
 
 from lannode.chat.service import ChatService
-from lannode.config import Config
+from lannode.config import Config, ConfigError, set_option
 from lannode.core import api
 from lannode.core.api import require
 from lannode.core.guests import GuestError, GuestRecord, Invites, Sessions, unb64
@@ -547,8 +547,6 @@ class GuestService:
         return {"guest": guest.node_id, "name": guest.record.name, "removed": True}
 
     async def set_enabled(self, on: bool) -> dict[str, Any]:
-        from lannode.config import set_option
-
         await trio.to_thread.run_sync(set_option, self.config_path, "guests.enabled", on)
         self.enabled = on
         if on and self._door is None:
@@ -566,7 +564,10 @@ class GuestService:
 
         async def guests_invite(params: dict[str, Any], caller: api.Principal) -> Any:
             minutes = require(params, "minutes", (int, float), optional=True)
-            return self.invite(60.0 * minutes if minutes is not None else 600.0)
+            try:
+                return self.invite(60.0 * minutes if minutes is not None else 600.0)
+            except GuestError as exc:
+                raise api.ApiError(api.ErrorCode.BAD_PARAMS, str(exc)) from None
 
         async def guests_list(params: dict[str, Any], caller: api.Principal) -> Any:
             return {"guests": [self._guest_record(g) for g in self.guests.values()], "invites": self.invites.listing(time.monotonic())}
@@ -581,7 +582,10 @@ class GuestService:
             return {"invite": invite_id, "revoked": True}
 
         async def guests_enable(params: dict[str, Any], caller: api.Principal) -> Any:
-            return await self.set_enabled(require(params, "on", bool))
+            try:
+                return await self.set_enabled(require(params, "on", bool))
+            except (ConfigError, OSError) as exc:
+                raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"cannot remember it in the config: {exc}") from None
 
         server.method("guests.status", guests_status, "The guest door: on or off, its address and certificate fingerprint, or why it is closed.")
         server.method("guests.invite", guests_invite, '{"minutes"?}: a one-time invitation for a phone: its URL (a QR code of it, as an SVG data URL) and a 6-digit code; 10 minutes unless "minutes".')
