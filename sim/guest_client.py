@@ -138,6 +138,11 @@ class GuestClient:
         drafts = self.call("chat.draft", **where, texts=texts)["drafts"]
         return list(self.call("chat.send", **where, bodies=[self.sign_message(d) for d in drafts]))
 
+    def group_op(self, op: str, **params: Any) -> dict[str, Any]:
+        """A group operation (create, rename, invite, remove, leave), signed here."""
+        draft = self.call("group.draft", op=op, **params)["drafts"][0]
+        return dict(self.call("group.commit", body=self.sign_message(draft)))
+
     # -- events ------------------------------------------------------------------------------------------
     def events(self, *, timeout: float = 30.0) -> Iterator[dict[str, Any]]:
         """The guest's events as they come (server-sent events, on a connection of their own)."""

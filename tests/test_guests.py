@@ -204,3 +204,27 @@ def test_the_cli_invites_with_a_qr_code_lists_revokes_and_closes_and_opens_the_d
     assert opened["url"].startswith("https://127.0.0.1:") and opened["fingerprint"] == fingerprint  # the same certificate
     bad = run_cli("guests", "invite", "--minutes", "-1", "--home", home)
     assert bad.returncode == 1 and "invite lasts" in bad.stderr
+
+
+def test_a_guest_makes_a_group_with_nodes_and_guests_and_its_operations_carry_its_own_signature(nodes: NodeFactory) -> None:
+    ann = host_node(nodes, "ann")
+    bob = nodes.start("bob")
+    phone, tablet = guest_of(ann, "phone"), guest_of(ann, "tablet")
+    bob.wait_until(lambda: {"phone", "tablet"} <= {p["name"] for p in bob.call("peer.list")}, timeout=30, what="bob to list both guests")
+    group = phone.group_op("create", name="family", members=["bob", "ann"])
+    assert group["name"] == "family" and group["creator"] == phone.guest_id
+    bob.wait_until(lambda: [g["name"] for g in bob.call("group.list")] == ["family"], timeout=30, what="bob to get the group")
+    phone.group_op("invite", group="family", members=["tablet"])
+    ann.wait_until(lambda: [g["name"] for g in tablet.call("group.list")] == ["family"], timeout=30, what="the tablet to be invited")
+    phone.send_chat(group="family", texts=["dinner at 8"])
+    bob.call("chat.send", group="family", text="I'll bring bread")
+    tablet.send_chat(group="family", texts=["ok!"])
+    everyone = {"bob": lambda: bob.call("chat.log", group="family"), "ann": lambda: ann.call("chat.log", group="family"), "phone": lambda: phone.call("chat.log", group="family")}
+    for name, log in everyone.items():
+        ann.wait_until(lambda log=log: {m["text"] for m in log() if m["kind"] == "text"} == {"dinner at 8", "I'll bring bread", "ok!"}, timeout=30, what=f"{name} to have all three messages")
+    operations = [m for m in bob.call("chat.log", group="family") if m["kind"] == "group"]
+    assert [m["op"]["op"] for m in operations] == ["create", "invite"] and all(m["sender"] == phone.guest_id for m in operations)
+    phone.group_op("rename", group="family", name="the family")
+    bob.wait_until(lambda: [g["name"] for g in bob.call("group.list")] == ["the family"], timeout=30, what="the rename to reach bob")
+    with pytest.raises(GuestRefused, match="only the group's creator"):
+        tablet.group_op("remove", group="the family", members=["phone"])

@@ -10,6 +10,7 @@
 import { $ } from "/dom.js";
 
 const enc = new TextEncoder();
+const GROUP_OPS = { "group.create": "create", "group.rename": "rename", "group.invite": "invite", "group.remove": "remove", "group.leave": "leave" };
 const DOMAIN = { record: "lannode guest v1\0", session: "lannode guest session v1\0", request: "lannode guest request v1\0", chat: "lannode chat v1\0" };
 
 // JSON as the daemon signs it: keys sorted at every level, no spaces (JSON.stringify's
@@ -178,6 +179,7 @@ export class GuestApi extends EventTarget {
   // -- requests --
   async call(method, params = {}) {
     if (method === "chat.send" && !params.bodies) return this.#sendChat(params);
+    if (GROUP_OPS[method]) return this.#groupOp(GROUP_OPS[method], params);
     const body = JSON.stringify({ method, params });
     const { session, counter, signature } = await this.#signed(body);
     const answer = await this.#post("/guest/api", body, { "X-Lannode-Session": session, "X-Lannode-Counter": counter, "X-Lannode-Signature": signature }).catch((err) => {
@@ -193,12 +195,26 @@ export class GuestApi extends EventTarget {
     const { text, texts, direct, ...where } = params;
     const wanted = texts || [text];
     const { drafts } = await this.call("chat.draft", { ...where, texts: wanted });
-    const mine = b64(unb64(drafts[0]?.sender_key || "")) === b64(new Uint8Array(await crypto.subtle.exportKey("raw", this.#me.keys.publicKey)));
-    if (!mine || drafts.some((d, i) => d.text !== wanted[i])) throw new Error("the host drafted something other than what you wrote; not signed");
+    if (!(await this.#mine(drafts[0])) || drafts.some((d, i) => d.text !== wanted[i] || d.kind !== "text")) throw new Error("the host drafted something other than what you wrote; not signed");
     const bodies = [];
     for (const draft of drafts) bodies.push({ ...draft, signature: b64(await this.#sign(DOMAIN.chat, canonical(draft))) });
     const records = await this.call("chat.send", { ...where, bodies });
     return texts ? records : records[0];
+  }
+
+  // A group operation, signed here too: the host checks and drafts it, this page signs.
+  async #groupOp(op, params) {
+    const { drafts } = await this.call("group.draft", { op, ...params });
+    const draft = drafts[0];
+    let said = {};
+    try { said = JSON.parse(draft.text); } catch { /* refused below */ }
+    if (!(await this.#mine(draft)) || draft.kind !== "group" || said.op !== op || (params.name !== undefined && said.name !== params.name.trim())) throw new Error("the host drafted another operation than the one asked for; not signed");
+    const body = { ...draft, signature: b64(await this.#sign(DOMAIN.chat, canonical(draft))) };
+    return this.call("group.commit", { body });
+  }
+
+  async #mine(draft) {
+    return draft?.sender_key === b64(new Uint8Array(await crypto.subtle.exportKey("raw", this.#me.keys.publicKey)));
   }
 
   // Does a message's signature hold? (Every message a guest's page shows is checked.)

@@ -109,6 +109,15 @@ def register(chat: ChatService, server: api.Methods) -> None:
     async def group_leave(params: dict[str, Any]) -> Any:
         return await chat.group_op(chat.resolve_group(require(params, "group", str)).id, "leave")
 
+    async def group_draft(params: dict[str, Any]) -> Any:
+        op = require(params, "op", str)
+        group_id = None if op == "create" else chat.resolve_group(require(params, "group", str)).id
+        plan = await chat.plan_group_op(op, group_id, name=require(params, "name", str, optional=True), members=members_of(chat, params, optional=True))
+        return {"conversation": plan.conversation, "drafts": chat.draft(plan.conversation, [plan.text], kind="group", message_id=plan.message_id)}
+
+    async def group_commit(params: dict[str, Any]) -> Any:
+        return await chat.send_signed_op(require(params, "body", dict))
+
     async def group_list(params: dict[str, Any]) -> Any:
         return chat.groups()
 
@@ -127,6 +136,8 @@ def register(chat: ChatService, server: api.Methods) -> None:
         ("group.invite", group_invite, '{"group", "members"}: any member adds peers; they receive the history.'),
         ("group.remove", group_remove, '{"group", "members"}: the creator removes members.'),
         ("group.leave", group_leave, '{"group"}: leave; the history stays on this node.'),
+        ("group.draft", group_draft, '{"op": create|rename|invite|remove|leave, "group"?, "name"?, "members"?}: the operation, checked and unsigned, for a page that signs its own (a guest\'s); then group.commit.'),
+        ("group.commit", group_commit, '{"body"}: a group operation its author signed (group.draft): checked again, stored and sent to the members.'),
         ("group.list", group_list, "The groups this node is or was in."),
         ("group.info", group_info, '{"group"}: one group: name, creator, members.'),
     ):

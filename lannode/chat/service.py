@@ -55,6 +55,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -100,6 +101,7 @@ from lannode.core.groups import (
     group_id_of,
     names_me,
     op_text,
+    parse_op,
 )
 from lannode.core.link import CHANNEL_CHAT
 from lannode.core.membership import State
@@ -120,6 +122,20 @@ SYNC_RETRY = 5.0  # seconds before the same catch-up may be asked of the same me
 ACK_DELAY = 0.02  # seconds a delivery receipt waits for more messages to acknowledge with it
 DIRECT_GRACE = 2.0  # seconds the link holds a message back while a front's data channel carries it
 MAX_DRAFTS = 100  # messages in one chat.draft
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPlan:
+    """A group operation of ours, checked: what it says and whom it goes to."""
+
+    group_id: str
+    text: str
+    recipients: list[str]
+    message_id: str | None  # a create's: the new group's id
+
+    @property
+    def conversation(self) -> str:
+        return group_conversation(self.group_id)
 
 
 class Author(Protocol):
@@ -254,7 +270,7 @@ class ChatService:
             messages.append((message, body))
         return await self._commit_authored(conversation, kind, messages, recipients, direct=direct)
 
-    def draft(self, conversation: str, texts: list[str], *, kind: str = "text") -> list[dict[str, Any]]:
+    def draft(self, conversation: str, texts: list[str], *, kind: str = "text", message_id: str | None = None) -> list[dict[str, Any]]:
         """The next messages of ours in ``conversation``, unsigned, for a page that signs for
         itself (a guest's): the canonical JSON of each (keys sorted, no spaces), after
         ``SIGN_DOMAIN``, is what it signs; ``send_signed`` takes them back. Nothing is
@@ -267,7 +283,7 @@ class ChatService:
             if kind == "text":
                 check_text(text)
             lamport, seq = next_count(lamport), next_count(seq)
-            message = ChatMessage(new_message_id(), conversation, self.identity.public_key, seq, lamport, now_ms(), text, kind)
+            message = ChatMessage(message_id or new_message_id(), conversation, self.identity.public_key, seq, lamport, now_ms(), text, kind)
             drafts.append(message.signed_fields())
         return drafts
 
@@ -281,10 +297,13 @@ class ChatService:
             raise ChatError("not a conversation of this author")
         return [peer]
 
-    async def send_signed(self, conversation: str, bodies: list[Any], *, kind: str = "text", direct: bool = False) -> list[dict[str, Any]]:
+    async def send_signed(
+        self, conversation: str, bodies: list[Any], *, kind: str = "text", recipients: list[str] | None = None, direct: bool = False
+    ) -> list[dict[str, Any]]:
         """Store and send messages their author signed elsewhere (``draft``): each must be
         ours, in ``conversation``, signed, and next in our order there."""
-        recipients = self.recipients_of(conversation)
+        if recipients is None:
+            recipients = self.recipients_of(conversation)
         lamport, seq = self._clock(conversation)
         messages = []
         for data in bodies:
@@ -619,13 +638,27 @@ class ChatService:
         return state
 
     async def create_group(self, name: str, members: list[str]) -> dict[str, Any]:
-        name = check_name(name)
-        others = sorted(set(members) - {self.me})
-        group_id = new_message_id()
-        await self._author(group_conversation(group_id), "group", [op_text("create", name=name, members=others)], others, message_id=group_id)
-        return self._groups[group_id].to_json(self.me)
+        plan = await self.plan_group_op("create", None, name=name, members=members)
+        await self._author(plan.conversation, "group", [plan.text], plan.recipients, message_id=plan.message_id)
+        return self._groups[plan.group_id].to_json(self.me)
 
     async def group_op(self, group_id: str, op: str, *, name: str | None = None, members: Iterable[str] = ()) -> dict[str, Any]:
+        plan = await self.plan_group_op(op, group_id, name=name, members=members)
+        await self._author(plan.conversation, "group", [plan.text], plan.recipients)
+        return self._groups[group_id].to_json(self.me)
+
+    async def plan_group_op(
+        self, op: str, group_id: str | None, *, name: str | None = None, members: Iterable[str] = (), message_id: str | None = None
+    ) -> GroupPlan:
+        """What a group operation of ours says and whom it goes to, after the checks: a
+        create (``group_id`` None; its message id is the new group's id) or an operation
+        on a group we are a member of."""
+        if op == "create":
+            others = sorted(set(members) - {self.me})
+            group_id = message_id or new_message_id()
+            return GroupPlan(group_id, op_text("create", name=check_name(name or ""), members=others), others, group_id)
+        if op not in ("rename", "invite", "remove", "leave") or group_id is None:
+            raise ChatError(f"no group operation {op!r}")
         state = self._member_of(group_id)
         wanted = set(members)
         if op == "rename":
@@ -645,8 +678,23 @@ class ChatService:
             have = await self._digest(group_conversation(group_id))
             cut = {member: have.get(member, 0) for member in wanted}
         recipients = sorted((state.members | wanted) - {self.me})  # the removed learn they were removed
-        await self._author(group_conversation(group_id), "group", [op_text(op, name=name, members=wanted, cut=cut)], recipients)
-        return self._groups[group_id].to_json(self.me)
+        return GroupPlan(group_id, op_text(op, name=name if op == "rename" else None, members=wanted, cut=cut), recipients, None)
+
+    async def send_signed_op(self, body: Any) -> dict[str, Any]:
+        """A group operation its author signed elsewhere (``plan_group_op`` and ``draft``):
+        planned again here from what it says, so it goes to whom it must and to nobody it
+        must not; stale if the group changed between the draft and now."""
+        try:
+            message = ChatMessage.from_json(body, verify=True)
+            op = parse_op(message)
+        except BadFrame as exc:
+            raise ChatError(f"not a signed group operation: {exc}") from None
+        group_id = message.id if op.op == "create" else group_id_of(message.conversation)
+        plan = await self.plan_group_op(op.op, None if op.op == "create" else group_id, name=op.name, members=op.members, message_id=message.id)
+        if plan.conversation != message.conversation or plan.text != message.text:
+            raise ChatError("stale: the group changed since this was drafted; draft it again")
+        await self.send_signed(plan.conversation, [body], kind="group", recipients=plan.recipients)
+        return self._groups[plan.group_id].to_json(self.me)
 
     def visible(self, conversation: str) -> bool:
         """Whether this node shows ``conversation``: a 1:1 of its own, or a group it was ever in."""
