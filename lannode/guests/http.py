@@ -104,7 +104,7 @@ Handler = Callable[[Request], Awaitable["Response | EventStream"]]
 
 
 class HttpsServer:
-    def __init__(self, handler: Handler, ssl_context: ssl.SSLContext, *, max_connections: int = 256, per_address: int = 32) -> None:
+    def __init__(self, handler: Handler, ssl_context: ssl.SSLContext, *, max_connections: int = 256, per_address: int = 64) -> None:
         self.handler = handler
         self.ssl_context = ssl_context
         self.max_connections = max_connections
