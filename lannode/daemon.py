@@ -92,7 +92,7 @@ class Node:
         self.mail.register_methods(self.api)
         self.guests = GuestService(settings.home.path, settings.config, settings.identity, settings.name, self.peers, self.store, self.bus, self.router)
         self.guests.register_methods(self.api)
-        self.rtc = RtcService(settings.identity, settings.name, self.peers, self.store, self.bus, self.api)
+        self.rtc = RtcService(settings.identity.node_id, settings.name, self.peers, self.chat.links, self.store, self.bus, self.api)
         self.peers.capabilities += ["store", "chat", "calls", "drop", "drive"] + (["mail"] if mail_settings is not None else [])
         self.started_wall = time.time()
         self.started = time.monotonic()

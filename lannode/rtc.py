@@ -24,18 +24,15 @@ import json
 import logging
 import secrets
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from lannode.core import api
 from lannode.core.api import require
 from lannode.core.link import CHANNEL_SIGNAL
-from lannode.core.membership import State
 from lannode.events import EventBus
-from lannode.identity import Identity
-from lannode.net.links import Link, LinkError, Replies
-from lannode.peers.service import PeerService
+from lannode.net.links import LinkError, Links, PeerLink, Replies
 from lannode.store import StoreService
 
 log = logging.getLogger("lannode.rtc")
@@ -46,11 +43,25 @@ REPLY_TIMEOUT = 5.0
 MAX_ROOM_BYTES = 64
 
 
+class RtcPeers(Protocol):
+    """Who can be called (``PeerService``; a guest's view of it)."""
+
+    def resolve_id(self, text: str) -> str: ...
+
+    def name_of(self, node_id: str) -> str: ...
+
+    def state_of(self, node_id: str) -> str: ...
+
+
 class RtcService:
-    def __init__(self, identity: Identity, name: str, peers: PeerService, store: StoreService, bus: EventBus, server: api.Methods) -> None:
-        self.me = identity.node_id
+    """Signaling and rooms for one identity: this node, or a guest it hosts (then its
+    fronts are the guest's pages, and its links go through the host: ``links``)."""
+
+    def __init__(self, me: str, name: str, peers: RtcPeers, links: Links, store: StoreService, bus: EventBus, server: api.Methods) -> None:
+        self.me = me
         self.name = name
         self.peers = peers
+        self.links = links
         self.store = store
         self.bus = bus
         self.fronts: dict[str, int] = {}  # front id -> API connection number
@@ -60,7 +71,7 @@ class RtcService:
         self._replies = Replies()  # our signals' answers
         self._rooms_of_fronts: dict[str, set[str]] = {}  # front ("" for the node itself) -> rooms it joined
         self._nursery: trio.Nursery | None = None
-        peers.links.handle(CHANNEL_SIGNAL, self._on_frame)
+        links.handle(CHANNEL_SIGNAL, self._on_frame)
         server.on_disconnect.append(self._connection_closed)
         self.register_methods(server)
 
@@ -84,27 +95,29 @@ class RtcService:
     async def signal(self, caller: api.Principal, peer_text: str, kind: str, data: Any, to_front: str | None) -> dict[str, Any]:
         if kind not in KINDS:
             raise api.ApiError(api.ErrorCode.BAD_PARAMS, f'"kind" is one of {", ".join(KINDS)}')
-        member = self.peers.resolve(peer_text)
-        if member.state is not State.ALIVE:
-            raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"{member.presence.name} is {member.state.value}, not reachable now")
+        peer = self.peers.resolve_id(peer_text)
+        name = self.peers.name_of(peer)
+        state = self.peers.state_of(peer)
+        if state != "alive":
+            raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"{name} is {state}, not reachable now")
         request_id = next(self._request_ids)
         frame = {"t": "sig", "rid": request_id, "kind": kind, "data": data, "to_front": to_front, "from_front": self._front_of(caller), "from_name": self.name}
         encoded = json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
         if len(encoded) > MAX_SIGNAL_BYTES:
             raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"a signaling message is at most {MAX_SIGNAL_BYTES} bytes")
         try:
-            link = await self.peers.links.link_to(member.node_id)
+            link = await self.links.link_to(peer)
             reply = await self._replies.request(link, CHANNEL_SIGNAL, request_id, encoded, REPLY_TIMEOUT)
         except LinkError as exc:
             raise api.ApiError(api.ErrorCode.UNAVAILABLE, str(exc)) from None
         if reply is None:
-            raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"{member.presence.name} did not answer within {REPLY_TIMEOUT:g} s")
+            raise api.ApiError(api.ErrorCode.UNAVAILABLE, f"{name} did not answer within {REPLY_TIMEOUT:g} s")
         if reply.get("error"):
             raise api.ApiError(api.ErrorCode.NOT_FOUND, str(reply["error"]))
-        return {"peer": member.node_id, "delivered_to": reply.get("fronts", [])}
+        return {"peer": peer, "delivered_to": reply.get("fronts", [])}
 
     # -- receiving -------------------------------------------------------------------------------
-    async def _on_frame(self, link: Link, data: bytes) -> None:
+    async def _on_frame(self, link: PeerLink, data: bytes) -> None:
         try:
             frame = json.loads(data)
             if not isinstance(frame, dict) or frame.get("t") not in ("sig", "sig_reply") or not isinstance(frame.get("rid"), int):
@@ -163,12 +176,10 @@ class RtcService:
 
     async def members(self, room: str) -> dict[str, Any]:
         _check_room(room)
-        membership = self.peers.membership
         members = []
         for entry in self.store.map.items(f"rooms/{room}/"):
             node_id = entry.key.rsplit("/", 1)[1]
-            member = membership.members.get(node_id) if membership else None
-            if node_id != self.me and (member is None or member.state is not State.ALIVE):
+            if node_id != self.me and self.peers.state_of(node_id) != "alive":
                 continue  # gone without leaving: not in the room any more
             value = json.loads(entry.value or b"{}")
             members.append({"node_id": node_id, "name": value.get("name"), "fronts": value.get("fronts", []), "joined_at": value.get("joined_at")})

@@ -11,6 +11,7 @@ API event ``store:KEY``. Values are JSON.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import random
@@ -134,7 +135,8 @@ def entry_record(entry: Entry) -> dict[str, Any]:
 
 class StoreService:
     def __init__(self, home_path: Path, identity: Identity, peers: PeerService, bus: EventBus, *, sync_interval: float = 2.0, horizon_ms: int | None = None) -> None:
-        self.map = ReplicatedMap(identity.signing_key, writers=writers.refusal, **({"horizon_ms": horizon_ms} if horizon_ms else {}))
+        self.map = ReplicatedMap(identity.signing_key, horizon_ms=horizon_ms) if horizon_ms else ReplicatedMap(identity.signing_key)
+        self.map.writers = functools.partial(writers.refusal, lookup=self.map.get)
         self.db = StoreDb(home_path / "store.sqlite")
         self.peers = peers
         self.bus = bus

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from conftest import screenshot
+from conftest import screenshot, wait_decoding
 from lannode.config import render_default, set_option
 from sim.browser import chromium_args
 from sim.netlab import NetLab
@@ -113,6 +113,17 @@ def test_a_phone_joins_by_the_code_on_the_hosts_page_chats_with_a_node_and_finds
     page.wait_for_selector(".message[data-direction=out] .tick[data-state=read]", timeout=15000)  # bob's page read it
     page.wait_for_selector("#conversations button >> text=h2", timeout=10000)
     screenshot(page, "guest-chat-phone")
+
+    # a call from the phone's page to bob's, WebRTC straight between them, signaling through h1
+    page.goto(f"{status['url']}#people")
+    page.tap(f".peer[data-node='{bob_id}'][data-state=alive] .call")
+    bob.wait_for_selector("#incoming:not([hidden]) #accept-call", timeout=20000)
+    assert "Ann's phone is calling" in (bob.text_content("#incoming") or "")
+    bob.click("#accept-call")
+    assert len(wait_decoding(page, 1)) == 1 and len(wait_decoding(bob, 1)) == 1
+    screenshot(page, "guest-call-phone")
+    page.tap("#call-leave")
+    bob.wait_for_selector("#call", state="hidden", timeout=10000)
     assert refused == []
 
     page.close()  # the tab closes: the phone is away; what comes now waits on its host

@@ -228,3 +228,24 @@ def test_a_guest_makes_a_group_with_nodes_and_guests_and_its_operations_carry_it
     bob.wait_until(lambda: [g["name"] for g in bob.call("group.list")] == ["the family"], timeout=30, what="the rename to reach bob")
     with pytest.raises(GuestRefused, match="only the group's creator"):
         tablet.group_op("remove", group="the family", members=["phone"])
+
+
+def test_a_guest_in_a_meeting_room_is_listed_on_every_node_while_its_page_is_open(nodes: NodeFactory) -> None:
+    import threading
+
+    host = host_node(nodes, "ann")
+    bob = nodes.start("bob")
+    phone = guest_of(host, "phone")
+    stream = phone.events(timeout=30)
+    assert next(stream)["event"] == "hello"
+    threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()  # the page stays open
+    front = phone.call("rtc.register")["front"]
+    phone.call("room.join", room="standup")
+
+    def listed() -> list[dict[str, object]]:
+        return [m for m in bob.call("room.members", room="standup")["members"] if m["node_id"] == phone.guest_id]
+
+    member = bob.wait_until(listed, timeout=30, what="bob to see the phone in the room")[0]
+    assert member["name"] == "phone" and member["fronts"] == [front]  # written by its host, taken by bob's store
+    phone.call("room.leave", room="standup")
+    bob.wait_until(lambda: not listed(), timeout=30, what="the phone to leave the room")

@@ -158,3 +158,14 @@ def test_only_the_host_a_guest_named_announces_or_drops_it() -> None:
     assert refusal(guest_entry(host, f"guests/{host_id}/{guest_id}", {"record": {**record, "name": "Eve"}, "online": True}), None)
     assert refusal(guest_entry(host, f"door/{host_id}", {"url": "https://10.0.0.1:1/"}), None) is None
     assert refusal(guest_entry(other, f"door/{host_id}", {"url": "https://10.0.0.66:1/"}), None)
+
+
+def test_a_guests_room_entry_is_written_by_its_host_and_nobody_else() -> None:
+    host, other, guest = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
+    host_id, guest_id = node_id_for(bytes(host.verify_key)), node_id_for(bytes(guest.verify_key))
+    hosted = guest_entry(host, f"guests/{host_id}/{guest_id}", {"record": signed_record(guest, host=host_id), "online": True})
+    held = {hosted.key: hosted}
+    room = {"name": "phone", "fronts": []}
+    assert refusal(guest_entry(host, f"rooms/standup/{guest_id}", room), None, held.get) is None
+    assert refusal(guest_entry(other, f"rooms/standup/{guest_id}", room), None, held.get)  # not its guest
+    assert refusal(guest_entry(host, f"rooms/standup/{guest_id}", room), None)  # nothing to look the guest up in

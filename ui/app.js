@@ -15,20 +15,12 @@ import { Mesh } from "/rtc.js";
 import { Uploader } from "/upload.js";
 import { Invites } from "/invites.js";
 
-// A guest's page has no data channels of its own yet: its messages go through its host.
-class NoMesh extends EventTarget {
-  sessionsWith() { return []; }
-  openSessionsWith() { return []; }
-  connect() { return Promise.resolve(); }
-  start() {}
-}
-
 const config = await fetch("/config.json", { cache: "no-store" }).then((r) => (r.ok ? r.json() : Promise.reject(new Error(`config.json: ${r.status}`)))).catch((err) => ({ error: err.message }));
 const guest = config.guest === true;
 document.body.dataset.mode = guest ? "guest" : "node";
 const api = guest ? new GuestApi(config) : new NodeApi(config);
 const people = new People(api);
-const mesh = guest ? new NoMesh() : new Mesh(api);
+const mesh = new Mesh(api);
 const chat = new Chat(api, mesh, people);
 const calls = new Calls(api, mesh, people);
 const uploader = new Uploader(api);
@@ -93,7 +85,7 @@ async function refresh() {
 // #people, #chat, #chat/NODE_ID, #chat/group/GROUP_ID, #calls, #files, #drive, #mail, #node
 function route() {
   const [tab, ...rest] = (location.hash.slice(1) || "people").split("/");
-  const tabs = guest ? ["people", "chat"] : ["people", "chat", "calls", "files", "drive", "mail", "node"];
+  const tabs = guest ? ["people", "chat", "calls"] : ["people", "chat", "calls", "files", "drive", "mail", "node"];
   const known = tabs.includes(tab) ? tab : "people";
   for (const section of document.querySelectorAll("[data-section]")) section.hidden = section.dataset.section !== known;
   for (const link of document.querySelectorAll("nav a")) link.toggleAttribute("aria-current", link.dataset.tab === known);
@@ -122,13 +114,13 @@ window.addEventListener("hashchange", route);
 
 people.start();
 chat.start();
+calls.start();
+mesh.start();
 if (!guest) {
-  calls.start();
   direct.start();
   files.start();
   drive.start();
   mail.start();
-  mesh.start();
   invites.start();
 }
 $("conversation-mail").addEventListener("click", () => {

@@ -198,7 +198,7 @@ export class GuestApi extends EventTarget {
     if (!(await this.#mine(drafts[0])) || drafts.some((d, i) => d.text !== wanted[i] || d.kind !== "text")) throw new Error("the host drafted something other than what you wrote; not signed");
     const bodies = [];
     for (const draft of drafts) bodies.push({ ...draft, signature: b64(await this.#sign(DOMAIN.chat, canonical(draft))) });
-    const records = await this.call("chat.send", { ...where, bodies });
+    const records = await this.call("chat.send", { ...where, bodies, direct: direct || undefined });
     return texts ? records : records[0];
   }
 

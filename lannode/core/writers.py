@@ -5,7 +5,8 @@ Any node may sign an entry for any key, so without these rules one datagram from
 outsider could carry the tombstone of a drive file and every holder would delete its
 fragment. The rules, by key:
 
-* ``drive/n/NODE``, ``rooms/ROOM/NODE``: only NODE (a node's quota, a room member's entry).
+* ``drive/n/NODE``: only NODE (a node's quota). ``rooms/ROOM/NODE``: only NODE, or, for
+  a guest, the host its ``guests/HOST/GUEST`` entry names (a room member's entry).
 * ``drive/m/FILE`` (a manifest): a new version keeps the manifest's owner and layout
   unless the owner writes it (a repair moves fragments, it never changes what the file
   is), and its tombstone is the owner's alone. A manifest we do not hold yet is taken
@@ -22,6 +23,7 @@ A rule sees the entry and the one we hold for its key; it returns why it refuses
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from lannode.core.drive import MANIFEST_PREFIX, NODE_PREFIX, DriveError, Manifest
 from lannode.core.guests import GuestError, GuestRecord
@@ -32,14 +34,18 @@ GUESTS_PREFIX = "guests/"
 DOOR_PREFIX = "door/"
 
 
-def refusal(entry: Entry, current: Entry | None) -> str | None:
-    """Why ``entry`` may not replace ``current`` (None: it may)."""
+def refusal(entry: Entry, current: Entry | None, lookup: Callable[[str], Entry | None] | None = None) -> str | None:
+    """Why ``entry`` may not replace ``current`` (None: it may). ``lookup`` reads the
+    entry held for another key (the map's ``get``), for rules that need one."""
     key = entry.key
     writer = entry.origin_id
     if key.startswith(NODE_PREFIX):
         return None if key[len(NODE_PREFIX) :] == writer else "a node's drive record is its own to write"
     if key.startswith(ROOMS_PREFIX):
-        return None if key.rsplit("/", 1)[-1] == writer else "a room member's entry is its own to write"
+        member = key.rsplit("/", 1)[-1]
+        if member == writer or (lookup is not None and lookup(f"{GUESTS_PREFIX}{writer}/{member}") is not None):
+            return None
+        return "a room member's entry is its own (or its host's) to write"
     if key.startswith(MANIFEST_PREFIX):
         return _manifest_refusal(entry, current, writer)
     if key.startswith(GUESTS_PREFIX):

@@ -31,6 +31,7 @@ it and routes to it through this node (``lannode.guests.routes``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -50,7 +51,7 @@ from lannode.chat.service import ChatService
 from lannode.config import Config, ConfigError, set_option
 from lannode.core import api
 from lannode.core.api import require
-from lannode.core.guests import GuestError, GuestRecord, Invites, Sessions, unb64
+from lannode.core.guests import GuestError, GuestRecord, Invites, Session, Sessions, unb64
 from lannode.core.membership import State
 from lannode.core.writers import DOOR_PREFIX, GUESTS_PREFIX
 from lannode.events import EventBus, Subscriber, SubscriberGone
@@ -62,6 +63,7 @@ from lannode.identity import Identity
 from lannode.net.links import PeerLink
 from lannode.peers.service import PeerService, register_trust
 from lannode.peers.trust import TrustStore
+from lannode.rtc import RtcService
 from lannode.store import StoreService
 
 log = logging.getLogger("lannode.guests")
@@ -129,6 +131,9 @@ class GuestPeers:
     def key_of(self, node_id: str) -> bytes | None:
         return self.host.key_of(node_id)
 
+    def state_of(self, node_id: str) -> str:
+        return self.host.state_of(node_id)
+
 
 class MethodTable:
     """A guest's methods (``api.Methods``): what services register, looked up per request."""
@@ -152,6 +157,7 @@ class Guest:
     bus: EventBus
     peers: GuestPeers
     chat: ChatService
+    rtc: RtcService
     methods: MethodTable
     added: float
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -192,6 +198,8 @@ class GuestService:
         self._nursery: trio.Nursery | None = None
         self._ui = ui_root()
         self._static: dict[str, bytes] = {}
+        self._streams = itertools.count(1)
+        self._stream_of: dict[str, int] = {}  # session -> its page's event stream (the page's "connection")
         peers.state_listeners.append(self._on_peer_state)
 
     # -- life ------------------------------------------------------------------------------------
@@ -245,7 +253,10 @@ class GuestService:
         chat = ChatService(directory, GuestAuthor(record.guest_key), peers, bus, links=self.router.view(guest_id))
         methods = MethodTable()
         chat.register_methods(methods)
-        guest = Guest(record, directory, bus, peers, chat, methods, added)
+        rtc = RtcService(guest_id, record.name, peers, self.router.view(guest_id), self.store, bus, methods)
+        assert self._nursery is not None
+        rtc.attach(self._nursery)
+        guest = Guest(record, directory, bus, peers, chat, rtc, methods, added)
         self._register_basics(guest)
         self.guests[guest_id] = guest
         assert self._nursery is not None
@@ -395,7 +406,7 @@ class GuestService:
     def _hello(self, guest: Guest) -> dict[str, Any]:
         return {"node_id": guest.node_id, "name": guest.record.name, "guest": True, "host": self.me, "host_name": self.name, "fingerprint": self.certificate.fingerprint if self.certificate else ""}
 
-    def _signed(self, request: Request, signed: bytes) -> Guest:
+    def _signed(self, request: Request, signed: bytes) -> tuple[Guest, Session]:
         """The guest whose session a request belongs to, if its signature and counter hold,
         and it is within its budget."""
         counter = request.header("x-lannode-counter") or request.query.get("counter", "")
@@ -415,10 +426,10 @@ class GuestService:
             raise GuestError("rate", "too many requests; slow down")
         guest.tokens -= 1
         guest.requests += 1
-        return guest
+        return guest, session
 
     async def _api(self, request: Request, body: bytes) -> Response:
-        guest = self._signed(request, body)
+        guest, session = self._signed(request, body)
         data = self._json(body)
         method, params = data.get("method"), data.get("params", {})
         if not isinstance(method, str) or not isinstance(params, dict):
@@ -428,7 +439,7 @@ class GuestService:
             self.counters["refused_method"] += 1
             return Response(body=json.dumps({"error": {"code": api.ErrorCode.NOT_FOUND, "message": f"{method} is not for guests"}}).encode())
         try:
-            result = await handler(params, api.Principal(origin=self.url.rstrip("/")))
+            result = await handler(params, api.Principal(origin=self.url.rstrip("/"), connection=self._stream_of.get(session.id, 0)))
         except api.ApiError as exc:
             self.counters[f"refused_{exc.code}"] += 1
             return Response(body=json.dumps({"error": {"code": exc.code, "message": exc.message}}).encode())
@@ -436,7 +447,7 @@ class GuestService:
 
     def _events(self, request: Request) -> EventStream:
         try:
-            guest = self._signed(request, b"GET /guest/events")
+            guest, session = self._signed(request, b"GET /guest/events")
         except GuestError as exc:
             self.counters[exc.reason] += 1
             raise HttpError(401 if exc.reason in ("no_session", "unknown_guest") else 403, str(exc), exc.reason) from None
@@ -451,8 +462,10 @@ class GuestService:
                 raise SubscriberGone() from None
             return True
 
-        own = Subscriber(deliver, patterns={"*"})
-        people = Subscriber(deliver, patterns={"peer.*", "guest.*"})
+        connection = next(self._streams)  # the page's "connection": its calls' fronts get events here
+        self._stream_of[session.id] = connection
+        own = Subscriber(deliver, connection=connection, patterns={"*"})
+        people = Subscriber(deliver, connection=-1, patterns={"peer.*", "guest.*"})  # never the target of one connection's event
         guest.bus.add(own)
         self.bus.add(people)
         guest.pages += 1
@@ -464,6 +477,10 @@ class GuestService:
             guest.bus.remove(own)
             self.bus.remove(people)
             send.close()
+            if self._stream_of.get(session.id) == connection:
+                del self._stream_of[session.id]
+            for hook in guest.methods.on_disconnect:  # a closed tab leaves its calls and rooms
+                hook(connection)
             guest.pages -= 1
             if guest.pages == 0 and self._nursery is not None and guest.node_id in self.guests:
                 self._nursery.start_soon(self._announce, guest)

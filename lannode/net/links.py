@@ -669,7 +669,7 @@ class Replies:
     def __init__(self) -> None:
         self._waiting: dict[object, trio.MemorySendChannel[dict[str, Any]]] = {}
 
-    async def request(self, link: Link, channel: int, rid: object, frame: bytes, timeout: float) -> dict[str, Any] | None:
+    async def request(self, link: PeerLink, channel: int, rid: object, frame: bytes, timeout: float) -> dict[str, Any] | None:
         """Send ``frame`` (which carries ``rid``) and wait for its reply; None if none came
         within ``timeout`` seconds. LinkError if the link closed."""
         send, receive = trio.open_memory_channel[dict[str, Any]](1)
@@ -691,4 +691,4 @@ class Replies:
                 pass
 
 
-__all__ = ["Link", "LinkError", "LinkManager", "LinkSettings", "Replies"]
+__all__ = ["Link", "LinkError", "LinkManager", "LinkSettings", "Links", "PeerLink", "Replies"]

@@ -161,18 +161,15 @@ class PeerService:
         on a host that is up; "away" otherwise (what is sent to them waits on the host)."""
         if self.guests is None:
             return []
-        membership = self.membership
         records = []
         for guest in sorted(self.guests.all(), key=lambda g: (g.record.name, g.node_id)):
-            host = membership.members.get(guest.host) if membership else None
-            host_up = guest.host == self.identity.node_id or (host is not None and host.state is State.ALIVE)
             record: dict[str, Any] = {
                 "node_id": guest.node_id,
                 "name": guest.record.name,
-                "state": "alive" if guest.online and host_up else "away",
+                "state": self.state_of(guest.node_id),
                 "guest_via": guest.host,
                 "guest_via_name": self.name_of(guest.host),
-                "capabilities": ["chat"],
+                "capabilities": ["chat", "calls"],
                 "trust": self.trust.level(guest.node_id),
                 "link": None,
                 "warning": None,
@@ -225,6 +222,20 @@ class PeerService:
             return member.presence.public_key
         guest = self.guests.get(node_id) if self.guests is not None else None
         return guest.record.guest_key if guest is not None else None
+
+    def state_of(self, node_id: str) -> str:
+        """"alive" for this node, a member as its state says, a guest "alive" while a page of
+        it is open on a host that is alive and "away" otherwise; "unknown" for anyone else."""
+        if node_id == self.identity.node_id:
+            return "alive"
+        membership = self.membership
+        member = membership.members.get(node_id) if membership else None
+        if member is not None:
+            return member.state.value
+        guest = self.guests.get(node_id) if self.guests is not None else None
+        if guest is None:
+            return "unknown"
+        return "alive" if guest.online and guest.host != node_id and self.state_of(guest.host) == "alive" else "away"
 
     def states(self) -> list[tuple[str, State]]:
         """Every member and the state we hold it in (for a service that starts late)."""
