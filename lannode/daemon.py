@@ -82,7 +82,7 @@ class Node:
         self.chat.register_methods(self.api)
         self.uploads = UploadService(settings.home.path, self.bus)
         self.uploads.register_methods(self.api)
-        self.transfers = TransferService(settings.home.path, settings.config, settings.identity, self.peers, self.bus, self.uploads)
+        self.transfers = TransferService(settings.home.path, settings.config, settings.identity, self.peers, self.bus, self.uploads, links=self.chat.links, bulk=self.peers.links)
         self.uploads.in_use = self.transfers.sending
         self.transfers.register_methods(self.api)
         self.drive = DriveService(settings.home.path, settings.config, settings.identity, self.peers, self.store, self.bus, groups=lambda text: set(self.chat.resolve_group(text).members), uploads=self.uploads, downloads=self.transfers.downloads)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -82,6 +83,30 @@ def write_new_beneath(folder: Path, name: str, write: Callable[[BinaryIO], None]
     finally:
         os.close(folder_fd)
     return folder / final
+
+
+def open_beneath(root: Path, relative: str) -> tuple[BinaryIO, int]:
+    """Open the file ``relative`` (parts joined by "/") under the folder ``root`` for reading,
+    and its size, walking each part from ``root``'s descriptor and following no symlink:
+    what a link planted on the way points at is never read. OSError otherwise."""
+    parts = [p for p in relative.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise FileNotFoundError(relative)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+    finally:
+        os.close(fd)
+    opened = os.fdopen(file_fd, "rb")
+    size = os.fstat(file_fd).st_size
+    if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+        opened.close()
+        raise IsADirectoryError(relative)
+    return opened, size
 
 
 def create_private(path: Path) -> None:

@@ -9,6 +9,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from nacl.signing import SigningKey, VerifyKey
 
@@ -17,6 +18,19 @@ from lannode.files import write_private
 
 KEY_FILE = "node.key"
 PUBLIC_FILE = "node.pub"
+
+
+class Author(Protocol):
+    """Who writes: a node (it signs here) or a guest (its page signs: ``signing_key`` is None)."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def public_key(self) -> bytes: ...
+
+    @property
+    def signing_key(self) -> SigningKey | None: ...
 
 
 class IdentityError(Exception):

@@ -143,6 +143,33 @@ class GuestClient:
         draft = self.call("group.draft", op=op, **params)["drafts"][0]
         return dict(self.call("group.commit", body=self.sign_message(draft)))
 
+    # -- files ---------------------------------------------------------------------------------------
+    def upload(self, data: bytes, name: str, *, piece: int = 4 << 20) -> str:
+        """Hand a file to the host (upload.begin, then signed pieces); its upload id."""
+        record = self.call("upload.begin", name=name, size=len(data))
+        offset, path = record["offset"], f"/guest/uploads/{record['upload']}"
+        while offset < len(data):
+            chunk = data[offset : offset + piece]
+            digest = hashlib.sha256(chunk).hexdigest()
+            headers = {**self.signed_headers(f"PUT {path} {offset} {digest}".encode()), "X-Lannode-Offset": str(offset), "X-Lannode-Sha256": digest, "Content-Type": "application/octet-stream"}
+            status, body = self.request("PUT", path, chunk, headers)
+            if status != 200:
+                raise GuestRefused(status, json.loads(body))
+            offset += len(chunk)
+        return str(record["upload"])
+
+    def download_path(self, transfer: str, index: int) -> str:
+        path = f"/guest/files/{transfer}/{index}"
+        signed = self.signed_headers(f"GET {path}".encode())
+        return f"{path}?session={signed['X-Lannode-Session']}&counter={signed['X-Lannode-Counter']}&signature={signed['X-Lannode-Signature']}"
+
+    def download(self, transfer: str, index: int) -> bytes:
+        """A file the guest received, from its host."""
+        status, body = self.request("GET", self.download_path(transfer, index))
+        if status != 200:
+            raise GuestRefused(status, json.loads(body or b"{}"))
+        return body
+
     # -- events ------------------------------------------------------------------------------------------
     def events(self, *, timeout: float = 30.0) -> Iterator[dict[str, Any]]:
         """The guest's events as they come (server-sent events, on a connection of their own)."""

@@ -10,7 +10,9 @@ namespace: another machine on the LAN, as far as h1 can tell."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,7 +62,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                     browser.close()
 
 
-def test_a_phone_joins_by_the_code_on_the_hosts_page_chats_with_a_node_and_finds_what_waited(world: Lab) -> None:
+def test_a_phone_joins_by_the_code_on_the_hosts_page_chats_calls_and_swaps_files_with_a_node_and_finds_what_waited(world: Lab, tmp_path: Path) -> None:
     lab = world.lab
     status = lab.call(1, "guests.status")
     assert status["url"] == f"https://{lab.address(1)}:47680/"
@@ -89,7 +91,7 @@ def test_a_phone_joins_by_the_code_on_the_hosts_page_chats_with_a_node_and_finds
     page.wait_for_selector("#connection[data-state=up]", timeout=15000)
     assert "a guest of h1" in page.inner_text("#node-id")
     page.wait_for_selector(".peer[data-node] >> text=h2", timeout=15000)
-    assert not page.is_visible("nav a[data-tab=node]") and not page.is_visible("nav a[data-tab=files]")  # not for guests yet
+    assert not page.is_visible("nav a[data-tab=node]") and not page.is_visible("nav a[data-tab=drive]")  # a node's own, or not for guests yet
     screenshot(page, "guest-people-phone")
 
     bob_id = lab.node_id(2)
@@ -124,6 +126,29 @@ def test_a_phone_joins_by_the_code_on_the_hosts_page_chats_with_a_node_and_finds
     screenshot(page, "guest-call-phone")
     page.tap("#call-leave")
     bob.wait_for_selector("#call", state="hidden", timeout=10000)
+
+    # a file from the phone's page to bob's, and one back: through the hosts' links
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(os.urandom(5 * 1024 * 1024 + 3))
+    page.goto(f"{status['url']}#files")
+    page.select_option("#drop-peer", bob_id)
+    page.set_input_files("#file-input", str(photo))
+    bob.click("nav a[data-tab=files]")
+    bob.click(".transfer[data-direction=in][data-state=pending] .accept", timeout=30000)
+    bob.wait_for_selector(".transfer[data-direction=in][data-state=done]", timeout=60000)
+    downloads = Path(lab.call(2, "node.status")["transfers"]["downloads"])
+    assert (downloads / "photo.jpg").read_bytes() == photo.read_bytes()
+    page.wait_for_selector(".transfer[data-direction=out][data-state=done]", timeout=15000)
+
+    notes = tmp_path / "notes.pdf"
+    notes.write_bytes(os.urandom(3 * 1024 * 1024))
+    lab.call(2, "transfer.send", peer=guest["node_id"], paths=[str(notes)])
+    page.tap(".transfer[data-direction=in][data-state=pending] .accept", timeout=30000)
+    save = page.wait_for_selector(".transfer[data-direction=in][data-state=done] .save", timeout=60000)
+    with page.expect_download() as saved:
+        save.tap()
+    assert Path(saved.value.path()).read_bytes() == notes.read_bytes() and saved.value.suggested_filename == "notes.pdf"
+    screenshot(page, "guest-files-phone")
     assert refused == []
 
     page.close()  # the tab closes: the phone is away; what comes now waits on its host

@@ -5,8 +5,10 @@ the door is opened on 127.0.0.1 with guests.allow_loopback, which is what that o
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -249,3 +251,38 @@ def test_a_guest_in_a_meeting_room_is_listed_on_every_node_while_its_page_is_ope
     assert member["name"] == "phone" and member["fronts"] == [front]  # written by its host, taken by bob's store
     phone.call("room.leave", room="standup")
     bob.wait_until(lambda: not listed(), timeout=30, what="the phone to leave the room")
+
+
+def test_a_guest_sends_a_file_to_a_node_and_receives_one_from_it_byte_identical(nodes: NodeFactory, tmp_path: Path) -> None:
+    host = host_node(nodes, "ann")
+    bob = nodes.start("bob")
+    phone = guest_of(host, "phone")
+    bob.wait_until(lambda: any(p["name"] == "phone" for p in bob.call("peer.list")), timeout=30, what="bob to list the phone")
+    photo = os.urandom(3 * 1024 * 1024 + 17)
+    upload = phone.upload(photo, "holiday.jpg", piece=1 << 20)
+    sent = phone.call("transfer.send", peer="bob", uploads=[upload])
+    offer = bob.wait_until(lambda: next((t for t in bob.call("transfer.list") if t["direction"] == "in"), None), timeout=30, what="bob to get the offer")
+    assert offer["peer"] == phone.guest_id and offer["peer_name"] == "phone" and offer["names"] == ["holiday.jpg"]
+    bob.call("transfer.accept", id=offer["id"])
+    bob.wait_until(lambda: bob.call("transfer.get", id=offer["id"])["state"] == "done", timeout=60, what="the photo to arrive")
+    downloads = Path(bob.status()["transfers"]["downloads"])
+    assert (downloads / "holiday.jpg").read_bytes() == photo
+    host.wait_until(lambda: phone.call("transfer.get", id=sent["id"])["state"] == "done", what="the phone to see it done")
+
+    document = tmp_path / "notes.txt"
+    document.write_bytes(os.urandom(2 * 1024 * 1024))
+    bob.call("transfer.send", peer="phone", paths=[str(document)])
+    incoming = host.wait_until(lambda: next((t for t in phone.call("transfer.list") if t["direction"] == "in"), None), timeout=30, what="the phone to get bob's offer")
+    assert incoming["state"] == "pending" and incoming["peer_name"] == "bob"
+    phone.call("transfer.accept", id=incoming["id"])
+    host.wait_until(lambda: phone.call("transfer.get", id=incoming["id"])["state"] == "done", timeout=60, what="bob's file to reach the phone's host")
+    assert phone.download(incoming["id"], 0) == document.read_bytes()
+
+    # a piece whose bytes are not the ones signed is refused before a byte is written; nothing else is served
+    path = f"/guest/uploads/{phone.call('upload.begin', name='x.bin', size=10)['upload']}"
+    headers = {**phone.signed_headers(f"PUT {path} 0 {'0' * 64}".encode()), "X-Lannode-Offset": "0", "X-Lannode-Sha256": "0" * 64}
+    assert phone.request("PUT", path, b"0123456789", headers)[0] == 400
+    for wrong in ((incoming["id"], 1), (sent["id"], 0), ("..", 0)):
+        with pytest.raises(GuestRefused) as refused:
+            phone.download(*wrong)
+        assert refused.value.status == 404

@@ -85,7 +85,7 @@ async function refresh() {
 // #people, #chat, #chat/NODE_ID, #chat/group/GROUP_ID, #calls, #files, #drive, #mail, #node
 function route() {
   const [tab, ...rest] = (location.hash.slice(1) || "people").split("/");
-  const tabs = guest ? ["people", "chat", "calls"] : ["people", "chat", "calls", "files", "drive", "mail", "node"];
+  const tabs = guest ? ["people", "chat", "calls", "files"] : ["people", "chat", "calls", "files", "drive", "mail", "node"];
   const known = tabs.includes(tab) ? tab : "people";
   for (const section of document.querySelectorAll("[data-section]")) section.hidden = section.dataset.section !== known;
   for (const link of document.querySelectorAll("nav a")) link.toggleAttribute("aria-current", link.dataset.tab === known);
@@ -116,9 +116,9 @@ people.start();
 chat.start();
 calls.start();
 mesh.start();
+direct.start();
+files.start();
 if (!guest) {
-  direct.start();
-  files.start();
   drive.start();
   mail.start();
   invites.start();

@@ -125,11 +125,25 @@ export class Files {
         el("button", { type: "button", class: "primary accept", onclick: () => this.api.call("transfer.accept", { id: t.id }).then((r) => this.#render(r)).catch((err) => this.#status(err.message)), text: "Accept" }),
         el("button", { type: "button", class: "decline", onclick: () => this.api.call("transfer.decline", { id: t.id }).then((r) => this.#render(r)).catch((err) => this.#status(err.message)), text: "Decline" }),
       );
+    } else if (t.direction === "in" && t.state === "done" && this.api.fileUrl) {
+      // a guest's files wait on its host: saved to the phone from there, one button each
+      t.names.forEach((name, index) => children.push(el("button", { type: "button", class: "save", onclick: () => this.#save(t.id, index, name), text: `Save ${name}` })));
     } else if (["offered", "pending", "active", "waiting"].includes(t.state)) {
       children.push(el("button", { type: "button", class: "cancel", onclick: () => this.api.call("transfer.cancel", { id: t.id }).catch((err) => this.#status(err.message)), text: "Cancel" }));
     }
     row.replaceChildren(...children.filter(Boolean));
     if (t.direction === "out" && ["done", "declined", "failed", "cancelled"].includes(t.state)) this.#status(`${what} → ${who}: ${t.state}${t.reason ? ` (${t.reason})` : ""}`);
+  }
+
+  async #save(transfer, index, name) {
+    try {
+      const link = el("a", { href: await this.api.fileUrl(transfer, index), download: name.split("/").pop() });
+      document.body.append(link);
+      link.click();
+      link.remove();
+    } catch (err) {
+      this.#status(`cannot save ${name}: ${err.message}`);
+    }
   }
 
   #renderPeers() {

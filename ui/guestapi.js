@@ -10,6 +10,7 @@
 import { $ } from "/dom.js";
 
 const enc = new TextEncoder();
+const PIECE = 4 << 20;
 const GROUP_OPS = { "group.create": "create", "group.rename": "rename", "group.invite": "invite", "group.remove": "remove", "group.leave": "leave" };
 const DOMAIN = { record: "lannode guest v1\0", session: "lannode guest session v1\0", request: "lannode guest request v1\0", chat: "lannode chat v1\0" };
 
@@ -231,6 +232,32 @@ export class GuestApi extends EventTarget {
 
   subscribe() {
     return Promise.resolve(); // a guest's page gets all of its own events
+  }
+
+  // A file handed to the host: pieces of 4 MiB, each signed with its SHA-256 (the host
+  // checks the bytes are the ones signed before it writes them). Resolves with the
+  // host's record of the upload; progress(bytes the host has).
+  async putUpload(upload, file, offset, progress) {
+    let record = null;
+    while (offset < file.size) {
+      const piece = await file.slice(offset, offset + PIECE).arrayBuffer();
+      const digest = [...new Uint8Array(await crypto.subtle.digest("SHA-256", piece))].map((b) => b.toString(16).padStart(2, "0")).join("");
+      const path = `/guest/uploads/${upload}`;
+      const { session, counter, signature } = await this.#signed(`PUT ${path} ${offset} ${digest}`);
+      const response = await fetch(path, { method: "PUT", body: piece, headers: { "X-Lannode-Session": session, "X-Lannode-Counter": counter, "X-Lannode-Signature": signature, "X-Lannode-Offset": String(offset), "X-Lannode-Sha256": digest } });
+      record = await response.json().catch(() => ({ error: `the host answered ${response.status}` }));
+      if (!response.ok) throw new Error(record.error || `the host answered ${response.status}`);
+      offset = record.offset;
+      progress(offset);
+    }
+    return record;
+  }
+
+  // A signed address of a file this guest received, good for one download.
+  async fileUrl(transfer, index) {
+    const path = `/guest/files/${transfer}/${index}`;
+    const { session, counter, signature } = await this.#signed(`GET ${path}`);
+    return `${path}?session=${encodeURIComponent(session)}&counter=${counter}&signature=${signature}`;
   }
 
   sendBinary() {

@@ -106,6 +106,7 @@ from lannode.core.groups import (
 from lannode.core.link import CHANNEL_CHAT
 from lannode.core.membership import State
 from lannode.events import EventBus
+from lannode.identity import Author
 from lannode.net.links import LinkError, Links, PeerLink
 
 log = logging.getLogger("lannode.chat")
@@ -136,19 +137,6 @@ class GroupPlan:
     @property
     def conversation(self) -> str:
         return group_conversation(self.group_id)
-
-
-class Author(Protocol):
-    """Who writes: a node (it signs here) or a guest (its page signs: ``signing_key`` is None)."""
-
-    @property
-    def node_id(self) -> str: ...
-
-    @property
-    def public_key(self) -> bytes: ...
-
-    @property
-    def signing_key(self) -> SigningKey | None: ...
 
 
 class ChatPeers(Protocol):

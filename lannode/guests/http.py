@@ -23,7 +23,8 @@ import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlsplit
+from typing import BinaryIO
+from urllib.parse import parse_qs, quote, urlsplit
 
 import h11
 import trio
@@ -86,6 +87,16 @@ class Response:
 
 
 @dataclass(slots=True)
+class FileResponse:
+    """A file sent as a download (``Content-Disposition: attachment``), read as it goes out.
+    ``opened`` is the open file (the caller opened it safely); it is closed when sent."""
+
+    opened: BinaryIO
+    size: int
+    name: str
+
+
+@dataclass(slots=True)
 class EventStream:
     """A ``text/event-stream`` answer: every string received from ``events`` goes out as
     one event (its lines already ``event:``/``data:`` formatted, see ``sse``) until the
@@ -100,7 +111,7 @@ def sse(event: str, data: str) -> str:
     return f"event: {event}\ndata: {data}\n\n"
 
 
-Handler = Callable[[Request], Awaitable["Response | EventStream"]]
+Handler = Callable[[Request], Awaitable["Response | FileResponse | EventStream"]]
 
 
 class HttpsServer:
@@ -211,7 +222,10 @@ class _Connection:
             if isinstance(answer, EventStream):
                 await self._stream_events(answer)
                 return
-            await self._respond(answer)
+            if isinstance(answer, FileResponse):
+                await self._send_file(answer)
+            else:
+                await self._respond(answer)
             if self.http.our_state is h11.MUST_CLOSE or self.http.their_state is h11.MUST_CLOSE:
                 return
             if self.http.their_state is not h11.DONE:
@@ -241,6 +255,28 @@ class _Connection:
         data += self.http.send(h11.Data(data=response.body)) or b""
         data += self.http.send(h11.EndOfMessage()) or b""
         await self.stream.send_all(data)
+
+    async def _send_file(self, answer: FileResponse) -> None:
+        quoted = quote(answer.name, safe="")
+        headers = [
+            ("Content-Type", "application/octet-stream"),
+            ("Content-Length", str(answer.size)),
+            ("Content-Disposition", f"attachment; filename*=UTF-8''{quoted}"),
+            ("Cache-Control", "no-store"),
+            ("X-Content-Type-Options", "nosniff"),
+        ]
+        try:
+            await self.stream.send_all(self.http.send(h11.Response(status_code=200, headers=headers)) or b"")
+            left = answer.size
+            while left > 0:
+                chunk = await trio.to_thread.run_sync(answer.opened.read, min(READ_SIZE, left))
+                if not chunk:
+                    raise trio.BrokenResourceError("the file shrank while it was sent")
+                left -= len(chunk)
+                await self.stream.send_all(self.http.send(h11.Data(data=chunk)) or b"")
+            await self.stream.send_all(self.http.send(h11.EndOfMessage()) or b"")
+        finally:
+            answer.opened.close()
 
     async def _send_simple(self, status: int, message: str) -> None:
         try:

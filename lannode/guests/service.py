@@ -31,6 +31,7 @@ it and routes to it through this node (``lannode.guests.routes``).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -41,7 +42,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import segno
 import trio
@@ -55,8 +56,8 @@ from lannode.core.guests import GuestError, GuestRecord, Invites, Session, Sessi
 from lannode.core.membership import State
 from lannode.core.writers import DOOR_PREFIX, GUESTS_PREFIX
 from lannode.events import EventBus, Subscriber, SubscriberGone
-from lannode.files import ui_root, write_private
-from lannode.guests.http import EventStream, HttpError, HttpsServer, Request, Response
+from lannode.files import open_beneath, ui_root, write_private
+from lannode.guests.http import EventStream, FileResponse, HttpError, HttpsServer, Request, Response
 from lannode.guests.routes import Router
 from lannode.guests.tls import DoorCertificate, door_certificate
 from lannode.identity import Identity
@@ -65,10 +66,13 @@ from lannode.peers.service import PeerService, register_trust
 from lannode.peers.trust import TrustStore
 from lannode.rtc import RtcService
 from lannode.store import StoreService
+from lannode.transfer.service import TransferService
+from lannode.uploads import UploadService
 
 log = logging.getLogger("lannode.guests")
 
 MAX_BODY = 256 * 1024  # a guest's request
+MAX_PIECE = 8 << 20  # a piece of an upload: read whole, its hash checked, then written
 RATE = 20.0  # requests a second a guest may make
 BURST = 200.0  # ... and at once (a page opening asks for a few things together)
 EVENT_QUEUE = 512  # events waiting for one page; past that they are dropped (counted)
@@ -134,13 +138,19 @@ class GuestPeers:
     def state_of(self, node_id: str) -> str:
         return self.host.state_of(node_id)
 
+    def bulk_address(self, node_id: str) -> tuple[str, int] | None:
+        return self.host.bulk_address(node_id)
+
 
 class MethodTable:
-    """A guest's methods (``api.Methods``): what services register, looked up per request."""
+    """A guest's methods (``api.ByteMethods``): what services register, looked up per
+    request. Upload bytes come through the door's own ``PUT /guest/uploads/ID``."""
 
     def __init__(self) -> None:
         self.handlers: dict[str, api.Handler] = {}
         self.on_disconnect: list[Callable[[int], None]] = []
+        self.binary_handler: Callable[[api.Principal, bytes], Awaitable[None]] | None = None
+        self.http_upload: Callable[[api.Principal, str, int, AsyncIterator[bytes]], Awaitable[Any]] | None = None
 
     def method(self, name: str, handler: api.Handler | None, doc: str, *, local_only: bool = False) -> None:
         if handler is not None and not local_only:
@@ -158,6 +168,8 @@ class Guest:
     peers: GuestPeers
     chat: ChatService
     rtc: RtcService
+    uploads: UploadService
+    transfers: TransferService
     methods: MethodTable
     added: float
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -175,6 +187,7 @@ class GuestService:
     def __init__(self, home_path: Path, config: Config, identity: Identity, name: str, peers: PeerService, store: StoreService, bus: EventBus, router: Router) -> None:
         self.home = home_path / "guests"
         self.config_path = home_path / "config.toml"
+        self.config = config
         self.identity = identity
         self.me = identity.node_id
         self.name = name
@@ -256,7 +269,14 @@ class GuestService:
         rtc = RtcService(guest_id, record.name, peers, self.router.view(guest_id), self.store, bus, methods)
         assert self._nursery is not None
         rtc.attach(self._nursery)
-        guest = Guest(record, directory, bus, peers, chat, rtc, methods, added)
+        uploads = UploadService(directory, bus)
+        uploads.register_methods(methods)
+        author = GuestAuthor(record.guest_key)
+        transfers = TransferService(directory, self.config, author, peers, bus, uploads, links=self.router.view(guest_id), bulk=self.peers.links, downloads=directory / "downloads")
+        transfers.auto_accept = set()  # the host's trusted senders are not the guest's
+        uploads.in_use = transfers.sending
+        transfers.register_methods(methods)
+        guest = Guest(record, directory, bus, peers, chat, rtc, uploads, transfers, methods, added)
         self._register_basics(guest)
         self.guests[guest_id] = guest
         assert self._nursery is not None
@@ -266,7 +286,11 @@ class GuestService:
 
     async def _run_guest(self, guest: Guest, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with guest.scope:
-            await guest.chat.run(task_status=task_status)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(guest.chat.run)
+                await nursery.start(guest.uploads.run)
+                await nursery.start(guest.transfers.run)
+                task_status.started()
 
     async def _announce(self, guest: Guest) -> None:
         await self.store.put(f"{GUESTS_PREFIX}{self.me}/{guest.node_id}", {"record": guest.record.to_json(), "online": guest.pages > 0})
@@ -313,7 +337,7 @@ class GuestService:
         self.problem = "off (lannode guests on)"
         await self.store.delete(f"{DOOR_PREFIX}{self.me}")
 
-    async def _handle(self, request: Request) -> Response | EventStream:
+    async def _handle(self, request: Request) -> Response | FileResponse | EventStream:
         path = request.path
         if request.method == "GET":
             if path in ("/", "/index.html"):
@@ -322,14 +346,22 @@ class GuestService:
                 return Response(body=json.dumps({"guest": True, "host": self.me, "host_name": self.name, "fingerprint": self.certificate.fingerprint if self.certificate else ""}).encode())
             if path == "/guest/events":
                 return self._events(request)
+            if path.startswith("/guest/files/"):
+                return await self._download(request)
             static = STATIC.match(path)
             if static:
                 return self._file(static.group(1))
             raise HttpError(404, "not found", "not_found")
-        if request.method != "POST":
-            raise HttpError(405, "GET or POST", "method")
         if request.header("origin") not in (None, self.url.rstrip("/")):
             raise HttpError(403, "not this door's own page", "origin")
+        if request.method == "PUT" and path.startswith("/guest/uploads/"):
+            try:
+                return await self._upload(request)
+            except GuestError as exc:
+                self.counters[exc.reason] += 1
+                return Response(403 if exc.reason in ("forged", "replayed") else 401 if exc.reason == "no_session" else 400, json.dumps({"error": str(exc), "reason": exc.reason}).encode())
+        if request.method != "POST":
+            raise HttpError(405, "GET, POST, or PUT of an upload", "method")
         body = await request.body(MAX_BODY)
         handler = {"/guest/join": self._join, "/guest/challenge": self._challenge, "/guest/session": self._session, "/guest/api": self._api}.get(path)
         if handler is None:
@@ -486,6 +518,49 @@ class GuestService:
                 self._nursery.start_soon(self._announce, guest)
 
         return EventStream(receive, closed)
+
+    # -- files: a guest's uploads to its host, and the files it received ------------------------------
+    async def _upload(self, request: Request) -> Response:
+        """One piece of an upload (``PUT /guest/uploads/ID``): signed over the path, the offset
+        and the piece's SHA-256, which is checked before a byte is written."""
+        offset_text, digest = request.header("x-lannode-offset") or "", (request.header("x-lannode-sha256") or "").lower()
+        if not offset_text.isdigit() or len(digest) != 64:
+            raise GuestError("malformed", "an upload's piece names its offset and its SHA-256")
+        guest, session = self._signed(request, f"PUT {request.path} {offset_text} {digest}".encode())
+        body = await request.body(MAX_PIECE)
+        if hashlib.sha256(body).hexdigest() != digest:
+            raise GuestError("malformed", "the piece is not the one signed (its SHA-256 differs)")
+
+        async def piece() -> AsyncIterator[bytes]:
+            yield body
+
+        principal = api.Principal(origin=self.url.rstrip("/"), connection=self._stream_of.get(session.id, 0))
+        try:
+            record = await guest.uploads.on_http(principal, request.path.rsplit("/", 1)[1], int(offset_text), piece())
+        except api.ApiError as exc:
+            self.counters[f"refused_{exc.code}"] += 1
+            return Response({api.ErrorCode.NOT_FOUND: 404, api.ErrorCode.FORBIDDEN: 403}.get(exc.code, 400), json.dumps({"error": exc.message}).encode())
+        return Response(body=api.encode(record).encode())
+
+    async def _download(self, request: Request) -> FileResponse:
+        """A file the guest received (``GET /guest/files/TRANSFER/INDEX``, signed in the query):
+        read from the guest's own downloads folder, never through a link."""
+        try:
+            guest, _ = self._signed(request, f"GET {request.path}".encode())
+        except GuestError as exc:
+            self.counters[exc.reason] += 1
+            raise HttpError(401 if exc.reason in ("no_session", "unknown_guest") else 403, str(exc), exc.reason) from None
+        parts = request.path.split("/")
+        transfer = guest.transfers.transfers.get(parts[3]) if len(parts) == 5 and parts[4].isdigit() else None
+        landed = transfer.landed.get(int(parts[4])) if transfer is not None and transfer.direction == "in" else None
+        if landed is None:
+            raise HttpError(404, "no such file received", "not_found")
+        downloads = guest.transfers.downloads
+        try:
+            opened, size = await trio.to_thread.run_sync(open_beneath, downloads, landed)
+        except OSError:
+            raise HttpError(404, "that file is gone from the host", "not_found") from None
+        return FileResponse(opened, size, landed.rsplit("/", 1)[-1])
 
     # -- the guest's own methods (beside chat's) ------------------------------------------------------
     def _register_basics(self, guest: Guest) -> None:

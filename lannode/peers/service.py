@@ -313,6 +313,17 @@ class PeerService:
             log.debug("zeroconf found %s (%s) at %s:%d; saying hello", found.name, found.node_id, *found.gossip)
             self.gossip.contact(found.gossip)
 
+    def bulk_address(self, node_id: str) -> tuple[str, int] | None:
+        """Where to open a bulk connection for ``node_id``: a member's link port, or, for a
+        guest, its host's (the host takes its guests' bulk connections)."""
+        address = self.link_address(node_id)
+        guest = self.guests.get(node_id) if address is None and self.guests is not None else None
+        if guest is None or guest.host == node_id:
+            return address
+        if guest.host == self.identity.node_id:
+            return (self.address, self._link_port) if self._link_port else None
+        return self.link_address(guest.host)
+
     def link_address(self, node_id: str) -> tuple[str, int] | None:
         membership = self.membership
         member = membership.members.get(node_id) if membership else None

@@ -23,7 +23,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import trio
 
@@ -44,10 +44,9 @@ from lannode.core.transfer import (
 )
 from lannode.events import PROGRESS_EVERY, EventBus
 from lannode.files import free_name_in, open_folder_beneath, write_private
-from lannode.identity import Identity
+from lannode.identity import Author
 from lannode.net.bulk import BulkError, Meter, run_in_thread
-from lannode.net.links import Link, LinkError
-from lannode.peers.service import PeerService
+from lannode.net.links import LinkError, LinkManager, Links, PeerLink
 from lannode.transfer.offers import (
     TransferError,
     check_offer,
@@ -117,6 +116,7 @@ class Transfer:
     _began: tuple[float, int] = (0.0, 0)  # when this run of the transfer started, and its bytes then
     offer_saved: bool = False
     done_log: Any = None  # in: the open log of finished files
+    landed: dict[int, str] = field(default_factory=dict)  # in: where each finished file landed, under the downloads folder
 
     @property
     def total(self) -> int:
@@ -133,6 +133,7 @@ class Transfer:
             "finished": self.finished,
             "sources": self.sources,
             "paths": self.paths,
+            "landed": {str(i): path for i, path in self.landed.items()},
         }
 
     @classmethod
@@ -150,6 +151,7 @@ class Transfer:
             finished=data.get("finished"),
             sources=[tuple(s) for s in data.get("sources", [])],
             paths=list(data.get("paths", [])),
+            landed={int(i): str(path) for i, path in dict(data.get("landed", {})).items()},
         )
 
     def record(self) -> dict[str, Any]:
@@ -177,19 +179,47 @@ class Transfer:
         return {"index": index, "name": f.path, "size": f.size, "bytes": min(f.size, self.meter.file_bytes)}
 
 
+class TransferPeers(Protocol):
+    """What file drop needs to know of the others (``PeerService``; a guest's view of it)."""
+
+    state_listeners: list[Callable[[str, State], None]]
+
+    def resolve_id(self, text: str) -> str: ...
+
+    def name_of(self, node_id: str) -> str: ...
+
+    def name_if_known(self, node_id: str) -> str | None: ...
+
+    def bulk_address(self, node_id: str) -> tuple[str, int] | None: ...
+
+
 class TransferService:
     """File drop: offers, decisions, the bulk workers, resume and progress."""
 
-    def __init__(self, home_path: Path, config: Config, identity: Identity, peers: PeerService, bus: EventBus, uploads: "UploadService | None" = None) -> None:
+    def __init__(
+        self,
+        home_path: Path,
+        config: Config,
+        identity: Author,
+        peers: TransferPeers,
+        bus: EventBus,
+        uploads: "UploadService | None" = None,
+        *,
+        links: Links,
+        bulk: LinkManager,
+        downloads: Path | None = None,
+    ) -> None:
         self.uploads = uploads
         self.home_path = home_path
         self.dir = home_path / "transfers"
         configured = config.get("transfer.downloads")
-        self.downloads = Path(configured).expanduser() if configured else home_path / "downloads"
+        self.downloads = downloads or (Path(configured).expanduser() if configured else home_path / "downloads")
         self.limit = int(config.get("transfer.max_bytes"))
         self.auto_accept = set(config.get("transfer.auto_accept"))
         self.me = identity.node_id
         self.peers = peers
+        self.links = links  # offers and decisions: to nodes, or to guests through their hosts
+        self.bulk = bulk  # the bulk connections: always this machine's own link manager
         self.bus = bus
         self.transfers: dict[str, Transfer] = {}
         self._tokens: dict[str, bytes] = {}  # transfer id -> its one-time bulk token, while it is good
@@ -198,7 +228,7 @@ class TransferService:
         self.refused: dict[str, int] = {}
         self.set_aside = 0  # broken transfer records found at start, renamed .bad
         self.bytes_sent = 0  # file bytes this process handed to bulk connections (resends included)
-        peers.links.handle(CHANNEL_TRANSFER, self._on_frame)
+        links.handle(CHANNEL_TRANSFER, self._on_frame)
         peers.state_listeners.append(self._on_peer_state)
 
     # -- life --------------------------------------------------------------------------------------
@@ -287,7 +317,8 @@ class TransferService:
         )
 
     async def _link_send(self, peer: str, message: dict[str, Any]) -> None:
-        await self.peers.links.send(peer, CHANNEL_TRANSFER, json.dumps(message, separators=(",", ":")).encode())
+        link = await self.links.link_to(peer)
+        await link.send(CHANNEL_TRANSFER, json.dumps(message, separators=(",", ":")).encode())
 
     async def _try_send(self, peer: str, message: dict[str, Any]) -> bool:
         try:
@@ -301,8 +332,8 @@ class TransferService:
     async def send(self, peer_text: str, paths: list[str], *, named: list[tuple[Path, str]] | None = None) -> tuple[Transfer, list[str]]:
         """Offer files and folders at ``paths``, or files at paths under the names to offer
         them by (``named``: uploads, whose folder structure the page gave)."""
-        member = self.peers.resolve(peer_text)
-        if member.node_id == self.me:
+        peer = self.peers.resolve_id(peer_text)
+        if peer == self.me:
             raise api.ApiError(api.ErrorCode.BAD_PARAMS, "that is this node; send to a peer")
         try:
             skipped: list[str] = []
@@ -316,8 +347,8 @@ class TransferService:
         t = Transfer(
             id=offer.id,
             direction="out",
-            peer=member.node_id,
-            peer_name=member.presence.name,
+            peer=peer,
+            peer_name=self.peers.name_of(peer),
             offer=offer,
             state="offered",
             sources=[(str(f.path.absolute()), f.size, f.mtime_ns) for f in files],
@@ -383,7 +414,7 @@ class TransferService:
         except (KeyError, ValueError, TypeError):
             self._refuse("bad_accept")
             return "retry"
-        address = self.peers.link_address(t.peer)
+        address = self.peers.bulk_address(t.peer)
         if address is None:
             return "retry"
         sources = [Source(Path(p), size, mtime, t.offer.chunk_size) for p, size, mtime in t.sources]
@@ -425,7 +456,7 @@ class TransferService:
         return "again"
 
     # -- receiving ---------------------------------------------------------------------------------
-    async def _on_frame(self, link: Link, data: bytes) -> None:
+    async def _on_frame(self, link: PeerLink, data: bytes) -> None:
         await self._ready.wait()  # an offer must meet the transfers of an earlier run, loaded
         try:
             message = json.loads(data)
@@ -477,7 +508,7 @@ class TransferService:
             for suffix in (".json", ".offer"):
                 (self.dir / f"{t.id}{suffix}").unlink(missing_ok=True)
 
-    async def _on_offer(self, link: Link, message: dict[str, Any]) -> None:
+    async def _on_offer(self, link: PeerLink, message: dict[str, Any]) -> None:
         raw = message.get("offer")
         raw_id, raw_files = (raw.get("id"), raw.get("files")) if isinstance(raw, dict) else (None, None)
         if not (isinstance(raw_id, str) and raw_id in self.transfers):  # a new offer, not one sent again
@@ -500,8 +531,7 @@ class TransferService:
             await self._answer(t)
             return
         self._forget_finished()
-        member = self.peers.membership.members.get(link.node_id) if self.peers.membership else None
-        t = Transfer(id=offer.id, direction="in", peer=link.node_id, peer_name=member.presence.name if member else "", offer=offer, state="pending")
+        t = Transfer(id=offer.id, direction="in", peer=link.node_id, peer_name=self.peers.name_if_known(link.node_id) or "", offer=offer, state="pending")
         try:
             t.paths = await trio.to_thread.run_sync(lambda: check_offer(offer, self.downloads, limit=self.limit, reserve=_reserve(self.downloads)))
         except TransferError as exc:
@@ -529,14 +559,14 @@ class TransferService:
         elif t.state == "active":
             secret, token = secrets.token_bytes(SECRET_BYTES), secrets.token_bytes(TOKEN_BYTES)
             if (old := self._tokens.pop(t.id, None)) is not None:
-                self.peers.links.forget_bulk(old)
+                self.bulk.forget_bulk(old)
             try:
-                self.peers.links.expect_bulk(token, functools.partial(self._on_bulk, t=t, secret=secret, token=token), t.peer)
+                self.bulk.expect_bulk(token, functools.partial(self._on_bulk, t=t, secret=secret, token=token), t.peer)
             except LinkError as exc:  # the peer holds its share of bulk connections: its next offer gets the accept
                 log.info("transfer %s: %s", t.id[:8], exc)
                 return
             self._tokens[t.id] = token
-            link = self.peers.links.links.get(t.peer)
+            link = self.links.open_link(t.peer)
             cipher = link.cipher if link is not None else "xchacha20-poly1305"
             await self._try_send(t.peer, {"t": "accept", "id": t.id, "secret": base64.b64encode(secret).decode(), "token": token.hex(), "cipher": cipher})
         elif t.state == "done":
@@ -628,6 +658,7 @@ class TransferService:
         if t.done_log is None or t.done_log.closed:
             t.done_log = open(os.path.join(partial, "done"), "a", buffering=1)  # a line at a time
         t.done_log.write(f"{index}\t{landed}\n")
+        t.landed[index] = landed
         t.done_files.add(index)
 
     async def _cleanup_partial(self, t: Transfer) -> None:
@@ -679,7 +710,7 @@ class TransferService:
                 while t.worker is not None:
                     await trio.sleep(0.01)
         sock = socket.socket(fileno=stream.socket.detach())
-        link = self.peers.links.links.get(t.peer)
+        link = self.links.open_link(t.peer)
         aes = link is not None and link.cipher == "aes-256-gcm"
         sinks = [Sink(p, self._partial(t) / str(i), i in t.done_files) for i, p in enumerate(t.progress)]
         meter = t.meter = Meter(bytes_done=sum(p.position for p in t.progress))
@@ -688,7 +719,7 @@ class TransferService:
         with trio.CancelScope() as scope:
             t.worker = scope
             try:
-                await self.peers.links.bulk_threads.run(t.peer, lambda: receive_files(sock, secret, aes, sinks, meter, lambda i: self._finish(t, i)), meter)
+                await self.bulk.bulk_threads.run(t.peer, lambda: receive_files(sock, secret, aes, sinks, meter, lambda i: self._finish(t, i)), meter)
             except SourceChanged as exc:
                 log.info("transfer %s: file %d changed at the sender; waiting for its new version", t.id[:8], exc.index)
             except BulkError as exc:
