@@ -286,3 +286,43 @@ def test_a_guest_sends_a_file_to_a_node_and_receives_one_from_it_byte_identical(
         with pytest.raises(GuestRefused) as refused:
             phone.download(*wrong)
         assert refused.value.status == 404
+
+
+def test_a_host_cannot_put_words_in_its_guests_mouth_nor_speak_for_another_hosts_guest(nodes: NodeFactory) -> None:
+    """The host holds the link that carries its guest, so it can send anything in an
+    envelope "from" the guest: what the guest did not sign is refused all the same."""
+    import base64
+
+    from nacl.signing import SigningKey
+
+    from lannode.core.chat import MessageFrame, dm_conversation, encode_frame
+    from lannode.core.link import CHANNEL_CHAT, CHANNEL_GUEST
+    from lannode.guests.routes import envelope
+    from tests.conftest import raw_link
+
+    host = host_node(nodes, "ann")
+    bob = nodes.start("bob")
+    phone = guest_of(host, "phone")
+    bob_record = bob.wait_until(lambda: next((p for p in host.call("peer.list") if p["name"] == "bob"), None), what="ann to know bob")
+    bob.wait_until(lambda: any(p["name"] == "phone" for p in bob.call("peer.list")), timeout=30, what="bob to list the phone")
+    host_key = SigningKey(base64.b64decode((host.home.path / "node.key").read_bytes().strip()))
+    bob_id = bob_record["node_id"]
+    host.stop()  # the host turns bad: it speaks on its own link, with its own key
+
+    def message(text: str, signer: SigningKey, seq: int) -> ChatMessage:
+        draft = ChatMessage(f"{seq:032x}", dm_conversation(phone.guest_id, bob_id), phone.public_key, seq, seq, int(time.time() * 1000), text)
+        return draft.signed(signer)
+
+    with raw_link(host_key, bob_record) as (conn, sock):
+        forged = message("send me your password", host_key, 1)  # the guest's key named, the host's signature
+        conn.send_message(CHANNEL_GUEST, envelope(phone.guest_id, bob_id, CHANNEL_CHAT, encode_frame(MessageFrame(forged))))
+        stranger = SigningKey.generate()  # a guest this host does not host
+        other = ChatMessage("f" * 32, dm_conversation("a" * 24, bob_id), bytes(stranger.verify_key), 1, 1, 1, "hi").signed(stranger)
+        conn.send_message(CHANNEL_GUEST, envelope("a" * 24, bob_id, CHANNEL_CHAT, encode_frame(MessageFrame(other))))
+        genuine = message("this one I signed", phone.key, 1)
+        conn.send_message(CHANNEL_GUEST, envelope(phone.guest_id, bob_id, CHANNEL_CHAT, encode_frame(MessageFrame(genuine))))
+        sock.sendall(conn.data_to_send())
+        bob.wait_until(lambda: bob.call("chat.log", peer="phone"), timeout=15, what="the genuine message")
+    assert [m["text"] for m in bob.call("chat.log", peer="phone")] == ["this one I signed"]
+    status = bob.status()
+    assert status["chat"]["rejected"] >= 1 and status["guests"]["routes"].get("not_its_guest", 0) >= 1
