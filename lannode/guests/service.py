@@ -72,7 +72,9 @@ from lannode.uploads import UploadService
 log = logging.getLogger("lannode.guests")
 
 MAX_BODY = 256 * 1024  # a guest's request
-MAX_PIECE = 8 << 20  # a piece of an upload: read whole, its hash checked, then written
+MAX_PIECE = 32 << 20  # a piece of an upload: read whole, its hash checked, then written
+PIECES_HELD = 4  # pieces of uploads held in memory at once, from all guests (2 from one)
+PIECE_WAIT = 30.0  # seconds a piece that came early waits for the one before it
 RATE = 20.0  # requests a second a guest may make
 BURST = 200.0  # ... and at once (a page opening asks for a few things together)
 EVENT_QUEUE = 512  # events waiting for one page; past that they are dropped (counted)
@@ -174,6 +176,8 @@ class Guest:
     added: float
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     pages: int = 0  # event streams open now
+    pieces: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(2))  # upload pieces of its held at once
+    piece_written: trio.Event = field(default_factory=trio.Event)  # set (and replaced) when a piece of its was written
     tokens: float = BURST
     tokens_at: float = 0.0
     requests: int = 0
@@ -212,6 +216,7 @@ class GuestService:
         self._ui = ui_root()
         self._static: dict[str, bytes] = {}
         self._streams = itertools.count(1)
+        self._pieces = trio.Semaphore(PIECES_HELD)
         self._stream_of: dict[str, int] = {}  # session -> its page's event stream (the page's "connection")
         peers.state_listeners.append(self._on_peer_state)
 
@@ -527,19 +532,29 @@ class GuestService:
         if not offset_text.isdigit() or len(digest) != 64:
             raise GuestError("malformed", "an upload's piece names its offset and its SHA-256")
         guest, session = self._signed(request, f"PUT {request.path} {offset_text} {digest}".encode())
-        body = await request.body(MAX_PIECE)
-        if hashlib.sha256(body).hexdigest() != digest:
-            raise GuestError("malformed", "the piece is not the one signed (its SHA-256 differs)")
+        upload_id, offset = request.path.rsplit("/", 1)[1], int(offset_text)
+        async with guest.pieces, self._pieces:  # pieces held in memory: 2 a guest, PIECES_HELD in all
+            body = await request.body(MAX_PIECE)
+            if hashlib.sha256(body).hexdigest() != digest:
+                raise GuestError("malformed", "the piece is not the one signed (its SHA-256 differs)")
 
-        async def piece() -> AsyncIterator[bytes]:
-            yield body
+            async def piece() -> AsyncIterator[bytes]:
+                yield body
 
-        principal = api.Principal(origin=self.url.rstrip("/"), connection=self._stream_of.get(session.id, 0))
-        try:
-            record = await guest.uploads.on_http(principal, request.path.rsplit("/", 1)[1], int(offset_text), piece())
-        except api.ApiError as exc:
-            self.counters[f"refused_{exc.code}"] += 1
-            return Response({api.ErrorCode.NOT_FOUND: 404, api.ErrorCode.FORBIDDEN: 403}.get(exc.code, 400), json.dumps({"error": exc.message}).encode())
+            # The page sends the next piece while this one is written: it waits for its turn.
+            upload = guest.uploads.uploads.get(upload_id)
+            with trio.move_on_after(PIECE_WAIT):
+                while upload is not None and (upload.busy or upload.written < offset):
+                    await guest.piece_written.wait()
+            principal = api.Principal(origin=self.url.rstrip("/"), connection=self._stream_of.get(session.id, 0))
+            try:
+                record = await guest.uploads.on_http(principal, upload_id, offset, piece())
+            except api.ApiError as exc:
+                self.counters[f"refused_{exc.code}"] += 1
+                return Response({api.ErrorCode.NOT_FOUND: 404, api.ErrorCode.FORBIDDEN: 403}.get(exc.code, 400), json.dumps({"error": exc.message}).encode())
+            finally:
+                guest.piece_written.set()
+                guest.piece_written = trio.Event()
         return Response(body=api.encode(record).encode())
 
     async def _download(self, request: Request) -> FileResponse:
