@@ -38,8 +38,21 @@ class Lab:
         return page
 
     def phone(self) -> BrowserContext:
-        """A phone on the LAN: h2's Chromium with a Pixel's screen, touch and user agent."""
-        return self.browsers[2].new_context(**self.playwright.devices["Pixel 7"], ignore_https_errors=True)
+        """A phone on the LAN: h2's Chromium with a Pixel's screen, touch and user agent,
+        notifications granted; ``window.__notes`` records the notifications it shows, and
+        ``window.__hidden`` stands for the person looking at another app."""
+        context = self.browsers[2].new_context(**self.playwright.devices["Pixel 7"], ignore_https_errors=True, permissions=["notifications"])
+        context.add_init_script(NOTES)
+        return context
+
+
+NOTES = """
+window.__notes = [];
+window.__hidden = false;
+Object.defineProperty(document, "hidden", { get: () => window.__hidden });
+const Real = window.Notification;
+window.Notification = class extends Real { constructor(title, options) { super(title, options); window.__notes.push(title); } };
+"""
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +120,12 @@ def test_a_phone_joins_by_the_code_on_the_hosts_page_chats_calls_and_swaps_files
     bob.wait_for_selector(f".peer[data-node='{guest['node_id']}']", timeout=15000)
     bob.click(f".peer[data-node='{guest['node_id']}'] .chat-with")
     bob.wait_for_selector(".message[data-direction=in] >> text=hello from a phone", timeout=15000)
+    page.evaluate("() => { window.__hidden = true; }")  # the person looks at another app
     bob.fill("#composer-text", "hello phone, from bob's page")
     bob.press("#composer-text", "Enter")
     answer = page.wait_for_selector(".message[data-direction=in] >> text=hello phone, from bob's page", timeout=15000)
+    page.wait_for_function("() => window.__notes.includes('h2')", timeout=5000)  # a notification of the message
+    page.evaluate("() => { window.__hidden = false; document.dispatchEvent(new Event('visibilitychange')); }")
     page.wait_for_selector(".message[data-direction=in][data-verified=yes]", timeout=5000)  # the phone checked bob's signature
     assert answer is not None
     page.wait_for_selector(".message[data-direction=out] .tick[data-state=read]", timeout=15000)  # bob's page read it
@@ -142,7 +158,10 @@ def test_a_phone_joins_by_the_code_on_the_hosts_page_chats_calls_and_swaps_files
 
     notes = tmp_path / "notes.pdf"
     notes.write_bytes(os.urandom(3 * 1024 * 1024))
+    page.evaluate("() => { window.__hidden = true; }")
     lab.call(2, "transfer.send", peer=guest["node_id"], paths=[str(notes)])
+    page.wait_for_function("() => window.__notes.includes('h2 offers notes.pdf')", timeout=30000)
+    page.evaluate("() => { window.__hidden = false; }")
     page.tap(".transfer[data-direction=in][data-state=pending] .accept", timeout=30000)
     save = page.wait_for_selector(".transfer[data-direction=in][data-state=done] .save", timeout=60000)
     with page.expect_download() as saved:

@@ -14,6 +14,7 @@ import { People } from "/people.js";
 import { Mesh } from "/rtc.js";
 import { Uploader } from "/upload.js";
 import { Invites } from "/invites.js";
+import { Notifier } from "/notify.js";
 
 const config = await fetch("/config.json", { cache: "no-store" }).then((r) => (r.ok ? r.json() : Promise.reject(new Error(`config.json: ${r.status}`)))).catch((err) => ({ error: err.message }));
 const guest = config.guest === true;
@@ -29,6 +30,7 @@ const files = new Files(api, people, uploader, direct);
 const mail = new Mail(api, uploader);
 const drive = new Drive(api, people, uploader, mail);
 const invites = new Invites(api);
+const notifier = new Notifier(api, people);
 if (guest) chat.verify = GuestApi.verifyMessage;
 let status = null;
 let statusAt = 0;
@@ -114,6 +116,7 @@ window.addEventListener("hashchange", route);
 
 people.start();
 chat.start();
+notifier.start();
 calls.start();
 mesh.start();
 direct.start();
