@@ -88,9 +88,22 @@ CREATE TABLE IF NOT EXISTS messages (
     next_at REAL NOT NULL,          -- wall clock: a restart keeps the schedule
     last_error TEXT,
     refused TEXT,                   -- JSON {address: reply} of recipients the relay refused
-    sent_at REAL
+    sent_at REAL,
+    owner TEXT NOT NULL DEFAULT ''  -- '' for the node's own; a guest's node id for a guest's (lannode.guests)
 );
 """
+SCHEMA_VERSION = 1  # PRAGMA user_version; 0: before guests (no owner column)
+
+
+@dataclass(frozen=True, slots=True)
+class MailSource:
+    """Whose message it is and where its attachments come from: the node's own chat,
+    uploads and drive (owner ""), or a guest's (its own chat and uploads, no drive)."""
+
+    chat: "ChatService"
+    uploads: "UploadService"
+    drive: "DriveService | None"
+    owner: str = ""
 
 
 @dataclass(slots=True)
@@ -140,7 +153,11 @@ class MailService:
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # a handful of rows a day: every acknowledged message is on disk
+        if db.execute("PRAGMA user_version").fetchone()[0] < 1 and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'").fetchone():
+            if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(messages)")}:
+                db.execute("ALTER TABLE messages ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
         db.executescript(SCHEMA)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         # an attempt the last run did not finish goes again (at least once, as relays do)
         interrupted = db.execute("UPDATE messages SET state = 'queued' WHERE state = 'sending'").rowcount
         if interrupted:
@@ -185,10 +202,12 @@ class MailService:
             record["waiting_for"] = f"the mail plugin ({self.plugin_state() or 'not enabled'})"
         return record
 
-    def _get(self, message_id: str) -> sqlite3.Row:
-        rows = self._rows("SELECT * FROM messages WHERE id = ?", (message_id,))
+    def _get(self, message_id: str, owner: str | None = None) -> sqlite3.Row:
+        """A message by id or prefix; with ``owner``, only one of that owner's."""
+        mine, args = ("", ()) if owner is None else (" AND owner = ?", (owner,))
+        rows = self._rows(f"SELECT * FROM messages WHERE id = ?{mine}", (message_id, *args))
         if not rows and len(message_id) >= 4:
-            rows = self._rows("SELECT * FROM messages WHERE id LIKE ?", (message_id.replace("%", "").replace("_", "") + "%",))
+            rows = self._rows(f"SELECT * FROM messages WHERE id LIKE ?{mine}", (message_id.replace("%", "").replace("_", "") + "%", *args))
         if len(rows) != 1:
             raise api.ApiError(api.ErrorCode.NOT_FOUND, f"no message {message_id!r} in the outbox" if not rows else f"{message_id!r} names {len(rows)} messages; give more of the id")
         return rows[0]
@@ -204,7 +223,12 @@ class MailService:
         return self.settings
 
     # -- sending -------------------------------------------------------------------------------------
-    async def send(self, params: dict[str, Any], caller: api.Principal) -> dict[str, Any]:
+    @property
+    def own(self) -> MailSource:
+        return MailSource(self.chat, self.uploads, self.drive)
+
+    async def send(self, params: dict[str, Any], caller: api.Principal, source: MailSource | None = None) -> dict[str, Any]:
+        source = source or self.own
         settings = self._need_settings()
         try:
             d = draft(
@@ -217,7 +241,7 @@ class MailService:
             )
         except MailError as exc:
             raise api.ApiError(api.ErrorCode.BAD_PARAMS, str(exc)) from None
-        attachments, notes = await self._gather(params, caller, settings)
+        attachments, notes = await self._gather(params, caller, settings, source)
         total = sum(len(a.data) for a in attachments)
         if total > settings.max_attachment_bytes:
             raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"the attachments come to {total:,} bytes; the limit is {settings.max_attachment_bytes:,} (max_attachment_bytes in [plugins.mail])")
@@ -242,13 +266,14 @@ class MailService:
             json.dumps(notes),
             "queued",
             now,
+            source.owner,
         )
 
         def store() -> None:
             assert self.db is not None
             write_private(self.spool_path(message_id), raw)
             self.db.execute(
-                "INSERT INTO messages (id, created_at, sender, recipients, to_header, subject, size, attachments, notes, state, next_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO messages (id, created_at, sender, recipients, to_header, subject, size, attachments, notes, state, next_at, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 row,
             )
 
@@ -257,7 +282,7 @@ class MailService:
         log.info("queued %s to %s (%d bytes)", message_id, ", ".join(d.recipients), len(raw))
         return self._changed(message_id)
 
-    async def _gather(self, params: dict[str, Any], caller: api.Principal, settings: MailSettings) -> tuple[list[Attachment], list[str]]:
+    async def _gather(self, params: dict[str, Any], caller: api.Principal, settings: MailSettings, source: MailSource) -> tuple[list[Attachment], list[str]]:
         """The attachments a send names, and notes for the body (a drive file too big to attach)."""
         attachments: list[Attachment] = []
         notes: list[str] = []
@@ -274,34 +299,36 @@ class MailService:
         for upload_id in require(params, "uploads", list, optional=True) or []:
             if not isinstance(upload_id, str):
                 raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"uploads" is a list of upload ids')
-            path = self.uploads.complete_path(upload_id)
+            path = source.uploads.complete_path(upload_id)
             named.append((path, path.name))
         for path, name in named:
             data = await trio.to_thread.run_sync(_read_capped, path, limit)
             attachments.append(Attachment(name, data))
         if (target := require(params, "transcript", str, optional=True)) is not None:
-            attachments.append(await self._transcript(target))
+            attachments.append(await self._transcript(target, source.chat))
         if (wanted := require(params, "drive", str, optional=True)) is not None:
-            attachment, note = await self._drive_file(wanted, limit - sum(len(a.data) for a in attachments))
+            if source.drive is None:
+                raise api.ApiError(api.ErrorCode.FORBIDDEN, "drive files are not for guests yet")
+            attachment, note = await self._drive_file(source.drive, wanted, limit - sum(len(a.data) for a in attachments))
             if attachment is not None:
                 attachments.append(attachment)
             if note:
                 notes.append(note)
         return attachments, notes
 
-    async def _transcript(self, target: str) -> Attachment:
+    async def _transcript(self, target: str, chat: "ChatService") -> Attachment:
         """A conversation's whole history as text, oldest first."""
         if target.startswith("#"):
-            group = self.chat.resolve_group(target)
+            group = chat.resolve_group(target)
             conversation, title = group_conversation(group.id), f"#{group.name}"
         else:
-            peer = self.chat.peers.resolve_id(target)
-            conversation, title = dm_conversation(self.chat.me, peer), self.chat.peers.name_of(peer)
+            peer = chat.peers.resolve_id(target)
+            conversation, title = dm_conversation(chat.me, peer), chat.peers.name_of(peer)
         pages: list[list[dict[str, Any]]] = []
         before: str | None = None
         count = 0
         while count < MAX_TRANSCRIPT:
-            page = await self.chat.history(conversation, limit=500, before=before)
+            page = await chat.history(conversation, limit=500, before=before)
             if not page:
                 break
             pages.append(page)
@@ -311,7 +338,7 @@ class MailService:
         lines = [f"Chat transcript: {title}, {len(messages)} messages, written by lannode on {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}", ""]
         for m in messages:
             stamp = datetime.fromtimestamp(m["sent_at"] / 1000).astimezone()  # chat keeps milliseconds.strftime("%Y-%m-%d %H:%M:%S")
-            who = self.chat.peers.name_of(m["sender"])
+            who = chat.peers.name_of(m["sender"])
             if m["kind"] == "group":
                 op = m.get("op") or {}
                 lines.append(f"[{stamp}] {who} {op.get('op', 'changed the group')}" + (f" {op.get('name')}" if op.get("name") else ""))
@@ -321,8 +348,8 @@ class MailService:
         safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in title.lstrip("#"))[:40] or "chat"
         return Attachment(f"chat-{safe}.txt", ("\n".join(lines) + "\n").encode(), "text/plain")
 
-    async def _drive_file(self, wanted: str, room: int) -> tuple[Attachment | None, str | None]:
-        manifest, record = self.drive.resolve(wanted)
+    async def _drive_file(self, drive: "DriveService", wanted: str, room: int) -> tuple[Attachment | None, str | None]:
+        manifest, record = drive.resolve(wanted)
         if record is None:
             raise api.ApiError(api.ErrorCode.FORBIDDEN, f"this node cannot read drive file {manifest.file_id}: its owner has not shared it with this node")
         name = str(record.get("name") or manifest.file_id)
@@ -333,7 +360,7 @@ class MailService:
             )
         out = self.spool / f".drive-{secrets.token_hex(6)}"
         try:
-            await self.drive.get(manifest.file_id, out)
+            await drive.get(manifest.file_id, out)
             data = await trio.to_thread.run_sync(out.read_bytes)
         finally:
             out.unlink(missing_ok=True)
@@ -399,12 +426,12 @@ class MailService:
             self._release(held.id)
 
     # -- the person's side ---------------------------------------------------------------------------
-    def outbox(self, everything: bool) -> list[dict[str, Any]]:
-        where = "" if everything else " WHERE state != 'sent'"
-        return [self._record(row) for row in self._rows(f"SELECT * FROM messages{where} ORDER BY created_at")]
+    def outbox(self, everything: bool, owner: str = "") -> list[dict[str, Any]]:
+        where = "" if everything else " AND state != 'sent'"
+        return [self._record(row) for row in self._rows(f"SELECT * FROM messages WHERE owner = ?{where} ORDER BY created_at", (owner,))]
 
-    def retry(self, message_id: str | None) -> list[dict[str, Any]]:
-        rows = [self._get(message_id)] if message_id else self._rows("SELECT * FROM messages WHERE state IN ('failed', 'retrying')")
+    def retry(self, message_id: str | None, owner: str = "") -> list[dict[str, Any]]:
+        rows = [self._get(message_id, owner)] if message_id else self._rows("SELECT * FROM messages WHERE state IN ('failed', 'retrying') AND owner = ?", (owner,))
         assert self.db is not None
         done = []
         for row in rows:
@@ -416,8 +443,8 @@ class MailService:
             done.append(self._changed(row["id"]))
         return done
 
-    def cancel(self, message_id: str) -> dict[str, Any]:
-        row = self._get(message_id)
+    def cancel(self, message_id: str, owner: str = "") -> dict[str, Any]:
+        row = self._get(message_id, owner)
         if row["state"] in ("sending", "sent"):
             raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"message {row['id']} is {row['state']}; it can no longer be cancelled")
         assert self.db is not None
@@ -440,21 +467,28 @@ class MailService:
             **self.counters,
         }
 
-    def register_methods(self, server: api.Methods) -> None:
+    def register_methods(self, server: api.Methods, source: MailSource | None = None) -> None:
+        """The mail.* methods: the node's own, or (``source``) a guest's: its own messages
+        only, through the node's outbox and relay, and no plugin's methods."""
+        owner = source.owner if source is not None else ""
+
         async def mail_send(params: dict[str, Any], caller: api.Principal) -> Any:
-            return await self.send(params, caller)
+            return await self.send(params, caller, source)
 
         async def mail_outbox(params: dict[str, Any], caller: api.Principal) -> Any:
-            return self.outbox(bool(require(params, "all", bool, optional=True)))
+            return self.outbox(bool(require(params, "all", bool, optional=True)), owner)
 
         async def mail_retry(params: dict[str, Any], caller: api.Principal) -> Any:
             message_id = require(params, "id", str, optional=True)
             if message_id is None and not require(params, "all", bool, optional=True):
                 raise api.ApiError(api.ErrorCode.BAD_PARAMS, 'give "id", or "all": true')
-            return self.retry(message_id)
+            return self.retry(message_id, owner)
 
         async def mail_cancel(params: dict[str, Any], caller: api.Principal) -> Any:
-            return self.cancel(require(params, "id", str))
+            return self.cancel(require(params, "id", str), owner)
+
+        async def mail_status(params: dict[str, Any], caller: api.Principal) -> Any:
+            return {"enabled": self.settings is not None, **(self.settings.public() if self.settings else {"problem": self.problem})}
 
         async def mail_claim(params: dict[str, Any], caller: api.Principal) -> Any:
             return self.claim(caller, bool(require(params, "reset", bool, optional=True)))
@@ -467,11 +501,15 @@ class MailService:
             error = require(params, "error", str, optional=True)
             return self.report(require(params, "id", str), outcome, error[:2000] if error else None, {str(k): str(v)[:500] for k, v in refused.items()})
 
-        server.on_disconnect.append(self.on_disconnect)
+        server.method("mail.status", mail_status, "Whether mail is set up here: the relay, its security and the From address, or the problem.")
+        if source is None:
+            server.on_disconnect.append(self.on_disconnect)
         server.method("mail.send", mail_send, '{"to", "subject", "body"?, "cc"?, "bcc"?, "attach"?: [path] (local programs), "uploads"?: [upload id], "transcript"?: peer|#group, "drive"?: file}: queue a message; it is on disk when this answers.')
         server.method("mail.outbox", mail_outbox, '{"all"?}: messages waiting, being sent or failed (with "all", also those sent in the last 30 days).')
         server.method("mail.retry", mail_retry, '{"id"} or {"all": true}: send a failed or waiting message again now.')
         server.method("mail.cancel", mail_cancel, '{"id"}: drop a message that is not being sent.')
+        if source is not None:
+            return
         server.method("mail.claim", mail_claim, '{"reset"?}: the mail plugin takes the next due message (path of its spool file, envelope).', local_only=True)
         server.method("mail.report", mail_report, '{"id", "outcome": sent|retry|failed, "error"?, "refused"?}: the mail plugin says how an attempt went.', local_only=True)
 

@@ -472,3 +472,70 @@ def test_a_plugin_killed_mid_send_leaves_the_message_queued_and_it_goes_once_the
     assert got.message["Subject"] == "survives a crash"
     [record] = node.wait_until(lambda: [m for m in outbox(node) if m["state"] == "sent"], what="the outbox to say sent")
     assert record["attempts"] == 2 and node.status()["mail"]["requeued"] == 1
+
+
+def test_a_guest_mails_through_its_hosts_outbox_with_its_own_transcript_and_upload(nodes: NodeFactory, relay: Relay, tmp_path: Path) -> None:
+    from conftest import set_options, write_config
+    from lannode.home import Home
+    from sim.guest_client import GuestClient, GuestRefused
+
+    relay.start()
+    home = Home(nodes.root / "ann")
+    write_config(home.path, "ann", gossip=nodes.gossip, extra=mail_config(relay, tmp_path / "secret"))
+    set_options(home.path, guests__enabled="true", guests__port=0, guests__allow_loopback="true")
+    ann = nodes.start_on(home, name="ann")
+    ann.wait_until(lambda: ann.status()["mail"]["plugin_connected"], what="the mail plugin connected")
+    bob = nodes.start("bob")
+    invite = ann.call("guests.invite")
+    phone = GuestClient(invite["door"], invite["fingerprint"])
+    phone.join(host=ann.status()["node_id"], name="phone", token=invite["url"].split("#invite=")[1])
+    phone.open_session()
+    bob.wait_until(lambda: any(p["name"] == "phone" for p in bob.call("peer.list")), timeout=30, what="bob to list the phone")
+    phone.send_chat(peer="bob", texts=["the goats are out"])
+    bob.wait_until(lambda: bob.call("chat.log", peer="phone"), what="bob to have it")
+    bob.call("chat.send", peer="phone", text="on my way")
+    ann.wait_until(lambda: len(phone.call("chat.log", peer="bob")) == 2, what="the phone to have bob's answer")
+    photo = os.urandom(40_000)
+    upload = phone.upload(photo, "fence.jpg")
+
+    assert phone.call("mail.status")["enabled"]
+    queued = phone.call("mail.send", to="farm@example.org", subject="from the field", body="See attached.", transcript="bob", uploads=[upload])
+    [received] = relay.wait_for(1)
+    attached = {p.get_filename(): p.get_payload(decode=True) for p in received.message.iter_attachments()}
+    assert attached["fence.jpg"] == photo
+    transcript = attached["chat-bob.txt"].decode()
+    assert "phone: the goats are out" in transcript and "bob: on my way" in transcript
+    ann.wait_until(lambda: [m["state"] for m in phone.call("mail.outbox", all=True)] == ["sent"], what="the guest's outbox to say sent")
+    assert [m["id"] for m in phone.call("mail.outbox", all=True)] == [queued["id"]]
+    assert outbox(ann) == []  # the host's own outbox: a guest's mail is the guest's
+    with pytest.raises(GuestRefused, match="not for guests"):
+        phone.call("mail.send", to="farm@example.org", subject="x", drive="anything")
+    with pytest.raises(GuestRefused, match="not paths"):
+        phone.call("mail.send", to="farm@example.org", subject="x", attach=["/etc/passwd"])
+    with pytest.raises(GuestRefused):
+        phone.call("mail.claim")  # the plugin's methods are not a guest's
+
+
+def test_an_outbox_from_before_guests_gains_its_owner_column_and_keeps_its_messages(tmp_path: Path) -> None:
+    import sqlite3
+
+    from lannode.events import EventBus
+    from lannode.mail import MailService
+
+    folder = tmp_path / "mail"
+    folder.mkdir()
+    old = sqlite3.connect(folder / "outbox.sqlite")
+    old.executescript(
+        "CREATE TABLE messages (id TEXT PRIMARY KEY, created_at REAL NOT NULL, sender TEXT NOT NULL, recipients TEXT NOT NULL, to_header TEXT NOT NULL,"
+        " subject TEXT NOT NULL, size INTEGER NOT NULL, attachments TEXT NOT NULL, notes TEXT NOT NULL DEFAULT '[]', state TEXT NOT NULL,"
+        " attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL, last_error TEXT, refused TEXT, sent_at REAL);"
+        "INSERT INTO messages (id, created_at, sender, recipients, to_header, subject, size, attachments, state, next_at, sent_at)"
+        " VALUES ('abc', 1, 'a@b.c', '[\"x@y.z\"]', 'x@y.z', 'old', 10, '[]', 'sent', 1, 1e12);"
+    )
+    old.commit()
+    old.close()
+    service = MailService(tmp_path, None, EventBus(), None, None, None)  # type: ignore[arg-type]
+    service._open()
+    assert [m["subject"] for m in service.outbox(True)] == ["old"]  # the node's own, as before
+    assert service.outbox(True, owner="someguest") == []
+    assert service.db is not None and service.db.execute("PRAGMA user_version").fetchone()[0] == 1

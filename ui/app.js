@@ -87,7 +87,7 @@ async function refresh() {
 // #people, #chat, #chat/NODE_ID, #chat/group/GROUP_ID, #calls, #files, #drive, #mail, #node
 function route() {
   const [tab, ...rest] = (location.hash.slice(1) || "people").split("/");
-  const tabs = guest ? ["people", "chat", "calls", "files"] : ["people", "chat", "calls", "files", "drive", "mail", "node"];
+  const tabs = guest ? ["people", "chat", "calls", "files", "mail"] : ["people", "chat", "calls", "files", "drive", "mail", "node"];
   const known = tabs.includes(tab) ? tab : "people";
   for (const section of document.querySelectorAll("[data-section]")) section.hidden = section.dataset.section !== known;
   for (const link of document.querySelectorAll("nav a")) link.toggleAttribute("aria-current", link.dataset.tab === known);
@@ -121,9 +121,9 @@ calls.start();
 mesh.start();
 direct.start();
 files.start();
+mail.start();
 if (!guest) {
   drive.start();
-  mail.start();
   invites.start();
 }
 $("conversation-mail").addEventListener("click", () => {

@@ -30,11 +30,11 @@ export class Mail {
 
   async refresh() {
     try {
-      const [status, list] = await Promise.all([this.api.call("node.status"), this.api.call("mail.outbox", { all: true })]);
-      this.enabled = status.mail.enabled;
+      const [mail, list] = await Promise.all([this.api.call("mail.status"), this.api.call("mail.outbox", { all: true })]);
+      this.enabled = mail.enabled;
       $("mail-setup").hidden = this.enabled;
-      $("mail-setup").textContent = this.enabled ? "" : status.mail.problem;
-      $("mail-relay").textContent = this.enabled ? ` (${status.mail.relay}, ${status.mail.security}), from ${status.mail.from}` : "";
+      $("mail-setup").textContent = this.enabled ? "" : mail.problem;
+      $("mail-relay").textContent = this.enabled ? ` (${mail.relay}, ${mail.security}), from ${mail.from}` : "";
       $("mail-send").disabled = !this.enabled;
       this.messages = new Map(list.map((m) => [m.id, m]));
       this.#renderOutbox();

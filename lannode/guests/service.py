@@ -61,6 +61,7 @@ from lannode.guests.http import EventStream, FileResponse, HttpError, HttpsServe
 from lannode.guests.routes import Router
 from lannode.guests.tls import DoorCertificate, door_certificate
 from lannode.identity import Identity
+from lannode.mail import MailService, MailSource
 from lannode.net.links import PeerLink
 from lannode.peers.service import PeerService, register_trust
 from lannode.peers.trust import TrustStore
@@ -188,7 +189,10 @@ class Guest:
 
 
 class GuestService:
-    def __init__(self, home_path: Path, config: Config, identity: Identity, name: str, peers: PeerService, store: StoreService, bus: EventBus, router: Router) -> None:
+    def __init__(
+        self, home_path: Path, config: Config, identity: Identity, name: str, peers: PeerService, store: StoreService, bus: EventBus, router: Router, mail: MailService | None = None
+    ) -> None:
+        self.mail = mail  # guests send through the node's outbox and relay
         self.home = home_path / "guests"
         self.config_path = home_path / "config.toml"
         self.config = config
@@ -281,6 +285,8 @@ class GuestService:
         transfers.auto_accept = set()  # the host's trusted senders are not the guest's
         uploads.in_use = transfers.sending
         transfers.register_methods(methods)
+        if self.mail is not None:
+            self.mail.register_methods(methods, MailSource(chat, uploads, None, guest_id))
         guest = Guest(record, directory, bus, peers, chat, rtc, uploads, transfers, methods, added)
         self._register_basics(guest)
         self.guests[guest_id] = guest
