@@ -326,3 +326,46 @@ def test_a_host_cannot_put_words_in_its_guests_mouth_nor_speak_for_another_hosts
     assert [m["text"] for m in bob.call("chat.log", peer="phone")] == ["this one I signed"]
     status = bob.status()
     assert status["chat"]["rejected"] >= 1 and status["guests"]["routes"].get("not_its_guest", 0) >= 1
+
+
+def test_the_door_survives_garbage_floods_and_a_broken_guest_file_and_counts_them(nodes: NodeFactory) -> None:
+    import socket
+    import ssl
+
+    host = host_node(nodes, "ann")
+    phone = guest_of(host, "phone")
+    door = host.call("guests.status")["url"]
+    port = int(door.rsplit(":", 1)[1].rstrip("/"))
+    for garbage in (b"\x16\x03\x01\x00\x05hello", os.urandom(4096), b"GET / HTTP/1.1\r\n" + b"X: " + b"a" * 70000 + b"\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:  # not TLS at all
+            raw.sendall(garbage)
+            try:
+                raw.recv(100)
+            except OSError:
+                pass
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    for request in (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"Y: " + b"b" * 70000 + b"\r\n\r\n", b"POST /guest/api HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n{", b"NONSENSE\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw) as tls:
+            tls.sendall(request)
+            try:
+                answer = tls.recv(200)
+            except OSError:
+                answer = b""
+            assert not answer or answer.startswith(b"HTTP/1.1 4")
+    # a guest that floods is told to slow down, and the others go on
+    statuses = set()
+    for _ in range(260):
+        body = json.dumps({"method": "guest.hello", "params": {}}).encode()
+        statuses.add(phone.request("POST", "/guest/api", body, phone.signed_headers(body))[0])
+    assert statuses == {200, 429}
+    assert host.status()["guests"]["refused"]["rate"] >= 1 and host.status()["guests"]["door"]["tls_failed"] >= 1
+    tablet = guest_of(host, "tablet")
+    assert tablet.call("guest.hello")["name"] == "tablet"
+
+    # a broken guests.json never stops the node: it starts without its guests, and says so
+    host.stop()
+    (host.home.path / "guests" / "guests.json").write_text('{"guests": [{"record": {"name": "forged"}}, 7, {"record": null, "added": "x"}]}')
+    again = nodes.start_on(host.home, name="ann")
+    refused = again.status()["guests"]["refused"]
+    assert again.call("guests.list")["guests"] == [] and refused.get("bad_guest_record", 0) >= 1

@@ -246,13 +246,20 @@ class GuestService:
         except FileNotFoundError:
             return []
         except (OSError, ValueError, KeyError) as exc:
-            log.warning("guests: %s cannot be read (%s); starting without guests", path, exc)
+            aside = path.with_name(f"guests.json.bad-{int(time.time())}")
+            log.warning("guests: %s cannot be read (%s); set aside as %s, starting without guests", path, exc, aside.name)
             self.counters["bad_guest_file"] += 1
+            try:
+                path.rename(aside)  # kept for a person to look at: the next join would overwrite it
+            except OSError:
+                pass
             return []
         out = []
         for entry in entries[: self.max_guests]:
             try:
-                record = GuestRecord.from_json(entry.get("record") if isinstance(entry, dict) else None)
+                if not isinstance(entry, dict):
+                    raise GuestError("malformed", "a guest entry is an object")
+                record = GuestRecord.from_json(entry.get("record"))
                 added = float(entry.get("added", 0.0))
             except (GuestError, ValueError, TypeError) as exc:
                 log.warning("guests: a guest record in %s does not hold (%s); set aside", path, exc)
