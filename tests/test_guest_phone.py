@@ -106,6 +106,12 @@ def test_a_phone_joins_by_the_code_on_the_hosts_page_chats_calls_and_swaps_files
     page.wait_for_selector(".peer[data-node] >> text=h2", timeout=15000)
     assert not page.is_visible("nav a[data-tab=node]") and not page.is_visible("nav a[data-tab=drive]")  # a node's own, or not for guests yet
     screenshot(page, "guest-people-phone")
+    page.set_viewport_size({"width": 360, "height": 740})  # the narrowest phones: one column, nothing sideways
+    for tab in ("people", "chat", "calls", "files", "mail"):
+        page.tap(f"nav a[data-tab={tab}]")
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 360, tab
+    page.set_viewport_size({"width": 412, "height": 839})
+    page.tap("nav a[data-tab=people]")
 
     bob_id = lab.node_id(2)
     page.tap(f".peer[data-node='{bob_id}'] .chat-with")
