@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +30,7 @@ from pathlib import Path
 from lannode.config import set_option
 from lannode.net import api_client
 from sim.bench_chat import write_home
-from sim.bench_webdrop import lannode_round, start_node, ui_of, wait_for
+from sim.bench_webdrop import free_gossip_port, lannode_round, random_file, start_node, stop_all, ui_of, wait_for
 from sim.browser import CHROMIUM, chromium_args
 
 GOAL = 0.8
@@ -48,9 +46,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="lannode-bench-guestdrop-"))
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_gossip_port()
         home_a = write_home(root / "a", "a", port, webui=True)
         for option, value in (("guests.enabled", True), ("guests.allow_loopback", True), ("guests.port", 0)):
             set_option(home_a.config_path, option, value)
@@ -63,10 +59,7 @@ def main() -> int:
         b_id = api_client.call(home_b, "node.status")["node_id"]
         invite = api_client.call(home_a, "guests.invite")
         source = root / "film.bin"
-        with open(source, "wb") as f:
-            for _ in range(args.size_mib):
-                f.write(os.urandom(1 << 20))
-        size = source.stat().st_size
+        size = random_file(source, args.size_mib)
         received = home_b.path / "downloads" / source.name
         results: dict[str, list[float]] = {"guest": [], "host's page": []}
         with sync_playwright() as p:
@@ -98,14 +91,7 @@ def main() -> int:
         print(f"ratio (best): {guest / own:.2f} x  per round: {', '.join(f'{r:.2f}' for r in ratios)}  goal >= {GOAL:g} x")
         return 0
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(processes)
 
 
 if __name__ == "__main__":

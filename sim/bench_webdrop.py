@@ -112,6 +112,33 @@ def wait_for(what: str, predicate: Any, timeout: float = 30.0) -> Any:
     raise RuntimeError(f"timed out waiting for {what}")
 
 
+def free_gossip_port() -> int:
+    """A UDP port of our own for the nodes' gossip, so other runs stay out of earshot."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def random_file(path: Path, mib: int) -> int:
+    """``mib`` MiB of random bytes at ``path``; its size."""
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(1 << 20))
+    return path.stat().st_size
+
+
+def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def ui_of(home: Home) -> str:
     status = api_client.call(home, "node.status")
     return next((p["url"] for p in status["plugins"] if p["name"] == "webui" and p.get("url")), "")
@@ -146,9 +173,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="lannode-bench-webdrop-"))
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_gossip_port()
         home_a, pa = start_node(root, "a", port)
         processes.append(pa)
         a_id = wait_for("node a", lambda: api_client.call(home_a, "node.status")["node_id"])
@@ -158,10 +183,7 @@ def main() -> int:
         wait_for("b alive at a", lambda: any(p["state"] == "alive" for p in api_client.call(home_a, "peer.list")))
         b_id = api_client.call(home_b, "node.status")["node_id"]
         source = root / "film.bin"
-        with open(source, "wb") as f:
-            for _ in range(args.size_mib):
-                f.write(os.urandom(1 << 20))
-        size = source.stat().st_size
+        size = random_file(source, args.size_mib)
         received = home_b.path / "downloads" / source.name
         results: dict[str, list[float]] = {"lannode": [], "data channel": []}
         with sync_playwright() as p:
@@ -191,13 +213,7 @@ def main() -> int:
         print(f"ratio (best): {best['lannode'] / best['data channel']:.2f} x  per round: {', '.join(f'{r:.2f}' for r in ratios)}  goal >= {GOAL:g} x")
         return 0
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(processes)
         shutil.rmtree(root, ignore_errors=True)
 
 
