@@ -90,7 +90,7 @@ class Node:
         mail_settings, mail_problem = settings_of(settings.config.plugins.get("mail"))
         self.mail = MailService(settings.home.path, mail_settings, self.bus, self.chat, self.drive, self.uploads, plugin_state=self._plugin_state("mail"), problem=mail_problem)
         self.mail.register_methods(self.api)
-        self.guests = GuestService(settings.home.path, settings.config, settings.identity, settings.name, self.peers, self.store, self.bus, self.router, self.mail)
+        self.guests = GuestService(settings.home.path, settings.config, settings.identity, settings.name, self.peers, self.store, self.bus, self.router, self.mail, self.drive)
         self.guests.register_methods(self.api)
         self.rtc = RtcService(settings.identity.node_id, settings.name, self.peers, self.chat.links, self.store, self.bus, self.api)
         self.peers.capabilities += ["store", "chat", "calls", "drop", "drive"] + (["mail"] if mail_settings is not None else [])

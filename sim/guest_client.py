@@ -25,9 +25,14 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from nacl.signing import SigningKey
 
 from lannode.core.chat import SIGN_DOMAIN
+from lannode.core.drive import BOX_SHARE_INFO, BOX_SHARE_PREFIX
 from lannode.core.guests import GUEST_DOMAIN, REQUEST_DOMAIN, SESSION_DOMAIN, GuestRecord, b64, canonical
 
 
@@ -46,6 +51,7 @@ class GuestClient:
         self.origin = f"https://{parts.netloc}"
         self.fingerprint = fingerprint.replace(":", "").lower()
         self.key = key or SigningKey.generate()
+        self.box = X25519PrivateKey.generate()  # drive shares are sealed to it (a page's WebCrypto X25519 key)
         self.timeout = timeout
         self.guest_id = ""
         self.session = ""
@@ -97,9 +103,10 @@ class GuestClient:
 
     # -- joining and sessions -----------------------------------------------------------------------
     def record(self, host: str, name: str) -> dict[str, Any]:
-        record = GuestRecord(self.public_key, host, name, int(time.time() * 1000))
+        box_key = self.box.public_key().public_bytes_raw()
+        record = GuestRecord(self.public_key, host, name, int(time.time() * 1000), b"", box_key)
         signature = self.key.sign(GUEST_DOMAIN + canonical(record.signed_fields())).signature
-        return GuestRecord(record.guest_key, host, name, record.since, signature).to_json()
+        return GuestRecord(record.guest_key, host, name, record.since, signature, box_key).to_json()
 
     def join(self, *, host: str, name: str, token: str | None = None, code: str | None = None) -> dict[str, Any]:
         answer = self.post("/guest/join", {"invite": token, "code": code, "record": self.record(host, name)})
@@ -166,6 +173,23 @@ class GuestClient:
     def download(self, transfer: str, index: int) -> bytes:
         """A file the guest received, from its host."""
         status, body = self.request("GET", self.download_path(transfer, index))
+        if status != 200:
+            raise GuestRefused(status, json.loads(body or b"{}"))
+        return body
+
+    def open_share(self, sealed: str) -> dict[str, Any]:
+        """A drive share sealed to this guest's box key (what its page does with WebCrypto)."""
+        data = base64.b64decode(sealed.removeprefix(BOX_SHARE_PREFIX))
+        ephemeral, nonce, body = data[:32], data[32:44], data[44:]
+        shared = self.box.exchange(X25519PublicKey.from_public_bytes(ephemeral))
+        mine = self.box.public_key().public_bytes_raw()
+        key = HKDF(hashes.SHA256(), 32, salt=ephemeral + mine, info=BOX_SHARE_INFO).derive(shared)
+        return dict(json.loads(AESGCM(key).decrypt(nonce, body, None)))
+
+    def drive_download(self, token: str) -> bytes:
+        path = f"/guest/drive/{token}"
+        signed = self.signed_headers(f"GET {path}".encode())
+        status, body = self.request("GET", f"{path}?session={signed['X-Lannode-Session']}&counter={signed['X-Lannode-Counter']}&signature={signed['X-Lannode-Signature']}")
         if status != 200:
             raise GuestRefused(status, json.loads(body or b"{}"))
         return body

@@ -14,6 +14,7 @@ import pytest
 
 from lannode.core.chat import ChatMessage
 from lannode.home import Home
+from lannode.net.api_client import RemoteError
 from sim.guest_client import GuestClient, GuestRefused
 from tests.conftest import NodeFactory, RunningNode, run_cli, set_options, write_config
 
@@ -112,9 +113,11 @@ def test_wrong_codes_spent_or_stale_invites_replays_and_reaches_beyond_the_guest
     assert phone.request("POST", "/guest/api", body, {})[0] == 401  # no session at all
 
     # a guest reaches what a node of its own would see, and nothing of the host's
-    for method, params in (("guests.invite", {}), ("node.status", {}), ("store.put", {"key": "x", "value": 1}), ("drive.put", {"path": "/etc/passwd"}), ("node.stop", {})):
+    for method, params in (("guests.invite", {}), ("node.status", {}), ("store.put", {"key": "x", "value": 1}), ("drive.rm", {"file": "x"}), ("node.stop", {})):
         with pytest.raises(GuestRefused, match="not for guests"):
             phone.call(method, **params)
+    with pytest.raises(GuestRefused, match='missing parameter "upload"'):
+        phone.call("drive.put", path="/etc/passwd")  # a guest puts what it uploaded, never a path on its host
     tablet_id = next(g["guest"] for g in host.call("guests.list")["guests"] if g["name"] == "tablet")
     with pytest.raises(GuestRefused, match="no conversation"):
         phone.call("chat.log", conversation=f"dm/{tablet_id}/{host_id}" if tablet_id < host_id else f"dm/{host_id}/{tablet_id}")
@@ -369,3 +372,38 @@ def test_the_door_survives_garbage_floods_and_a_broken_guest_file_and_counts_the
     again = nodes.start_on(host.home, name="ann")
     refused = again.status()["guests"]["refused"]
     assert again.call("guests.list")["guests"] == [] and refused.get("bad_guest_record", 0) >= 1
+
+
+def test_a_guest_puts_on_the_drive_through_its_host_and_reads_what_is_shared_with_it_with_its_own_key(nodes: NodeFactory, tmp_path: Path) -> None:
+    host = host_node(nodes, "ann")
+    bob = nodes.start("bob")
+    phone = guest_of(host, "phone")
+    bob.wait_until(lambda: any(p["name"] == "phone" for p in bob.call("peer.list")), timeout=30, what="bob to list the phone")
+    plan = os.urandom(300_000)
+    upload = phone.upload(plan, "plan.pdf")
+    put = phone.call("drive.put", upload=upload, name="plan.pdf", share=["bob"], allow_fewer=True)
+    assert "read_cap" not in put
+    bob.wait_until(lambda: any(f["name"] == "plan.pdf" for f in bob.call("drive.ls")), timeout=30, what="bob to see the phone's file")
+    got = bob.call("drive.get", file="plan.pdf", to="downloads")
+    assert Path(got["path"]).read_bytes() == plan
+
+    [mine] = phone.call("drive.ls")
+    share = phone.open_share(mine["sealed"])  # sealed to the phone's own key: its host cannot open it
+    assert share["name"] == "plan.pdf" and mine["id"] == put["id"]
+    fetched = phone.call("drive.get", cap=share["cap"], name=share["name"])
+    assert phone.drive_download(fetched["download"]) == plan
+    with pytest.raises(GuestRefused) as once:
+        phone.drive_download(fetched["download"])
+    assert once.value.status == 404
+
+    notes = tmp_path / "minutes.txt"
+    notes.write_bytes(os.urandom(50_000))
+    bob.call("transfer.list")  # (warm)
+    done = run_cli("drive", "put", str(notes), "--k", "1", "--m", "1", "--share", "phone", "--home", str(bob.home.path))
+    assert done.returncode == 0, done.stderr
+    theirs = host.wait_until(lambda: [f for f in phone.call("drive.ls") if f["id"] != put["id"]], timeout=30, what="the phone to see bob's file")
+    opened = phone.open_share(theirs[0]["sealed"])
+    assert opened["name"] == "minutes.txt"
+    assert phone.drive_download(phone.call("drive.get", cap=opened["cap"], name=opened["name"])["download"]) == notes.read_bytes()
+    with pytest.raises(RemoteError, match="no read capability"):
+        host.call("drive.get", file=theirs[0]["id"], to="downloads")  # the host carries it, and cannot read it

@@ -87,7 +87,7 @@ async function refresh() {
 // #people, #chat, #chat/NODE_ID, #chat/group/GROUP_ID, #calls, #files, #drive, #mail, #node
 function route() {
   const [tab, ...rest] = (location.hash.slice(1) || "people").split("/");
-  const tabs = guest ? ["people", "chat", "calls", "files", "mail"] : ["people", "chat", "calls", "files", "drive", "mail", "node"];
+  const tabs = guest ? ["people", "chat", "calls", "files", "drive", "mail"] : ["people", "chat", "calls", "files", "drive", "mail", "node"];
   const known = tabs.includes(tab) ? tab : "people";
   for (const section of document.querySelectorAll("[data-section]")) section.hidden = section.dataset.section !== known;
   for (const link of document.querySelectorAll("nav a")) link.toggleAttribute("aria-current", link.dataset.tab === known);
@@ -122,10 +122,8 @@ mesh.start();
 direct.start();
 files.start();
 mail.start();
-if (!guest) {
-  drive.start();
-  invites.start();
-}
+drive.start();
+if (!guest) invites.start();
 $("conversation-mail").addEventListener("click", () => {
   const c = chat.current;
   const name = c && (c.group ? c.name : people.name(c.peer)); // the name now: the page may have opened before the people list came

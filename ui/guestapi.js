@@ -92,12 +92,14 @@ export class GuestApi extends EventTarget {
           throw new Error("this browser has no Ed25519 keys (WebCrypto): use a current Chrome, Firefox or Safari");
         }
         const raw = new Uint8Array(await crypto.subtle.exportKey("raw", keys.publicKey));
+        const box = await crypto.subtle.generateKey({ name: "X25519" }, false, ["deriveBits"]).catch(() => null); // drive shares are sealed to it
         const name = $("sign-in-name").value.trim();
         const record = { guest_key: b64url(raw), host: this.config.host, name, since: Date.now() };
-        this.#me = { keys };
+        if (box) record.box_key = b64url(new Uint8Array(await crypto.subtle.exportKey("raw", box.publicKey)));
+        this.#me = { keys, box };
         const signature = b64url(await this.#sign(DOMAIN.record, canonical(record)));
         const answer = await this.#post("/guest/join", { invite: invite || null, code: invite ? null : $("sign-in-code").value, record: { ...record, signature } });
-        this.#me = { keys, guest: answer.guest, name };
+        this.#me = { keys, box, guest: answer.guest, name };
         await stored(this.config.host, this.#me);
         $("sign-in").hidden = true;
         delete document.body.dataset.signin;
@@ -181,6 +183,12 @@ export class GuestApi extends EventTarget {
   async call(method, params = {}) {
     if (method === "chat.send" && !params.bodies) return this.#sendChat(params);
     if (GROUP_OPS[method]) return this.#groupOp(GROUP_OPS[method], params);
+    if (method === "drive.ls") return this.#driveList();
+    if (method === "drive.get") return this.#driveGet(params);
+    return this.#rpc(method, params);
+  }
+
+  async #rpc(method, params = {}) {
     const body = JSON.stringify({ method, params });
     const { session, counter, signature } = await this.#signed(body);
     const answer = await this.#post("/guest/api", body, { "X-Lannode-Session": session, "X-Lannode-Counter": counter, "X-Lannode-Signature": signature }).catch((err) => {
@@ -216,6 +224,53 @@ export class GuestApi extends EventTarget {
 
   async #mine(draft) {
     return draft?.sender_key === b64(new Uint8Array(await crypto.subtle.exportKey("raw", this.#me.keys.publicKey)));
+  }
+
+  // The drive: what is shared with this guest comes sealed to its own X25519 key; the page
+  // opens each share (name and read capability) and keeps the capabilities to itself
+  // until it wants a file, when it hands one to its host for that one get.
+  #caps = new Map();
+
+  async #driveList() {
+    const files = await this.#rpc("drive.ls");
+    for (const f of files) {
+      const share = await this.#openShare(f.sealed).catch(() => null);
+      f.name = share ? share.name : null;
+      f.readable = !!share;
+      if (share) this.#caps.set(f.id, share.cap);
+      delete f.sealed;
+    }
+    return files;
+  }
+
+  async #openShare(sealed) {
+    if (!this.#me.box || !sealed.startsWith("g1:")) throw new Error("not a share for this browser");
+    const bytes = unb64(sealed.slice(3));
+    const ephemeral = bytes.slice(0, 32), nonce = bytes.slice(32, 44), body = bytes.slice(44);
+    const theirs = await crypto.subtle.importKey("raw", ephemeral, { name: "X25519" }, false, []);
+    const shared = await crypto.subtle.deriveBits({ name: "X25519", public: theirs }, this.#me.box.privateKey, 256);
+    const mine = new Uint8Array(await crypto.subtle.exportKey("raw", this.#me.box.publicKey));
+    const hkdf = await crypto.subtle.importKey("raw", shared, "HKDF", false, ["deriveKey"]);
+    const salt = new Uint8Array([...ephemeral, ...mine]);
+    const key = await crypto.subtle.deriveKey({ name: "HKDF", hash: "SHA-256", salt, info: enc.encode("lannode drive share v1") }, hkdf, { name: "AES-GCM", length: 256 }, false, ["decrypt"]);
+    return JSON.parse(new TextDecoder().decode(await crypto.subtle.decrypt({ name: "AES-GCM", iv: nonce }, key, body)));
+  }
+
+  async #driveGet({ file, op }) {
+    const cap = this.#caps.get(file);
+    if (!cap) throw new Error("this file is not shared with you");
+    const files = await this.#driveList();
+    const name = files.find((f) => f.id === file)?.name || file;
+    const result = await this.#rpc("drive.get", { cap, name, op });
+    const path = `/guest/drive/${result.download}`;
+    const { session, counter, signature } = await this.#signed(`GET ${path}`);
+    const link = document.createElement("a");
+    link.href = `${path}?session=${encodeURIComponent(session)}&counter=${counter}&signature=${signature}`;
+    link.download = name;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    return { ...result, path: "this device's downloads", failed: [] };
   }
 
   // Does a message's signature hold? (Every message a guest's page shows is checked.)

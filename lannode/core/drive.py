@@ -37,6 +37,10 @@ from typing import AbstractSet, Any, Mapping
 
 import numpy as np
 from blake3 import blake3
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_decrypt,
     crypto_aead_xchacha20poly1305_ietf_encrypt,
@@ -530,6 +534,23 @@ def seal_share(recipient: bytes, record: Mapping[str, Any]) -> str:
     ``recipient``: an anonymous sealed box to its X25519 form, so only that node opens it."""
     box = SealedBox(VerifyKey(recipient).to_curve25519_public_key())
     return base64.b64encode(box.encrypt(json.dumps(dict(record), separators=(",", ":")).encode())).decode()
+
+
+BOX_SHARE_PREFIX = "g1:"  # a share sealed to a guest's X25519 box key (seal_share_for_box)
+BOX_SHARE_INFO = b"lannode drive share v1"
+
+
+def seal_share_for_box(box_key: bytes, record: Mapping[str, Any]) -> str:
+    """``record`` sealed to a guest's X25519 key with what a browser's WebCrypto can open:
+    an ephemeral X25519 key, HKDF-SHA256 of the shared secret (salt: both public keys),
+    AES-256-GCM. ``g1:`` + base64(ephemeral public key | nonce | ciphertext)."""
+    ephemeral = X25519PrivateKey.generate()
+    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(box_key))
+    public = ephemeral.public_key().public_bytes_raw()
+    key = HKDF(hashes.SHA256(), 32, salt=public + box_key, info=BOX_SHARE_INFO).derive(shared)
+    nonce = secrets.token_bytes(12)
+    sealed = AESGCM(key).encrypt(nonce, json.dumps(dict(record), separators=(",", ":")).encode(), None)
+    return BOX_SHARE_PREFIX + base64.b64encode(public + nonce + sealed).decode()
 
 
 def open_share(signing_key: SigningKey, sealed: str) -> dict[str, Any]:

@@ -209,13 +209,15 @@ class GuestRecord:
     name: str
     since: int  # ms, the guest's clock when it signed
     signature: bytes = b""
+    box_key: bytes = b""  # X25519 public key the drive seals this guest's shares to (empty: none)
 
     @property
     def node_id(self) -> str:
         return node_id_for(self.guest_key)
 
     def signed_fields(self) -> dict[str, Any]:
-        return {"guest_key": b64(self.guest_key), "host": self.host, "name": self.name, "since": self.since}
+        fields = {"guest_key": b64(self.guest_key), "host": self.host, "name": self.name, "since": self.since}
+        return {**fields, "box_key": b64(self.box_key)} if self.box_key else fields
 
     def verify(self) -> bool:
         return verify(self.guest_key, GUEST_DOMAIN, canonical(self.signed_fields()), self.signature)
@@ -233,7 +235,8 @@ class GuestRecord:
             raise GuestError("malformed", "a guest record names its host's node id")
         if not isinstance(since, int) or isinstance(since, bool) or not 0 <= since <= MAX_SINCE_MS:
             raise GuestError("malformed", "a guest record's since is a time in ms")
-        record = cls(unb64(data.get("guest_key"), 32), host, check_guest_name(data.get("name")), since, unb64(data.get("signature"), 64))
+        box_key = unb64(data["box_key"], 32) if "box_key" in data else b""
+        record = cls(unb64(data.get("guest_key"), 32), host, check_guest_name(data.get("name")), since, unb64(data.get("signature"), 64), box_key)
         if record.name != data.get("name"):
             raise GuestError("malformed", "a guest's name has no spaces at its ends")
         if not record.verify():

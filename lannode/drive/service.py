@@ -61,6 +61,7 @@ from lannode.core.drive import (
     place,
     rebuilt,
     seal_share,
+    seal_share_for_box,
 )
 from lannode.core.erasure import BACKEND as erasure_backend
 from lannode.core.erasure import Codec, ErasureError
@@ -252,6 +253,8 @@ class DriveService:
     def _public_key(self, node: str) -> bytes | None:
         if node == self.me:
             return self.identity.public_key
+        if (guest_key := self.peers.key_of(node)) is not None:
+            return guest_key
         membership = self.peers.membership
         member = membership.members.get(node) if membership else None
         if member is not None:
@@ -373,16 +376,35 @@ class DriveService:
                     raise api.ApiError(api.ErrorCode.UNAVAILABLE, "groups are not available on this node")
                 nodes |= self.groups(target)
             else:
-                nodes.add(self.peers.resolve(target).node_id)
+                nodes.add(self.peers.resolve_id(target))
+        for node in nodes:
+            guest = self.peers.guests.get(node) if self.peers.guests is not None else None
+            if guest is not None and not guest.record.box_key:
+                raise api.ApiError(api.ErrorCode.BAD_PARAMS, f"{guest.record.name} joined from a browser without a key for drive shares (X25519)")
         missing = [n for n in nodes if self._public_key(n) is None]
         if missing:
             raise api.ApiError(api.ErrorCode.NOT_FOUND, f"no public key known for {', '.join(missing)}: they have not been seen on this network yet")
         return nodes
 
     async def _write_share(self, node: str, file_id: str, record: dict[str, Any]) -> None:
+        guest = self.peers.guests.get(node) if self.peers.guests is not None else None
+        if guest is not None:  # a guest's page opens its shares itself
+            await self.store.put(f"{SHARE_PREFIX}{node}/{file_id}", seal_share_for_box(guest.record.box_key, record))
+            return
         public_key = self._public_key(node)
         assert public_key is not None
         await self.store.put(f"{SHARE_PREFIX}{node}/{file_id}", seal_share(public_key, record))
+
+    def shared_with(self, node: str) -> list[dict[str, Any]]:
+        """The files shared with ``node`` (a guest), each with its share as sealed to it: the
+        guest's page opens it (name and read capability); this node cannot."""
+        prefix = f"{SHARE_PREFIX}{node}/"
+        rows = []
+        for entry in self.store.map.items(prefix):
+            manifest = self._manifest(entry.key[len(prefix) :])
+            if manifest is not None:
+                rows.append({**self._listing(manifest, {}), "readable": True, "sealed": json.loads(entry.value or b'""')})
+        return rows
 
     # -- finding a file ------------------------------------------------------------------------------------
     def resolve(self, text: str) -> tuple[Manifest, dict[str, Any] | None]:

@@ -35,7 +35,9 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 import re
+import secrets
 import shutil
 import ssl
 import time
@@ -55,8 +57,9 @@ from lannode.core.api import require
 from lannode.core.guests import GuestError, GuestRecord, Invites, Session, Sessions, unb64
 from lannode.core.membership import State
 from lannode.core.writers import DOOR_PREFIX, GUESTS_PREFIX
+from lannode.drive.service import DriveService
 from lannode.events import EventBus, Subscriber, SubscriberGone
-from lannode.files import open_beneath, ui_root, write_private
+from lannode.files import leaf_name, open_beneath, ui_root, write_private
 from lannode.guests.http import EventStream, FileResponse, HttpError, HttpsServer, Request, Response
 from lannode.guests.routes import Router
 from lannode.guests.tls import DoorCertificate, door_certificate
@@ -75,6 +78,7 @@ log = logging.getLogger("lannode.guests")
 MAX_BODY = 256 * 1024  # a guest's request
 MAX_PIECE = 32 << 20  # a piece of an upload: read whole, its hash checked, then written
 PIECES_HELD = 4  # pieces of uploads held in memory at once, from all guests (2 from one)
+MAX_DRIVE_OUT = 4  # drive files a guest fetched that wait on its host for their one download
 PIECE_WAIT = 30.0  # seconds a piece that came early waits for the one before it
 RATE = 20.0  # requests a second a guest may make
 BURST = 200.0  # ... and at once (a page opening asks for a few things together)
@@ -177,6 +181,7 @@ class Guest:
     added: float
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     pages: int = 0  # event streams open now
+    drive_out: dict[str, tuple[Path, str]] = field(default_factory=dict)  # download token -> (file fetched for it, name)
     pieces: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(2))  # upload pieces of its held at once
     piece_written: trio.Event = field(default_factory=trio.Event)  # set (and replaced) when a piece of its was written
     tokens: float = BURST
@@ -190,9 +195,20 @@ class Guest:
 
 class GuestService:
     def __init__(
-        self, home_path: Path, config: Config, identity: Identity, name: str, peers: PeerService, store: StoreService, bus: EventBus, router: Router, mail: MailService | None = None
+        self,
+        home_path: Path,
+        config: Config,
+        identity: Identity,
+        name: str,
+        peers: PeerService,
+        store: StoreService,
+        bus: EventBus,
+        router: Router,
+        mail: MailService | None = None,
+        drive: DriveService | None = None,
     ) -> None:
         self.mail = mail  # guests send through the node's outbox and relay
+        self.drive = drive  # guests put through the node's drive, and read what is shared with them
         self.home = home_path / "guests"
         self.config_path = home_path / "config.toml"
         self.config = config
@@ -296,6 +312,8 @@ class GuestService:
             self.mail.register_methods(methods, MailSource(chat, uploads, None, guest_id))
         guest = Guest(record, directory, bus, peers, chat, rtc, uploads, transfers, methods, added)
         self._register_basics(guest)
+        if self.drive is not None:
+            self._register_drive(guest, self.drive)
         self.guests[guest_id] = guest
         assert self._nursery is not None
         await self._nursery.start(self._run_guest, guest)
@@ -366,6 +384,8 @@ class GuestService:
                 return self._events(request)
             if path.startswith("/guest/files/"):
                 return await self._download(request)
+            if path.startswith("/guest/drive/"):
+                return await self._drive_download(request)
             static = STATIC.match(path)
             if static:
                 return self._file(static.group(1))
@@ -589,6 +609,64 @@ class GuestService:
         except OSError:
             raise HttpError(404, "that file is gone from the host", "not_found") from None
         return FileResponse(opened, size, landed.rsplit("/", 1)[-1])
+
+    # -- the drive, for a guest -------------------------------------------------------------------------
+    def _register_drive(self, guest: Guest, drive: DriveService) -> None:
+        """A guest puts through its host (from its own upload; shared with itself and whom it
+        names), lists what is shared with it (each share sealed to its own box key: its page
+        opens them), and gets a file by handing its host the capability for that one get."""
+        methods = guest.methods
+
+        async def drive_ls(params: dict[str, Any], caller: api.Principal) -> Any:
+            return drive.shared_with(guest.node_id)
+
+        async def drive_put(params: dict[str, Any], caller: api.Principal) -> Any:
+            if not guest.record.box_key:
+                raise api.ApiError(api.ErrorCode.BAD_PARAMS, "this browser joined without a key for drive shares (X25519)")
+            path = guest.uploads.complete_path(require(params, "upload", str))
+            share = require(params, "share", list, optional=True) or []
+            if not all(isinstance(s, str) for s in share):
+                raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"share" is a list of peers and #groups')
+            name = require(params, "name", str, optional=True) or path.name
+            result = await drive.put(path, name=name, share=[*share, guest.node_id], allow_fewer=bool(require(params, "allow_fewer", bool, optional=True)), op=require(params, "op", str, optional=True) or "")
+            return {k: v for k, v in result.items() if k not in ("read_cap", "verify_cap")}  # its page reads its own share for those
+
+        async def drive_get(params: dict[str, Any], caller: api.Principal) -> Any:
+            cap = require(params, "cap", str)
+            name = leaf_name(require(params, "name", str, optional=True) or "file")
+            folder = guest.directory / "drive-out"
+            await trio.to_thread.run_sync(lambda: folder.mkdir(mode=0o700, exist_ok=True))
+            while len(guest.drive_out) >= MAX_DRIVE_OUT:  # fetched and never downloaded: the oldest goes
+                stale, _ = guest.drive_out.pop(next(iter(guest.drive_out)))
+                stale.unlink(missing_ok=True)
+            token = secrets.token_hex(12)
+            out = folder / token
+            result = await drive.get(cap, out, op=require(params, "op", str, optional=True) or "")
+            guest.drive_out[token] = (out, name)
+            return {"id": result["id"], "name": name, "size": result["size"], "download": token}
+
+        methods.method("drive.ls", drive_ls, "The drive files shared with this guest, each with its share sealed to the guest's own key.")
+        methods.method("drive.put", drive_put, '{"upload", "name"?, "share"?}: put an uploaded file on the drive, shared with this guest and whom it names.')
+        methods.method("drive.get", drive_get, '{"cap", "name"?}: fetch a file with the read capability the guest\'s page opened; then GET /guest/drive/DOWNLOAD.')
+
+    async def _drive_download(self, request: Request) -> FileResponse:
+        """A file a guest's drive.get fetched, once (``GET /guest/drive/TOKEN``, signed)."""
+        try:
+            guest, _ = self._signed(request, f"GET {request.path}".encode())
+        except GuestError as exc:
+            self.counters[exc.reason] += 1
+            raise HttpError(401 if exc.reason in ("no_session", "unknown_guest") else 403, str(exc), exc.reason) from None
+        waiting = guest.drive_out.pop(request.path.rsplit("/", 1)[1], None)
+        if waiting is None:
+            raise HttpError(404, "no such download (each is served once)", "not_found")
+        path, name = waiting
+        try:
+            opened = await trio.to_thread.run_sync(lambda: open(path, "rb"))
+        except OSError:
+            raise HttpError(404, "that download is gone", "not_found") from None
+        size = os.fstat(opened.fileno()).st_size
+        path.unlink(missing_ok=True)  # open: it is read to the end, then gone
+        return FileResponse(opened, size, name)
 
     # -- the guest's own methods (beside chat's) ------------------------------------------------------
     def _register_basics(self, guest: Guest) -> None:
