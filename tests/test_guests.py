@@ -407,3 +407,8 @@ def test_a_guest_puts_on_the_drive_through_its_host_and_reads_what_is_shared_wit
     assert phone.drive_download(phone.call("drive.get", cap=opened["cap"], name=opened["name"])["download"]) == notes.read_bytes()
     with pytest.raises(RemoteError, match="no read capability"):
         host.call("drive.get", file=theirs[0]["id"], to="downloads")  # the host carries it, and cannot read it
+    cat = nodes.start("cat")
+    host.wait_until(lambda: any(p["name"] == "cat" for p in phone.call("peer.list")), timeout=30, what="the phone to see cat")
+    shared = phone.call("drive.share", **{"cap": opened["cap"], "name": "minutes.txt", "with": ["cat"]})
+    assert [n["name"] for n in shared["shared_with"]] == ["cat"]
+    cat.wait_until(lambda: any(f["name"] == "minutes.txt" for f in cat.call("drive.ls")), timeout=30, what="cat to get the phone's share")

@@ -185,6 +185,7 @@ export class GuestApi extends EventTarget {
     if (GROUP_OPS[method]) return this.#groupOp(GROUP_OPS[method], params);
     if (method === "drive.ls") return this.#driveList();
     if (method === "drive.get") return this.#driveGet(params);
+    if (method === "drive.share") return this.#driveShare(params);
     return this.#rpc(method, params);
   }
 
@@ -254,6 +255,13 @@ export class GuestApi extends EventTarget {
     const salt = new Uint8Array([...ephemeral, ...mine]);
     const key = await crypto.subtle.deriveKey({ name: "HKDF", hash: "SHA-256", salt, info: enc.encode("lannode drive share v1") }, hkdf, { name: "AES-GCM", length: 256 }, false, ["decrypt"]);
     return JSON.parse(new TextDecoder().decode(await crypto.subtle.decrypt({ name: "AES-GCM", iv: nonce }, key, body)));
+  }
+
+  async #driveShare({ file, with: targets }) {
+    const cap = this.#caps.get(file);
+    if (!cap) throw new Error("this file is not shared with you");
+    const name = (await this.#driveList()).find((f) => f.id === file)?.name || file;
+    return this.#rpc("drive.share", { cap, name, with: targets });
   }
 
   async #driveGet({ file, op }) {

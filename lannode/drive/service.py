@@ -581,12 +581,15 @@ class DriveService:
         self.counters["rm"] += 1
         return {"id": manifest.file_id, "name": record["name"], "removed": True}
 
-    async def share(self, text: str, targets: list[str]) -> dict[str, Any]:
+    async def share(self, text: str, targets: list[str], *, name: str | None = None, by: str | None = None) -> dict[str, Any]:
+        """Give ``targets`` the name and read capability of a file this node can read (or of
+        the capability ``text``; ``name`` and ``by`` then say what a guest who shares it calls
+        it, and that it was the guest)."""
         manifest, record = self.resolve(text)
         if record is None:
             raise api.ApiError(api.ErrorCode.FORBIDDEN, f"this node cannot share {manifest.file_id}: it was not shared with it")
         recipients = self._recipients(targets)
-        shared = {**record, "by": self.me, "at": round(time.time(), 3)}
+        shared = {**record, **({"name": name} if name else {}), "by": by or self.me, "at": round(time.time(), 3)}
         for node in sorted(recipients):
             await self._write_share(node, manifest.file_id, shared)
         return {"id": manifest.file_id, "name": record["name"], "shared_with": [{"node": n, "name": self._name_of(n)} for n in sorted(recipients)]}

@@ -645,6 +645,13 @@ class GuestService:
             guest.drive_out[token] = (out, name)
             return {"id": result["id"], "name": name, "size": result["size"], "download": token}
 
+        async def drive_share(params: dict[str, Any], caller: api.Principal) -> Any:
+            targets = require(params, "with", list)
+            if not targets or not all(isinstance(t, str) for t in targets):
+                raise api.ApiError(api.ErrorCode.BAD_PARAMS, '"with" is a list of peers and #groups')
+            return await drive.share(require(params, "cap", str), targets, name=leaf_name(require(params, "name", str, optional=True) or "file"), by=guest.node_id)
+
+        methods.method("drive.share", drive_share, '{"cap", "name"?, "with"}: share a file the guest can read with others (its host seals the capability to them).')
         methods.method("drive.ls", drive_ls, "The drive files shared with this guest, each with its share sealed to the guest's own key.")
         methods.method("drive.put", drive_put, '{"upload", "name"?, "share"?}: put an uploaded file on the drive, shared with this guest and whom it names.')
         methods.method("drive.get", drive_get, '{"cap", "name"?}: fetch a file with the read capability the guest\'s page opened; then GET /guest/drive/DOWNLOAD.')
