@@ -138,6 +138,25 @@ def test_a_phone_joins_by_the_code_on_the_hosts_page_chats_calls_and_swaps_files
     page.wait_for_selector("#conversations button >> text=h2", timeout=10000)
     screenshot(page, "guest-chat-phone")
 
+    # a second guest, a tablet, joins by the QR code's link (the token in its fragment), and the two guests chat
+    tablet = world.phone().new_page()
+    tablet.goto(lab.call(1, "guests.invite")["url"])
+    tablet.wait_for_selector("#sign-in:not([hidden])", timeout=15000)
+    assert not tablet.is_visible("#sign-in-code") and "#invite=" not in tablet.url  # the token is spent and gone from the address bar
+    tablet.fill("#sign-in-name", "Ben's tablet")
+    tablet.tap("#sign-in-form button[type=submit]")
+    tablet.wait_for_selector("#connection[data-state=up]", timeout=15000)
+    tablet_id = next(p for p in lab.call(1, "peer.list") if p["name"] == "Ben's tablet")["node_id"]
+    page.goto(f"{status['url']}#chat/{tablet_id}")
+    page.fill("#composer-text", "hello tablet")
+    page.tap("#composer button[type=submit]")
+    tablet.goto(f"{status['url']}#chat/{guest['node_id']}")
+    tablet.wait_for_selector(".message[data-direction=in][data-verified=yes] >> text=hello tablet", timeout=15000)
+    tablet.fill("#composer-text", "hello phone")
+    tablet.tap("#composer button[type=submit]")
+    page.wait_for_selector(".message[data-direction=in][data-verified=yes] >> text=hello phone", timeout=15000)
+    tablet.context.close()
+
     # a call from the phone's page to bob's, WebRTC straight between them, signaling through h1
     page.goto(f"{status['url']}#people")
     page.tap(f".peer[data-node='{bob_id}'][data-state=alive] .call")

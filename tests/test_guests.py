@@ -46,6 +46,8 @@ def test_a_guest_joins_by_invite_and_chats_with_another_node_both_ways_in_its_ow
     def listed() -> dict[str, object] | None:
         return next((p for p in bob.call("peer.list") if p["node_id"] == phone.guest_id), None)
 
+    door = bob.wait_until(lambda: next((p for p in bob.call("peer.list") if p["name"] == "ann"), {}).get("guest_door"), timeout=30, what="bob to learn ann's door")
+    assert door == {"url": status["url"], "fingerprint": status["fingerprint"]}  # what the phone should see, signed by ann, on every node
     record = bob.wait_until(listed, timeout=30, what="bob to list the guest")
     assert record["name"] == "Ann's phone" and record["guest_via"] == host.status()["node_id"] and record["guest_via_name"] == "ann"
     people = {p["name"]: p for p in phone.call("peer.list")}

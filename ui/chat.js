@@ -17,6 +17,7 @@ export class Chat {
     this.oldest = null;
     this.conversations = [];
     this.groups = new Map();
+    this.refreshes = 0;
   }
 
   start() {
@@ -52,9 +53,13 @@ export class Chat {
   }
 
   async refresh() {
+    const mine = ++this.refreshes; // answers may come back out of order: only the latest is drawn
+    let answers;
     try {
-      [this.conversations, this.groupList] = await Promise.all([this.api.call("chat.conversations"), this.api.call("group.list")]);
+      answers = await Promise.all([this.api.call("chat.conversations"), this.api.call("group.list")]);
     } catch { return; }
+    if (mine !== this.refreshes) return;
+    [this.conversations, this.groupList] = answers;
     this.groups = new Map(this.groupList.map((g) => [g.id, g]));
     const seen = new Set(this.conversations.map((c) => c.conversation));
     for (const g of this.groupList) if (g.member && !seen.has(g.conversation)) this.conversations.push({ conversation: g.conversation, group: g.id, peer: null, name: g.name, unread: 0, messages: 0 });
@@ -154,7 +159,7 @@ export class Chat {
       console.warn("lannode chat: refused a direct message", err.message);
       return; // not stored, not shown: a forged or misdirected message
     }
-    this.#onMessage({ id: message.id, conversation: message.conversation, sender: node, direction: "in", kind: message.kind, sent_at: message.sent_at, text: message.text }, "direct");
+    this.#onMessage({ id: message.id, conversation: message.conversation, sender: node, direction: "in", kind: message.kind, sent_at: message.sent_at, text: message.text, body: data.body }, "direct");
   }
 
   #onMessage(record, path) {

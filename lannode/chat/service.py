@@ -292,7 +292,7 @@ class ChatService:
         ours, in ``conversation``, signed, and next in our order there."""
         if recipients is None:
             recipients = self.recipients_of(conversation)
-        lamport, seq = self._clock(conversation)
+        _, seq = self._clock(conversation)
         messages = []
         for data in bodies:
             try:
@@ -303,9 +303,9 @@ class ChatService:
                 raise ChatError("a message of another author, conversation or kind")
             if kind == "text":
                 check_text(message.text)
-            if message.seq != next_count(seq) or message.lamport <= lamport:
+            if message.seq != next_count(seq):  # its lamport may trail what came in since the draft: concurrent, as any author's may be
                 raise ChatError("stale: another message of yours came first; draft them again")
-            lamport, seq = message.lamport, message.seq
+            seq = message.seq
             messages.append((message, message.body()))
         for message, _ in messages:
             self._saw(message)

@@ -8,6 +8,7 @@ A peer is named by its name or by a unique prefix of its node id (``lannode.core
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -156,6 +157,18 @@ class PeerService:
         members = sorted(membership.members.values(), key=lambda x: (x.presence.name, x.node_id))
         return [self._record(member) for member in members] + self._guest_records()
 
+    def _door_of(self, node_id: str) -> dict[str, str] | None:
+        """A node's guest door as it announced it (``door/NODE``, an entry only it may write,
+        signed by it): its address and its certificate's fingerprint, for anyone to compare."""
+        entry = self.guests.store.get(f"door/{node_id}") if self.guests is not None else None
+        try:
+            value = json.loads(entry.value or b"null") if entry is not None else None
+        except ValueError:
+            return None
+        if not isinstance(value, dict) or not isinstance(value.get("url"), str) or not isinstance(value.get("fingerprint"), str):
+            return None
+        return {"url": value["url"][:200], "fingerprint": value["fingerprint"][:100]}
+
     def _guest_records(self) -> list[dict[str, Any]]:
         """The guests the network knows, as people: reachable while a page of theirs is open
         on a host that is up; "away" otherwise (what is sent to them waits on the host)."""
@@ -194,6 +207,7 @@ class PeerService:
             "since": round(wall_time_of(member.since), 3),
             "last_seen": round(wall_time_of(member.last_seen), 3),
             "warning": None,
+            "guest_door": self._door_of(member.node_id),
         }
         if record["trust"] == "new" and (pinned := self.trust.same_name_elsewhere(member.node_id, p.name)):
             record["warning"] = f"new identity: the name {p.name!r} belongs to pinned node {pinned}"
