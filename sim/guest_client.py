@@ -2,7 +2,7 @@
 door's protocol (lannode/guests/service.py, lannode/core/guests.py), for tests and
 benchmarks.
 
-    guest = GuestClient("https://10.77.0.1:47680/", fingerprint)
+    guest = GuestClient(invite["door"], invite["fingerprint"])  # from the host's guests.invite
     guest.join(token="...", name="Ann's phone")
     guest.open_session()
     guest.send_chat(peer="h2", text="hello")

@@ -156,8 +156,8 @@ def test_only_the_host_a_guest_named_announces_or_drops_it() -> None:
     made_up = signed_record(SigningKey.generate(), host=host_id)
     assert refusal(guest_entry(host, f"guests/{host_id}/{guest_id}", {"record": made_up, "online": True}), None)  # another guest's record
     assert refusal(guest_entry(host, f"guests/{host_id}/{guest_id}", {"record": {**record, "name": "Eve"}, "online": True}), None)
-    assert refusal(guest_entry(host, f"door/{host_id}", {"url": "https://10.0.0.1:1/"}), None) is None
-    assert refusal(guest_entry(other, f"door/{host_id}", {"url": "https://10.0.0.66:1/"}), None)
+    assert refusal(guest_entry(host, f"door/{host_id}", {"url": "https://127.0.0.1:1/"}), None) is None
+    assert refusal(guest_entry(other, f"door/{host_id}", {"url": "https://127.0.0.66:1/"}), None)
 
 
 def test_a_guests_room_entry_is_written_by_its_host_and_nobody_else() -> None:
