@@ -99,16 +99,11 @@ class FileResponse:
 @dataclass(slots=True)
 class EventStream:
     """A ``text/event-stream`` answer: every string received from ``events`` goes out as
-    one event (its lines already ``event:``/``data:`` formatted, see ``sse``) until the
+    one event (its lines already ``data:`` formatted) until the
     channel closes or the page goes away; then ``on_close``."""
 
     events: trio.MemoryReceiveChannel[str]
     on_close: Callable[[], None] = lambda: None
-
-
-def sse(event: str, data: str) -> str:
-    """One server-sent event: a name and one line of data (JSON has no raw newlines)."""
-    return f"event: {event}\ndata: {data}\n\n"
 
 
 Handler = Callable[[Request], Awaitable["Response | FileResponse | EventStream"]]

@@ -55,6 +55,7 @@ from lannode.config import Config, ConfigError, set_option
 from lannode.core import api
 from lannode.core.api import require
 from lannode.core.guests import GuestError, GuestRecord, Invites, Session, Sessions, unb64
+from lannode.core.ids import node_id_for
 from lannode.core.membership import State
 from lannode.core.writers import DOOR_PREFIX, GUESTS_PREFIX
 from lannode.drive.service import DriveService
@@ -96,7 +97,7 @@ class GuestAuthor:
 
     @property
     def node_id(self) -> str:
-        return GuestRecord(self.public_key, "", "", 0).node_id
+        return node_id_for(self.public_key)
 
     @property
     def signing_key(self) -> SigningKey | None:
@@ -708,7 +709,7 @@ class GuestService:
             "problem": self.problem,
             "guests": len(self.guests),
             "online": sum(1 for g in self.guests.values() if g.pages),
-            "invites": self.invites.listing(time.monotonic()).__len__(),
+            "invites": len(self.invites.listing(time.monotonic())),
             "refused": dict(self.counters),
             "invite_counters": dict(self.invites.counters),
             "sessions": len(self.sessions.sessions),
@@ -743,8 +744,6 @@ class GuestService:
         self.sessions.close_guest(guest.node_id)
         self.router.drop(guest.node_id)
         guest.scope.cancel()
-        if guest.peers.on_host_state in self.peers.state_listeners:
-            self.peers.state_listeners.remove(guest.peers.on_host_state)
         await self.store.delete(f"{GUESTS_PREFIX}{self.me}/{guest.node_id}")
         await self._save()
         await trio.to_thread.run_sync(lambda: shutil.rmtree(guest.directory, ignore_errors=True))
